@@ -1,0 +1,1 @@
+"""overlayd: one flat private network over hosts in several clouds and LANs."""

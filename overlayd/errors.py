@@ -1,0 +1,57 @@
+"""Our own exception types; adapters translate library errors into these."""
+
+from __future__ import annotations
+
+
+class OverlaydError(Exception):
+    """Base of every error overlayd raises on purpose.
+
+    ``hint`` is a short suggestion shown to a person by the CLI.
+    """
+
+    hint: str = ""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class ConfigError(OverlaydError):
+    """The network config (or a flag) is invalid."""
+
+    hint = "check the network config with 'overlayctl network show'"
+
+
+class LeaseFormatError(OverlaydError):
+    """A lease record in the store cannot be decoded."""
+
+
+class StoreError(OverlaydError):
+    """The store (etcd) failed or is unreachable."""
+
+    hint = "check --etcd-endpoints and that etcd is running"
+
+
+class ConfigMissingError(StoreError):
+    """No network config has been written yet."""
+
+    hint = "write one with 'overlayctl network init --network 10.244.0.0/16'"
+
+
+class PoolExhaustedError(OverlaydError):
+    """No free subnet is left in the network."""
+
+    hint = "revoke stale leases ('overlayctl leases revoke') or enlarge the network"
+
+
+class NotFoundError(OverlaydError):
+    """A lease, reservation or node asked for does not exist."""
+
+
+class KernelError(OverlaydError):
+    """A netlink/nftables/ethtool operation failed."""
+
+
+class WireGuardError(OverlaydError):
+    """Driving WireGuard (kernel or wireguard-go) failed."""
