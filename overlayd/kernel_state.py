@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V", bound=Any)
@@ -131,7 +131,8 @@ class Changes:
 
 
 def _split(desired: dict[K, V], actual: dict[K, V]) -> tuple[tuple[V, ...], tuple[V, ...]]:
-    to_set = [v for k, v in desired.items() if actual.get(k) != v]
+    # identity first: unchanged entries are the very objects the planner memoised
+    to_set = [v for k, v in desired.items() if (a := actual.get(k)) is not v and a != v]
     to_del = [v for k, v in actual.items() if k not in desired]
     return tuple(sorted(to_set)), tuple(sorted(to_del))
 

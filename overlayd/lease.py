@@ -1,0 +1,140 @@
+"""Subnet lease records: ``<prefix>/subnets/<a.b.c.d>-<len>`` and their JSON value.
+
+The value carries flannel's fields (``PublicIP``, ``BackendType``, ``BackendData`` with
+``VtepMAC`` and ``VNI``) so flannel tools can read it, plus ours (node name and id, site,
+candidate underlay addresses). See docs/etcd-schema.md. Decoding is strict about types and
+raises ``LeaseFormatError``: a malformed record is skipped by its reader, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from overlayd.errors import LeaseFormatError
+from overlayd.kernel_state import MacAddress
+
+DEFAULT_SITE = "default"
+
+
+def subnet_key_name(subnet: IPv4Network) -> str:
+    """flannel's key form: ``10.244.3.0-24``."""
+    return f"{subnet.network_address}-{subnet.prefixlen}"
+
+
+def parse_subnet_key_name(name: str) -> IPv4Network:
+    """Inverse of ``subnet_key_name``; ``LeaseFormatError`` on anything else."""
+    addr, sep, plen = name.rpartition("-")
+    try:
+        if not sep:
+            raise ValueError("no '-'")
+        return IPv4Network(f"{addr}/{int(plen)}")
+    except ValueError as exc:
+        raise LeaseFormatError(f"key {name!r} is not a subnet key (a.b.c.d-len): {exc}") from None
+
+
+def parse_subnet_arg(text: str) -> IPv4Network:
+    """A subnet given by a person: ``10.244.3.0/24`` or flannel's ``10.244.3.0-24``."""
+    return parse_subnet_key_name(text.replace("/", "-"))
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """What a node publishes about itself with its subnet."""
+
+    subnet: IPv4Network
+    node: str
+    node_id: str
+    public_ip: IPv4Address  # flannel's PublicIP: the node's default underlay address
+    vtep_mac: MacAddress
+    vni: int
+    site: str = DEFAULT_SITE
+    private_ips: tuple[IPv4Address, ...] = ()
+    public_ips: tuple[IPv4Address, ...] = ()
+    backend_type: str = "vxlan"
+
+    @property
+    def overlay_ip(self) -> IPv4Address:
+        """The address on the node's overlay device: its subnet's ``.0`` (as flannel)."""
+        return self.subnet.network_address
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "PublicIP": str(self.public_ip),
+                "BackendType": self.backend_type,
+                "BackendData": {"VtepMAC": str(self.vtep_mac), "VNI": self.vni},
+                "Node": self.node,
+                "NodeID": self.node_id,
+                "Site": self.site,
+                "PrivateIPs": [str(a) for a in self.private_ips],
+                "PublicIPs": [str(a) for a in self.public_ips],
+            },
+            sort_keys=True,
+        )
+
+
+def _addr(value: Any, what: str) -> IPv4Address:
+    if not isinstance(value, str):
+        raise LeaseFormatError(f"{what} must be a string, got {value!r}")
+    try:
+        return IPv4Address(value)
+    except ValueError:
+        raise LeaseFormatError(f"{what} {value!r} is not an IPv4 address") from None
+
+
+def _addrs(value: Any, what: str) -> tuple[IPv4Address, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise LeaseFormatError(f"{what} must be a list, got {value!r}")
+    return tuple(_addr(v, what) for v in value)
+
+
+def _str(obj: dict[str, Any], key: str, default: str) -> str:
+    value = obj.get(key, default)
+    if not isinstance(value, str):
+        raise LeaseFormatError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def decode_lease(subnet: IPv4Network, value: bytes | str) -> LeaseRecord:
+    """Decode a lease value stored under ``subnet``'s key.
+
+    Leases written by flannel (no ``Node``/``NodeID``) decode too: such a node is named
+    after its PublicIP so it can still be programmed as a peer.
+    """
+    try:
+        raw = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LeaseFormatError(f"lease {subnet} is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise LeaseFormatError(f"lease {subnet} must be a JSON object")
+    public_ip = _addr(raw.get("PublicIP"), "PublicIP")
+    backend = raw.get("BackendData")
+    if not isinstance(backend, dict):
+        raise LeaseFormatError(f"lease {subnet}: BackendData must be an object")
+    try:
+        mac = MacAddress.parse(_str(backend, "VtepMAC", ""))
+    except ValueError as exc:
+        raise LeaseFormatError(f"lease {subnet}: {exc}") from None
+    vni = backend.get("VNI", 1)
+    if isinstance(vni, bool) or not isinstance(vni, int):
+        raise LeaseFormatError(f"lease {subnet}: VNI must be an integer, got {vni!r}")
+    node = _str(raw, "Node", f"flannel-{public_ip}")
+    if not node:
+        raise LeaseFormatError(f"lease {subnet}: Node is empty")
+    return LeaseRecord(
+        subnet=subnet,
+        node=node,
+        node_id=_str(raw, "NodeID", ""),
+        public_ip=public_ip,
+        vtep_mac=mac,
+        vni=vni,
+        site=_str(raw, "Site", DEFAULT_SITE) or DEFAULT_SITE,
+        private_ips=_addrs(raw.get("PrivateIPs"), "PrivateIPs"),
+        public_ips=_addrs(raw.get("PublicIPs"), "PublicIPs"),
+        backend_type=_str(raw, "BackendType", "vxlan"),
+    )

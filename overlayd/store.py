@@ -1,0 +1,345 @@
+"""The store: overlayd's view of etcd, behind a small interface.
+
+Keys under the prefix (default ``/overlayd/network``)::
+
+    <prefix>/config                       network config (flannel JSON)
+    <prefix>/subnets/<a.b.c.d>-<len>      subnet leases, bound to an etcd lease (TTL)
+    <prefix>/reservations/<a.b.c.d>-<len> permanent reservations {"Node": name}, no TTL
+
+Only this module imports the etcd client; every client or gRPC error leaves it as a
+``StoreError`` (see overlayd/errors.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
+from etcd3aio._protobuf import Compare  # the client has no mod-revision helper
+
+from overlayd.config import NetworkConfig, parse_config
+from overlayd.errors import ConfigMissingError, LeaseFormatError, StoreError
+from overlayd.lease import LeaseRecord, decode_lease, parse_subnet_key_name, subnet_key_name
+
+T = TypeVar("T")
+DEFAULT_PREFIX = "/overlayd/network"
+RPC_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """How to reach etcd (the ``--etcd-*`` flags)."""
+
+    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    prefix: str = DEFAULT_PREFIX
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+
+
+@dataclass(frozen=True)
+class StoredLease:
+    """One key under ``subnets/``: a decoded record, or why it could not be decoded."""
+
+    subnet: IPv4Network
+    record: LeaseRecord | None
+    error: str | None
+    lease_id: int
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """All leases at one store revision."""
+
+    revision: int
+    leases: tuple[StoredLease, ...]
+
+
+class EventKind(enum.Enum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    kind: EventKind
+    lease: StoredLease
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """Either a full ``snapshot`` (first batch, and after a compaction) or incremental events."""
+
+    snapshot: Snapshot | None
+    events: tuple[LeaseEvent, ...]
+
+
+def _parse_endpoint(text: str) -> tuple[str, str | None]:
+    """``host:port`` (scheme optional) -> (``ip:port``, server name for TLS or None).
+
+    The client's channel takes IPv4 addresses only, so host names are resolved here.
+    """
+    rest = text.strip().split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        raise StoreError(f"etcd endpoint {text!r} must be host:port (e.g. 127.0.0.1:2379)")
+    try:
+        IPv4Address(host)
+        return f"{host}:{port}", None
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise StoreError(f"cannot resolve etcd endpoint {host!r}: {exc}") from None
+    return f"{infos[0][4][0]}:{port}", host
+
+
+def _read_pem(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+class EtcdStore:
+    """Async etcd v3 access for leases, reservations and the network config."""
+
+    def __init__(self, settings: EtcdSettings) -> None:
+        self._settings = settings
+        self._prefix = settings.prefix.rstrip("/")
+        self._subnets = f"{self._prefix}/subnets/"
+        self._reservations = f"{self._prefix}/reservations/"
+        self._client: Etcd3Client | None = None
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    async def connect(self) -> None:
+        parsed = [_parse_endpoint(e) for e in self._settings.endpoints]
+        names = {name for _, name in parsed if name}
+        s = self._settings
+        ca_cert = _read_pem(s.cafile, "--etcd-cafile")
+        self._client = Etcd3Client(
+            [addr for addr, _ in parsed],
+            rpc_max_attempts=2,
+            watch_max_reconnect_backoff_seconds=2.0,
+            tls_server_name=sorted(names)[0] if names and ca_cert else None,
+            ca_cert=ca_cert,
+            cert_chain=_read_pem(s.certfile, "--etcd-certfile") if ca_cert else None,
+            cert_key=_read_pem(s.keyfile, "--etcd-keyfile") if ca_cert else None,
+        )
+        await self._client.connect()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def _call(self, what: str, fn: Callable[[Etcd3Client], Awaitable[T]]) -> T:
+        if self._client is None:
+            raise StoreError("store is not connected")
+        try:
+            return await fn(self._client)
+        except (EtcdError, grpc.RpcError, TimeoutError) as exc:
+            raise StoreError(f"etcd {what} failed: {_describe(exc)}") from None
+
+    # -- config ------------------------------------------------------------------------
+
+    async def get_config_text(self) -> str:
+        key = f"{self._prefix}/config"
+        resp = await self._call("get config", lambda c: _kv(c).get(key, timeout=RPC_TIMEOUT))
+        if not resp.kvs:
+            raise ConfigMissingError(f"no network config at {key}")
+        value: bytes = resp.kvs[0].value
+        return value.decode("utf-8", errors="replace")
+
+    async def get_config(self) -> NetworkConfig:
+        return parse_config(await self.get_config_text())
+
+    async def put_config(self, cfg: NetworkConfig) -> None:
+        key = f"{self._prefix}/config"
+        await self._call(
+            "put config", lambda c: _kv(c).put(key, cfg.to_json(), timeout=RPC_TIMEOUT)
+        )
+
+    # -- leases ------------------------------------------------------------------------
+
+    def _stored(self, kv: Any) -> StoredLease | None:
+        name = kv.key.decode("utf-8", errors="replace")[len(self._subnets) :]
+        try:
+            subnet = parse_subnet_key_name(name)
+        except LeaseFormatError:
+            return None  # not a lease key at all (e.g. a stray key); not ours to judge
+        record: LeaseRecord | None = None
+        error: str | None = None
+        if kv.value:
+            try:
+                record = decode_lease(subnet, kv.value)
+            except LeaseFormatError as exc:
+                error = str(exc)
+        return StoredLease(subnet, record, error, int(kv.lease), int(kv.mod_revision))
+
+    async def list_leases(self) -> Snapshot:
+        end = prefix_range_end(self._subnets.encode())
+        resp = await self._call(
+            "list leases", lambda c: _kv(c).get(self._subnets, end, timeout=RPC_TIMEOUT)
+        )
+        leases = tuple(s for kv in resp.kvs if (s := self._stored(kv)) is not None)
+        return Snapshot(int(resp.header.revision), leases)
+
+    async def grant(self, ttl: int) -> int:
+        resp = await self._call("lease grant", lambda c: _lease(c).grant(ttl, timeout=RPC_TIMEOUT))
+        return int(resp.ID)
+
+    async def keepalive(self, lease_id: int) -> int:
+        """Renew an etcd lease once; returns the TTL left (<= 0: the lease is gone)."""
+
+        async def once(c: Etcd3Client) -> int:
+            stream = _lease(c).keep_alive(lease_id)
+            try:
+                async for resp in stream:
+                    return int(resp.TTL)
+                return 0
+            finally:
+                stream.cancel()
+
+        return await self._call("lease keepalive", once)
+
+    async def ttl_left(self, lease_id: int) -> int:
+        resp = await self._call(
+            "lease ttl", lambda c: _lease(c).time_to_live(lease_id, timeout=RPC_TIMEOUT)
+        )
+        return int(resp.TTL)
+
+    async def revoke(self, lease_id: int) -> None:
+        await self._call("lease revoke", lambda c: _lease(c).revoke(lease_id, timeout=RPC_TIMEOUT))
+
+    async def create_lease(self, record: LeaseRecord, lease_id: int) -> bool:
+        """Atomically write ``record`` if its subnet key does not exist; False if it does."""
+        key = self._subnets + subnet_key_name(record.subnet)
+        return await self._txn_put(key, record.to_json(), lease_id, version=0)
+
+    async def rebind_lease(self, record: LeaseRecord, lease_id: int, mod_revision: int) -> bool:
+        """Overwrite our own lease key if nobody changed it since ``mod_revision``."""
+        key = self._subnets + subnet_key_name(record.subnet)
+        return await self._txn_put(key, record.to_json(), lease_id, mod_revision=mod_revision)
+
+    async def _txn_put(
+        self, key: str, value: str, lease_id: int, *, version: int = -1, mod_revision: int = -1
+    ) -> bool:
+        async def run(c: Etcd3Client) -> bool:
+            kv = _kv(c)
+            compare = (
+                kv.txn_compare_version(key, version)
+                if version >= 0
+                else Compare(
+                    result=Compare.EQUAL,
+                    target=Compare.MOD,
+                    key=key.encode(),
+                    mod_revision=mod_revision,
+                )
+            )
+            resp = await kv.txn(
+                [compare], [kv.txn_op_put(key, value, lease=lease_id)], timeout=RPC_TIMEOUT
+            )
+            return bool(resp.succeeded)
+
+        return await self._call("lease transaction", run)
+
+    async def delete_lease(self, subnet: IPv4Network) -> bool:
+        key = self._subnets + subnet_key_name(subnet)
+        resp = await self._call("delete lease", lambda c: _kv(c).delete(key, timeout=RPC_TIMEOUT))
+        return int(resp.deleted) > 0
+
+    async def watch_leases(self) -> AsyncIterator[WatchBatch]:
+        """A snapshot, then the changes after it; a fresh snapshot after a compaction.
+
+        Connection losses are retried inside the client; ``StoreError`` only when the
+        first snapshot cannot be read.
+        """
+        client = self._client
+        if client is None:
+            raise StoreError("store is not connected")
+        end = prefix_range_end(self._subnets.encode())
+        while True:
+            snapshot = await self.list_leases()
+            yield WatchBatch(snapshot, ())
+            stream = client.watch
+            assert stream is not None
+            try:
+                async for resp in stream.watch(
+                    self._subnets, end, start_revision=snapshot.revision + 1
+                ):
+                    if resp.compact_revision > 0 or resp.canceled:
+                        break  # events were lost: re-list
+                    events = []
+                    for ev in resp.events:
+                        stored = self._stored(ev.kv)
+                        if stored is None:
+                            continue
+                        kind = EventKind.DELETE if ev.type == 1 else EventKind.PUT
+                        events.append(LeaseEvent(kind, stored))
+                    if events:
+                        yield WatchBatch(None, tuple(events))
+            except (EtcdError, grpc.RpcError) as exc:
+                raise StoreError(f"etcd watch failed: {_describe(exc)}") from None
+
+    # -- reservations ------------------------------------------------------------------
+
+    async def list_reservations(self) -> dict[IPv4Network, str]:
+        end = prefix_range_end(self._reservations.encode())
+        resp = await self._call(
+            "list reservations", lambda c: _kv(c).get(self._reservations, end, timeout=RPC_TIMEOUT)
+        )
+        out: dict[IPv4Network, str] = {}
+        for kv in resp.kvs:
+            try:
+                subnet = parse_subnet_key_name(kv.key.decode()[len(self._reservations) :])
+                node = json.loads(kv.value)["Node"]
+            except (LeaseFormatError, ValueError, KeyError, TypeError):
+                continue  # a malformed reservation reserves nothing
+            if isinstance(node, str) and node:
+                out[subnet] = node
+        return out
+
+    async def put_reservation(self, subnet: IPv4Network, node: str) -> None:
+        key = self._reservations + subnet_key_name(subnet)
+        value = json.dumps({"Node": node})
+        await self._call("put reservation", lambda c: _kv(c).put(key, value, timeout=RPC_TIMEOUT))
+
+    async def delete_reservation(self, subnet: IPv4Network) -> bool:
+        key = self._reservations + subnet_key_name(subnet)
+        resp = await self._call(
+            "delete reservation", lambda c: _kv(c).delete(key, timeout=RPC_TIMEOUT)
+        )
+        return int(resp.deleted) > 0
+
+
+def _kv(c: Etcd3Client) -> Any:
+    return c.kv
+
+
+def _lease(c: Etcd3Client) -> Any:
+    return c.lease
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, grpc.aio.AioRpcError):
+        return f"{cause.code().name}: {cause.details()}"
+    return str(exc) or type(exc).__name__
