@@ -58,7 +58,9 @@ def test_default_subnet_len(network: str, subnet_len: int) -> None:
     assert c.subnet_count() == net.num_addresses // size - 1
 
 
-@pytest.mark.parametrize("network", ["10.244.0.0/29", "10.244.0.0/30", "10.244.0.1/32", "10.244.0.0"])
+@pytest.mark.parametrize(
+    "network", ["10.244.0.0/29", "10.244.0.0/30", "10.244.0.1/32", "10.244.0.0"]
+)
 def test_network_too_small(network: str) -> None:
     with pytest.raises(ConfigError, match="too small"):
         cfg(Network=network)
