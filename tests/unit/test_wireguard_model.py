@@ -1,0 +1,132 @@
+"""WireGuard model: values, device naming, per-peer diff."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from overlayd.keys import PrivateKey, PublicKey
+from overlayd.wireguard.model import (
+    Endpoint,
+    PeerChanges,
+    PresharedKey,
+    WgDeviceConfig,
+    WgPeerConfig,
+    WgPeerState,
+    diff_peers,
+    interface_name,
+)
+
+
+def key(n: int) -> PublicKey:
+    return PublicKey(bytes([n]) * 32)
+
+
+def peer(n: int, **kwargs: object) -> WgPeerConfig:
+    defaults: dict[str, object] = {
+        "endpoint": Endpoint(IPv4Address(f"192.0.2.{n}"), 51820),
+        "allowed_ips": (IPv4Network(f"10.244.{n}.0/24"),),
+        "persistent_keepalive": 0,
+    }
+    defaults.update(kwargs)
+    return WgPeerConfig(key(n), **defaults)  # type: ignore[arg-type]
+
+
+def actual(*configs: WgPeerConfig) -> dict[PublicKey, WgPeerState]:
+    return {c.public_key: WgPeerState(c, last_handshake=1.0) for c in configs}
+
+
+def test_interface_name_is_short_stable_and_distinct() -> None:
+    a = interface_name("node-a")
+    assert a == interface_name("node-a")
+    assert a.startswith("ovwg") and len(a) == 12 <= 15
+    assert a != interface_name("node-b")
+
+
+def test_allowed_ips_normalised() -> None:
+    nets = (IPv4Network("10.0.2.0/24"), IPv4Network("10.0.1.0/24"), IPv4Network("10.0.2.0/24"))
+    assert peer(1, allowed_ips=nets).allowed_ips == (
+        IPv4Network("10.0.1.0/24"),
+        IPv4Network("10.0.2.0/24"),
+    )
+
+
+def test_value_checks() -> None:
+    with pytest.raises(ValueError):
+        Endpoint(IPv4Address("192.0.2.1"), 0)
+    with pytest.raises(ValueError):
+        peer(1, persistent_keepalive=70000)
+    with pytest.raises(ValueError):
+        WgDeviceConfig(PrivateKey.generate(), listen_port=0)
+    with pytest.raises(ValueError):
+        PresharedKey(b"x")
+    assert Endpoint.parse("192.0.2.1:51820") == Endpoint(IPv4Address("192.0.2.1"), 51820)
+    for bad in ("192.0.2.1", "[2001:db8::1]:51820", "192.0.2.1:x"):
+        with pytest.raises(ValueError):
+            Endpoint.parse(bad)
+
+
+def test_secrets_not_in_repr() -> None:
+    psk = PresharedKey(b"\x07" * 32)
+    private = PrivateKey(b"\x09" * 32)
+    text = repr(peer(1, preshared_key=psk)) + repr(WgDeviceConfig(private)) + str(psk)
+    assert "\\x07" not in text and "\\x09" not in text
+    assert private.reveal_hex() not in text
+
+
+def test_diff_adds_updates_removes_sorted() -> None:
+    desired = [peer(3), peer(1), peer(2, persistent_keepalive=25)]
+    changes = diff_peers(desired, actual(peer(2), peer(4), peer(5)))
+    assert changes.add == (peer(1), peer(3))
+    assert changes.update == (peer(2, persistent_keepalive=25),)
+    assert changes.remove == (key(4), key(5))
+    assert len(changes) == 5
+    assert changes.summary() == "+2 ~1 -2 wireguard peers"
+
+
+def test_adding_a_peer_touches_no_other_peer() -> None:
+    existing = [peer(1), peer(2)]
+    changes = diff_peers([*existing, peer(3)], actual(*existing))
+    assert changes == PeerChanges(add=(peer(3),))
+
+
+def test_removing_a_peer_touches_no_other_peer() -> None:
+    changes = diff_peers([peer(1)], actual(peer(1), peer(2)))
+    assert changes == PeerChanges(remove=(key(2),))
+
+
+def test_no_deletes_before_first_snapshot() -> None:
+    changes = diff_peers([peer(1)], actual(peer(2)), allow_delete=False)
+    assert changes == PeerChanges(add=(peer(1),))
+
+
+def test_learned_endpoint_is_not_a_change() -> None:
+    desired = peer(1, endpoint=None, persistent_keepalive=0)
+    learned = peer(1, endpoint=Endpoint(IPv4Address("203.0.113.9"), 40000))
+    assert not diff_peers([desired], actual(learned))
+
+
+def test_changed_fields_are_updates() -> None:
+    base = peer(1)
+    variants = [
+        peer(1, endpoint=Endpoint(IPv4Address("192.0.2.99"), 51820)),
+        peer(1, endpoint=Endpoint(IPv4Address("192.0.2.1"), 51821)),
+        peer(1, allowed_ips=(IPv4Network("10.244.1.0/24"), IPv4Network("10.244.99.1/32"))),
+        peer(1, allowed_ips=()),
+        peer(1, persistent_keepalive=5),
+        peer(1, preshared_key=PresharedKey(b"\x01" * 32)),
+    ]
+    for variant in variants:
+        assert diff_peers([variant], actual(base)).update == (variant,)
+    assert not diff_peers([base], actual(base))
+
+
+def test_foreign_allowed_ips_force_an_update() -> None:
+    state = {key(1): WgPeerState(peer(1), foreign_allowed_ips=("::/0",))}
+    assert diff_peers([peer(1)], state).update == (peer(1),)
+
+
+def test_duplicate_desired_key_is_an_error() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        diff_peers([peer(1), peer(1, persistent_keepalive=5)], {})
