@@ -57,19 +57,20 @@ def plan_claims(
     *,
     node: str,
     node_id: str,
-    leases: Mapping[IPv4Network, LeaseRecord],
+    leases: Mapping[IPv4Network, LeaseRecord | None],
     reservations: Mapping[IPv4Network, str],
     remembered: IPv4Network | None,
     rng: random.Random,
 ) -> list[Claim]:
     """Claims to try in order: our live lease, our reservation, our previous subnet, a free one.
 
-    ``leases`` are the decodable live leases, ``reservations`` map subnet -> node name.
+    ``leases`` are the occupied subnets with their records (None: an undecodable record,
+    which still occupies its subnet); ``reservations`` map subnet -> node name.
     Identity is node name *and* node id: a host that lost its state dir is a new node.
     """
     claims: list[Claim] = []
-    for subnet, rec in sorted(leases.items()):
-        if rec.node == node and rec.node_id == node_id and cfg.is_allocatable(subnet):
+    for subnet, rec in sorted(leases.items(), key=lambda item: item[0]):
+        if rec and rec.node == node and rec.node_id == node_id and cfg.is_allocatable(subnet):
             claims.append(Claim(subnet, ClaimKind.OWN_LEASE))
     for subnet, owner in sorted(reservations.items()):
         if owner == node and subnet not in leases:

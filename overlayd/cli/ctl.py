@@ -1,0 +1,324 @@
+"""``overlayctl``: inspect and manage the network config, leases and plans in etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
+from overlayd.config import parse_backend, parse_config
+from overlayd.errors import ConfigError, ConfigMissingError, LeaseFormatError, NotFoundError
+from overlayd.lease import parse_subnet_arg
+from overlayd.plan import Planner
+from overlayd.store import EtcdStore, StoredLease
+
+T = TypeVar("T")
+
+
+def _run(ctx: click.Context, fn: Callable[[EtcdStore], Awaitable[T]]) -> T:
+    async def go() -> T:
+        store = EtcdStore(ctx.obj)
+        await store.connect()
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@click.group()
+@etcd_options
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    etcd_endpoints: str,
+    etcd_prefix: str,
+    etcd_cafile: Path | None,
+    etcd_certfile: Path | None,
+    etcd_keyfile: Path | None,
+    debug: bool,
+) -> None:
+    """Inspect and manage an overlayd network."""
+    ctx.obj = etcd_settings(etcd_endpoints, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile)
+
+
+# -- network ---------------------------------------------------------------------------
+
+
+@main.group()
+def network() -> None:
+    """The network config."""
+
+
+@network.command("init")
+@click.option("--network", "net", required=True, help="Overlay network, e.g. 10.244.0.0/16.")
+@click.option("--subnet-len", type=int, default=None, help="Per-node subnet length.")
+@click.option("--subnet-min", default=None)
+@click.option("--subnet-max", default=None)
+@click.option("--backend", default="vxlan", show_default=True)
+@click.option("--vni", type=int, default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--mtu", type=int, default=None)
+@click.option("--force", is_flag=True, help="Replace an existing config.")
+@click.pass_context
+@friendly_errors
+def network_init(
+    ctx: click.Context,
+    net: str,
+    subnet_len: int | None,
+    subnet_min: str | None,
+    subnet_max: str | None,
+    backend: str,
+    vni: int | None,
+    port: int | None,
+    mtu: int | None,
+    force: bool,
+) -> None:
+    """Write the network config (validated first)."""
+    raw: dict[str, Any] = {"Network": net}
+    for key, value in (
+        ("SubnetLen", subnet_len),
+        ("SubnetMin", subnet_min),
+        ("SubnetMax", subnet_max),
+    ):
+        if value is not None:
+            raw[key] = value
+    back: dict[str, Any] = {"Type": backend}
+    for key, value in (("VNI", vni), ("Port", port), ("MTU", mtu)):
+        if value is not None:
+            back[key] = value
+    parse_backend(back)
+    raw["Backend"] = back
+    cfg = parse_config(json.dumps(raw))
+
+    async def go(store: EtcdStore) -> None:
+        if not force:
+            try:
+                await store.get_config_text()
+            except ConfigMissingError:
+                pass
+            else:
+                raise ConfigError(
+                    f"a network config already exists at {store.prefix}/config",
+                    hint="use --force to replace it (leases of the old network stay until revoked)",
+                )
+        await store.put_config(cfg)
+
+    _run(ctx, go)
+    click.echo(cfg.to_json())
+
+
+@network.command("show")
+@click.pass_context
+@friendly_errors
+def network_show(ctx: click.Context) -> None:
+    """Print the network config with defaults filled in."""
+    text = _run(ctx, lambda s: s.get_config_text())
+    click.echo(parse_config(text).to_json())
+
+
+# -- leases ----------------------------------------------------------------------------
+
+
+@main.group()
+def leases() -> None:
+    """Subnet leases and reservations."""
+
+
+async def _leases_with_ttl(store: EtcdStore) -> list[tuple[StoredLease, int | None]]:
+    snapshot = await store.list_leases()
+    out = []
+    for stored in sorted(snapshot.leases, key=lambda s: s.subnet):
+        ttl = await store.ttl_left(stored.lease_id) if stored.lease_id else None
+        out.append((stored, ttl))
+    return out
+
+
+def _lease_json(stored: StoredLease, ttl: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"subnet": str(stored.subnet), "ttl": ttl}
+    if stored.record is None:
+        out["error"] = stored.error
+        return out
+    rec = stored.record
+    out.update(
+        node=rec.node,
+        node_id=rec.node_id,
+        site=rec.site,
+        public_ip=str(rec.public_ip),
+        private_ips=[str(a) for a in rec.private_ips],
+        public_ips=[str(a) for a in rec.public_ips],
+        backend=rec.backend_type,
+        vtep_mac=str(rec.vtep_mac),
+        vni=rec.vni,
+    )
+    return out
+
+
+@leases.command("list")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+@friendly_errors
+def leases_list(ctx: click.Context, output: str) -> None:
+    """List every lease."""
+    rows = _run(ctx, _leases_with_ttl)
+    if output == "json":
+        _echo_json([_lease_json(s, t) for s, t in rows])
+        return
+    table = []
+    for stored, ttl in rows:
+        rec = stored.record
+        ttl_text = "-" if ttl is None else ("expired" if ttl < 0 else f"{ttl}s")
+        if rec is None:
+            table.append([str(stored.subnet), "(malformed)", "-", "-", "-", ttl_text])
+            continue
+        addrs = ",".join(str(a) for a in (*rec.public_ips, *rec.private_ips)) or str(rec.public_ip)
+        table.append([str(stored.subnet), rec.node, rec.site, addrs, rec.backend_type, ttl_text])
+    _table(["SUBNET", "NODE", "SITE", "PUBLIC/UNDERLAY", "BACKEND", "TTL"], table)
+
+
+def _find(rows: list[tuple[StoredLease, int | None]], which: str) -> tuple[StoredLease, int | None]:
+    subnet: IPv4Network | None
+    try:
+        subnet = parse_subnet_arg(which)
+    except LeaseFormatError:
+        subnet = None  # not a subnet: a node name
+    for stored, ttl in rows:
+        if stored.subnet == subnet or (stored.record is not None and stored.record.node == which):
+            return stored, ttl
+    raise NotFoundError(f"no lease for {which!r}", hint="see 'overlayctl leases list'")
+
+
+@leases.command("show")
+@click.argument("which")
+@click.pass_context
+@friendly_errors
+def leases_show(ctx: click.Context, which: str) -> None:
+    """Show one lease, by subnet (10.244.3.0/24) or node name."""
+    _echo_json(_lease_json(*_find(_run(ctx, _leases_with_ttl), which)))
+
+
+@leases.command("reserve")
+@click.argument("subnet")
+@click.option("--node", required=True, help="Node name the subnet is reserved for.")
+@click.pass_context
+@friendly_errors
+def leases_reserve(ctx: click.Context, subnet: str, node: str) -> None:
+    """Reserve SUBNET permanently for a node name."""
+    net = parse_subnet_arg(subnet)
+
+    async def go(store: EtcdStore) -> None:
+        cfg = await store.get_config()
+        if not cfg.is_allocatable(net):
+            raise ConfigError(
+                f"{net} is not an allocatable subnet of {cfg.network} "
+                f"(/{cfg.subnet_len} between {cfg.subnet_min} and {cfg.subnet_max})"
+            )
+        await store.put_reservation(net, node)
+
+    _run(ctx, go)
+    click.echo(f"reserved {net} for {node}")
+
+
+@leases.command("unreserve")
+@click.argument("subnet")
+@click.pass_context
+@friendly_errors
+def leases_unreserve(ctx: click.Context, subnet: str) -> None:
+    """Remove a reservation."""
+    net = parse_subnet_arg(subnet)
+    if not _run(ctx, lambda s: s.delete_reservation(net)):
+        raise NotFoundError(f"no reservation for {net}")
+    click.echo(f"removed reservation of {net}")
+
+
+@leases.command("reservations")
+@click.pass_context
+@friendly_errors
+def leases_reservations(ctx: click.Context) -> None:
+    """List reservations."""
+    found = _run(ctx, lambda s: s.list_reservations())
+    _table(["SUBNET", "NODE"], [[str(k), v] for k, v in sorted(found.items())])
+
+
+@leases.command("revoke")
+@click.argument("which")
+@click.pass_context
+@friendly_errors
+def leases_revoke(ctx: click.Context, which: str) -> None:
+    """Delete a lease (by subnet or node name); a live daemon will claim a subnet again."""
+
+    async def go(store: EtcdStore) -> IPv4Network:
+        stored, _ = _find(await _leases_with_ttl(store), which)
+        await store.delete_lease(stored.subnet)
+        return stored.subnet
+
+    click.echo(f"revoked {_run(ctx, go)}")
+
+
+# -- plan ------------------------------------------------------------------------------
+
+
+@main.command("plan")
+@click.option("--node", default=socket.gethostname, help="Plan for this node (default: hostname).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+@friendly_errors
+def plan(ctx: click.Context, node: str, output: str) -> None:
+    """The kernel entries NODE's daemon would program (same planner as the daemon)."""
+    rows = _run(ctx, _leases_with_ttl)
+    me, _ = _find(rows, node)
+    assert me.record is not None
+    records = {s.subnet: s.record for s, _ in rows if s.record is not None}
+    result = Planner().plan(me.record, records)
+    state = result.state
+    if output == "json":
+        _echo_json(
+            {
+                "node": node,
+                "subnet": str(me.subnet),
+                "routes": [
+                    {"dst": str(r.dst), "via": str(r.via), "onlink": True}
+                    for r in sorted(state.routes.values())
+                ],
+                "neighbours": [
+                    {"ip": str(n.ip), "mac": str(n.mac)} for n in sorted(state.neighs.values())
+                ],
+                "fdb": [
+                    {"mac": str(f.mac), "dst": str(f.dst)} for f in sorted(state.fdbs.values())
+                ],
+                "paths": {
+                    str(k): {"address": str(p.address), "kind": p.kind, "reason": p.reason}
+                    for k, p in sorted(result.paths.items())
+                },
+                "skipped": [{"subnet": str(s), "reason": r} for s, r in result.skipped],
+            }
+        )
+        return
+    click.echo(f"# plan for {node} ({me.subnet}): {len(result.paths)} peers")
+    for r in sorted(state.routes.values()):
+        click.echo(f"route {r.dst} via {r.via} onlink")
+    for n in sorted(state.neighs.values()):
+        click.echo(f"neigh {n.ip} lladdr {n.mac} permanent")
+    for f in sorted(state.fdbs.values()):
+        click.echo(f"fdb {f.mac} dst {f.dst} self permanent")
+    for subnet, reason in result.skipped:
+        click.echo(f"# skipped {subnet}: {reason}")

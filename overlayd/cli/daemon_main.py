@@ -1,0 +1,107 @@
+"""``overlayd``: the daemon's command line. Every flag is also ``OVERLAYD_<FLAG>``."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import click
+
+from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
+from overlayd.daemon import DaemonOptions, run_daemon
+from overlayd.dataplane import DataPlane
+from overlayd.lease import DEFAULT_SITE
+from overlayd.logs import setup_logging
+
+
+@click.command(context_settings={"auto_envvar_prefix": "OVERLAYD", "show_default": True})
+@etcd_options
+@click.option(
+    "--node-name", default=socket.gethostname, help="This node's name (default: hostname)."
+)
+@click.option(
+    "--iface",
+    default=None,
+    help="Underlay interface name or address (default: default-route interface).",
+)
+@click.option(
+    "--public-ip",
+    "public_ips",
+    multiple=True,
+    help="A public address of this node, even if not on any interface; repeatable.",
+)
+@click.option("--site", default=DEFAULT_SITE, help="Site (cloud/LAN) this node is in.")
+@click.option(
+    "--subnet-file", type=click.Path(path_type=Path), default=Path("/run/overlayd/subnet.env")
+)
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/overlayd"))
+@click.option(
+    "--healthz-port",
+    type=click.IntRange(0, 65535),
+    default=10256,
+    help="Port of /healthz, /readyz and /status (0: off).",
+)
+@click.option("--healthz-ip", default="0.0.0.0", help="Address the health port listens on.")
+@click.option(
+    "--ip-masq/--no-ip-masq",
+    default=False,
+    help="Masquerade traffic leaving the overlay (nftables table 'ip overlayd').",
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@click.option(
+    "--lease-ttl",
+    type=click.IntRange(5, 7 * 86400),
+    default=86400,
+    help="Subnet lease TTL in seconds (renewed every third of it, at least hourly).",
+)
+@click.option(
+    "--resync-interval",
+    type=click.FloatRange(1, 3600),
+    default=30.0,
+    help="Seconds between full read-backs of the kernel state.",
+)
+@click.option("--debug", is_flag=True, help="Debug logging; tracebacks on errors.")
+@friendly_errors
+def main(
+    etcd_endpoints: str,
+    etcd_prefix: str,
+    etcd_cafile: Path | None,
+    etcd_certfile: Path | None,
+    etcd_keyfile: Path | None,
+    node_name: str,
+    iface: str | None,
+    public_ips: tuple[str, ...],
+    site: str,
+    subnet_file: Path,
+    state_dir: Path,
+    healthz_port: int,
+    healthz_ip: str,
+    ip_masq: bool,
+    log_format: str,
+    lease_ttl: int,
+    resync_interval: float,
+    debug: bool,
+) -> None:
+    """Run the overlay network daemon on this host."""
+    setup_logging(log_format, logging.DEBUG if debug else logging.INFO)
+    try:
+        publics = tuple(IPv4Address(p) for p in public_ips)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--public-ip") from None
+    opts = DaemonOptions(
+        etcd=etcd_settings(etcd_endpoints, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile),
+        node_name=node_name,
+        iface=iface,
+        public_ips=publics,
+        site=site,
+        subnet_file=subnet_file,
+        state_dir=state_dir,
+        healthz_port=healthz_port,
+        healthz_host=healthz_ip,
+        ip_masq=ip_masq,
+        lease_ttl=lease_ttl,
+        resync_interval=resync_interval,
+    )
+    run_daemon(opts, DataPlane())

@@ -1,0 +1,397 @@
+"""The overlayd daemon: wires the store, the lease keeper, the planner and the data plane.
+
+Recompute, don't react: store events, kernel notifications and timers only mark the state
+dirty; one loop replans from the full state and applies the diff against the kernel state
+we own. Nothing is deleted before the first full snapshot of the store has loaded, so a
+restart never flushes live entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from overlayd.config import NetworkConfig
+from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
+from overlayd.errors import ConfigMissingError, KernelError, StoreError
+from overlayd.health import HealthServer
+from overlayd.identity import NodeIdentity, StateDir
+from overlayd.kernel_state import KernelState, diff
+from overlayd.lease import LeaseRecord
+from overlayd.leasekeeper import HeldLease, LeaseKeeper
+from overlayd.masq import apply_masq
+from overlayd.mirror import KernelMirror
+from overlayd.netlink.rtnl import KernelEvent
+from overlayd.plan import Plan, Planner
+from overlayd.sdnotify import sd_notify
+from overlayd.store import EtcdSettings, EtcdStore, EventKind, StoredLease, WatchBatch
+from overlayd.subnetfile import SubnetFile, write_subnet_file
+
+log = logging.getLogger("overlayd")
+
+RESYNC_INTERVAL = 30.0  # full read-back of the kernel state, besides netlink notifications
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """Everything ``overlayd``'s flags say."""
+
+    etcd: EtcdSettings
+    node_name: str
+    iface: str | None
+    public_ips: tuple[IPv4Address, ...]
+    site: str
+    subnet_file: Path
+    state_dir: Path
+    healthz_port: int
+    healthz_host: str = "0.0.0.0"
+    ip_masq: bool = False
+    lease_ttl: int = 86400
+    resync_interval: float = RESYNC_INTERVAL
+
+
+@dataclass
+class _Status:
+    """Facts the health endpoints report; mutated only by the daemon's own loop."""
+
+    started: float = field(default_factory=time.monotonic)
+    subnet: IPv4Network | None = None
+    reconciles: int = 0
+    last_reconcile: float | None = None
+    last_error: str | None = None
+    peers: int = 0
+    snapshot_loaded: bool = False
+
+
+class Daemon:
+    def __init__(self, opts: DaemonOptions, dataplane: DataPlane) -> None:
+        self.opts = opts
+        self.dp = dataplane
+        self.store = EtcdStore(opts.etcd)
+        self.state_dir = StateDir(opts.state_dir)
+        self.planner = Planner()
+        self.status = _Status()
+        self.leases: dict[IPv4Network, StoredLease] = {}
+        self.records: dict[IPv4Network, LeaseRecord] = {}
+        self._bad_seen: set[tuple[IPv4Network, int]] = set()
+        self.mirror = KernelMirror()
+        self.last_plan: Plan | None = None
+        self._dirty = asyncio.Event()
+        self._need_dump = True
+        self._device_stale = True
+        self._keeper: LeaseKeeper | None = None
+        self._cfg: NetworkConfig | None = None
+        self._underlay: Underlay | None = None
+        self._identity: NodeIdentity | None = None
+        self._ifindex = 0
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def mark_dirty(self, *, dump: bool = False, device: bool = False) -> None:
+        self._need_dump |= dump
+        self._device_stale |= device
+        self._dirty.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        health = HealthServer(
+            self.opts.healthz_host,
+            self.opts.healthz_port,
+            {"/healthz": self._healthz, "/readyz": self._readyz, "/status": self._statusz},
+        )
+        if self.opts.healthz_port:
+            await health.start()
+        main = asyncio.create_task(self._main())
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await main
+        await health.close()
+        await self.store.close()
+        self.dp.close()
+        if main in done and main.exception() is not None:
+            raise main.exception()  # type: ignore[misc]
+        # SIGTERM leaves the data plane in place: peers keep working while we restart
+        log.info("stopped; data plane left in place")
+
+    async def _main(self) -> None:
+        self._identity = self.state_dir.identity()
+        self._underlay = await self.dp.underlay(self.opts.iface)
+        log.info(
+            "node %s (id %s…), underlay %s on %s, mtu %d",
+            self.opts.node_name,
+            self._identity.node_id[:8],
+            self._underlay.address,
+            self._underlay.link.name,
+            self._underlay.link.mtu,
+        )
+        await self.store.connect()
+        self._cfg = await self._wait_config()
+        template = LeaseRecord(
+            subnet=self._cfg.network,  # placeholder: the keeper fills in the claimed subnet
+            node=self.opts.node_name,
+            node_id=self._identity.node_id,
+            public_ip=self.opts.public_ips[0] if self.opts.public_ips else self._underlay.address,
+            vtep_mac=self._identity.vtep_mac,
+            vni=self._cfg.backend.vni,
+            site=self.opts.site,
+            private_ips=(self._underlay.address,),
+            public_ips=self.opts.public_ips,
+            backend_type=self._cfg.backend.type,
+        )
+        self._keeper = LeaseKeeper(
+            self.store,
+            self._cfg,
+            template,
+            self.state_dir,
+            self.opts.lease_ttl,
+            lambda _held: self.mark_dirty(device=True),
+        )
+        held = await self._keeper.acquire()
+        await self._configure_device(held)
+        sd_notify("READY=1")
+        self.dp.start_monitor(self._ifindex, self._on_kernel_events)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._keeper.keep())
+            tasks.create_task(self._watch())
+            tasks.create_task(self._resync_timer())
+            tasks.create_task(self._reconcile_loop())
+
+    async def _wait_config(self) -> NetworkConfig:
+        delay = 1.0
+        while True:
+            try:
+                cfg = await self.store.get_config()
+                log.info(
+                    "network %s, /%d subnets, backend %s (VNI %d, port %d)",
+                    cfg.network,
+                    cfg.subnet_len,
+                    cfg.backend.type,
+                    cfg.backend.vni,
+                    cfg.backend.port,
+                )
+                return cfg
+            except ConfigMissingError as exc:
+                log.warning("%s; waiting (hint: %s)", exc, exc.hint)
+            except StoreError as exc:
+                log.warning("cannot read the network config yet: %s", exc)
+            # an invalid config (ConfigError) is not retried: it needs a person
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    # -- device and subnet file ----------------------------------------------------------
+
+    async def _configure_device(self, held: HeldLease) -> None:
+        cfg, underlay = self._cfg, self._underlay
+        assert cfg is not None and underlay is not None
+        mtu = cfg.vxlan_mtu(underlay.link.mtu)
+        spec = VxlanSpec(
+            name=f"overlay.{cfg.backend.vni}",
+            vni=cfg.backend.vni,
+            port=cfg.backend.port,
+            local=underlay.address,
+            underlay_index=underlay.link.index,
+            mac=held.record.vtep_mac,
+            mtu=mtu,
+        )
+        # flannel puts the subnet's .0 on the device as a /32: routes to peers are onlink
+        address = IPv4Interface(f"{held.record.overlay_ip}/32")
+        ifindex = await self.dp.ensure_device(spec, address)
+        if ifindex != self._ifindex:
+            if self._ifindex:
+                self.dp.start_monitor(ifindex, self._on_kernel_events)
+            self._ifindex = ifindex
+            self._need_dump = True
+        if self.opts.ip_masq:
+            await asyncio.to_thread(apply_masq, cfg.network, held.record.subnet)
+        if self.status.subnet != held.record.subnet:
+            content = SubnetFile(
+                network=cfg.network,
+                subnet=IPv4Interface(f"{held.record.subnet.network_address + 1}/{cfg.subnet_len}"),
+                mtu=mtu,
+                ipmasq=self.opts.ip_masq,
+            )
+            write_subnet_file(self.opts.subnet_file, content)
+            log.info(
+                "subnet file %s: subnet %s, mtu %d", self.opts.subnet_file, content.subnet, mtu
+            )
+            self.status.subnet = held.record.subnet
+        self._device_stale = False
+
+    # -- inputs ------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                async for batch in self.store.watch_leases():
+                    self._absorb(batch)
+                    delay = 1.0
+            except StoreError as exc:
+                log.warning("lease watch failed: %s; retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _absorb(self, batch: WatchBatch) -> None:
+        assert self._keeper is not None
+        if batch.snapshot is not None:
+            fresh = {s.subnet: s for s in batch.snapshot.leases}
+            for subnet in self.leases.keys() - fresh.keys():
+                self._forget(subnet)
+            for stored in fresh.values():
+                self._remember(stored)
+            if not self.status.snapshot_loaded:
+                log.info("store snapshot loaded: %d leases", len(fresh))
+            self.status.snapshot_loaded = True
+        for event in batch.events:
+            if event.kind is EventKind.DELETE:
+                self._forget(event.lease.subnet)
+            else:
+                self._remember(event.lease)
+        self.mark_dirty()
+
+    def _remember(self, stored: StoredLease) -> None:
+        old = self.leases.get(stored.subnet)
+        self.leases[stored.subnet] = stored
+        assert self._keeper is not None
+        self._keeper.notice(stored, stored.subnet)
+        if old is not None and old.mod_revision == stored.mod_revision:
+            return  # unchanged: keep the old record object (the planner memoises by identity)
+        if stored.record is None:
+            self.records.pop(stored.subnet, None)
+            if (stored.subnet, stored.mod_revision) not in self._bad_seen:
+                self._bad_seen.add((stored.subnet, stored.mod_revision))
+                log.error("ignoring malformed lease %s: %s", stored.subnet, stored.error)
+            return
+        self.records[stored.subnet] = stored.record
+        is_me = self._identity is not None and stored.record.node_id == self._identity.node_id
+        if not is_me and (
+            old is None or old.record is None or old.record.node != stored.record.node
+        ):
+            log.info("peer %s joined with %s", stored.record.node, stored.subnet)
+
+    def _forget(self, subnet: IPv4Network) -> None:
+        old = self.leases.pop(subnet, None)
+        self.records.pop(subnet, None)
+        assert self._keeper is not None
+        self._keeper.notice(None, subnet)
+        if old is not None and old.record is not None:
+            log.info("peer %s left (%s)", old.record.node, subnet)
+
+    def _on_kernel_events(self, events: list[KernelEvent] | None) -> None:
+        """Called on the event loop with kernel notifications for our device.
+
+        None means notifications were lost (socket overrun): read everything back.
+        """
+        if events is None:
+            self.mark_dirty(dump=True)
+            return
+        desired = self._desired()
+        changed = False
+        for ev in events:
+            changed |= self.mirror.absorb(ev, desired)
+        if changed:
+            self.mark_dirty()
+
+    def _desired(self) -> KernelState:
+        return self.last_plan.state if self.last_plan is not None else KernelState()
+
+    async def _resync_timer(self) -> None:
+        while True:
+            await asyncio.sleep(self.opts.resync_interval)
+            self.mark_dirty(dump=True, device=True)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self._reconcile()
+                self.status.last_error = None
+            except (KernelError, StoreError) as exc:
+                self.status.last_error = str(exc)
+                log.error("reconcile failed: %s; retrying", exc)
+                await asyncio.sleep(1.0)
+                self.mark_dirty(dump=True, device=True)
+
+    async def _reconcile(self) -> None:
+        keeper = self._keeper
+        assert keeper is not None and keeper.held is not None
+        if self._device_stale or (self.status.subnet != keeper.held.record.subnet):
+            await self._configure_device(keeper.held)
+        if self._need_dump:
+            self._need_dump = False
+            self.mirror.replace(await self.dp.dump(self._ifindex), self._desired())
+        plan = self.planner.plan(keeper.held.record, self.records)
+        self.last_plan = plan
+        changes = diff(plan.state, self.mirror.state, allow_delete=self.status.snapshot_loaded)
+        self.status.peers = len(plan.paths)
+        if changes:
+            t0 = time.monotonic()
+            outcome = await self.dp.apply(self._ifindex, changes)
+            log.info(
+                "reconciled %d peers: %s in %.1f ms%s",
+                len(plan.paths),
+                changes.summary(),
+                (time.monotonic() - t0) * 1000,
+                f", {len(outcome.errors)} failed" if outcome.errors else "",
+            )
+            outcome.raise_for_errors()
+        for subnet, reason in plan.skipped:
+            key = (subnet, -1)
+            if key not in self._bad_seen:
+                self._bad_seen.add(key)
+                log.warning("not programming peer %s: %s", subnet, reason)
+        self.status.reconciles += 1
+        self.status.last_reconcile = time.time()
+
+    # -- health ------------------------------------------------------------------------
+
+    def _ready(self) -> bool:
+        keeper = self._keeper
+        return keeper is not None and keeper.held is not None and self.status.reconciles > 0
+
+    def _healthz(self) -> tuple[int, Any]:
+        return 200, {"status": "ok", "uptime": round(time.monotonic() - self.status.started, 1)}
+
+    def _readyz(self) -> tuple[int, Any]:
+        if self._ready():
+            return 200, {"ready": True}
+        return 503, {"ready": False}
+
+    def _statusz(self) -> tuple[int, Any]:
+        s = self.status
+        return 200, {
+            "node": self.opts.node_name,
+            "subnet": str(s.subnet) if s.subnet else None,
+            "peers": s.peers,
+            "reconciles": s.reconciles,
+            "last_reconcile": s.last_reconcile,
+            "last_error": s.last_error,
+            "snapshot_loaded": s.snapshot_loaded,
+            "entries": self.mirror.state.size(),
+        }
+
+
+def run_daemon(opts: DaemonOptions, dataplane: DataPlane) -> None:
+    """Run until SIGTERM/SIGINT; uvloop when available."""
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    runner(Daemon(opts, dataplane).run())

@@ -1,0 +1,98 @@
+"""The VXLAN data plane as the daemon sees it: async calls run on one netlink thread.
+
+pyroute2's asyncio API fails under uvloop, and netlink sockets are not thread-safe, so
+every link/route/neighbour operation runs on a single dedicated worker thread; the
+notification monitor has its own thread and hands batches back to the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Interface
+from typing import TypeVar
+
+from overlayd.kernel_state import Changes, KernelState
+from overlayd.netlink.link import LinkAction, Links, Underlay, VxlanSpec
+from overlayd.netlink.rtnl import ApplyResult, KernelEvent, Monitor, MonitorEvent, Rtnl
+
+log = logging.getLogger("overlayd.dataplane")
+T = TypeVar("T")
+
+__all__ = ["DataPlane", "Underlay", "VxlanSpec"]
+
+
+class DataPlane:
+    """Owns the netlink sockets of one daemon (in the process's network namespace)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+        self._links: Links | None = None
+        self._rtnl: Rtnl | None = None
+        self._monitor: Monitor | None = None
+
+    async def _on_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def _l(self) -> Links:
+        if self._links is None:
+            self._links = Links()
+        return self._links
+
+    def _r(self) -> Rtnl:
+        if self._rtnl is None:
+            self._rtnl = Rtnl()
+        return self._rtnl
+
+    async def underlay(self, iface: str | None) -> Underlay:
+        return await self._on_thread(lambda: self._l().resolve_underlay(iface))
+
+    async def ensure_device(self, spec: VxlanSpec, address: IPv4Interface) -> int:
+        """Create or fix the VXLAN device and its address; returns its ifindex."""
+
+        def work() -> int:
+            links = self._l()
+            ensured = links.ensure_vxlan(spec)
+            if ensured.action is not LinkAction.UNCHANGED:
+                fixed = f" ({', '.join(ensured.fixed)})" if ensured.fixed else ""
+                log.info("device %s %s%s", spec.name, ensured.action.value, fixed)
+            if links.set_address(ensured.link.index, address):
+                log.info("device %s address %s", spec.name, address)
+            return ensured.link.index
+
+        return await self._on_thread(work)
+
+    async def dump(self, ifindex: int) -> KernelState:
+        return await self._on_thread(lambda: self._r().dump(ifindex))
+
+    async def apply(self, ifindex: int, changes: Changes) -> ApplyResult:
+        return await self._on_thread(lambda: self._r().apply(ifindex, changes))
+
+    def start_monitor(
+        self, ifindex: int, on_events: Callable[[list[KernelEvent] | None], None]
+    ) -> None:
+        """Follow notifications for ``ifindex``; ``on_events`` runs on the event loop.
+
+        It gets each burst of events, or None when notifications were lost.
+        """
+        loop = asyncio.get_running_loop()
+
+        def deliver(events: list[MonitorEvent]) -> None:
+            mine = [e for e in events if isinstance(e, KernelEvent)]
+            lost = len(mine) != len(events)
+            loop.call_soon_threadsafe(on_events, None if lost else mine)
+
+        if self._monitor is not None:
+            self._monitor.stop()
+        self._monitor = Monitor(ifindex, deliver)
+        self._monitor.start()
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.stop()
+        self._pool.shutdown(wait=True)
+        for sock in (self._links, self._rtnl):
+            if sock is not None:
+                sock.close()
