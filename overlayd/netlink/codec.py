@@ -408,7 +408,8 @@ def _ipv4(raw: memoryview | None) -> IPv4Address | None:
 
 
 def _mac(raw: memoryview | None) -> MacAddress | None:
-    return MacAddress.from_bytes(bytes(raw)) if raw is not None and len(raw) == 6 else None
+    # bytes.hex(":") is the normalised form MacAddress wants, without its per-byte join.
+    return MacAddress(raw.hex(":")) if raw is not None and len(raw) == 6 else None
 
 
 def _u32(raw: memoryview | None, default: int) -> int:
@@ -426,7 +427,9 @@ def decode_route(action: Action, payload: memoryview, nlflags: int = 0) -> Route
     if family != AF_INET:
         return None
     attrs = parse_attrs(payload, RTMSG.size)
-    dst = _ipv4(attrs.get(RTA_DST)) or IPv4Address(0)
+    raw_dst = attrs.get(RTA_DST)
+    # From an int: IPv4Network would otherwise re-parse an IPv4Address via its string.
+    dst = int.from_bytes(raw_dst, "big") if raw_dst is not None and len(raw_dst) == 4 else 0
     return RouteMessage(
         action=action,
         dst=IPv4Network((dst, dst_len)),
