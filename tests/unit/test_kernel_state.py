@@ -164,7 +164,9 @@ def test_diff_allow_delete_false_keeps_unknown_entries() -> None:
     assert safe.set_routes == full.set_routes and safe.set_fdbs == full.set_fdbs
     assert safe.set_neighs == full.set_neighs
     assert full.del_routes and full.del_neighs and full.del_fdbs
-    assert safe.del_routes == safe.del_neighs == safe.del_fdbs == ()
+    assert safe.del_routes == ()
+    assert safe.del_neighs == ()
+    assert safe.del_fdbs == ()
 
 
 def test_diff_outputs_are_sorted_whatever_the_insertion_order() -> None:
