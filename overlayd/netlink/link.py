@@ -199,10 +199,6 @@ class Links:
             ),
         )
 
-    def mtu(self, link: str | int) -> int:
-        """MTU of an interface."""
-        return self.get(link).mtu
-
     def default_route_interface(self) -> LinkInfo:
         """The interface of the IPv4 default route in table main with the lowest metric."""
         routes = self._call(

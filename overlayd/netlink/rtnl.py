@@ -144,7 +144,9 @@ class Rtnl:
     """One rtnetlink socket for batched changes and dumps of overlayd's entries.
 
     ``timeout`` bounds each wait for the kernel; it only expires if the kernel never
-    answers, which is reported as ``KernelError``.
+    answers, which is reported as ``KernelError``. ``batch_size`` is how many requests
+    go into one ``send``, derived from the receive buffer the kernel granted so that
+    all their ACKs fit.
     """
 
     def __init__(
@@ -402,8 +404,9 @@ class Monitor:
     ``ResyncNeeded`` is delivered; the caller should then dump.
 
     Start the monitor before the initial ``Rtnl.dump`` so nothing between the two is
-    missed. ``on_events`` runs on the monitor thread; an exception in it is logged and
-    the monitor carries on.
+    missed. ``on_events`` runs on the monitor thread (do not call ``stop`` from it); an
+    exception in it is logged and the monitor carries on. If the socket itself fails,
+    a last ``ResyncNeeded`` is delivered and the thread ends (``running`` turns False).
     """
 
     def __init__(
@@ -431,6 +434,10 @@ class Monitor:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         """Stop the thread and close the socket; idempotent."""
@@ -464,12 +471,20 @@ class Monitor:
             ready = {fd for fd, _ in poller.poll()}
             if self._wake_r in ready:
                 return
-            events = self._drain()
-            if events:
-                try:
-                    self._on_events(events)
-                except Exception:
-                    log.exception("netlink monitor callback failed")
+            try:
+                events = self._drain()
+            except OSError as exc:
+                log.error("netlink monitor socket failed: %s", exc)
+                self._deliver([ResyncNeeded(f"monitor socket failed: {exc.strerror}")])
+                return
+            self._deliver(events)
+
+    def _deliver(self, events: list[MonitorEvent]) -> None:
+        if events:
+            try:
+                self._on_events(events)
+            except Exception:
+                log.exception("netlink monitor callback failed")
 
     def _drain(self) -> list[MonitorEvent]:
         """Every event readable right now."""
