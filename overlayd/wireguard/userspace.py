@@ -249,10 +249,12 @@ class WireGuardGo:
             self._watcher = None
         if not stop:
             return
+        pid: int | None
         try:
             pid = self._client.server_pid()
         except UapiUnavailable:
-            pid = None
+            # our child may be alive but not (yet) answering
+            pid = self._proc.pid if self._proc is not None and self._proc.poll() is None else None
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
