@@ -6,8 +6,7 @@ import asyncio
 import json
 import logging
 import os
-import shutil
-import sys
+import subprocess
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network
 from itertools import count
@@ -23,14 +22,12 @@ from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord, decode_lease, subnet_key_name
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.store import EtcdSettings, EtcdStore, EventKind, StoredLease, WatchBatch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from etcd_fixture import EtcdServer
+from tests.lab.etcd import ETCDCTL, EtcdServer
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (integration test)"),
-    pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd"),
+    pytest.mark.skipif(not Path(ETCDCTL).exists(), reason="needs etcd and etcdctl"),
 ]
 
 T = TypeVar("T")
@@ -38,14 +35,32 @@ _prefixes = count()
 TTL = 30
 
 
+class Etcd:
+    """The shared lab etcd plus ``etcdctl`` for writing what overlayd itself never writes."""
+
+    def __init__(self, server: EtcdServer) -> None:
+        self.server = server
+        self.endpoint = server.endpoint
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [ETCDCTL, f"--endpoints={self.server.url}", "--command-timeout=5s", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=15,
+            env={**os.environ, "ETCDCTL_API": "3"},
+        )
+
+
 @pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data")
-    server.start()
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
+    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
     try:
-        yield server
+        server.start().wait_healthy()
+        yield Etcd(server)
     finally:
-        server.stop()
+        server.kill()
 
 
 @pytest.fixture
@@ -60,7 +75,7 @@ def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 20.0) -> T:
     return asyncio.run(main())
 
 
-async def open_store(etcd: EtcdServer, prefix: str) -> EtcdStore:
+async def open_store(etcd: Etcd, prefix: str) -> EtcdStore:
     store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,), prefix=prefix))
     await store.connect()
     return store
@@ -85,7 +100,7 @@ def cfg(**fields: Any) -> NetworkConfig:
 # -- config ---------------------------------------------------------------------------
 
 
-def test_config_put_get_missing_invalid(etcd: EtcdServer, prefix: str) -> None:
+def test_config_put_get_missing_invalid(etcd: Etcd, prefix: str) -> None:
     async def body() -> None:
         store = await open_store(etcd, prefix)
         try:
@@ -118,7 +133,7 @@ def test_config_put_get_missing_invalid(etcd: EtcdServer, prefix: str) -> None:
 # -- leases ---------------------------------------------------------------------------
 
 
-def test_create_is_create_if_absent(etcd: EtcdServer, prefix: str) -> None:
+def test_create_is_create_if_absent(etcd: Etcd, prefix: str) -> None:
     async def body() -> None:
         store = await open_store(etcd, prefix)
         try:
@@ -150,7 +165,7 @@ def test_create_is_create_if_absent(etcd: EtcdServer, prefix: str) -> None:
     run(body)
 
 
-def test_rebind_requires_current_mod_revision(etcd: EtcdServer, prefix: str) -> None:
+def test_rebind_requires_current_mod_revision(etcd: Etcd, prefix: str) -> None:
     async def body() -> None:
         store = await open_store(etcd, prefix)
         try:
@@ -178,7 +193,7 @@ def test_rebind_requires_current_mod_revision(etcd: EtcdServer, prefix: str) -> 
     run(body)
 
 
-def test_keepalive_and_revoke(etcd: EtcdServer, prefix: str) -> None:
+def test_keepalive_and_revoke(etcd: Etcd, prefix: str) -> None:
     async def body() -> None:
         store = await open_store(etcd, prefix)
         try:
@@ -198,7 +213,7 @@ def test_keepalive_and_revoke(etcd: EtcdServer, prefix: str) -> None:
     run(body)
 
 
-def test_list_surfaces_malformed_and_ignores_stray_keys(etcd: EtcdServer, prefix: str) -> None:
+def test_list_surfaces_malformed_and_ignores_stray_keys(etcd: Etcd, prefix: str) -> None:
     async def body() -> None:
         store = await open_store(etcd, prefix)
         try:
@@ -233,7 +248,7 @@ def test_list_surfaces_malformed_and_ignores_stray_keys(etcd: EtcdServer, prefix
     reason="bug: EtcdStore._stored only decodes non-empty values; an empty value under "
     "subnets/ gives StoredLease(record=None, error=None) instead of an error",
 )
-def test_empty_value_is_reported_as_malformed(etcd: EtcdServer, prefix: str) -> None:
+def test_empty_value_is_reported_as_malformed(etcd: Etcd, prefix: str) -> None:
     async def body() -> None:
         store = await open_store(etcd, prefix)
         try:
@@ -251,7 +266,7 @@ async def next_batch(gen: AsyncIterator[WatchBatch], timeout: float = 5.0) -> Wa
     return await asyncio.wait_for(gen.__anext__(), timeout)
 
 
-def test_watch_snapshot_then_events(etcd: EtcdServer, prefix: str) -> None:
+def test_watch_snapshot_then_events(etcd: Etcd, prefix: str) -> None:
     async def body() -> None:
         store = await open_store(etcd, prefix)
         gen = store.watch_leases()
@@ -294,7 +309,7 @@ def test_watch_snapshot_then_events(etcd: EtcdServer, prefix: str) -> None:
     run(body)
 
 
-def test_watch_after_compaction_yields_fresh_snapshot(etcd: EtcdServer, prefix: str) -> None:
+def test_watch_after_compaction_yields_fresh_snapshot(etcd: Etcd, prefix: str) -> None:
     async def body() -> None:
         store = await open_store(etcd, prefix)
         gen = store.watch_leases()
@@ -335,7 +350,7 @@ def test_watch_after_compaction_yields_fresh_snapshot(etcd: EtcdServer, prefix: 
 # -- reservations ---------------------------------------------------------------------
 
 
-def test_reservations(etcd: EtcdServer, prefix: str) -> None:
+def test_reservations(etcd: Etcd, prefix: str) -> None:
     async def body() -> None:
         store = await open_store(etcd, prefix)
         try:
@@ -372,7 +387,7 @@ class Keeper:
     """A LeaseKeeper with its own store connection, state dir and change log."""
 
     def __init__(
-        self, etcd: EtcdServer, prefix: str, c: NetworkConfig, state: Path, node: str, node_id: str
+        self, etcd: Etcd, prefix: str, c: NetworkConfig, state: Path, node: str, node_id: str
     ) -> None:
         self.etcd, self.prefix, self.cfg, self.state = etcd, prefix, c, state
         self.node, self.node_id = node, node_id
@@ -409,7 +424,7 @@ POOL1 = {
 }  # exactly one allocatable subnet
 
 
-async def leases_in(etcd: EtcdServer, prefix: str) -> dict[IPv4Network, StoredLease]:
+async def leases_in(etcd: Etcd, prefix: str) -> dict[IPv4Network, StoredLease]:
     store = await open_store(etcd, prefix)
     try:
         return {s.subnet: s for s in (await store.list_leases()).leases}
@@ -417,9 +432,7 @@ async def leases_in(etcd: EtcdServer, prefix: str) -> dict[IPv4Network, StoredLe
         await store.close()
 
 
-def test_keeper_acquire_rebind_and_new_identity(
-    etcd: EtcdServer, prefix: str, tmp_path: Path
-) -> None:
+def test_keeper_acquire_rebind_and_new_identity(etcd: Etcd, prefix: str, tmp_path: Path) -> None:
     c = cfg(**POOL3)
 
     async def body() -> None:
@@ -455,9 +468,7 @@ def test_keeper_acquire_rebind_and_new_identity(
     run(body)
 
 
-def test_keeper_remembered_subnet_after_expiry(
-    etcd: EtcdServer, prefix: str, tmp_path: Path
-) -> None:
+def test_keeper_remembered_subnet_after_expiry(etcd: Etcd, prefix: str, tmp_path: Path) -> None:
     c = cfg(Network="10.244.0.0/16")
 
     async def body() -> None:
@@ -470,7 +481,7 @@ def test_keeper_remembered_subnet_after_expiry(
     run(body)
 
 
-def test_keeper_honours_reservations(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:
+def test_keeper_honours_reservations(etcd: Etcd, prefix: str, tmp_path: Path) -> None:
     c = cfg(**POOL3)
     reserved = IPv4Network("10.244.2.0/24")
 
@@ -493,7 +504,7 @@ def test_keeper_honours_reservations(etcd: EtcdServer, prefix: str, tmp_path: Pa
     run(body)
 
 
-def test_keepers_race_for_last_subnet(etcd: EtcdServer, tmp_path: Path) -> None:
+def test_keepers_race_for_last_subnet(etcd: Etcd, tmp_path: Path) -> None:
     c = cfg(**POOL1)
 
     create_results: list[bool] = []
@@ -538,7 +549,7 @@ def test_keepers_race_for_last_subnet(etcd: EtcdServer, tmp_path: Path) -> None:
 
 
 def test_acquire_keeps_retrying_when_exhausted(
-    etcd: EtcdServer, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    etcd: Etcd, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     c = cfg(**POOL1)
     caplog.set_level(logging.ERROR, logger="overlayd.lease")
@@ -566,7 +577,7 @@ def test_acquire_keeps_retrying_when_exhausted(
     run(body, timeout=30)
 
 
-def test_deleted_lease_is_reacquired(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:
+def test_deleted_lease_is_reacquired(etcd: Etcd, prefix: str, tmp_path: Path) -> None:
     c = cfg(Network="10.244.0.0/16")
 
     async def body() -> None:
@@ -602,9 +613,7 @@ def test_deleted_lease_is_reacquired(etcd: EtcdServer, prefix: str, tmp_path: Pa
     run(body, timeout=30)
 
 
-def test_lease_taken_over_moves_to_another_subnet(
-    etcd: EtcdServer, prefix: str, tmp_path: Path
-) -> None:
+def test_lease_taken_over_moves_to_another_subnet(etcd: Etcd, prefix: str, tmp_path: Path) -> None:
     c = cfg(**POOL3)
 
     async def body() -> None:
@@ -634,9 +643,7 @@ def test_lease_taken_over_moves_to_another_subnet(
     run(body, timeout=30)
 
 
-def test_expired_etcd_lease_is_reacquired_by_keep(
-    etcd: EtcdServer, prefix: str, tmp_path: Path
-) -> None:
+def test_expired_etcd_lease_is_reacquired_by_keep(etcd: Etcd, prefix: str, tmp_path: Path) -> None:
     c = cfg(Network="10.244.0.0/16")
 
     async def body() -> None:
