@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cnitest import (
+
+from overlayd.cni.errors import Code
+from overlayd.cni.install import build_zipapp
+from overlayd.cni.spec import SUPPORTED_VERSIONS, version_key
+from tests.cni.cnitest import (
     NETWORK,
     PLUGIN,
     SUBNET,
@@ -25,10 +29,6 @@ from cnitest import (
     namespaces,
     run_plugin,
 )
-
-from overlayd.cni.errors import Code
-from overlayd.cni.install import build_zipapp
-from overlayd.cni.spec import SUPPORTED_VERSIONS, version_key
 
 pytestmark = pytest.mark.root
 

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cnitest import SUBNET, SYSTEM_CNI_BIN, Node, ip, namespaces
-from podman_harness import LIBCNI_RESULTS, PodmanHost, overlay_conflist
 
 from overlayd.cni.install import build_zipapp
+from tests.cni.cnitest import SUBNET, SYSTEM_CNI_BIN, Node, ip, namespaces
+from tests.cni.podman_harness import LIBCNI_RESULTS, PodmanHost, overlay_conflist
 
 pytestmark = pytest.mark.root
 

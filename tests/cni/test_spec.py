@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cnitest import Node, Reply, assert_cni_error, attach_env, run_plugin
 
 from overlayd.cni.errors import Code
 from overlayd.cni.spec import SUPPORTED_VERSIONS, version_key
+from tests.cni.cnitest import Node, Reply, assert_cni_error, attach_env, run_plugin
 
 VERSIONS = list(SUPPORTED_VERSIONS)
 ATTACH_COMMANDS = ["ADD", "DEL", "CHECK"]

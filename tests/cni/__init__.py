@@ -1,0 +1,1 @@
+"""Tests of the overlay CNI plugin (spec level, namespaces with real plugins, podman)."""
