@@ -73,7 +73,7 @@ def plan_claims(
         if rec and rec.node == node and rec.node_id == node_id and cfg.is_allocatable(subnet):
             claims.append(Claim(subnet, ClaimKind.OWN_LEASE))
     for subnet, owner in sorted(reservations.items()):
-        if owner == node and subnet not in leases:
+        if owner == node and subnet not in leases and cfg.is_allocatable(subnet):
             claims.append(Claim(subnet, ClaimKind.RESERVED))
     reserved_for_others = {s for s, owner in reservations.items() if owner != node}
     if (

@@ -127,8 +127,10 @@ def parse_config(text: str | bytes) -> NetworkConfig:
     """Parse and validate a flannel-format network config; ``ConfigError`` says what is wrong."""
     try:
         raw = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"network config is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(
+            f"network config is not JSON: {str(exc)[:200] or 'nested too deeply'}"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError("network config must be a JSON object")
     if raw.get("EnableIPv6") and not raw.get("EnableIPv4", True):

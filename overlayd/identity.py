@@ -59,8 +59,8 @@ class StateDir:
     def _read(self, name: str) -> str | None:
         try:
             return (self.path / name).read_text().strip()
-        except FileNotFoundError:
-            return None
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None  # missing or damaged: the caller creates it anew
 
     def identity(self) -> NodeIdentity:
         """Load the node id and VTEP MAC, creating them on first start."""

@@ -28,9 +28,10 @@ def parse_subnet_key_name(name: str) -> IPv4Network:
     """Inverse of ``subnet_key_name``; ``LeaseFormatError`` on anything else."""
     addr, sep, plen = name.rpartition("-")
     try:
-        if not sep:
-            raise ValueError("no '-'")
-        return IPv4Network(f"{addr}/{int(plen)}")
+        # exactly a.b.c.d-len: "-024" or "-+24" would alias one subnet under several keys
+        if not sep or not plen.isascii() or not plen.isdigit() or plen != str(int(plen)):
+            raise ValueError("expected a.b.c.d-len")
+        return IPv4Network(f"{addr}/{plen}")
     except ValueError as exc:
         raise LeaseFormatError(f"key {name!r} is not a subnet key (a.b.c.d-len): {exc}") from None
 
@@ -106,10 +107,12 @@ def decode_lease(subnet: IPv4Network, value: bytes | str) -> LeaseRecord:
     Leases written by flannel (no ``Node``/``NodeID``) decode too: such a node is named
     after its PublicIP so it can still be programmed as a peer.
     """
+    if not value:
+        raise LeaseFormatError(f"lease {subnet} has an empty value")
     try:
         raw = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LeaseFormatError(f"lease {subnet} is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise LeaseFormatError(f"lease {subnet} is not JSON: {str(exc)[:200]}") from None
     if not isinstance(raw, dict):
         raise LeaseFormatError(f"lease {subnet} must be a JSON object")
     public_ip = _addr(raw.get("PublicIP"), "PublicIP")
@@ -121,8 +124,8 @@ def decode_lease(subnet: IPv4Network, value: bytes | str) -> LeaseRecord:
     except ValueError as exc:
         raise LeaseFormatError(f"lease {subnet}: {exc}") from None
     vni = backend.get("VNI", 1)
-    if isinstance(vni, bool) or not isinstance(vni, int):
-        raise LeaseFormatError(f"lease {subnet}: VNI must be an integer, got {vni!r}")
+    if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni < 1 << 24:
+        raise LeaseFormatError(f"lease {subnet}: VNI must be an integer 0..16777215, got {vni!r}")
     node = _str(raw, "Node", f"flannel-{public_ip}")
     if not node:
         raise LeaseFormatError(f"lease {subnet}: Node is empty")

@@ -86,6 +86,17 @@ class LeaseKeeper:
             delay = min(delay * 2, 30.0)
 
     async def _acquire_once(self) -> HeldLease:
+        granted: list[int] = []
+        try:
+            return await self._claim(granted)
+        except BaseException:
+            # nothing was claimed with the etcd lease we granted: don't leave it behind
+            for lease_id in granted:
+                with contextlib.suppress(StoreError):
+                    await self._store.revoke(lease_id)
+            raise
+
+    async def _claim(self, granted: list[int]) -> HeldLease:
         lease_id = 0
         for _ in range(RACE_RETRIES):
             snapshot = await self._store.list_leases()
@@ -106,6 +117,7 @@ class LeaseKeeper:
                 )
             if lease_id == 0:
                 lease_id = await self._store.grant(self._ttl)
+                granted.append(lease_id)
             for claim in claims:
                 record = replace(self._template, subnet=claim.subnet)
                 if claim.kind is ClaimKind.OWN_LEASE:
@@ -144,4 +156,7 @@ class LeaseKeeper:
                 if ttl > 0:
                     continue
                 log.warning("our etcd lease %x expired; re-acquiring", held.lease_id)
-            await self.acquire()
+            new = await self.acquire()
+            if new.lease_id != held.lease_id:
+                with contextlib.suppress(StoreError):  # it may hold nothing, or be gone
+                    await self._store.revoke(held.lease_id)

@@ -7,6 +7,7 @@ diff against the kernel (which keeps those objects once applied) is cheap.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -75,43 +76,55 @@ class Planner:
         me: LeaseRecord,
         leases: Mapping[IPv4Network, LeaseRecord],
         paths: Mapping[IPv4Network, PeerPath] | None = None,
+        network: IPv4Network | None = None,
     ) -> Plan:
         """Entries for every usable peer in ``leases`` (``me`` and unusable peers skipped).
 
         ``paths`` holds verified path choices by peer subnet; peers without one get
-        ``guess_path``. Conflicts (two peers claiming one VTEP MAC or overlay address)
+        ``guess_path``. Peers outside ``network``, with another subnet length, backend or
+        VNI are skipped; conflicts (two peers claiming one VTEP MAC or overlay address)
         are resolved deterministically: the lower subnet wins, the other is skipped.
         """
-        chosen: dict[IPv4Network, PeerPath] = {}
-        entries_of: dict[IPv4Network, PeerEntries] = {}
-        owner_of: dict[object, IPv4Network] = {me.vtep_mac: me.subnet, me.overlay_ip: me.subnet}
         skipped: list[tuple[IPv4Network, str]] = []
-        # No sort of all leases (slow for thousands of IPv4Network): conflicts are settled
-        # by comparing the two subnets involved, which gives the same result in any order.
+        usable: dict[IPv4Network, LeaseRecord] = {}
+        uses: Counter[object] = Counter()
         for subnet, peer in leases.items():
             if subnet == me.subnet or (peer.node_id == me.node_id and peer.node == me.node):
                 continue
-            reason = _unusable(me, peer)
-            if reason is None and subnet.overlaps(me.subnet):
-                reason = f"overlaps this node's subnet {me.subnet}"
-            for key in (peer.vtep_mac, peer.overlay_ip):
-                holder = owner_of.get(key)
-                if reason is not None or holder is None:
-                    continue
-                if holder == me.subnet or holder < subnet:
-                    reason = f"{key} already used by the node of {holder}"
-                else:  # we win over the current holder: it becomes the skipped one
-                    skipped.append((holder, f"{key} already used by the node of {subnet}"))
-                    entries_of.pop(holder, None)
-                    chosen.pop(holder, None)
-                    for k in [k for k, v in owner_of.items() if v == holder]:
-                        del owner_of[k]
+            reason = _unusable(me, peer, network)
             if reason is not None:
                 skipped.append((subnet, reason))
                 continue
+            usable[subnet] = peer
+            uses[peer.vtep_mac] += 1
+            uses[peer.overlay_ip] += 1
+        # Two peers claiming one VTEP MAC or overlay address (or one of ours): the lower
+        # subnet wins. Only the contested peers are sorted; sorting thousands of
+        # IPv4Network objects on every plan would be slow.
+        owner: dict[object, IPv4Network] = {me.vtep_mac: me.subnet, me.overlay_ip: me.subnet}
+        contested = sorted(
+            s
+            for s, p in usable.items()
+            if uses[p.vtep_mac] > 1
+            or uses[p.overlay_ip] > 1
+            or p.vtep_mac in owner
+            or p.overlay_ip in owner
+        )
+        for subnet in contested:
+            peer = usable[subnet]
+            taken = [k for k in (peer.vtep_mac, peer.overlay_ip) if k in owner]
+            if taken:
+                skipped.append(
+                    (subnet, f"{taken[0]} already used by the node of {owner[taken[0]]}")
+                )
+                del usable[subnet]
+            else:
+                owner[peer.vtep_mac] = owner[peer.overlay_ip] = subnet
+        chosen: dict[IPv4Network, PeerPath] = {}
+        entries_of: dict[IPv4Network, PeerEntries] = {}
+        for subnet, peer in usable.items():
             path = (paths or {}).get(subnet) or guess_path(me, peer)
             entries_of[subnet] = self._entries(peer, path.address)
-            owner_of[peer.vtep_mac] = owner_of[peer.overlay_ip] = subnet
             chosen[subnet] = path
         state = KernelState(
             routes={e.route.dst: e.route for e in entries_of.values()},
@@ -120,12 +133,18 @@ class Planner:
         )
         for gone in self._memo.keys() - leases.keys():
             del self._memo[gone]
-        return Plan(state, chosen, tuple(sorted(set(skipped))))
+        return Plan(state, chosen, tuple(sorted(skipped)))
 
 
-def _unusable(me: LeaseRecord, peer: LeaseRecord) -> str | None:
+def _unusable(me: LeaseRecord, peer: LeaseRecord, network: IPv4Network | None) -> str | None:
     if peer.backend_type != me.backend_type:
         return f"backend {peer.backend_type!r} differs from ours ({me.backend_type!r})"
     if peer.vni != me.vni:
         return f"VNI {peer.vni} differs from ours ({me.vni})"
+    if peer.subnet.overlaps(me.subnet):
+        return f"overlaps this node's subnet {me.subnet}"
+    if peer.subnet.prefixlen != me.subnet.prefixlen:
+        return f"subnet length /{peer.subnet.prefixlen} differs from the network's"
+    if network is not None and not peer.subnet.subnet_of(network):
+        return f"outside the network {network}"
     return None

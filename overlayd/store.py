@@ -185,11 +185,10 @@ class EtcdStore:
             return None  # not a lease key at all (e.g. a stray key); not ours to judge
         record: LeaseRecord | None = None
         error: str | None = None
-        if kv.value:
-            try:
-                record = decode_lease(subnet, kv.value)
-            except LeaseFormatError as exc:
-                error = str(exc)
+        try:
+            record = decode_lease(subnet, kv.value)
+        except LeaseFormatError as exc:
+            error = str(exc)
         return StoredLease(subnet, record, error, int(kv.lease), int(kv.mod_revision))
 
     async def list_leases(self) -> Snapshot:

@@ -243,11 +243,6 @@ def test_list_surfaces_malformed_and_ignores_stray_keys(etcd: Etcd, prefix: str)
     run(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: EtcdStore._stored only decodes non-empty values; an empty value under "
-    "subnets/ gives StoredLease(record=None, error=None) instead of an error",
-)
 def test_empty_value_is_reported_as_malformed(etcd: Etcd, prefix: str) -> None:
     async def body() -> None:
         store = await open_store(etcd, prefix)

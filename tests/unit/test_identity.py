@@ -93,11 +93,6 @@ def test_unusable_state_dir_is_a_config_error(tmp_path: Path) -> None:
         StateDir(blocker / "sub").identity()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: StateDir._read uses read_text() and only catches FileNotFoundError, so a "
-    "vtep-mac file with non-UTF-8 bytes raises UnicodeDecodeError instead of being repaired",
-)
 def test_binary_garbage_mac_file_is_repaired(tmp_path: Path) -> None:
     StateDir(tmp_path).identity()
     (tmp_path / "vtep-mac").write_bytes(b"\xff\xfe\x00garbage")

@@ -192,12 +192,6 @@ def test_mac_conflict_lowest_subnet_wins_in_any_order() -> None:
     assert all("already used by the node of" in why for _, why in plan.skipped)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Planner.plan skip reasons name whichever peer held the key when the skip "
-    "happened (possibly a peer that is itself skipped later), so Plan.skipped differs "
-    "with dict order",
-)
 def test_skip_reasons_name_the_winner_in_any_order() -> None:
     a = rec("10.244.7.0/24", 7, mac_n=50)
     b = rec("10.244.3.0/24", 3, mac_n=50)
@@ -226,19 +220,15 @@ def test_two_mac_conflict_groups_in_any_order() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Planner.plan conflict resolution is order-dependent when a peer loses on "
-    "one key to a peer that itself loses on another key (MAC conflict chained with an "
-    "overlay-address conflict between 10.244.3.0/24 and 10.244.3.0/25)",
-)
 def test_chained_conflicts_in_any_order() -> None:
     a = rec("10.244.2.0/24", 2, mac_n=70)
     b = rec("10.244.3.0/24", 3, mac_n=70)  # loses its MAC to a
     c = rec("10.244.3.0/25", 4)  # same overlay address 10.244.3.0 as b, b < c
     plan = check_all_orders([a, b, c])
-    # b is out (lower subnet a holds its MAC), so c no longer conflicts with anything
-    assert programmed(plan) == [a.subnet, c.subnet]
+    # b is out (lower subnet a holds its MAC); c is out for its length, whatever the order
+    assert programmed(plan) == [a.subnet]
+    assert dict(plan.skipped)[c.subnet] == "subnet length /25 differs from the network's"
+    assert dict(plan.skipped)[b.subnet].endswith(f"already used by the node of {a.subnet}")
 
 
 def test_random_conflicts_are_deterministic() -> None:
