@@ -6,6 +6,8 @@ system, or the delegate is not reached at all.
 
 from __future__ import annotations
 
+import json
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,20 @@ def test_plugin_runs_isolated_from_the_callers_python_environment(node: Node) ->
     env["PYTHONWARNINGS"] = "error"
     reply = run_plugin("VERSION", {"cniVersion": "1.0.0"}, env)
     assert reply.exit_code == 0 and reply.stderr == "", reply
+
+
+def test_packaged_conflists_are_valid_and_agree(node: Node) -> None:
+    """packaging/cni's conflist and the one in the Kubernetes manifest are the same and
+    the plugin accepts its entry (run against this test's subnet file)."""
+    repo = Path(__file__).resolve().parents[2]
+    conflist = json.loads((repo / "packaging/cni/10-overlay.conflist").read_text())
+    manifest = (repo / "packaging/kubernetes/overlayd.yaml").read_text()
+    embedded = manifest.split("10-overlay.conflist: |\n", 1)[1].split("\n---", 1)[0]
+    assert json.loads(textwrap.dedent(embedded)) == conflist
+    assert [p["type"] for p in conflist["plugins"]] == ["overlay", "portmap"]
+
+    node.write_subnet()
+    entry = dict(conflist["plugins"][0], name=conflist["name"], cniVersion=conflist["cniVersion"])
+    entry.update(subnetFile=str(node.subnet_file), dataDir=str(node.cache_dir))
+    reply = run_plugin("STATUS", dict(entry, cniVersion="1.1.0"), {"CNI_PATH": "/usr/lib/cni"})
+    assert (reply.exit_code, reply.stdout) == (0, ""), reply
