@@ -1,0 +1,182 @@
+"""A real single-member etcd (``/usr/bin/etcd``, v3.4) run as a subprocess for tests.
+
+Either on 127.0.0.1 with free ports (tests that only need a store) or inside a network
+namespace on a given address. ``stop()`` then ``start()`` again restarts it on the same data
+directory and ports, for outage tests.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import socket
+import subprocess
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+from types import TracebackType
+
+from tests.lab.netns import Namespace
+
+ETCD = "/usr/bin/etcd"
+LOOPBACK = IPv4Address("127.0.0.1")
+ETCDCTL = "/usr/bin/etcdctl"
+# etcd 3.4 refuses to start on architectures it does not officially support unless told.
+_SUPPORTED_ARCHES = {"x86_64": None, "ppc64le": None, "aarch64": "arm64"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EtcdServer:
+    """One etcd member; its data directory and ``etcd.log`` live in ``workdir``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        namespace: Namespace | None = None,
+        host: IPv4Address = LOOPBACK,
+        client_port: int | None = None,
+        peer_port: int | None = None,
+        name: str = "lab",
+    ) -> None:
+        """Describe (not start) a member. Without ``namespace`` it runs in the root namespace
+        and ports default to free ones; inside a namespace they default to 2379/2380."""
+        self.workdir = workdir
+        self.namespace = namespace
+        self.host = host
+        in_root = namespace is None
+        self.client_port = client_port or (free_port(str(host)) if in_root else 2379)
+        self.peer_port = peer_port or (free_port(str(host)) if in_root else 2380)
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        """The member's data directory (kept across ``stop``/``start``)."""
+        return self.workdir / "data"
+
+    @property
+    def log_file(self) -> Path:
+        """etcd's own log (appended to by every start)."""
+        return self.workdir / "etcd.log"
+
+    @property
+    def endpoint(self) -> str:
+        """``ip:port`` of the client listener."""
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def url(self) -> str:
+        """``http://ip:port`` of the client listener."""
+        return f"http://{self.endpoint}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the etcd process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def _argv(self) -> list[str]:
+        peer = f"http://{self.host}:{self.peer_port}"
+        argv = [
+            ETCD,
+            f"--name={self.name}",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={self.url}",
+            f"--advertise-client-urls={self.url}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster={self.name}={peer}",
+            "--initial-cluster-state=new",
+            "--logger=zap",
+            "--log-outputs=stderr",
+        ]
+        return argv if self.namespace is None else self.namespace.argv(argv)
+
+    def start(self) -> EtcdServer:
+        """Start etcd (not waiting for it to be healthy); no-op if it is running."""
+        if self.running:
+            return self
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+        arch = _SUPPORTED_ARCHES.get(platform.machine(), platform.machine())
+        if arch is not None:
+            env["ETCD_UNSUPPORTED_ARCH"] = arch
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(
+                self._argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+            )
+        return self
+
+    def healthy(self) -> bool:
+        """Whether ``etcdctl endpoint health`` succeeds (run where the server is reachable)."""
+        cmd = [ETCDCTL, f"--endpoints={self.url}", "--command-timeout=2s", "endpoint", "health"]
+        argv = cmd if self.namespace is None else self.namespace.argv(cmd)
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        proc = subprocess.run(argv, capture_output=True, timeout=10, env=env, check=False)
+        return proc.returncode == 0
+
+    def wait_healthy(self, timeout: float = 20.0) -> EtcdServer:
+        """Block until the member answers health checks; raise with its log if it does not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self.healthy():
+                return self
+            time.sleep(0.1)
+        raise TimeoutError(f"etcd at {self.endpoint} not healthy in {timeout}s:\n{self.log_tail()}")
+
+    def _signal(self, sig: signal.Signals, timeout: float) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM; SIGKILL after ``timeout``). ``start()`` restarts it."""
+        self._signal(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """Kill at once (SIGKILL), as in a crash; ``start()`` restarts it."""
+        self._signal(signal.SIGKILL, 5.0)
+
+    def log_tail(self, nbytes: int = 4000) -> str:
+        """The end of the log, for error messages."""
+        try:
+            return self.log_file.read_bytes()[-nbytes:].decode(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+
+    def __enter__(self) -> EtcdServer:
+        return self.start().wait_healthy()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = "root" if self.namespace is None else self.namespace.name
+        return f"EtcdServer({self.endpoint} in {where}, {self.workdir})"
