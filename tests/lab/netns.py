@@ -308,3 +308,18 @@ def delay_link(
     a.link_up(a_if)
     b.link_up(b_if)
     return proc
+
+
+def cleanup_stale(base: str) -> list[str]:
+    """Delete namespaces named ``<base><pid>-...`` whose creating process ``pid`` is gone.
+
+    For prefixes that embed the pid of the test session that made them, so a new session
+    removes what crashed ones left without touching those of sessions still running.
+    """
+    stale = {
+        pid
+        for ns in list_namespaces(base)
+        if (pid := ns.name[len(base) :].split("-", 1)[0]).isdigit()
+        and not Path(f"/proc/{pid}").exists()
+    }
+    return [name for pid in sorted(stale) for name in cleanup(f"{base}{pid}-")]

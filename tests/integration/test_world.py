@@ -1,0 +1,304 @@
+"""The namespace test worlds behave like the networks they model.
+
+LAN world: hosts see each other and etcd; a host behind masquerade dials out only.
+Multi-cloud world: public addresses are reachable from everywhere but live only on the
+routers; the 1:1 NAT rewrites sources both ways; hairpin works (or not, per variant) and is
+counted; colliding private ranges build; masquerade-only hosts cannot be reached; delay
+makes cross-site paths measurably slower.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from ipaddress import IPv4Address, IPv4Interface
+from itertools import permutations
+
+import pytest
+
+from tests.lab.etcd import ETCDCTL, EtcdServer
+from tests.lab.netns import Namespace, check_ifname, create_namespace, list_namespaces, run
+from tests.lab.world import (
+    Host,
+    World,
+    build_lan_world,
+    build_multicloud_world,
+    destroy,
+    drop_between,
+    hairpin_packets,
+    lan_world,
+    ping,
+    tcp_transfer,
+    udp_source,
+)
+
+pytestmark = pytest.mark.root
+
+DELAY_MS = 10
+MB50 = 50 * 2**20
+
+
+def _world(prefix_factory: Callable[[], str], build: Callable[[str], World]) -> Iterator[World]:
+    world = build(prefix_factory())
+    try:
+        yield world
+    finally:
+        destroy(world)
+
+
+@pytest.fixture(scope="module")
+def lan(prefix_factory: Callable[[], str]) -> Iterator[World]:
+    yield from _world(prefix_factory, lambda p: build_lan_world(p, nat_host=True))
+
+
+@pytest.fixture(scope="module")
+def cloud(prefix_factory: Callable[[], str]) -> Iterator[World]:
+    yield from _world(prefix_factory, build_multicloud_world)
+
+
+@pytest.fixture(scope="module")
+def variants(prefix_factory: Callable[[], str]) -> Iterator[World]:
+    """Colliding private ranges, no hairpin in cloud A, masquerade-only cloud B."""
+    yield from _world(
+        prefix_factory,
+        lambda p: build_multicloud_world(p, colliding=True, hairpin=False, masq_only_b=True),
+    )
+
+
+@pytest.fixture(scope="module")
+def delayed(prefix_factory: Callable[[], str]) -> Iterator[World]:
+    yield from _world(prefix_factory, lambda p: build_multicloud_world(p, delay_ms=DELAY_MS))
+
+
+def etcd_roundtrip(ns: Namespace, endpoint: str, key: str) -> str:
+    """Put ``key`` and read it back through etcd from inside ``ns``; returns the value."""
+    base = [ETCDCTL, f"--endpoints=http://{endpoint}", "--command-timeout=3s"]
+    ns.run([*base, "put", key, ns.name])
+    return ns.run([*base, "get", "--print-value-only", key]).stdout.strip()
+
+
+def addresses_of(host: Host) -> set[IPv4Address]:
+    return {a.ip for a in host.ns.addresses()}
+
+
+# --- primitives that need no namespaces ---
+
+
+@pytest.mark.parametrize("name", ["", "x" * 16, "a/b", "a b"])
+def test_bad_interface_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        check_ifname(name)
+
+
+# --- LAN world ---
+
+
+def test_lan_hosts_reach_each_other(lan: World) -> None:
+    for src, dst in permutations(lan.site_hosts("lan"), 2):
+        assert ping(src.ns, dst.ip).ok, f"{src.name} -> {dst.name}"
+
+
+def test_lan_default_route_points_at_gateway_on_eth0(lan: World) -> None:
+    for host in lan.hosts:
+        (route,) = json.loads(host.ns.ip("-j", "route", "show", "default"))
+        assert (route["dev"], route["gateway"]) == ("eth0", str(host.gateway))
+
+
+def test_lan_etcd_reachable_from_every_host(lan: World) -> None:
+    assert lan.etcd_endpoint == "10.77.0.2:2379"
+    for host in lan.hosts:
+        assert etcd_roundtrip(host.ns, lan.etcd_endpoint, f"/lan/{host.name}") == host.ns.name
+
+
+def test_lan_host_behind_masquerade_dials_out_only(lan: World) -> None:
+    h1, n1 = lan.host("h1"), lan.host("n1")
+    router = lan.router("lan-nat")
+    assert udp_source(n1.ns, h1.ns, h1.ip) == router.outside.ip
+    assert udp_source(h1.ns, n1.ns, n1.ip, timeout=1) is None
+    assert not ping(h1.ns, n1.ip, timeout=1).ok
+    # Checksum offload stays on: the case flannel's VXLAN-over-NAT bug needs.
+    features = n1.ns.run(["ethtool", "-k", "eth0"]).stdout
+    assert "tx-checksum-ip-generic: on" in features
+
+
+def test_lan_bulk_tcp_direct_and_through_nat(lan: World) -> None:
+    h1, h2, n1 = lan.host("h1"), lan.host("h2"), lan.host("n1")
+    assert tcp_transfer(h1.ns, h2.ns, h2.ip, MB50).peer == h1.ip
+    assert tcp_transfer(n1.ns, h1.ns, h1.ip, MB50).peer == lan.router("lan-nat").outside.ip
+
+
+# --- multi-cloud world ---
+
+
+def test_cloud_layout(cloud: World) -> None:
+    assert cloud.sites == ("cloud-a", "cloud-b", "bare")
+    assert [h.name for h in cloud.hosts] == ["a1", "a2", "a3", "b1", "b2", "bare"]
+    assert cloud.etcd_endpoint == "192.0.2.10:2379"
+    assert all(h.public is not None and h.public != h.ip for h in cloud.hosts[:5])
+    assert cloud.host("bare").public == cloud.host("bare").ip
+
+
+def test_every_host_reaches_every_public_address(cloud: World) -> None:
+    failed = [
+        f"{src.name} -> {dst.name} ({dst.public})"
+        for src, dst in permutations(cloud.hosts, 2)
+        if dst.public is not None and not ping(src.ns, dst.public).ok
+    ]
+    assert not failed
+
+
+def test_in_site_hosts_reach_each_other_privately(cloud: World) -> None:
+    for site in ("cloud-a", "cloud-b"):
+        for src, dst in permutations(cloud.site_hosts(site), 2):
+            assert ping(src.ns, dst.ip).ok, f"{src.name} -> {dst.ip}"
+
+
+def test_private_addresses_are_unreachable_from_other_sites(cloud: World) -> None:
+    a1, b1, bare = cloud.host("a1"), cloud.host("b1"), cloud.host("bare")
+    assert not ping(a1.ns, b1.ip, timeout=1).ok
+    assert not ping(bare.ns, a1.ip, timeout=1).ok
+
+
+def test_public_addresses_exist_only_on_routers(cloud: World) -> None:
+    for host in cloud.hosts:
+        assert addresses_of(host) == {IPv4Address("127.0.0.1"), host.ip}
+    for site in ("cloud-a", "cloud-b"):
+        router = cloud.router(site)
+        on_wan = {a.ip for a in router.ns.addresses(router.outside_if)}
+        assert on_wan == {router.outside.ip} | {h.public for h in cloud.site_hosts(site)}
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "seen"),
+    [
+        ("a1", "bare", "a1"),  # outbound SNAT
+        ("bare", "a2", "bare"),  # inbound DNAT keeps the source
+        ("a3", "b1", "a3"),  # cloud to cloud: both NATs
+        ("a1", "a2", "a1"),  # hairpin: the receiver sees the sender's public address
+    ],
+)
+def test_one_to_one_nat_maps_source(cloud: World, src: str, dst: str, seen: str) -> None:
+    s, d = cloud.host(src), cloud.host(dst)
+    assert d.public is not None
+    assert udp_source(s.ns, d.ns, d.public) == cloud.host(seen).public
+
+
+def test_hairpin_counter_counts_in_site_traffic_via_public_addresses(cloud: World) -> None:
+    a1, a2 = cloud.host("a1"), cloud.host("a2")
+    router = cloud.router("cloud-a")
+    assert a2.public is not None
+    other = cloud.router("cloud-b")
+    before, before_other = hairpin_packets(router), hairpin_packets(other)
+    assert ping(a1.ns, a2.ip, count=3).ok
+    assert hairpin_packets(router) == before
+    assert ping(a1.ns, a2.public, count=3).ok
+    assert hairpin_packets(router) == before + 6  # requests and replies
+    assert hairpin_packets(other) == before_other
+
+
+def test_bulk_tcp_across_clouds(cloud: World) -> None:
+    a1, b1 = cloud.host("a1"), cloud.host("b1")
+    assert b1.public is not None
+    transfer = tcp_transfer(a1.ns, b1.ns, b1.public, MB50)
+    assert (transfer.nbytes, transfer.peer) == (MB50, a1.public)
+
+
+def test_etcd_reachable_from_every_cloud_host(cloud: World) -> None:
+    for host in cloud.hosts:
+        assert etcd_roundtrip(host.ns, cloud.etcd_endpoint, f"/mc/{host.name}") == host.ns.name
+
+
+def test_drop_between_breaks_and_restores_a_path(cloud: World) -> None:
+    a1, b1 = cloud.host("a1"), cloud.host("b1")
+    assert b1.public is not None
+    with drop_between(cloud.router("cloud-a").ns, b1.public):
+        assert not ping(a1.ns, b1.public, timeout=1).ok
+        assert ping(a1.ns, cloud.host("bare").ip).ok
+    assert ping(a1.ns, b1.public).ok
+
+
+# --- variants: colliding private ranges, no hairpin, masquerade-only cloud B ---
+
+
+def test_colliding_private_addresses_each_work_in_their_site(variants: World) -> None:
+    a1, a2, b1, b2 = (variants.host(n) for n in ("a1", "a2", "b1", "b2"))
+    assert (a1.ip, a2.ip) == (b1.ip, b2.ip)
+    assert ping(a1.ns, a2.ip).ok
+    assert ping(b1.ns, b2.ip).ok
+    assert udp_source(a1.ns, a2.ns, a2.ip) == a1.ip
+    assert udp_source(b1.ns, b2.ns, b2.ip) == b1.ip
+
+
+def test_without_hairpin_public_addresses_fail_in_site(variants: World) -> None:
+    a1, a2 = variants.host("a1"), variants.host("a2")
+    router = variants.router("cloud-a")
+    assert a2.public is not None
+    before = hairpin_packets(router)
+    assert not ping(a1.ns, a2.public, timeout=1).ok
+    assert hairpin_packets(router) == before + 1
+    assert ping(variants.host("bare").ns, a2.public).ok
+
+
+def test_masquerade_only_hosts_dial_out_but_are_unreachable(variants: World) -> None:
+    bare = variants.host("bare")
+    router = variants.router("cloud-b")
+    assert router.nat == "masquerade"
+    for host in variants.site_hosts("cloud-b"):
+        assert host.public is None
+        assert addresses_of(host) == {IPv4Address("127.0.0.1"), host.ip}
+        assert udp_source(host.ns, bare.ns, bare.ip) == router.outside.ip
+        assert udp_source(bare.ns, host.ns, router.outside.ip, timeout=1) is None
+    assert {a.ip for a in router.ns.addresses(router.outside_if)} == {router.outside.ip}
+
+
+def test_variant_hosts_reach_etcd(variants: World) -> None:
+    for host in variants.hosts:
+        assert etcd_roundtrip(host.ns, variants.etcd_endpoint, f"/v/{host.name}") == host.ns.name
+
+
+# --- delay ---
+
+
+def test_delay_separates_in_site_from_cross_site_round_trips(delayed: World) -> None:
+    a1, a2, b1 = delayed.host("a1"), delayed.host("a2"), delayed.host("b1")
+    assert b1.public is not None
+    near = ping(a1.ns, a2.ip, count=3)
+    far = ping(a1.ns, b1.public, count=3)
+    assert near.avg_ms is not None and near.avg_ms < DELAY_MS / 2
+    assert far.avg_ms is not None and far.avg_ms >= 4 * DELAY_MS
+    assert tcp_transfer(a1.ns, b1.ns, b1.public, MB50).peer == a1.public
+
+
+# --- etcd and cleanup ---
+
+
+def test_etcd_survives_stop_and_kill_with_its_data(etcd_server: EtcdServer) -> None:
+    base = [ETCDCTL, f"--endpoints={etcd_server.url}", "--command-timeout=3s"]
+    run([*base, "put", "/k", "v"])
+    etcd_server.stop()
+    assert not etcd_server.running
+    assert not etcd_server.healthy()
+    etcd_server.start().wait_healthy()
+    etcd_server.kill()
+    etcd_server.start().wait_healthy()
+    assert run([*base, "get", "--print-value-only", "/k"]).stdout.strip() == "v"
+
+
+def test_world_is_removed_even_when_the_test_fails(prefix: str) -> None:
+    with pytest.raises(RuntimeError, match="boom"), lan_world(prefix, n_hosts=1):
+        assert list_namespaces(prefix)
+        raise RuntimeError("boom")
+    assert list_namespaces(prefix) == []
+
+
+def test_building_over_existing_namespaces_is_refused(prefix: str) -> None:
+    create_namespace(prefix + "sw")
+    with pytest.raises(RuntimeError, match="exist"):
+        build_lan_world(prefix)
+    assert [ns.name for ns in list_namespaces(prefix)] == [prefix + "sw"]
+
+
+def test_interface_addresses_parse(prefix: str) -> None:
+    ns = create_namespace(prefix + "x")
+    ns.add_address("lo", IPv4Interface("192.0.2.7/32"))
+    assert IPv4Interface("192.0.2.7/32") in ns.addresses("lo")
