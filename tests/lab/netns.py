@@ -298,6 +298,7 @@ def delay_link(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
