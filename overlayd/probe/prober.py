@@ -1,0 +1,467 @@
+"""The prober: probes every candidate address of every peer and answers peers' probes.
+
+One UDP socket (default port 8473) and one scheduler task on the daemon's event loop
+(asyncio or uvloop). Each (peer, address) pair is a *path* with its own schedule: the path
+the daemon currently uses is probed every ``fast_interval`` so its death is noticed within
+about ``loss_threshold`` intervals plus ``timeout``; every other path every
+``slow_interval``. Intervals are jittered and new paths start spread over
+``initial_spread``, so 1,000 peers never probe in one burst.
+
+The prober does not decide anything: it keeps stats (``PathStats``) and reflexive
+observations (``Observation``) and calls ``on_change`` when something the choice depends
+on changed materially -- a path became verified or unverified, a recovered path has been
+verified for ``stable_after`` seconds, or a peer reported a new address for us -- never for
+a mere RTT sample. The daemon then replans with ``choose.choose_path``.
+
+Memory is bounded by the peer set: stats and observations (at most ``MAX_OBSERVED`` per
+peer) live only while the peer does, outstanding probes expire after ``timeout``, and
+the codec's per-peer replay caches are bounded and pruned with the peer set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import random
+import socket
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any, Generic
+
+from overlayd.keys import PrivateKey, PublicKey
+from overlayd.lease import DEFAULT_SITE
+from overlayd.probe.choose import DEFAULT_HOLD, Observation, PathStats, PeerId
+from overlayd.probe.wire import (
+    DEFAULT_PORT,
+    DEFAULT_REPLAY_CAPACITY,
+    DEFAULT_WINDOW,
+    Probe,
+    ProbeCodec,
+    ProbeError,
+    Reject,
+)
+
+log = logging.getLogger("overlayd.probe")
+
+ANY = IPv4Address("0.0.0.0")
+MAX_OBSERVED = 4
+"""Distinct (address, port) observations kept per observing peer."""
+_COALESCE = 0.005  # seconds: timers due this close together are served in one wake-up
+_REJECT_LOG_EVERY = 10.0  # seconds between log lines per rejection reason
+_SOCKET_BUFFER = 1 << 20  # bytes: absorbs the reply burst of a thousand peers
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Prober settings; the defaults meet issue 3's 3-second failover budget."""
+
+    port: int = DEFAULT_PORT
+    bind: IPv4Address = ANY
+    fast_interval: float = 0.4  # the chosen path
+    slow_interval: float = 5.0  # every other candidate
+    timeout: float = 0.6  # an unanswered probe counts as lost after this
+    loss_threshold: int = 3  # consecutive losses that unverify a path
+    jitter: float = 0.1  # intervals vary by +-10 %
+    initial_spread: float = 1.0  # new paths get their first probe within this
+    stable_after: float = DEFAULT_HOLD  # wake the daemon when a recovered path settles
+    rtt_alpha: float = 0.2  # EWMA weight of a new RTT sample
+    window: float = DEFAULT_WINDOW  # accepted timestamp skew, seconds
+    replay_capacity: int = DEFAULT_REPLAY_CAPACITY
+
+
+@dataclass(frozen=True)
+class PeerTarget:
+    """A peer to probe: its key, candidate addresses and site (all from its lease)."""
+
+    public_key: PublicKey
+    candidates: tuple[IPv4Address, ...]
+    site: str = DEFAULT_SITE
+    port: int = DEFAULT_PORT  # the peer's probe port
+
+
+@dataclass
+class ProbeCounters:
+    """Totals since start, for metrics and tests."""
+
+    probes_sent: int = 0
+    probes_received: int = 0
+    replies_sent: int = 0
+    replies_received: int = 0
+    send_errors: int = 0
+    losses: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+class _Path(Generic[PeerId]):
+    """Mutable stats of one (peer, address); snapshot with ``stats()``."""
+
+    __slots__ = (
+        "address",
+        "downs",
+        "due",
+        "fast",
+        "key",
+        "last_success",
+        "live",
+        "losses",
+        "peer",
+        "port",
+        "received",
+        "rtt",
+        "sent",
+        "verified_since",
+    )
+
+    def __init__(self, peer: PeerId, address: IPv4Address, target: PeerTarget) -> None:
+        self.peer = peer
+        self.address = address
+        self.key = target.public_key
+        self.port = target.port
+        self.live = True
+        self.fast = False
+        self.due = 0.0
+        self.sent = self.received = self.losses = self.downs = 0
+        self.last_success: float | None = None
+        self.rtt: float | None = None
+        self.verified_since: float | None = None
+
+    def stats(self) -> PathStats:
+        return PathStats(
+            self.sent,
+            self.received,
+            self.losses,
+            self.last_success,
+            self.rtt,
+            self.verified_since,
+            self.downs,
+        )
+
+
+_PROBE, _STABLE = 0, 1
+
+
+class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
+    """Probes peers' candidate addresses and answers their probes (see module docstring)."""
+
+    def __init__(
+        self,
+        key: PrivateKey,
+        config: ProbeConfig = ProbeConfig(),
+        on_change: Callable[[], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.codec = ProbeCodec(key, window=config.window, replay_capacity=config.replay_capacity)
+        self.counters = ProbeCounters()
+        self._on_change = on_change
+        self._clock = clock
+        self._rng = random.Random()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._peers: dict[PeerId, PeerTarget] = {}
+        self._keys: set[PublicKey] = set()
+        self._paths: dict[tuple[PeerId, IPv4Address], _Path[PeerId]] = {}
+        self._chosen: dict[PeerId, IPv4Address] = {}
+        self._outstanding: dict[bytes, tuple[_Path[PeerId], float]] = {}
+        self._deadlines: deque[tuple[float, bytes]] = deque()  # FIFO: timeout is constant
+        self._heap: list[tuple[float, int, int, _Path[PeerId]]] = []
+        self._seq = 0
+        self._observed: dict[tuple[PeerId, IPv4Address, int], Observation[PeerId]] = {}
+        self._reject_logged: dict[str, tuple[float, int]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the socket and start probing; ``OSError`` if the port cannot be bound."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            sock.bind((str(self.config.bind), self.config.port))
+            sock.setblocking(False)
+            await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        except OSError:
+            sock.close()
+            raise
+        self._task = asyncio.create_task(self._run(), name="prober")
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        assert self._transport is not None, "not started"
+        port: int = self._transport.get_extra_info("sockname")[1]
+        return port
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    # -- what the daemon tells us ----------------------------------------------------
+
+    def set_peers(self, peers: Mapping[PeerId, PeerTarget]) -> None:
+        """Replace the set of peers; stats of unchanged (peer, address, key) pairs survive.
+
+        A peer whose key or port changed starts over: its old stats described another
+        identity. New paths get their first probe within ``initial_spread`` seconds.
+        """
+        now = self._clock()
+        old = self._peers
+        self._peers = dict(peers)
+        self._keys = {t.public_key for t in self._peers.values()}
+        wanted: set[tuple[PeerId, IPv4Address]] = set()
+        for peer, target in self._peers.items():
+            before = old.get(peer)
+            if before is not None and (
+                before.public_key != target.public_key or before.port != target.port
+            ):
+                self._drop_peer_paths(peer)
+            for address in target.candidates:
+                wanted.add((peer, address))
+                if (peer, address) not in self._paths:
+                    path = _Path(peer, address, target)
+                    path.fast = self._chosen.get(peer) == address
+                    self._paths[(peer, address)] = path
+                    self._schedule(path, now + self._rng.uniform(0, self.config.initial_spread))
+        for key in [k for k in self._paths if k not in wanted]:
+            self._paths.pop(key).live = False
+        for peer in [p for p in self._chosen if p not in self._peers]:
+            del self._chosen[peer]
+        for obs_key in [k for k in self._observed if k[0] not in self._peers]:
+            del self._observed[obs_key]
+        self.codec.retain(self._keys)
+        self._compact()
+        self._wake.set()
+
+    def _drop_peer_paths(self, peer: PeerId) -> None:
+        for key in [k for k in self._paths if k[0] == peer]:
+            self._paths.pop(key).live = False
+        for obs_key in [k for k in self._observed if k[0] == peer]:
+            del self._observed[obs_key]
+
+    def set_chosen(self, peer: PeerId, address: IPv4Address | None) -> None:
+        """The path the daemon uses for ``peer``: probed at the fast interval from now on."""
+        previous = self._chosen.pop(peer, None)
+        if previous is not None and (old := self._paths.get((peer, previous))) is not None:
+            old.fast = False  # its pending fast probe still runs; the next one is slow
+        if address is None:
+            return
+        self._chosen[peer] = address
+        path = self._paths.get((peer, address))
+        if path is None or path.fast:
+            return
+        path.fast = True
+        now = self._clock()
+        if path.due > now + self.config.fast_interval:
+            self._schedule(path, now + self._rng.uniform(0, self.config.fast_interval))
+            self._wake.set()
+
+    # -- what the daemon reads -------------------------------------------------------
+
+    def stats(self, peer: PeerId) -> dict[IPv4Address, PathStats]:
+        """Stats of every probed address of ``peer`` (empty for an unknown peer)."""
+        target = self._peers.get(peer)
+        if target is None:
+            return {}
+        return {a: self._paths[(peer, a)].stats() for a in target.candidates}
+
+    def observations(self) -> tuple[Observation[PeerId], ...]:
+        """Our addresses as peers reported them (feed to ``choose.confirmed_public``)."""
+        return tuple(self._observed.values())
+
+    # -- scheduling ------------------------------------------------------------------
+
+    def _schedule(self, path: _Path[PeerId], due: float, kind: int = _PROBE) -> None:
+        if kind == _PROBE:
+            path.due = due
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, kind, path))
+
+    def _compact(self) -> None:
+        """Drop superseded heap entries once they outnumber live ones (bounded memory)."""
+        if len(self._heap) > 2 * len(self._paths) + 64:
+            self._heap = [
+                e for e in self._heap if e[3].live and (e[2] == _STABLE or e[0] == e[3].due)
+            ]
+            heapq.heapify(self._heap)
+
+    def _interval(self, path: _Path[PeerId]) -> float:
+        base = self.config.fast_interval if path.fast else self.config.slow_interval
+        return base * self._rng.uniform(1 - self.config.jitter, 1 + self.config.jitter)
+
+    async def _run(self) -> None:
+        while True:
+            now = self._clock()
+            self._expire(now)
+            self._fire(now)
+            nexts = [self._heap[0][0]] if self._heap else []
+            if self._deadlines:
+                nexts.append(self._deadlines[0][0])
+            delay = max(0.0, min(nexts) - self._clock()) if nexts else 3600.0
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay + _COALESCE)
+
+    def _fire(self, now: float) -> None:
+        heap = self._heap
+        limit = now + _COALESCE
+        while heap and heap[0][0] <= limit:
+            due, _, kind, path = heapq.heappop(heap)
+            if not path.live:
+                continue
+            if kind == _STABLE:
+                if (
+                    path.verified_since is not None
+                    and path.verified_since + (self.config.stable_after) <= due + _COALESCE
+                ):
+                    self._changed()
+                continue
+            if due != path.due:
+                continue  # superseded by a reschedule
+            self._send_probe(path, now)
+            self._schedule(path, now + self._interval(path))
+        self._compact()
+
+    def _send_probe(self, path: _Path[PeerId], now: float) -> None:
+        if self._transport is None:
+            return
+        try:
+            nonce, data = self.codec.encode_probe(path.key)
+        except ProbeError as exc:  # a low-order key in a lease: nobody can answer it
+            self._count_reject(exc, None)
+            return
+        try:
+            self._transport.sendto(data, (str(path.address), path.port))
+        except OSError:
+            self.counters.send_errors += 1
+        path.sent += 1
+        self.counters.probes_sent += 1
+        self._outstanding[nonce] = (path, now)
+        self._deadlines.append((now + self.config.timeout, nonce))
+
+    def _expire(self, now: float) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, nonce = deadlines.popleft()
+            entry = self._outstanding.pop(nonce, None)
+            if entry is None:
+                continue  # answered
+            path = entry[0]
+            if not path.live:
+                continue
+            path.losses += 1
+            self.counters.losses += 1
+            if path.verified_since is not None and path.losses >= self.config.loss_threshold:
+                path.verified_since = None
+                path.downs += 1
+                log.info(
+                    "path to %s via %s unverified after %d lost probes",
+                    path.peer,
+                    path.address,
+                    path.losses,
+                )
+                self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+    # -- datagrams -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self._transport = transport
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for earlier sends (port unreachable...): losses will show it
+        self.counters.send_errors += 1
+
+    def _expects_reply(self, sender: PublicKey, nonce: bytes) -> bool:
+        entry = self._outstanding.get(nonce)
+        return entry is not None and entry[0].key == sender and entry[0].live
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            message = self.codec.decode(
+                data, known=self._keys.__contains__, expects_reply=self._expects_reply
+            )
+        except ProbeError as exc:
+            self._count_reject(exc, addr)
+            return
+        if isinstance(message, Probe):
+            self.counters.probes_received += 1
+            if self._transport is not None:
+                observed = (IPv4Address(str(addr[0])), addr[1])
+                try:
+                    self._transport.sendto(self.codec.encode_reply(message, observed), addr)
+                    self.counters.replies_sent += 1
+                except OSError:
+                    self.counters.send_errors += 1
+            return
+        self.counters.replies_received += 1
+        path, sent_at = self._outstanding.pop(message.echo)
+        now = self._clock()
+        rtt = now - sent_at
+        path.received += 1
+        path.losses = 0
+        path.last_success = now
+        alpha = self.config.rtt_alpha
+        path.rtt = rtt if path.rtt is None else (1 - alpha) * path.rtt + alpha * rtt
+        if path.verified_since is None:
+            path.verified_since = now
+            log.info("path to %s via %s verified (rtt %.1f ms)", path.peer, path.address, rtt * 1e3)
+            if path.downs:
+                self._schedule(path, now + self.config.stable_after, _STABLE)
+            self._changed()
+        self._observe(path, message.observed, now)
+
+    def _observe(self, path: _Path[PeerId], observed: tuple[IPv4Address, int], now: float) -> None:
+        peer = path.peer
+        key = (peer, observed[0], observed[1])
+        old = self._observed.get(key)
+        site = self._peers[peer].site
+        if old is None:
+            mine = [k for k in self._observed if k[0] == peer]
+            if len(mine) >= MAX_OBSERVED:
+                del self._observed[min(mine, key=lambda k: self._observed[k].last_seen)]
+            self._observed[key] = Observation(observed[0], observed[1], peer, site, 1, now, now)
+            self._changed()
+            return
+        self._observed[key] = Observation(
+            old.address, old.port, peer, site, old.count + 1, old.first_seen, now
+        )
+        if old.count == 1:
+            self._changed()  # corroborated: may now be a confirmed public address
+
+    def _count_reject(self, exc: ProbeError, addr: tuple[str | Any, int] | None) -> None:
+        reason = exc.reason
+        self.counters.rejected[reason] += 1
+        now = self._clock()
+        last, suppressed = self._reject_logged.get(reason, (-_REJECT_LOG_EVERY, 0))
+        if now - last < _REJECT_LOG_EVERY:
+            self._reject_logged[reason] = (last, suppressed + 1)
+            return
+        self._reject_logged[reason] = (now, 0)
+        level = (
+            logging.DEBUG if reason in (Reject.RECIPIENT, Reject.UNSOLICITED) else (logging.WARNING)
+        )
+        log.log(
+            level,
+            "rejected probe message from %s: %s%s",
+            f"{addr[0]}:{addr[1]}" if addr else "-",
+            exc,
+            f" ({suppressed} more since the last report)" if suppressed else "",
+        )
