@@ -7,6 +7,7 @@ directory and ports, for outage tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import signal
@@ -26,12 +27,13 @@ ETCDCTL = "/usr/bin/etcdctl"
 _SUPPORTED_ARCHES = {"x86_64": None, "ppc64le": None, "aarch64": "arm64"}
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports on ``host`` that nobody listens on right now."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 class EtcdServer:
@@ -52,9 +54,9 @@ class EtcdServer:
         self.workdir = workdir
         self.namespace = namespace
         self.host = host
-        in_root = namespace is None
-        self.client_port = client_port or (free_port(str(host)) if in_root else 2379)
-        self.peer_port = peer_port or (free_port(str(host)) if in_root else 2380)
+        free = free_ports(2, str(host)) if namespace is None else [2379, 2380]
+        self.client_port = client_port or free[0]
+        self.peer_port = peer_port or free[1]
         self.name = name
         self.proc: subprocess.Popen[bytes] | None = None
 

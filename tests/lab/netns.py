@@ -96,10 +96,6 @@ class Namespace:
         """Run a ``sh -c`` script inside the namespace and return its stdout."""
         return self.run(["sh", "-c", script], check=check, timeout=timeout).stdout
 
-    def python(self, code: str, *args: str, timeout: float = 30.0) -> str:
-        """Run Python ``code`` (with ``args`` as ``sys.argv[1:]``) inside; return stdout."""
-        return self.run([PYTHON, "-c", code, *args], timeout=timeout).stdout
-
     def ip(self, *args: str, check: bool = True) -> str:
         """Run ``ip -n <ns> args...`` and return its stdout."""
         return run(["ip", "-n", self.name, *args], check=check).stdout
@@ -125,18 +121,9 @@ class Namespace:
         """Add ``address`` (with its prefix length) to ``ifname``."""
         self.ip("addr", "add", str(address), "dev", ifname)
 
-    def add_route(
-        self, dst: IPv4Network | None, via: IPv4Address, *, dev: str | None = None
-    ) -> None:
-        """Route ``dst`` (``None``: the default route) via gateway ``via``.
-
-        The gateway is marked ``onlink`` so a default route can point at an address that
-        nobody answers for, as on a LAN whose router is not modelled.
-        """
-        args = ["route", "add", "default" if dst is None else str(dst), "via", str(via)]
-        if dev is not None:
-            args += ["dev", dev, "onlink"]
-        self.ip(*args)
+    def add_route(self, dst: IPv4Network | None, via: IPv4Address) -> None:
+        """Route ``dst`` (``None``: the default route) via gateway ``via``."""
+        self.ip("route", "add", "default" if dst is None else str(dst), "via", str(via))
 
     def link_up(self, ifname: str) -> None:
         """Set ``ifname`` up."""

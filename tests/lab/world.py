@@ -248,6 +248,8 @@ class _Builder:
 
     def abort(self) -> None:
         _teardown(self.prefix, self.etcd, self.helpers)
+        if self.etcd is not None:
+            shutil.rmtree(self.etcd.data_dir, ignore_errors=True)
 
 
 def _teardown(
@@ -264,10 +266,13 @@ def _teardown(
 
 
 def destroy(world: World, *, remove_workdir: bool = False) -> None:
-    """Stop the world's etcd and helpers and delete all its namespaces (and leftovers)."""
+    """Stop the world's etcd and helpers and delete all its namespaces (and leftovers).
+
+    etcd's data directory (tens of MB of preallocated WAL) goes too; its log stays in
+    ``workdir`` unless ``remove_workdir``.
+    """
     _teardown(world.prefix, world.etcd, world.helpers)
-    if remove_workdir:
-        shutil.rmtree(world.workdir, ignore_errors=True)
+    shutil.rmtree(world.workdir if remove_workdir else world.etcd.data_dir, ignore_errors=True)
 
 
 def _nat_rules(router: Router, lan: IPv4Network, hosts: Sequence[Host]) -> str:
