@@ -1,0 +1,246 @@
+"""Path choice: order, hysteresis, failover, move-back hold, determinism; reflexive addresses."""
+
+from __future__ import annotations
+
+import random
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from overlayd.kernel_state import MacAddress
+from overlayd.lease import LeaseRecord
+from overlayd.plan import PeerPath, guess_path
+from overlayd.probe.choose import (
+    ChooseParams,
+    Observation,
+    PathStats,
+    PeerCandidates,
+    ReflexiveParams,
+    choose_path,
+    confirmed_public,
+    guess,
+    probe_targets,
+)
+
+A = IPv4Address
+PRIV1, PRIV2 = A("10.0.0.5"), A("10.0.1.5")
+PUB1, PUB2 = A("203.0.113.5"), A("198.51.100.5")
+SAME = PeerCandidates("aws", (PRIV1, PRIV2), (PUB1, PUB2), PUB1)
+OTHER = PeerCandidates("gcp", (PRIV1,), (PUB1, PUB2), PUB1)
+P = ChooseParams(hold=10.0)
+
+
+def ok(since: float = 0.0, downs: int = 0) -> PathStats:
+    return PathStats(
+        sent=5, received=5, last_success=since, rtt=0.001, verified_since=since, downs=downs
+    )
+
+
+def dead(downs: int = 1) -> PathStats:
+    return PathStats(sent=8, received=5, losses=3, last_success=0.0, downs=downs)
+
+
+def test_nothing_verified_guesses_by_site() -> None:
+    p = choose_path("aws", SAME, {}, None, 100.0, P)
+    assert (p.address, p.kind) == (PRIV1, "private")
+    assert "no verified path" in p.reason
+    p = choose_path("aws", OTHER, {}, None, 100.0, P)
+    assert (p.address, p.kind) == (PUB1, "public")
+
+
+def test_guess_matches_plan_guess_path() -> None:
+    def lease(site: str, priv: tuple[A, ...], pub: tuple[A, ...], flannel: A) -> LeaseRecord:
+        return LeaseRecord(
+            IPv4Network("10.244.1.0/24"),
+            "n",
+            "id",
+            flannel,
+            MacAddress.parse("02:00:00:00:00:01"),
+            1,
+            site,
+            priv,
+            pub,
+        )
+
+    me = lease("aws", (A("10.0.0.1"),), (), A("10.0.0.1"))
+    for peer in (
+        lease("aws", (PRIV1,), (PUB1,), PUB1),
+        lease("gcp", (PRIV1,), (PUB1,), PUB1),
+        lease("gcp", (PRIV1,), (), PRIV1),
+        lease("aws", (), (), PUB2),
+    ):
+        assert guess(me.site, PeerCandidates.from_lease(peer)) == guess_path(me, peer)
+
+
+def test_verified_same_site_private_first() -> None:
+    stats = {PUB1: ok(), PRIV2: ok()}
+    p = choose_path("aws", SAME, stats, None, 100.0, P)
+    assert (p.address, p.kind) == (PRIV2, "private")
+    assert p.reason == "verified private address, same site"
+
+
+def test_other_site_private_address_is_never_chosen_even_if_verified() -> None:
+    stats = {PRIV1: ok(), PUB2: ok()}
+    p = choose_path("aws", OTHER, stats, None, 100.0, P)
+    assert (p.address, p.kind) == (PUB2, "public")
+    assert probe_targets("aws", OTHER) == (PUB1, PUB2)
+    assert probe_targets("aws", SAME) == (PRIV1, PRIV2, PUB1, PUB2)
+
+
+def test_verified_public_when_private_does_not_answer() -> None:
+    stats = {PRIV1: PathStats(sent=3, losses=3), PUB1: ok()}
+    p = choose_path("aws", SAME, stats, None, 100.0, P)
+    assert (p.address, p.kind) == (PUB1, "public")
+
+
+def test_verified_fallback_only_when_nothing_better() -> None:
+    peer = PeerCandidates("gcp", (PRIV1,), (), PRIV1)  # our lease without a public address
+    p = choose_path("aws", peer, {PRIV1: ok()}, None, 100.0, P)
+    assert (p.address, p.kind) == (PRIV1, "private")
+    assert "lease PublicIP" in p.reason
+
+
+def test_same_rank_is_sticky() -> None:
+    """A faster path of the same rank does not move traffic."""
+    stats = {PRIV1: ok(), PRIV2: ok()}
+    current = PeerPath(PRIV2, "private", "x")
+    p = choose_path("aws", SAME, stats, current, 100.0, P)
+    assert p.address == PRIV2
+
+
+def test_fresh_better_path_is_taken_at_once() -> None:
+    """Start-up: public answered first; the private path, never failed, wins immediately."""
+    stats = {PUB1: ok(since=1.0), PRIV1: ok(since=1.2)}
+    current = PeerPath(PUB1, "public", "verified public address")
+    p = choose_path("aws", SAME, stats, current, 1.3, P)
+    assert p.address == PRIV1
+    assert p.reason.startswith("moved to better path")
+
+
+def test_failover_is_immediate() -> None:
+    current = PeerPath(PRIV1, "private", "verified private address, same site")
+    stats = {PRIV1: dead(), PRIV2: PathStats(losses=4), PUB1: ok(since=50.0)}
+    p = choose_path("aws", SAME, stats, current, 100.0, P)
+    assert (p.address, p.kind) == (PUB1, "public")
+    assert p.reason.startswith(f"failover from {PRIV1}")
+
+
+def test_failover_without_alternative_falls_back_to_guess() -> None:
+    current = PeerPath(PUB1, "public", "verified public address")
+    p = choose_path("aws", OTHER, {PUB1: dead(), PUB2: PathStats(losses=9)}, current, 5.0, P)
+    assert p.address == PUB1
+    assert "stopped answering" in p.reason
+
+
+def test_move_back_waits_for_hold() -> None:
+    current = PeerPath(PUB1, "public", "failover")
+    recovered_at = 200.0
+    stats = {PRIV1: ok(since=recovered_at, downs=1), PUB1: ok(since=0.0)}
+    for now in (recovered_at, recovered_at + 5.0, recovered_at + 9.9):
+        assert choose_path("aws", SAME, stats, current, now, P).address == PUB1
+    p = choose_path("aws", SAME, stats, current, recovered_at + 10.0, P)
+    assert p.address == PRIV1
+    assert p.reason == "moved to better path: verified private address, same site"
+
+
+def test_flapping_better_path_never_wins() -> None:
+    """A path that keeps failing restarts its hold each time it comes back."""
+    current = PeerPath(PUB1, "public", "x")
+    now = 0.0
+    for cycle in range(1, 6):
+        now += 8.0
+        stats = {PRIV1: ok(since=now - 7.0, downs=cycle), PUB1: ok()}
+        assert choose_path("aws", SAME, stats, current, now, P).address == PUB1
+        stats = {PRIV1: dead(downs=cycle), PUB1: ok()}
+        assert choose_path("aws", SAME, stats, current, now + 1, P).address == PUB1
+
+
+def test_failover_timeline_within_budget() -> None:
+    """Simulated prober: probes every 0.4 s, 3 losses unverify -> failover < 3 s."""
+    interval, threshold = 0.4, 3
+    current = PeerPath(PRIV1, "private", "verified private address, same site")
+    losses, t, broke = 0, 0.0, 10.05
+    while True:
+        t = round(t + interval, 3)
+        if t > broke:
+            losses += 1
+        priv = dead() if losses >= threshold else ok()
+        stats = {PRIV1: priv, PUB1: ok()}
+        current = choose_path("aws", SAME, stats, current, t + 0.6, P)
+        if current.address == PUB1:
+            break
+    assert t + 0.6 - broke < 3.0
+
+
+def test_current_address_no_longer_a_candidate() -> None:
+    current = PeerPath(A("10.9.9.9"), "private", "old lease")
+    p = choose_path("aws", SAME, {PUB1: ok()}, current, 1.0, P)
+    assert p.address == PUB1
+    assert p.reason == "verified public address"
+
+
+def test_deterministic_for_any_dict_order() -> None:
+    base = {PRIV1: dead(), PRIV2: ok(since=3.0, downs=2), PUB1: ok(), PUB2: ok(since=9.0)}
+    current = PeerPath(PUB2, "public", "x")
+    expected = choose_path("aws", SAME, base, current, 20.0, P)
+    rng = random.Random(7)
+    for _ in range(20):
+        items = list(base.items())
+        rng.shuffle(items)
+        assert choose_path("aws", SAME, dict(items), current, 20.0, P) == expected
+
+
+# -- reflexive addresses -------------------------------------------------------------
+
+
+def obs(
+    addr: str, observer: str, site: str, count: int = 1, port: int = 8473, last: float = 100.0
+) -> Observation[str]:
+    return Observation(A(addr), port, observer, site, count, 0.0, last)
+
+
+def confirm(*observations: Observation[str], **kw: object) -> tuple[A, ...]:
+    return confirmed_public(
+        "aws",
+        observations,
+        exclude={A("10.0.0.1")},
+        probe_port=8473,
+        now=100.0,
+        params=ReflexiveParams(**kw),  # type: ignore[arg-type]
+    )
+
+
+def test_reflexive_needs_two_observations_from_another_site() -> None:
+    assert confirm(obs("203.0.113.9", "b", "gcp")) == ()
+    assert confirm(obs("203.0.113.9", "b", "gcp", count=2)) == (A("203.0.113.9"),)
+    assert confirm(obs("203.0.113.9", "b", "gcp"), obs("203.0.113.9", "c", "metal")) == (
+        A("203.0.113.9"),
+    )
+    assert confirm(obs("203.0.113.9", "b", "gcp"), min_observations=1) == (A("203.0.113.9"),)
+
+
+def test_reflexive_ignores_same_site_own_private_rewritten_port_and_old() -> None:
+    assert confirm(obs("10.0.0.77", "b", "aws", count=5)) == ()
+    assert confirm(obs("10.0.0.1", "b", "gcp", count=5)) == ()
+    assert confirm(obs("203.0.113.9", "b", "gcp", count=5, port=40001)) == ()
+    assert confirm(obs("203.0.113.9", "b", "gcp", count=5, last=-250.0)) == ()
+
+
+def test_reflexive_order_and_limit() -> None:
+    got = confirm(
+        obs("203.0.113.1", "b", "gcp", count=9),
+        obs("203.0.113.2", "b", "gcp", count=2),
+        obs("203.0.113.2", "c", "gcp", count=2),
+        obs("203.0.113.3", "b", "gcp", count=2),
+        limit=2,
+    )
+    assert got == (A("203.0.113.2"), A("203.0.113.1"))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_reflexive_deterministic(seed: int) -> None:
+    items = [obs(f"203.0.113.{i}", f"p{i % 3}", "gcp", count=2) for i in range(8)]
+    expected = confirm(*items)
+    random.Random(seed).shuffle(items)
+    assert confirm(*items) == expected
+    assert len(expected) == 4
