@@ -23,7 +23,7 @@ from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
 from overlayd.errors import ConfigMissingError, KernelError, StoreError
 from overlayd.health import HealthServer
 from overlayd.identity import NodeIdentity, StateDir
-from overlayd.kernel_state import KernelState, diff
+from overlayd.kernel_state import KernelState, diff, diff_keys
 from overlayd.lease import LeaseRecord
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.masq import apply_masq
@@ -84,6 +84,8 @@ class Daemon:
         self.mirror = KernelMirror()
         self.last_plan: Plan | None = None
         self._dirty = asyncio.Event()
+        self._changed: set[IPv4Network] = set()  # subnets whose lease changed since the last plan
+        self._full = True  # replan and diff everything (not just ``_changed``)
         self._need_dump = True
         self._device_stale = True
         self._keeper: LeaseKeeper | None = None
@@ -94,9 +96,10 @@ class Daemon:
 
     # -- wiring ------------------------------------------------------------------------
 
-    def mark_dirty(self, *, dump: bool = False, device: bool = False) -> None:
+    def mark_dirty(self, *, dump: bool = False, device: bool = False, full: bool = False) -> None:
         self._need_dump |= dump
         self._device_stale |= device
+        self._full |= full or dump or device
         self._dirty.set()
 
     async def run(self) -> None:
@@ -233,9 +236,12 @@ class Daemon:
 
     async def _watch(self) -> None:
         delay = 1.0
+        assert self._keeper is not None
+        first, self._keeper.snapshot = self._keeper.snapshot, None
         while True:
             try:
-                async for batch in self.store.watch_leases():
+                async for batch in self.store.watch_leases(first):
+                    first = None
                     self._absorb(batch)
                     delay = 1.0
             except StoreError as exc:
@@ -250,10 +256,11 @@ class Daemon:
             for subnet in self.leases.keys() - fresh.keys():
                 self._forget(subnet)
             for stored in fresh.values():
-                self._remember(stored)
+                self._remember(stored, quiet=True)
             if not self.status.snapshot_loaded:
                 log.info("store snapshot loaded: %d leases", len(fresh))
             self.status.snapshot_loaded = True
+            self._full = True
         for event in batch.events:
             if event.kind is EventKind.DELETE:
                 self._forget(event.lease.subnet)
@@ -261,13 +268,15 @@ class Daemon:
                 self._remember(event.lease)
         self.mark_dirty()
 
-    def _remember(self, stored: StoredLease) -> None:
+    def _remember(self, stored: StoredLease, *, quiet: bool = False) -> None:
+        """Take a lease as current; ``quiet``: part of a snapshot, summarised by the caller."""
         old = self.leases.get(stored.subnet)
         self.leases[stored.subnet] = stored
         assert self._keeper is not None
         self._keeper.notice(stored, stored.subnet)
         if old is not None and old.mod_revision == stored.mod_revision:
             return  # unchanged: keep the old record object (the planner memoises by identity)
+        self._changed.add(stored.subnet)
         if stored.record is None:
             self.records.pop(stored.subnet, None)
             if (stored.subnet, stored.mod_revision) not in self._bad_seen:
@@ -276,14 +285,14 @@ class Daemon:
             return
         self.records[stored.subnet] = stored.record
         is_me = self._identity is not None and stored.record.node_id == self._identity.node_id
-        if not is_me and (
-            old is None or old.record is None or old.record.node != stored.record.node
-        ):
+        joined = old is None or old.record is None or old.record.node != stored.record.node
+        if joined and not is_me and not quiet:
             log.info("peer %s joined with %s", stored.record.node, stored.subnet)
 
     def _forget(self, subnet: IPv4Network) -> None:
         old = self.leases.pop(subnet, None)
         self.records.pop(subnet, None)
+        self._changed.add(subnet)
         assert self._keeper is not None
         self._keeper.notice(None, subnet)
         if old is not None and old.record is not None:
@@ -302,7 +311,7 @@ class Daemon:
         for ev in events:
             changed |= self.mirror.absorb(ev, desired)
         if changed:
-            self.mark_dirty()
+            self.mark_dirty(full=True)
 
     def _desired(self) -> KernelState:
         return self.last_plan.state if self.last_plan is not None else KernelState()
@@ -335,9 +344,22 @@ class Daemon:
         if self._need_dump:
             self._need_dump = False
             self.mirror.replace(await self.dp.dump(self._ifindex), self._desired())
-        plan = self.planner.plan(keeper.held.record, self.records)
+        assert self._cfg is not None
+        me, network = keeper.held.record, self._cfg.network
+        changed, self._changed = self._changed, set()
+        incremental = None
+        if not self._full:
+            incremental = self.planner.update(me, self.records, changed, network=network)
+        if incremental is not None:
+            plan, touched = incremental
+            changes = diff_keys(
+                plan.state, self.mirror.state, touched.routes, touched.neighs, touched.fdbs
+            )
+        else:
+            self._full = False
+            plan = self.planner.plan(me, self.records, network=network)
+            changes = diff(plan.state, self.mirror.state, allow_delete=self.status.snapshot_loaded)
         self.last_plan = plan
-        changes = diff(plan.state, self.mirror.state, allow_delete=self.status.snapshot_loaded)
         self.status.peers = len(plan.paths)
         if changes:
             t0 = time.monotonic()

@@ -19,7 +19,7 @@ V = TypeVar("V", bound=Any)
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class MacAddress:
     """An Ethernet address, normalised to lower-case colon form."""
 
@@ -47,7 +47,7 @@ class MacAddress:
         return self.text
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class RouteEntry:
     """An onlink route for a peer's subnet via the peer's overlay address."""
 
@@ -55,7 +55,7 @@ class RouteEntry:
     via: IPv4Address
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class NeighEntry:
     """A permanent neighbour (ARP) entry: peer overlay address -> peer VTEP MAC."""
 
@@ -63,7 +63,7 @@ class NeighEntry:
     mac: MacAddress
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class FdbEntry:
     """A permanent FDB entry: peer VTEP MAC -> peer underlay address."""
 
@@ -148,4 +148,24 @@ def diff(desired: KernelState, actual: KernelState, *, allow_delete: bool = True
     set_fdbs, del_fdbs = _split(desired.fdbs, actual.fdbs)
     if not allow_delete:
         del_routes, del_neighs, del_fdbs = (), (), ()
+    return Changes(set_routes, set_neighs, set_fdbs, del_routes, del_neighs, del_fdbs)
+
+
+def diff_keys(
+    desired: KernelState,
+    actual: KernelState,
+    routes: frozenset[IPv4Network],
+    neighs: frozenset[IPv4Address],
+    fdbs: frozenset[MacAddress],
+) -> Changes:
+    """``diff`` restricted to the given keys (what an incremental replan may have changed)."""
+
+    def split(want: dict[Any, Any], have: dict[Any, Any], keys: frozenset[Any]) -> tuple[Any, Any]:
+        return _split(
+            {k: want[k] for k in keys if k in want}, {k: have[k] for k in keys if k in have}
+        )
+
+    set_routes, del_routes = split(desired.routes, actual.routes, routes)
+    set_neighs, del_neighs = split(desired.neighs, actual.neighs, neighs)
+    set_fdbs, del_fdbs = split(desired.fdbs, actual.fdbs, fdbs)
     return Changes(set_routes, set_neighs, set_fdbs, del_routes, del_neighs, del_fdbs)

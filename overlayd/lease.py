@@ -9,6 +9,7 @@ raises ``LeaseFormatError``: a malformed record is skipped by its reader, never 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -41,7 +42,7 @@ def parse_subnet_arg(text: str) -> IPv4Network:
     return parse_subnet_key_name(text.replace("/", "-"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseRecord:
     """What a node publishes about itself with its subnet."""
 
@@ -129,6 +130,10 @@ def decode_lease(subnet: IPv4Network, value: bytes | str) -> LeaseRecord:
     node = _str(raw, "Node", f"flannel-{public_ip}")
     if not node:
         raise LeaseFormatError(f"lease {subnet}: Node is empty")
+    # one object per distinct address/site string: thousands of leases repeat them
+    private_ips = tuple(
+        public_ip if a == public_ip else a for a in _addrs(raw.get("PrivateIPs"), "PrivateIPs")
+    )
     return LeaseRecord(
         subnet=subnet,
         node=node,
@@ -136,8 +141,8 @@ def decode_lease(subnet: IPv4Network, value: bytes | str) -> LeaseRecord:
         public_ip=public_ip,
         vtep_mac=mac,
         vni=vni,
-        site=_str(raw, "Site", DEFAULT_SITE) or DEFAULT_SITE,
-        private_ips=_addrs(raw.get("PrivateIPs"), "PrivateIPs"),
+        site=sys.intern(_str(raw, "Site", DEFAULT_SITE) or DEFAULT_SITE),
+        private_ips=private_ips,
         public_ips=_addrs(raw.get("PublicIPs"), "PublicIPs"),
-        backend_type=_str(raw, "BackendType", "vxlan"),
+        backend_type=sys.intern(_str(raw, "BackendType", "vxlan")),
     )

@@ -20,7 +20,7 @@ from overlayd.config import NetworkConfig
 from overlayd.errors import PoolExhaustedError, StoreError
 from overlayd.identity import StateDir
 from overlayd.lease import LeaseRecord
-from overlayd.store import EtcdStore, StoredLease
+from overlayd.store import EtcdStore, Snapshot, StoredLease
 
 log = logging.getLogger("overlayd.lease")
 
@@ -54,6 +54,7 @@ class LeaseKeeper:
         self._rng = random.Random(f"{template.node_id}:{template.node}")
         self._lost = asyncio.Event()
         self.held: HeldLease | None = None
+        self.snapshot: Snapshot | None = None  # the leases as last listed to claim one
 
     @property
     def renew_interval(self) -> float:
@@ -99,7 +100,7 @@ class LeaseKeeper:
     async def _claim(self, granted: list[int]) -> HeldLease:
         lease_id = 0
         for _ in range(RACE_RETRIES):
-            snapshot = await self._store.list_leases()
+            snapshot = self.snapshot = await self._store.list_leases()
             stored = {s.subnet: s for s in snapshot.leases}
             claims = plan_claims(
                 self._cfg,

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.kernel_state import FdbEntry, KernelState, NeighEntry, RouteEntry
+from overlayd.kernel_state import FdbEntry, KernelState, MacAddress, NeighEntry, RouteEntry
 from overlayd.lease import LeaseRecord
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerPath:
     """The underlay address chosen for a peer, and why."""
 
@@ -34,7 +34,7 @@ def guess_path(me: LeaseRecord, peer: LeaseRecord) -> PeerPath:
     return PeerPath(peer.public_ip, "public", "lease PublicIP")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerEntries:
     route: RouteEntry
     neigh: NeighEntry
@@ -57,11 +57,28 @@ class Plan:
     skipped: tuple[tuple[IPv4Network, str], ...]  # peers not programmed, and why
 
 
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """Keys an incremental update may have changed in the desired state."""
+
+    routes: frozenset[IPv4Network]
+    neighs: frozenset[IPv4Address]
+    fdbs: frozenset[MacAddress]
+
+
 class Planner:
-    """Plans the VXLAN entries for one node; keeps a per-peer memo between calls."""
+    """Plans the VXLAN entries for one node.
+
+    ``plan`` replans everything; ``update`` replans only some peers and patches the last
+    plan in place — the result is the same as a full ``plan`` of the same inputs, and
+    ``update`` declines (returns None) whenever it could not guarantee that.
+    """
 
     def __init__(self) -> None:
         self._memo: dict[IPv4Network, tuple[LeaseRecord, IPv4Address, PeerEntries]] = {}
+        self._last: Plan | None = None
+        self._basis: tuple[LeaseRecord, IPv4Network | None] | None = None
+        self._contested: set[object] = set()  # keys claimed by more than one node
 
     def _entries(self, peer: LeaseRecord, underlay: IPv4Address) -> PeerEntries:
         hit = self._memo.get(peer.subnet)
@@ -89,7 +106,7 @@ class Planner:
         usable: dict[IPv4Network, LeaseRecord] = {}
         uses: Counter[object] = Counter()
         for subnet, peer in leases.items():
-            if subnet == me.subnet or (peer.node_id == me.node_id and peer.node == me.node):
+            if _is_me(me, subnet, peer):
                 continue
             reason = _unusable(me, peer, network)
             if reason is not None:
@@ -110,6 +127,7 @@ class Planner:
             or p.vtep_mac in owner
             or p.overlay_ip in owner
         )
+        self._contested = {k for s in contested for k in (usable[s].vtep_mac, usable[s].overlay_ip)}
         for subnet in contested:
             peer = usable[subnet]
             taken = [k for k in (peer.vtep_mac, peer.overlay_ip) if k in owner]
@@ -133,7 +151,78 @@ class Planner:
         )
         for gone in self._memo.keys() - leases.keys():
             del self._memo[gone]
-        return Plan(state, chosen, tuple(sorted(skipped)))
+        self._last = Plan(state, chosen, tuple(sorted(skipped)))
+        self._basis = (me, network)
+        return self._last
+
+    def update(
+        self,
+        me: LeaseRecord,
+        leases: Mapping[IPv4Network, LeaseRecord],
+        changed: set[IPv4Network],
+        paths: Mapping[IPv4Network, PeerPath] | None = None,
+        network: IPv4Network | None = None,
+    ) -> tuple[Plan, Touched] | None:
+        """Replan only the peers of ``changed`` subnets (added, altered or gone).
+
+        Returns the last plan, patched in place, and the keys that may differ; None when
+        a full ``plan`` is needed (no plan yet, another ``me`` or network, or a change
+        that involves a conflict or a skipped peer).
+        """
+        last = self._last
+        if last is None or self._basis is None or self._basis[0] is not me:
+            return None
+        if self._basis[1] != network:
+            return None
+        skipped_subnets = {s for s, _ in last.skipped}
+        state = last.state
+        ours = {me.vtep_mac, me.overlay_ip}
+        touched_routes: set[IPv4Network] = set()
+        touched_neighs: set[IPv4Address] = set()
+        touched_fdbs: set[MacAddress] = set()
+        for subnet in changed:
+            peer = leases.get(subnet)
+            if subnet in skipped_subnets or (peer is not None and _is_me(me, subnet, peer)):
+                return None
+            old = self._memo.get(subnet)
+            if old is not None and subnet in state.routes:
+                old_entries = old[2]
+                if {old_entries.fdb.mac, old_entries.route.via} & self._contested:
+                    return None
+                touched_routes.add(subnet)
+                touched_neighs.add(old_entries.neigh.ip)
+                touched_fdbs.add(old_entries.fdb.mac)
+                del state.routes[subnet], state.neighs[old_entries.neigh.ip]
+                del state.fdbs[old_entries.fdb.mac]
+                last.paths.pop(subnet, None)
+            if peer is None:
+                self._memo.pop(subnet, None)
+                continue
+            if _unusable(me, peer, network) is not None:
+                return None
+            if (
+                peer.vtep_mac in state.fdbs
+                or peer.overlay_ip in state.neighs
+                or {peer.vtep_mac, peer.overlay_ip} & (ours | self._contested)
+            ):
+                return None  # a new conflict: settle it with a full plan
+            path = (paths or {}).get(subnet) or guess_path(me, peer)
+            entries = self._entries(peer, path.address)
+            state.routes[subnet] = entries.route
+            state.neighs[entries.neigh.ip] = entries.neigh
+            state.fdbs[entries.fdb.mac] = entries.fdb
+            last.paths[subnet] = path
+            touched_routes.add(subnet)
+            touched_neighs.add(entries.neigh.ip)
+            touched_fdbs.add(entries.fdb.mac)
+        touched = Touched(
+            frozenset(touched_routes), frozenset(touched_neighs), frozenset(touched_fdbs)
+        )
+        return last, touched
+
+
+def _is_me(me: LeaseRecord, subnet: IPv4Network, peer: LeaseRecord) -> bool:
+    return subnet == me.subnet or (peer.node_id == me.node_id and peer.node == me.node)
 
 
 def _unusable(me: LeaseRecord, peer: LeaseRecord, network: IPv4Network | None) -> str | None:
@@ -141,10 +230,20 @@ def _unusable(me: LeaseRecord, peer: LeaseRecord, network: IPv4Network | None) -
         return f"backend {peer.backend_type!r} differs from ours ({me.backend_type!r})"
     if peer.vni != me.vni:
         return f"VNI {peer.vni} differs from ours ({me.vni})"
-    if peer.subnet.overlaps(me.subnet):
+    # integer arithmetic: IPv4Network.overlaps/subnet_of cache properties on every
+    # subnet, which costs memory per peer at thousands of peers
+    if _contains(peer.subnet, me.subnet) or _contains(me.subnet, peer.subnet):
         return f"overlaps this node's subnet {me.subnet}"
     if peer.subnet.prefixlen != me.subnet.prefixlen:
         return f"subnet length /{peer.subnet.prefixlen} differs from the network's"
-    if network is not None and not peer.subnet.subnet_of(network):
+    if network is not None and not _contains(network, peer.subnet):
         return f"outside the network {network}"
     return None
+
+
+def _contains(outer: IPv4Network, inner: IPv4Network) -> bool:
+    """``inner`` lies within ``outer`` (for aligned networks: they overlap iff one contains)."""
+    if inner.prefixlen < outer.prefixlen:
+        return False
+    shift = 32 - outer.prefixlen
+    return int(inner.network_address) >> shift == int(outer.network_address) >> shift

@@ -45,7 +45,7 @@ class EtcdSettings:
     keyfile: Path | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredLease:
     """One key under ``subnets/``: a decoded record, or why it could not be decoded."""
 
@@ -263,18 +263,19 @@ class EtcdStore:
         resp = await self._call("delete lease", lambda c: _kv(c).delete(key, timeout=RPC_TIMEOUT))
         return int(resp.deleted) > 0
 
-    async def watch_leases(self) -> AsyncIterator[WatchBatch]:
+    async def watch_leases(self, first: Snapshot | None = None) -> AsyncIterator[WatchBatch]:
         """A snapshot, then the changes after it; a fresh snapshot after a compaction.
 
-        Connection losses are retried inside the client; ``StoreError`` only when the
-        first snapshot cannot be read.
+        ``first`` is a snapshot the caller already holds (it saves listing every lease
+        again at start-up). Connection losses are retried inside the client;
+        ``StoreError`` only when a snapshot cannot be read.
         """
         client = self._client
         if client is None:
             raise StoreError("store is not connected")
         end = prefix_range_end(self._subnets.encode())
         while True:
-            snapshot = await self.list_leases()
+            snapshot, first = first or await self.list_leases(), None
             yield WatchBatch(snapshot, ())
             stream = client.watch
             assert stream is not None

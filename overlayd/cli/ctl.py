@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
-from overlayd.config import parse_backend, parse_config
+from overlayd.config import NetworkConfig, parse_backend, parse_config
 from overlayd.errors import ConfigError, ConfigMissingError, LeaseFormatError, NotFoundError
 from overlayd.lease import parse_subnet_arg
 from overlayd.plan import Planner
@@ -284,11 +284,15 @@ def leases_revoke(ctx: click.Context, which: str) -> None:
 @friendly_errors
 def plan(ctx: click.Context, node: str, output: str) -> None:
     """The kernel entries NODE's daemon would program (same planner as the daemon)."""
-    rows = _run(ctx, _leases_with_ttl)
+
+    async def load(store: EtcdStore) -> tuple[NetworkConfig, list[tuple[StoredLease, int | None]]]:
+        return await store.get_config(), await _leases_with_ttl(store)
+
+    cfg, rows = _run(ctx, load)
     me, _ = _find(rows, node)
     assert me.record is not None
     records = {s.subnet: s.record for s, _ in rows if s.record is not None}
-    result = Planner().plan(me.record, records)
+    result = Planner().plan(me.record, records, network=cfg.network)
     state = result.state
     if output == "json":
         _echo_json(

@@ -31,7 +31,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Any, Generic
+from typing import Any, Generic, cast
 
 from overlayd.keys import PrivateKey, PublicKey
 from overlayd.lease import DEFAULT_SITE
@@ -187,7 +187,8 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
             sock.bind((str(self.config.bind), self.config.port))
             sock.setblocking(False)
-            await loop.create_datagram_endpoint(lambda: self, sock=sock)
+            # uvloop calls connection_made later (call_soon): keep the transport returned here
+            self._transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         except OSError:
             sock.close()
             raise
@@ -382,8 +383,8 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
     # -- datagrams -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport: no isinstance
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for earlier sends (port unreachable...): losses will show it

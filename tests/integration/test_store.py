@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -174,7 +175,7 @@ def test_rebind_requires_current_mod_revision(etcd: Etcd, prefix: str) -> None:
             assert await store.create_lease(a, old_lease)
             (stored,) = (await store.list_leases()).leases
             new_lease = await store.grant(TTL)
-            moved = LeaseRecord(**{**a.__dict__, "site": "eu"})
+            moved = dataclasses.replace(a, site="eu")
             assert await store.rebind_lease(moved, new_lease, stored.mod_revision) is True
             (after,) = (await store.list_leases()).leases
             assert after.lease_id == new_lease and after.record == moved
