@@ -1,0 +1,468 @@
+"""The prober with real sockets in network namespaces (needs root).
+
+World (namespaces ``ovpr-<id>-*``, deleted at the end even on failure)::
+
+    br0 (ns br): a0 10.77.0.1 + 192.0.2.1   b0 10.77.0.2 + 192.0.2.2   c0 10.77.0.3 + 192.0.2.3
+    br1 (ns br): a1 10.77.1.1               d1 10.77.1.2
+
+A and B share site s1, C is in s2, D in s3. 10.77.0.x plays the private range and
+192.0.2.x the public one. B's lease (as A sees it) also lists 10.77.1.2 as a private
+address -- but from A that address is D, a real peer with a valid key of its own, on
+another LAN (overlapping private ranges). D runs a hostile responder that answers every
+probe it sees, for whoever it was meant, as itself and as B.
+
+Every honest node runs an agent (``AGENT``, in its namespace, under uvloop) that plays the
+daemon: a ``Prober`` plus ``choose_path`` on every change, writing its view to a JSON file.
+The test process stays in the root namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overlayd.keys import PrivateKey
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
+HOLD = 4.0  # move-back hold, shortened from the default 10 s to keep the test quick
+
+AGENT = r"""
+import asyncio, json, os, sys, time
+from ipaddress import IPv4Address
+import uvloop
+from overlayd.keys import PrivateKey, PublicKey
+from overlayd.probe import (ChooseParams, PeerCandidates, PeerTarget, ProbeConfig, Prober,
+                            choose_path, confirmed_public, probe_targets)
+
+cfg = json.loads(open(sys.argv[1]).read())
+status_path = sys.argv[2]
+addrs = lambda xs: tuple(IPv4Address(x) for x in xs)
+
+async def main():
+    changed = asyncio.Event()
+    prober = Prober(PrivateKey.from_base64(cfg["key"]), ProbeConfig(stable_after=cfg["hold"]),
+                    changed.set)
+    await prober.start()
+    cands = {n: PeerCandidates(p["site"], addrs(p["private"]), addrs(p["public"]))
+             for n, p in cfg["peers"].items()}
+    prober.set_peers({n: PeerTarget(PublicKey.from_base64(p["key"]),
+                                    probe_targets(cfg["site"], cands[n]), p["site"])
+                      for n, p in cfg["peers"].items()})
+    params = ChooseParams(hold=cfg["hold"])
+    current, history, wakes = {}, [], 0
+    while True:
+        try:
+            await asyncio.wait_for(changed.wait(), 0.1)
+            wakes += 1
+        except TimeoutError:
+            pass
+        changed.clear()
+        now = time.monotonic()
+        for name, pc in cands.items():
+            path = choose_path(cfg["site"], pc, prober.stats(name), current.get(name), now,
+                               params)
+            if path != current.get(name):
+                if current.get(name) is None or path.address != current[name].address:
+                    history.append([time.time(), name, str(path.address), path.kind,
+                                    path.reason])
+                current[name] = path
+                prober.set_chosen(name, path.address)
+        c = prober.counters
+        status = {
+            "time": time.time(),
+            "wakes": wakes,
+            "chosen": {n: [str(p.address), p.kind, p.reason] for n, p in current.items()},
+            "stats": {n: {str(a): {"verified": s.verified, "losses": s.losses,
+                                   "received": s.received, "sent": s.sent, "rtt": s.rtt,
+                                   "downs": s.downs}
+                          for a, s in prober.stats(n).items()} for n in cands},
+            "history": history,
+            "counters": {"probes_sent": c.probes_sent, "replies_received": c.replies_received,
+                         "probes_received": c.probes_received, "replies_sent": c.replies_sent,
+                         "rejected": dict(c.rejected)},
+            "public": [str(a) for a in confirmed_public(
+                cfg["site"], prober.observations(), exclude=set(addrs(cfg["private"])),
+                probe_port=prober.port, now=now)],
+        }
+        tmp = status_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(status, f)
+        os.replace(tmp, status_path)
+
+uvloop.run(main())
+"""
+
+# D: answers its own probes honestly, and every probe meant for someone else twice: as
+# itself (valid D-A MAC, echoing the nonce) and claiming to be the intended recipient.
+HOSTILE = r"""
+import json, os, socket, sys
+from ipaddress import IPv4Address
+from overlayd.keys import PrivateKey, PublicKey
+from overlayd.probe.wire import Probe, ProbeCodec, ProbeError
+
+cfg = json.loads(open(sys.argv[1]).read())
+codec = ProbeCodec(PrivateKey.from_base64(cfg["key"]))
+known = {PublicKey.from_base64(k) for k in cfg["known"]}
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("0.0.0.0", 8473))
+counts = {"honest": 0, "hostile": 0}
+while True:
+    data, src = sock.recvfrom(2048)
+    observed = (IPv4Address(src[0]), src[1])
+    try:
+        msg = codec.decode(data, known=known.__contains__, expects_reply=lambda k, n: False)
+    except ProbeError:
+        sender = PublicKey(data[8:40])
+        if sender not in known:
+            continue
+        probe = Probe(sender, data[72:88], int.from_bytes(data[88:96], "big"))
+        as_me = codec.encode_reply(probe, observed)
+        sock.sendto(as_me, src)
+        as_them = bytearray(as_me)
+        as_them[8:40] = data[40:72]  # claim to be the intended recipient
+        sock.sendto(bytes(as_them), src)
+        counts["hostile"] += 1
+    else:
+        if isinstance(msg, Probe):
+            sock.sendto(codec.encode_reply(msg, observed), src)
+            counts["honest"] += 1
+    with open(sys.argv[2] + ".tmp", "w") as f:
+        json.dump(counts, f)
+    os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+"""
+
+# From B's namespace: capture one genuine reply B sent to A, then replay it and send forged
+# variants, spoofing B's address exactly as the genuine one.
+SCAPY = r"""
+import json, sys
+from scapy.all import IP, UDP, Raw, send, sniff, conf
+conf.verb = 0
+pkts = sniff(iface="b0", count=1, timeout=10, lfilter=lambda p: IP in p and UDP in p
+             and p[IP].src == "10.77.0.2" and p[IP].dst == "10.77.0.1"
+             and p[UDP].sport == 8473 and len(bytes(p[UDP].payload)) == 136)
+assert pkts, "no reply from B to A captured"
+p = pkts[0]
+payload = bytes(p[UDP].payload)
+def out(data):
+    send(IP(src=p[IP].src, dst=p[IP].dst) / UDP(sport=p[UDP].sport, dport=p[UDP].dport)
+         / Raw(data), iface="b0")
+for _ in range(3):
+    out(payload)                                       # replayed
+forged = bytearray(payload)
+forged[112:116] = bytes([198, 51, 100, 66])            # observed address rewritten
+out(bytes(forged))
+forged = bytearray(payload)
+forged[72:88] = bytes(16)                              # fresh nonce, old MAC
+out(bytes(forged))
+print(json.dumps({"sent": 5}))
+"""
+
+
+def run(*args: str, check: bool = True, input: str | None = None) -> str:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60, input=input)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed: {proc.stderr}")
+    return proc.stdout
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 10.0) -> float:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+@dataclass
+class Node:
+    name: str
+    ns: str
+    site: str
+    private: list[str]
+    public: list[str]
+    key: PrivateKey
+    status_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def status(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.status_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data
+
+    def verified(self, peer: str, address: str) -> bool:
+        s = self.status().get("stats", {}).get(peer, {}).get(address)
+        return bool(s and s["verified"])
+
+    def chosen(self, peer: str) -> str | None:
+        c = self.status().get("chosen", {}).get(peer)
+        return str(c[0]) if c else None
+
+    def rejected(self, reason: str) -> int:
+        return int(self.status().get("counters", {}).get("rejected", {}).get(reason, 0))
+
+
+@dataclass
+class World:
+    prefix: str
+    dir: Path
+    nodes: dict[str, Node]
+    hostile_status: Path
+
+    def ns(self, suffix: str) -> str:
+        return f"{self.prefix}-{suffix}"
+
+    def nft(self, node: str, script: str) -> None:
+        run("ip", "netns", "exec", self.nodes[node].ns, "nft", "-f", "-", input=script)
+
+
+def _link(prefix: str, node: str, ifname: str, bridge: str, addrs: list[str]) -> None:
+    ns, br = f"{prefix}-{node}", f"{prefix}-br"
+    run(
+        "ip",
+        "link",
+        "add",
+        ifname,
+        "netns",
+        ns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        f"{ifname}p",
+        "netns",
+        br,
+    )
+    run("ip", "-n", br, "link", "set", f"{ifname}p", "master", bridge, "up")
+    for addr in addrs:
+        run("ip", "-n", ns, "addr", "add", addr, "dev", ifname)
+    run("ip", "-n", ns, "link", "set", ifname, "up")
+
+
+def _spawn(ns: str, code: str, cfg: Path, status: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Run ``code`` with the venv's Python inside ``ns``; output goes to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", ns, PYTHON, "-c", code, str(cfg), str(status)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    prefix = f"ovpr-{secrets.token_hex(3)}"
+    directory = tmp_path_factory.mktemp("prober")
+    created: list[str] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for suffix in ("br", "a", "b", "c", "d"):
+            run("ip", "netns", "add", f"{prefix}-{suffix}")
+            created.append(f"{prefix}-{suffix}")
+            run("ip", "-n", f"{prefix}-{suffix}", "link", "set", "lo", "up")
+        for bridge in ("br0", "br1"):
+            run("ip", "-n", f"{prefix}-br", "link", "add", bridge, "type", "bridge")
+            run("ip", "-n", f"{prefix}-br", "link", "set", bridge, "up")
+        _link(prefix, "a", "a0", "br0", ["10.77.0.1/24", "192.0.2.1/24"])
+        _link(prefix, "a", "a1", "br1", ["10.77.1.1/24"])
+        _link(prefix, "b", "b0", "br0", ["10.77.0.2/24", "192.0.2.2/24"])
+        _link(prefix, "c", "c0", "br0", ["10.77.0.3/24", "192.0.2.3/24"])
+        _link(prefix, "d", "d1", "br1", ["10.77.1.2/24"])
+
+        def node(name: str, site: str, private: list[str], public: list[str]) -> Node:
+            return Node(
+                name,
+                f"{prefix}-{name}",
+                site,
+                private,
+                public,
+                PrivateKey.generate(),
+                directory / f"{name}.json",
+            )
+
+        nodes = {
+            "a": node("a", "s1", ["10.77.0.1", "10.77.1.1"], ["192.0.2.1"]),
+            # B's lease claims 10.77.1.2 too: from A that address is D
+            "b": node("b", "s1", ["10.77.0.2", "10.77.1.2"], ["192.0.2.2"]),
+            "c": node("c", "s2", ["10.77.0.3"], ["192.0.2.3"]),
+            "d": node("d", "s3", ["10.77.1.2"], ["10.77.1.2"]),
+        }
+        peers_of = {"a": ["b", "c", "d"], "b": ["a", "c"], "c": ["a", "b"]}
+        for name, peer_names in peers_of.items():
+            me = nodes[name]
+            cfg = {
+                "key": me.key.reveal_base64(),
+                "site": me.site,
+                "private": me.private,
+                "hold": HOLD,
+                "peers": {
+                    p: {
+                        "key": nodes[p].key.public_key().base64,
+                        "site": nodes[p].site,
+                        "private": nodes[p].private,
+                        "public": nodes[p].public,
+                    }
+                    for p in peer_names
+                },
+            }
+            cfg_path = directory / f"{name}-cfg.json"
+            cfg_path.write_text(json.dumps(cfg))
+            me.proc = _spawn(me.ns, AGENT, cfg_path, me.status_path, directory / f"{name}.log")
+            procs.append(me.proc)
+        d = nodes["d"]
+        hostile_cfg = directory / "d-cfg.json"
+        known = [nodes["a"].key.public_key().base64]
+        hostile_cfg.write_text(json.dumps({"key": d.key.reveal_base64(), "known": known}))
+        hostile_status = directory / "d.json"
+        d.proc = _spawn(d.ns, HOSTILE, hostile_cfg, hostile_status, directory / "d.log")
+        procs.append(d.proc)
+        yield World(prefix, directory, nodes, hostile_status)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for ns in reversed(created):
+            with contextlib.suppress(AssertionError):
+                run("ip", "netns", "del", ns)
+
+
+def test_peers_verify_each_other_and_choose_by_site(world: World) -> None:
+    a, b, c = (world.nodes[n] for n in "abc")
+    wait_for("A verifies B privately", lambda: a.chosen("b") == "10.77.0.2", timeout=5)
+    wait_for("A verifies C publicly", lambda: a.verified("c", "192.0.2.3"), timeout=5)
+    assert a.chosen("c") == "192.0.2.3"
+    assert a.status()["chosen"]["c"][1] == "public"
+    wait_for("B verifies A", lambda: b.verified("a", "10.77.0.1"), timeout=5)
+    wait_for("C verifies B", lambda: c.verified("b", "192.0.2.2"), timeout=5)
+    # same-site candidates are all probed; another site's private addresses are not
+    assert set(a.status()["stats"]["b"]) == {"10.77.0.2", "10.77.1.2", "192.0.2.2"}
+    assert set(a.status()["stats"]["c"]) == {"192.0.2.3"}
+    wait_for("B's public path verified too", lambda: a.verified("b", "192.0.2.2"))
+
+
+def test_reflexive_address_confirmed_by_other_site_peer(world: World) -> None:
+    a, b = world.nodes["a"], world.nodes["b"]
+    # C (site s2) sees A's probes from 192.0.2.1; B (same site) sees 10.77.0.1; D (site
+    # s3) sees A's private 10.77.1.1, which A excludes as its own
+    wait_for("A's public address confirmed", lambda: a.status().get("public") == ["192.0.2.1"])
+    wait_for("B's public address confirmed", lambda: b.status().get("public") == ["192.0.2.2"])
+
+
+def test_wakes_only_on_material_changes(world: World) -> None:
+    a = world.nodes["a"]
+
+    def settled() -> bool:
+        # every path answered twice: each observation of A has been corroborated
+        paths = [s for peer in a.status().get("stats", {}).values() for s in peer.values()]
+        return bool(paths) and all(s["received"] >= 2 for s in paths if s["verified"])
+
+    wait_for("steady state", lambda: a.verified("b", "192.0.2.2") and settled(), timeout=15)
+    before, replies_before = a.status()["wakes"], a.status()["counters"]["replies_received"]
+    time.sleep(3)
+    after, replies_after = a.status()["wakes"], a.status()["counters"]["replies_received"]
+    assert replies_after - replies_before > 15  # RTT samples keep arriving...
+    assert after - before <= 1  # ...without waking the daemon
+
+
+def test_same_ip_other_key_cannot_validate_path(world: World) -> None:
+    a = world.nodes["a"]
+    wait_for("A verifies D at 10.77.1.2", lambda: a.verified("d", "10.77.1.2"))
+    wait_for(
+        "D's hostile replies arrive",
+        lambda: (
+            world.hostile_status.exists()
+            and json.loads(world.hostile_status.read_text()).get("hostile", 0) >= 2
+        ),
+        timeout=15,  # B's address 10.77.1.2 is not chosen: probed every 5 s
+    )
+    wait_for("replies rejected", lambda: a.rejected("unsolicited") >= 2 and a.rejected("mac") >= 2)
+    stats = a.status()["stats"]["b"]["10.77.1.2"]
+    assert not stats["verified"] and stats["received"] == 0 and stats["sent"] >= 2
+    assert all(h[2] != "10.77.1.2" for h in a.status()["history"] if h[1] == "b")
+
+
+def test_forged_and_replayed_replies_rejected(world: World) -> None:
+    a = world.nodes["a"]
+    wait_for("A verifies B privately", lambda: a.chosen("b") == "10.77.0.2")
+    replay, mac = a.rejected("replay"), a.rejected("mac")
+    received = a.status()["stats"]["b"]["10.77.0.2"]["received"]
+    out = run("ip", "netns", "exec", world.nodes["b"].ns, PYTHON, "-c", SCAPY)
+    assert json.loads(out) == {"sent": 5}
+    wait_for("replays counted", lambda: a.rejected("replay") >= replay + 3)
+    wait_for("forgeries counted", lambda: a.rejected("mac") >= mac + 2)
+    assert a.status()["stats"]["b"]["10.77.0.2"]["received"] > received  # real ones still in
+    assert a.chosen("b") == "10.77.0.2"
+
+
+def test_dropped_private_path_fails_over_and_moves_back(world: World) -> None:
+    a = world.nodes["a"]
+    wait_for("A on B's private path", lambda: a.chosen("b") == "10.77.0.2")
+    wait_for("B's public path verified", lambda: a.verified("b", "192.0.2.2"))
+    # B drops everything A sends from its private address: A's probes and A's replies
+    world.nft(
+        "b",
+        "table inet ovpr_test {\n"
+        "  chain in {\n"
+        "    type filter hook input priority 0;\n"
+        "    ip saddr 10.77.0.1 udp dport 8473 drop\n"
+        "    ip saddr 10.77.0.1 udp sport 8473 drop\n"
+        "  }\n"
+        "}\n",
+    )
+    broke = time.time()
+    try:
+        wait_for("failover to public", lambda: a.chosen("b") == "192.0.2.2", timeout=6)
+        moved = next(h for h in a.status()["history"] if h[1] == "b" and h[0] >= broke)
+        assert moved[2] == "192.0.2.2" and moved[3] == "public"
+        assert moved[0] - broke < 3.0, f"failover took {moved[0] - broke:.2f}s"
+        assert "failover" in moved[4]
+        print(f"failover after {moved[0] - broke:.2f}s")
+        assert not a.verified("b", "10.77.0.2")
+    finally:
+        run(
+            "ip",
+            "netns",
+            "exec",
+            world.nodes["b"].ns,
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            "ovpr_test",
+        )
+    restored = time.time()
+    wait_for("private path verified again", lambda: a.verified("b", "10.77.0.2"), timeout=8)
+    reverified = time.time()
+    wait_for("moved back to private", lambda: a.chosen("b") == "10.77.0.2", timeout=HOLD + 8)
+    back = next(h for h in a.status()["history"] if h[1] == "b" and h[0] >= restored)
+    assert back[2] == "10.77.0.2"
+    # not before the hold: the recovered path must prove itself first
+    assert back[0] - reverified >= HOLD - 0.6, (back[0], reverified)
+    assert back[0] - reverified <= HOLD + 1.5
+    assert back[4].startswith("moved to better path")
+    print(f"moved back {back[0] - reverified:.2f}s after the private path was verified again")
