@@ -153,14 +153,12 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         key: PrivateKey,
         config: ProbeConfig = ProbeConfig(),
         on_change: Callable[[], None] | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.codec = ProbeCodec(key, window=config.window, replay_capacity=config.replay_capacity)
         self.counters = ProbeCounters()
         self._on_change = on_change
-        self._clock = clock
+        self._clock = time.monotonic  # the clock of every time in PathStats/Observation
         self._rng = random.Random()
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None

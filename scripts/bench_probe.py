@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Probe cost with many synthetic peers: packets/s and CPU% of the prober at steady state.
+
+Needs root: everything runs in a fresh network namespace ``ovpr-bench-<id>`` (loopback
+only, deleted at the end). Two processes, both under uvloop:
+
+* the *prober*: one ``Prober`` with N peers, each with two candidates -- 127.1.x.y
+  ("private", chosen, probed every fast interval) and 127.2.x.y ("public", probed every slow
+  interval) -- plus the daemon's part: on every ``on_change`` it runs ``choose_path`` for
+  all peers and ``set_chosen``, as the reconcile loop would;
+* the *responder*: N identities (N keys) on one socket (any 127/8 address is local), which
+  answers the prober's probes as the identity each one is addressed to, and also probes the
+  prober from every identity at the fast interval -- each real peer probes us too, so the
+  prober pays for answering as well.
+
+Reported: time until every peer has a verified path, then over the measuring window
+packets/s sent and received by the prober and its CPU% (getrusage), plus the responder's
+CPU% for reference.
+
+    sudo .venv/bin/python scripts/bench_probe.py [--peers 1000] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, cast
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from overlayd.keys import PrivateKey, PublicKey  # noqa: E402
+from overlayd.plan import PeerPath  # noqa: E402
+from overlayd.probe import (  # noqa: E402
+    PeerCandidates,
+    PeerTarget,
+    ProbeConfig,
+    Prober,
+    choose_path,
+)
+from overlayd.probe.wire import Probe, ProbeCodec, ProbeError, peek_recipient  # noqa: E402
+
+PROBER_PORT = 8473
+RESPONDER_PORT = 8474
+SITE = "bench"
+
+
+def _private(i: int) -> IPv4Address:
+    return IPv4Address(f"127.1.{i // 250}.{i % 250 + 1}")
+
+
+def _public(i: int) -> IPv4Address:
+    return IPv4Address(f"127.2.{i // 250}.{i % 250 + 1}")
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- prober process ------------------------------------------------------------------
+
+
+async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) -> dict[str, Any]:
+    config = ProbeConfig(port=PROBER_PORT, bind=IPv4Address("127.0.0.1"))
+    changed = asyncio.Event()
+    prober: Prober[int] = Prober(PrivateKey.from_base64(keys["prober"]), config, changed.set)
+    peers = {i: PublicKey.from_base64(k) for i, k in enumerate(keys["peers"])}
+    cands = {i: PeerCandidates(SITE, (_private(i),), (_public(i),)) for i in peers}
+    await prober.start()
+    start = time.monotonic()
+    prober.set_peers(
+        {
+            i: PeerTarget(key, (_private(i), _public(i)), SITE, RESPONDER_PORT)
+            for i, key in peers.items()
+        }
+    )
+    current: dict[int, PeerPath] = {}
+    replans = 0
+
+    def replan() -> None:
+        nonlocal replans
+        replans += 1
+        now = time.monotonic()
+        for i, pc in cands.items():
+            path = choose_path(SITE, pc, prober.stats(i), current.get(i), now)
+            if current.get(i) != path:
+                current[i] = path
+                prober.set_chosen(i, path.address)
+
+    async def daemon() -> None:
+        while True:
+            await changed.wait()
+            changed.clear()
+            replan()
+            await asyncio.sleep(0.05)  # the reconcile loop coalesces bursts of changes
+
+    def all_verified() -> bool:
+        return all(
+            (s := prober.stats(i).get(current[i].address)) is not None and s.verified for i in peers
+        )
+
+    replan()
+    loop_task = asyncio.create_task(daemon())
+    while not all_verified():
+        if time.monotonic() - start > warmup_limit:
+            break
+        await asyncio.sleep(0.05)
+    verified_after = time.monotonic() - start
+    await asyncio.sleep(3.0)  # let start-up spread and first slow probes settle
+    c = prober.counters
+    probes0, replies0 = c.probes_sent, c.replies_sent
+    recv0 = c.probes_received + c.replies_received
+    losses0, replans0 = c.losses, replans
+    cpu0, t0 = _cpu(), time.monotonic()
+    await asyncio.sleep(seconds)
+    cpu1, t1 = _cpu(), time.monotonic()
+    wall = t1 - t0
+    result = {
+        "peers": len(peers),
+        "all_verified_after_s": round(verified_after, 2),
+        "verified_chosen": sum(
+            1 for i in peers if (s := prober.stats(i).get(current[i].address)) and s.verified
+        ),
+        "private_chosen": sum(1 for p in current.values() if p.kind == "private"),
+        "probes_sent_pps": round((c.probes_sent - probes0) / wall),
+        "replies_sent_pps": round((c.replies_sent - replies0) / wall),
+        "received_pps": round((c.probes_received + c.replies_received - recv0) / wall),
+        "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
+        "losses": c.losses - losses0,
+        "replans": replans - replans0,
+        "rejected": dict(c.rejected),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    loop_task.cancel()
+    await prober.close()
+    return result
+
+
+# -- responder process ---------------------------------------------------------------
+
+
+class Responder(asyncio.DatagramProtocol):
+    """Many identities on one socket; answers probes as the identity addressed."""
+
+    def __init__(self, identities: list[PrivateKey], prober_key: PublicKey) -> None:
+        self.prober_key = prober_key
+        self.codecs = {k.public_key(): ProbeCodec(k) for k in identities}
+        self.outstanding: dict[bytes, PublicKey] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self.answered = self.rejected = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def _expects(self, key: PublicKey, nonce: bytes) -> bool:
+        return self.outstanding.pop(nonce, None) == key
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        recipient = peek_recipient(data)
+        codec = self.codecs.get(recipient) if recipient is not None else None
+        if codec is None or self.transport is None:
+            self.rejected += 1
+            return
+        known: Callable[[PublicKey], bool] = self.prober_key.__eq__
+        try:
+            msg = codec.decode(data, known=known, expects_reply=self._expects)
+        except ProbeError:
+            self.rejected += 1
+            return
+        if isinstance(msg, Probe):
+            observed = (IPv4Address(addr[0]), addr[1])
+            self.transport.sendto(codec.encode_reply(msg, observed), addr)
+            self.answered += 1
+
+    async def probe_forever(self, interval: float) -> None:
+        """Every identity probes the prober once per ``interval``, evenly spread."""
+        codecs = list(self.codecs.values())
+        step = interval / len(codecs)
+        target = ("127.0.0.1", PROBER_PORT)
+        next_at = time.monotonic()
+        while True:
+            for codec in codecs:
+                nonce, data = codec.encode_probe(self.prober_key)
+                self.outstanding[nonce] = codec.public
+                if self.transport is not None:
+                    self.transport.sendto(data, target)
+                next_at += step
+                delay = next_at - time.monotonic()
+                if delay > 0.002:
+                    await asyncio.sleep(delay)
+            if len(self.outstanding) > 4 * len(codecs):  # lost replies: keep it bounded
+                self.outstanding.clear()
+
+
+async def run_responder(keys: dict[str, Any]) -> dict[str, Any]:
+    """Serve until SIGTERM, then report CPU% over the whole run."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    identities = [PrivateKey.from_base64(k) for k in keys["peer_private"]]
+    proto = Responder(identities, PrivateKey.from_base64(keys["prober"]).public_key())
+    await loop.create_datagram_endpoint(lambda: proto, local_addr=("0.0.0.0", RESPONDER_PORT))
+    prober_task = asyncio.create_task(proto.probe_forever(ProbeConfig().fast_interval))
+    cpu0, t0 = _cpu(), time.monotonic()
+    await stop.wait()
+    prober_task.cancel()
+    return {
+        "cpu_percent": round(100 * (_cpu() - cpu0) / (time.monotonic() - t0), 1),
+        "answered": proto.answered,
+        "rejected": proto.rejected,
+    }
+
+
+# -- orchestration -------------------------------------------------------------------
+
+
+def _ns(name: str, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", name, *cmd]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--peers", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measuring window")
+    parser.add_argument("--role", choices=["prober", "responder"], help=argparse.SUPPRESS)
+    parser.add_argument("--keys", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import uvloop
+
+    if args.role is not None:
+        keys = json.loads(args.keys.read_text())
+        if args.role == "prober":
+            out = uvloop.run(run_prober(keys, warmup_limit=30.0, seconds=args.seconds))
+        else:
+            out = uvloop.run(run_responder(keys))
+        print(json.dumps(out))
+        return
+
+    if os.geteuid() != 0:
+        sys.exit("needs root (runs in a network namespace)")
+    peers = [PrivateKey.generate() for _ in range(args.peers)]
+    ns = f"ovpr-bench-{secrets.token_hex(3)}"
+    with tempfile.TemporaryDirectory() as tmp:
+        keyfile = Path(tmp) / "keys.json"
+        keyfile.touch(mode=0o600)  # throwaway keys, still not world-readable
+        keyfile.write_text(
+            json.dumps(
+                {
+                    "prober": PrivateKey.generate().reveal_base64(),
+                    "peers": [k.public_key().base64 for k in peers],
+                    "peer_private": [k.reveal_base64() for k in peers],
+                }
+            )
+        )
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        try:
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+            me = [sys.executable, str(Path(__file__).resolve()), "--keys", str(keyfile)]
+            responder = subprocess.Popen(
+                _ns(ns, *me, "--role", "responder"),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(1.0)
+            prober = subprocess.run(
+                _ns(ns, *me, "--role", "prober", "--seconds", str(args.seconds)),
+                stdout=subprocess.PIPE,
+                text=True,
+                check=True,
+            )
+            responder.terminate()
+            responder_out, _ = responder.communicate(timeout=30)
+        finally:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+    result = json.loads(prober.stdout)
+    other = json.loads(responder_out)
+    pps = result["probes_sent_pps"] + result["replies_sent_pps"] + result["received_pps"]
+    print(f"peers                          {result['peers']} (2 candidates each)")
+    print(f"all chosen paths verified      {result['all_verified_after_s']} s after start")
+    print(
+        f"verified chosen / private      {result['verified_chosen']} / {result['private_chosen']}"
+    )
+    print(
+        f"prober sent                    {result['probes_sent_pps']} probes/s + "
+        f"{result['replies_sent_pps']} replies/s"
+    )
+    print(f"prober received                {result['received_pps']} packets/s")
+    print(
+        f"prober CPU                     {result['cpu_percent']} % of one core "
+        f"({1e4 * result['cpu_percent'] / max(pps, 1):.1f} us per packet in or out)"
+    )
+    print(f"prober max RSS                 {result['max_rss_mb']} MB")
+    print(f"losses in window               {result['losses']}")
+    print(f"replans in window              {result['replans']}")
+    print(f"rejected (whole run)           {result['rejected']}")
+    print(f"responder CPU (reference)      {other['cpu_percent']} % of one core")
+
+
+if __name__ == "__main__":
+    main()
