@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_kernel import peer_entries, peer_state, write_batch_files
 
-from tests import lanworld
 from tests.daemons import BIN, ns_run
+from tests.lab.world import build_lan_world, destroy
 
-PREFIX = "ovbench"
+PREFIX = "ovbench-"
 EVENTS = 200
 
 
@@ -189,18 +189,28 @@ def time_ip_batch(ns: str, n: int) -> float:
 def main() -> int:
     sizes = [int(a) for a in sys.argv[1:]] or [1000, 5000]
     workdir = Path(tempfile.mkdtemp(prefix="overlayd-bench-"))
-    world = lanworld.build(PREFIX, workdir, n_hosts=2)
+    world = build_lan_world(PREFIX, 2, workdir=workdir)
+    h1, h2 = world.host("h1").ns.name, world.host("h2").ns.name
     rows = []
     try:
         ctl = [str(BIN / "overlayctl"), "--etcd-endpoints", world.etcd_endpoint]
-        ns_run(world.ns("h1"), *ctl, "network", "init", "--network", "10.0.0.0/8")
+        ns_run(h1, *ctl, "network", "init", "--network", "10.0.0.0/8")
         for n in sizes:
-            world.etcdctl("del", "--prefix", "/overlayd/network/subnets/")
-            ns_run(world.ns("h1"), "ip", "link", "del", "overlay.1", check=False)
+            world.etcd_ns.run(
+                [
+                    "etcdctl",
+                    "--endpoints",
+                    world.etcd_endpoint,
+                    "del",
+                    "--prefix",
+                    "/overlayd/network/subnets/",
+                ]
+            )
+            ns_run(h1, "ip", "link", "del", "overlay.1", check=False)
             run_dir = workdir / f"n{n}"
             run_dir.mkdir()
             out = ns_run(
-                world.ns("h1"),
+                h1,
                 sys.executable,
                 __file__,
                 "inner",
@@ -210,12 +220,12 @@ def main() -> int:
                 timeout=600,
             ).stdout
             res = json.loads(out.strip().splitlines()[-1])
-            res["ip_batch_s"] = time_ip_batch(world.ns("h2"), n)
+            res["ip_batch_s"] = time_ip_batch(h2, n)
             res["n"] = n
             rows.append(res)
             print(json.dumps(res, sort_keys=True), flush=True)
     finally:
-        lanworld.down(PREFIX)
+        destroy(world)
     print()
     print(
         f"{'peers':>6} {'entries':>8} {'full sync':>10} {'1st apply':>10} {'ip -batch':>10} "

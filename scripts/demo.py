@@ -1,4 +1,8 @@
-"""The demo behind ./scripts/demo: a LAN of hosts plus one behind 1:1 NAT, all on one overlay."""
+"""The demo behind ./scripts/demo: the multi-cloud world of the tests, one flat overlay.
+
+Cloud A (three hosts behind 1:1 NAT), cloud B (two hosts behind 1:1 NAT), one bare-metal
+host with a public address, etcd on the "internet" — all in network namespaces.
+"""
 
 from __future__ import annotations
 
@@ -8,61 +12,51 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests import lanworld
 from tests.daemons import BIN, OverlaydProc, ns_run
+from tests.lab.netns import cleanup
+from tests.lab.world import build_multicloud_world
 
-PREFIX = "ovdemo"
+PREFIX = "ovdemo-"
 WORKDIR = Path(__file__).resolve().parent.parent / ".demo"
 
 
 def up() -> int:
-    print("building the demo network: etcd, hosts h1-h3 on a LAN, host 'nat' behind 1:1 NAT …")
-    world = lanworld.build(PREFIX, WORKDIR, n_hosts=3, nat_host=True)
+    cleanup(PREFIX)
+    print("building the demo world: cloud A (3 hosts, 1:1 NAT), cloud B (2 hosts, 1:1 NAT),")
+    print("a bare-metal host with a public address, etcd on the internet …")
+    world = build_multicloud_world(PREFIX, workdir=WORKDIR)
+    print(world.describe())
+    first = world.hosts[0].ns.name
     ctl = [str(BIN / "overlayctl"), "--etcd-endpoints", world.etcd_endpoint]
-    print(ns_run(world.ns("h1"), *ctl, "network", "init", "--network", "10.244.0.0/16").stdout)
-    daemons = []
-    for name in ("h1", "h2", "h3", "nat"):
-        extra: tuple[str, ...] = ()
-        if name == "nat":
-            extra = ("--site", "natted", "--public-ip", lanworld.NAT_PUBLIC)
-        daemons.append(
-            OverlaydProc(world.ns(name), name, world.etcd_endpoint, WORKDIR / name, extra).start()
-        )
+    print(ns_run(first, *ctl, "network", "init", "--network", "10.244.0.0/16").stdout)
+    daemons = [OverlaydProc(world, host).start() for host in world.hosts]
     for d in daemons:
         d.wait_ready()
     time.sleep(1)
-    print(ns_run(world.ns("h1"), *ctl, "leases", "list").stdout)
-    ips = {d.node: d.overlay_ip() for d in daemons}
+    print(ns_run(first, *ctl, "leases", "list").stdout)
     print("overlay reachability (ping from row to column's overlay address):")
-    names = [d.node for d in daemons]
-    print("        " + "".join(f"{n:>8}" for n in names))
+    print("      " + "".join(f"{d.node:>6}" for d in daemons))
     failures = 0
     for src in daemons:
         cells = []
-        for dst in names:
-            if dst == src.node:
+        for dst in daemons:
+            if dst is src:
                 cells.append("-")
                 continue
-            ok = (
-                ns_run(
-                    src.ns, "ping", "-c", "2", "-W", "1", "-i", "0.2", ips[dst], check=False
-                ).returncode
-                == 0
-            )
+            ok = ns_run(src.ns, "ping", "-c", "2", "-W", "1", "-i", "0.2", dst.overlay_ip(),
+                        check=False).returncode == 0  # fmt: skip
             failures += not ok
             cells.append("ok" if ok else "FAIL")
-        print(f"{src.node:>8}" + "".join(f"{c:>8}" for c in cells))
-    print(
-        "\nplan of h1 (what its daemon programs):\n"
-        + ns_run(world.ns("h1"), *ctl, "plan", "--node", "h1").stdout
-    )
-    print(f"logs: {WORKDIR}/<host>/overlayd.log; try: ip netns exec {PREFIX}-h1 ip route")
+        print(f"{src.node:>6}" + "".join(f"{c:>6}" for c in cells))
+    plan = ns_run(first, *ctl, "plan", "--node", world.hosts[0].name).stdout
+    print(f"\nplan of {world.hosts[0].name} (what its daemon programs):\n{plan}")
+    print(f"logs: {WORKDIR}/overlayd/<host>/overlayd.log; try: ip netns exec {first} ip route")
     print("remove everything with: ./scripts/demo down")
     return 1 if failures else 0
 
 
 def down() -> int:
-    lanworld.down(PREFIX)
+    cleanup(PREFIX)
     print("demo network removed")
     return 0
 

@@ -8,11 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.lab.world import Host, World
+
 BIN = Path(sys.executable).parent
 
 
@@ -34,15 +37,26 @@ def ns_python(ns: str, code: str, timeout: float = 30) -> str:
 
 @dataclass
 class OverlaydProc:
-    """One overlayd in namespace ``ns``; state dir, subnet file and log under ``workdir``."""
+    """One overlayd on a test-world host (its flags from ``World.overlayd_argv``)."""
 
-    ns: str
-    node: str
-    etcd: str
-    workdir: Path
+    world: World
+    host: Host
     extra: tuple[str, ...] = ()
     healthz_port: int = 10256
+    tag: str = ""  # tells apart a second daemon on the same host (own files)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def ns(self) -> str:
+        return self.host.ns.name
+
+    @property
+    def node(self) -> str:
+        return self.host.name
+
+    @property
+    def workdir(self) -> Path:
+        return self.world.workdir / "overlayd" / f"{self.host.name}{self.tag}"
 
     @property
     def subnet_file(self) -> Path:
@@ -54,33 +68,13 @@ class OverlaydProc:
 
     def start(self) -> OverlaydProc:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_file, "ab")  # noqa: SIM115 - kept open for the process's life
-        self.proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.ns,
-                str(BIN / "overlayd"),
-                "--etcd-endpoints",
-                self.etcd,
-                "--node-name",
-                self.node,
-                "--state-dir",
-                str(self.workdir / "state"),
-                "--subnet-file",
-                str(self.subnet_file),
-                "--healthz-port",
-                str(self.healthz_port),
-                "--resync-interval",
-                "5",
-                *self.extra,
-            ],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
+        argv = self.world.overlayd_argv(
+            self.host, "--healthz-port", str(self.healthz_port), "--resync-interval", "5",
+            "--state-dir", str(self.workdir / "state"), "--subnet-file", str(self.subnet_file),
+            *self.extra,
+        )  # fmt: skip
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         return self
 
     def status(self) -> dict[str, Any] | None:
@@ -110,10 +104,8 @@ class OverlaydProc:
         )
 
     def overlay_ip(self) -> str:
-        """The node's address on its overlay device (subnet .0)."""
-        subnet = self.subnet_env()["OVERLAY_SUBNET"].split("/")[0]
-        a, b, c, d = (int(x) for x in subnet.split("."))
-        return f"{a}.{b}.{c}.{d - 1}"
+        """The node's address on its overlay device (its subnet's .0)."""
+        return str(IPv4Interface(self.subnet_env()["OVERLAY_SUBNET"]).network.network_address)
 
     def log(self) -> str:
         try:
@@ -144,3 +136,39 @@ class OverlaydProc:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``check``; returns the seconds it took, fails after ``timeout``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if check():
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pings(ns: str, dst: str, count: int = 2) -> bool:
+    res = ns_run(ns, "ping", "-c", str(count), "-W", "1", "-i", "0.2", dst, check=False)
+    return res.returncode == 0
+
+
+class Background:
+    """A ping running while something happens; ``stop()`` says (sent, received)."""
+
+    def __init__(self, ns: str, dst: str, interval: float = 0.1) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "ping", "-i", str(interval), "-W", "1", dst],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def stop(self) -> tuple[int, int]:
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        for line in out.splitlines():
+            if "packets transmitted" in line:
+                parts = line.split(",")
+                return int(parts[0].split()[0]), int(parts[1].split()[0])
+        raise AssertionError(f"no ping summary: {out[-500:]}")
