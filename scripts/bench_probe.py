@@ -76,7 +76,9 @@ def _cpu() -> float:
 async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) -> dict[str, Any]:
     config = ProbeConfig(port=PROBER_PORT, bind=IPv4Address("127.0.0.1"))
     changed = asyncio.Event()
-    prober: Prober[int] = Prober(PrivateKey.from_base64(keys["prober"]), config, changed.set)
+    prober: Prober[int] = Prober(
+        PrivateKey.from_base64(keys["prober"]), config, lambda _peer: changed.set()
+    )
     peers = {i: PublicKey.from_base64(k) for i, k in enumerate(keys["peers"])}
     cands = {i: PeerCandidates(SITE, (_private(i),), (_public(i),)) for i in peers}
     await prober.start()

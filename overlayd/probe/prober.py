@@ -11,7 +11,9 @@ The prober does not decide anything: it keeps stats (``PathStats``) and reflexiv
 observations (``Observation``) and calls ``on_change`` when something the choice depends
 on changed materially -- a path became verified or unverified, a recovered path has been
 verified for ``stable_after`` seconds, or a peer reported a new address for us -- never for
-a mere RTT sample. The daemon then replans with ``choose.choose_path``.
+a mere RTT sample. ``on_change(peer)`` names the peer whose paths changed, or passes None
+for a change of our reflexive addresses; the daemon then re-chooses that peer's path with
+``choose.choose_path`` (or all of them) and replans.
 
 Memory is bounded by the peer set: stats and observations (at most ``MAX_OBSERVED`` per
 peer) live only while the peer does, outstanding probes expire after ``timeout``, and
@@ -152,7 +154,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         self,
         key: PrivateKey,
         config: ProbeConfig = ProbeConfig(),
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[PeerId | None], None] | None = None,
     ) -> None:
         self.config = config
         self.codec = ProbeCodec(key, window=config.window, replay_capacity=config.replay_capacity)
@@ -326,7 +328,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
                     path.verified_since is not None
                     and path.verified_since + (self.config.stable_after) <= due + _COALESCE
                 ):
-                    self._changed()
+                    self._changed(path.peer)
                 continue
             if due != path.due:
                 continue  # superseded by a reschedule
@@ -372,11 +374,11 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
                     path.address,
                     path.losses,
                 )
-                self._changed()
+                self._changed(path.peer)
 
-    def _changed(self) -> None:
+    def _changed(self, peer: PeerId | None) -> None:
         if self._on_change is not None:
-            self._on_change()
+            self._on_change(peer)
 
     # -- datagrams -------------------------------------------------------------------
 
@@ -424,7 +426,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             log.info("path to %s via %s verified (rtt %.1f ms)", path.peer, path.address, rtt * 1e3)
             if path.downs:
                 self._schedule(path, now + self.config.stable_after, _STABLE)
-            self._changed()
+            self._changed(path.peer)
         self._observe(path, message.observed, now)
 
     def _observe(self, path: _Path[PeerId], observed: tuple[IPv4Address, int], now: float) -> None:
@@ -437,13 +439,13 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             if len(mine) >= MAX_OBSERVED:
                 del self._observed[min(mine, key=lambda k: self._observed[k].last_seen)]
             self._observed[key] = Observation(observed[0], observed[1], peer, site, 1, now, now)
-            self._changed()
+            self._changed(None)
             return
         self._observed[key] = Observation(
             old.address, old.port, peer, site, old.count + 1, old.first_seen, now
         )
         if old.count == 1:
-            self._changed()  # corroborated: may now be a confirmed public address
+            self._changed(None)  # corroborated: may now be a confirmed public address
 
     def _count_reject(self, exc: ProbeError, addr: tuple[str | Any, int] | None) -> None:
         reason = exc.reason

@@ -58,7 +58,7 @@ addrs = lambda xs: tuple(IPv4Address(x) for x in xs)
 async def main():
     changed = asyncio.Event()
     prober = Prober(PrivateKey.from_base64(cfg["key"]), ProbeConfig(stable_after=cfg["hold"]),
-                    changed.set)
+                    lambda _peer: changed.set())
     await prober.start()
     cands = {n: PeerCandidates(p["site"], addrs(p["private"]), addrs(p["public"]))
              for n, p in cfg["peers"].items()}
