@@ -8,6 +8,7 @@ raises ``LeaseFormatError``: a malformed record is skipped by its reader, never 
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ class LeaseRecord:
     private_ips: tuple[IPv4Address, ...] = ()
     public_ips: tuple[IPv4Address, ...] = ()
     backend_type: str = "vxlan"
+    public_key: str | None = None  # base64 X25519 node key: probe identity and WireGuard key
+    probe_port: int | None = None  # UDP port of the authenticated path probes
+    wireguard_port: int | None = None  # WireGuard listen port, when the node runs WireGuard
 
     @property
     def overlay_ip(self) -> IPv4Address:
@@ -63,19 +67,24 @@ class LeaseRecord:
         return self.subnet.network_address
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "PublicIP": str(self.public_ip),
-                "BackendType": self.backend_type,
-                "BackendData": {"VtepMAC": str(self.vtep_mac), "VNI": self.vni},
-                "Node": self.node,
-                "NodeID": self.node_id,
-                "Site": self.site,
-                "PrivateIPs": [str(a) for a in self.private_ips],
-                "PublicIPs": [str(a) for a in self.public_ips],
-            },
-            sort_keys=True,
-        )
+        out: dict[str, Any] = {
+            "PublicIP": str(self.public_ip),
+            "BackendType": self.backend_type,
+            "BackendData": {"VtepMAC": str(self.vtep_mac), "VNI": self.vni},
+            "Node": self.node,
+            "NodeID": self.node_id,
+            "Site": self.site,
+            "PrivateIPs": [str(a) for a in self.private_ips],
+            "PublicIPs": [str(a) for a in self.public_ips],
+        }
+        for key, value in (
+            ("PublicKey", self.public_key),
+            ("ProbePort", self.probe_port),
+            ("WireGuardPort", self.wireguard_port),
+        ):
+            if value is not None:
+                out[key] = value
+        return json.dumps(out, sort_keys=True)
 
 
 def _addr(value: Any, what: str) -> IPv4Address:
@@ -93,6 +102,28 @@ def _addrs(value: Any, what: str) -> tuple[IPv4Address, ...]:
     if not isinstance(value, list):
         raise LeaseFormatError(f"{what} must be a list, got {value!r}")
     return tuple(_addr(v, what) for v in value)
+
+
+def _port(obj: dict[str, Any], key: str) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise LeaseFormatError(f"{key} must be a port number, got {value!r}")
+    return value
+
+
+def _public_key(obj: dict[str, Any]) -> str | None:
+    value = obj.get("PublicKey")
+    if value is None:
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise LeaseFormatError(f"PublicKey must be 32 bytes of base64, got {value!r}")
+    return str(value)
 
 
 def _str(obj: dict[str, Any], key: str, default: str) -> str:
@@ -145,4 +176,7 @@ def decode_lease(subnet: IPv4Network, value: bytes | str) -> LeaseRecord:
         private_ips=private_ips,
         public_ips=_addrs(raw.get("PublicIPs"), "PublicIPs"),
         backend_type=sys.intern(_str(raw, "BackendType", "vxlan")),
+        public_key=_public_key(raw),
+        probe_port=_port(raw, "ProbePort"),
+        wireguard_port=_port(raw, "WireGuardPort"),
     )
