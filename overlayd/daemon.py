@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,16 @@ from overlayd.errors import ConfigMissingError, KernelError, StoreError
 from overlayd.health import HealthServer
 from overlayd.identity import NodeIdentity, StateDir
 from overlayd.kernel_state import KernelState, diff, diff_keys
+from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.masq import apply_masq
 from overlayd.mirror import KernelMirror
 from overlayd.netlink.rtnl import KernelEvent
+from overlayd.pathing import PathKeeper
 from overlayd.plan import Plan, Planner
+from overlayd.probe.prober import ProbeConfig
+from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 from overlayd.sdnotify import sd_notify
 from overlayd.store import EtcdSettings, EtcdStore, EventKind, StoredLease, WatchBatch
 from overlayd.subnetfile import SubnetFile, write_subnet_file
@@ -55,6 +59,8 @@ class DaemonOptions:
     ip_masq: bool = False
     lease_ttl: int = 86400
     resync_interval: float = RESYNC_INTERVAL
+    probe_port: int = DEFAULT_PROBE_PORT
+    public_ip_auto: bool = True  # publish public addresses that peers in other sites confirm
 
 
 @dataclass
@@ -89,6 +95,9 @@ class Daemon:
         self._need_dump = True
         self._device_stale = True
         self._keeper: LeaseKeeper | None = None
+        self._paths: PathKeeper | None = None
+        self._probed: set[IPv4Network] = set()  # peers whose probe state changed
+        self._reflexive_changed = False
         self._cfg: NetworkConfig | None = None
         self._underlay: Underlay | None = None
         self._identity: NodeIdentity | None = None
@@ -110,7 +119,12 @@ class Daemon:
         health = HealthServer(
             self.opts.healthz_host,
             self.opts.healthz_port,
-            {"/healthz": self._healthz, "/readyz": self._readyz, "/status": self._statusz},
+            {
+                "/healthz": self._healthz,
+                "/readyz": self._readyz,
+                "/status": self._statusz,
+                "/peers": self._peersz,
+            },
         )
         if self.opts.healthz_port:
             await health.start()
@@ -123,6 +137,8 @@ class Daemon:
         await health.close()
         await self.store.close()
         self.dp.close()
+        if self._paths is not None:
+            await self._paths.close()
         if main in done and main.exception() is not None:
             raise main.exception()  # type: ignore[misc]
         # SIGTERM leaves the data plane in place: peers keep working while we restart
@@ -130,6 +146,9 @@ class Daemon:
 
     async def _main(self) -> None:
         self._identity = self.state_dir.identity()
+        key = NodeKey.load_or_create(self.opts.state_dir)
+        self._paths = PathKeeper(key, ProbeConfig(port=self.opts.probe_port), self._on_probe)
+        await self._paths.start()
         self._underlay = await self.dp.underlay(self.opts.iface)
         log.info(
             "node %s (id %s…), underlay %s on %s, mtu %d",
@@ -152,6 +171,8 @@ class Daemon:
             private_ips=(self._underlay.address,),
             public_ips=self.opts.public_ips,
             backend_type=self._cfg.backend.type,
+            public_key=key.public.base64,
+            probe_port=self._paths.prober.port,
         )
         self._keeper = LeaseKeeper(
             self.store,
@@ -272,8 +293,10 @@ class Daemon:
         """Take a lease as current; ``quiet``: part of a snapshot, summarised by the caller."""
         old = self.leases.get(stored.subnet)
         self.leases[stored.subnet] = stored
-        assert self._keeper is not None
+        assert self._keeper is not None and self._keeper.held is not None
+        assert self._paths is not None
         self._keeper.notice(stored, stored.subnet)
+        self._paths.lease_changed(self._keeper.held.record, stored.subnet, stored.record)
         if old is not None and old.mod_revision == stored.mod_revision:
             return  # unchanged: keep the old record object (the planner memoises by identity)
         self._changed.add(stored.subnet)
@@ -293,8 +316,10 @@ class Daemon:
         old = self.leases.pop(subnet, None)
         self.records.pop(subnet, None)
         self._changed.add(subnet)
-        assert self._keeper is not None
+        assert self._keeper is not None and self._keeper.held is not None
+        assert self._paths is not None
         self._keeper.notice(None, subnet)
+        self._paths.lease_changed(self._keeper.held.record, subnet, None)
         if old is not None and old.record is not None:
             log.info("peer %s left (%s)", old.record.node, subnet)
 
@@ -312,6 +337,14 @@ class Daemon:
             changed |= self.mirror.absorb(ev, desired)
         if changed:
             self.mark_dirty(full=True)
+
+    def _on_probe(self, peer: IPv4Network | None) -> None:
+        """A path of ``peer`` became (un)verified or settled; None: our reflexive address."""
+        if peer is None:
+            self._reflexive_changed = True
+        else:
+            self._probed.add(peer)
+        self.mark_dirty()
 
     def _desired(self) -> KernelState:
         return self.last_plan.state if self.last_plan is not None else KernelState()
@@ -346,10 +379,18 @@ class Daemon:
             self.mirror.replace(await self.dp.dump(self._ifindex), self._desired())
         assert self._cfg is not None
         me, network = keeper.held.record, self._cfg.network
+        assert self._paths is not None
+        if self._reflexive_changed and self.opts.public_ip_auto:
+            self._reflexive_changed = False
+            await self._publish_public_ips(keeper)
         changed, self._changed = self._changed, set()
+        probed, self._probed = self._probed, set()
+        which = self.records.keys() if self._full else changed | probed
+        changed |= self._paths.recompute(me, self.records, which)
+        paths = self._paths.paths
         incremental = None
         if not self._full:
-            incremental = self.planner.update(me, self.records, changed, network=network)
+            incremental = self.planner.update(me, self.records, changed, paths, network)
         if incremental is not None:
             plan, touched = incremental
             changes = diff_keys(
@@ -357,7 +398,7 @@ class Daemon:
             )
         else:
             self._full = False
-            plan = self.planner.plan(me, self.records, network=network)
+            plan = self.planner.plan(me, self.records, paths, network)
             changes = diff(plan.state, self.mirror.state, allow_delete=self.status.snapshot_loaded)
         self.last_plan = plan
         self.status.peers = len(plan.paths)
@@ -380,6 +421,16 @@ class Daemon:
         self.status.reconciles += 1
         self.status.last_reconcile = time.time()
 
+    async def _publish_public_ips(self, keeper: LeaseKeeper) -> None:
+        """``--public-ip auto``: publish the addresses peers in other sites confirmed."""
+        assert self._paths is not None and keeper.held is not None
+        me = keeper.held.record
+        found = self._paths.public_addresses(me)
+        wanted = tuple(sorted({*self.opts.public_ips, *found}))
+        if wanted != tuple(sorted(me.public_ips)):
+            log.info("public addresses confirmed by peers: %s", ", ".join(map(str, found)))
+            await keeper.republish(replace(me, public_ips=wanted))
+
     # -- health ------------------------------------------------------------------------
 
     def _ready(self) -> bool:
@@ -394,8 +445,14 @@ class Daemon:
             return 200, {"ready": True}
         return 503, {"ready": False}
 
+    def _peersz(self) -> tuple[int, Any]:
+        if self._paths is None:
+            return 503, {"error": "not started"}
+        return 200, {"peers": [r.to_json() for r in self._paths.report(self.records)]}
+
     def _statusz(self) -> tuple[int, Any]:
         s = self.status
+        held = self._keeper.held if self._keeper is not None else None
         return 200, {
             "node": self.opts.node_name,
             "subnet": str(s.subnet) if s.subnet else None,
@@ -404,6 +461,7 @@ class Daemon:
             "last_reconcile": s.last_reconcile,
             "last_error": s.last_error,
             "snapshot_loaded": s.snapshot_loaded,
+            "public_ips": [str(a) for a in held.record.public_ips] if held else [],
             "entries": self.mirror.state.size(),
         }
 

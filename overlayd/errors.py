@@ -49,6 +49,10 @@ class NotFoundError(OverlaydError):
     """A lease, reservation or node asked for does not exist."""
 
 
+class DaemonUnreachableError(OverlaydError):
+    """A running daemon's health port could not be read."""
+
+
 class KernelError(OverlaydError):
     """A netlink/nftables/ethtool operation failed."""
 

@@ -9,6 +9,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from overlayd.errors import ConfigError
+
 log = logging.getLogger("overlayd.health")
 
 Handler = Callable[[], tuple[int, Any]]
@@ -22,7 +24,13 @@ class HealthServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        try:
+            self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on health port {self._host}:{self._port}: {exc.strerror}",
+                hint="is another overlayd running in this network namespace? see --healthz-port",
+            ) from None
 
     async def close(self) -> None:
         if self._server is not None:

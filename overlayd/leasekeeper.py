@@ -135,6 +135,21 @@ class LeaseKeeper:
                 log.info("lost the race for %s; retrying", claim.subnet)
         raise StoreError(f"could not claim a subnet after {RACE_RETRIES} races")
 
+    async def republish(self, template: LeaseRecord) -> None:
+        """Publish changed facts about this node (e.g. discovered public addresses)."""
+        self._template = template
+        held = self.held
+        if held is None:
+            return
+        record = replace(template, subnet=held.record.subnet)
+        if record == held.record:
+            return
+        if await self._store.replace_lease(held.record, record, held.lease_id):
+            log.info("lease %s republished", record.subnet)
+            self._set(HeldLease(record, held.lease_id))
+        else:
+            self._lost.set()  # changed behind our back: re-acquire with the new facts
+
     def _set(self, held: HeldLease) -> None:
         self.held = held
         self._lost.clear()

@@ -236,21 +236,34 @@ class EtcdStore:
         key = self._subnets + subnet_key_name(record.subnet)
         return await self._txn_put(key, record.to_json(), lease_id, mod_revision=mod_revision)
 
+    async def replace_lease(self, old: LeaseRecord, new: LeaseRecord, lease_id: int) -> bool:
+        """Overwrite our lease with ``new`` if it still holds exactly ``old``."""
+        key = self._subnets + subnet_key_name(new.subnet)
+        return await self._txn_put(key, new.to_json(), lease_id, value_was=old.to_json())
+
     async def _txn_put(
-        self, key: str, value: str, lease_id: int, *, version: int = -1, mod_revision: int = -1
+        self,
+        key: str,
+        value: str,
+        lease_id: int,
+        *,
+        version: int = -1,
+        mod_revision: int = -1,
+        value_was: str | None = None,
     ) -> bool:
         async def run(c: Etcd3Client) -> bool:
             kv = _kv(c)
-            compare = (
-                kv.txn_compare_version(key, version)
-                if version >= 0
-                else Compare(
+            if value_was is not None:
+                compare = kv.txn_compare_value(key, value_was)
+            elif version >= 0:
+                compare = kv.txn_compare_version(key, version)
+            else:
+                compare = Compare(
                     result=Compare.EQUAL,
                     target=Compare.MOD,
                     key=key.encode(),
                     mod_revision=mod_revision,
                 )
-            )
             resp = await kv.txn(
                 [compare], [kv.txn_op_put(key, value, lease=lease_id)], timeout=RPC_TIMEOUT
             )

@@ -10,11 +10,11 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any
 
-from tests.lab.world import Host, World
+from tests.lab.world import Host, World, ping
 
 BIN = Path(sys.executable).parent
 
@@ -44,6 +44,7 @@ class OverlaydProc:
     extra: tuple[str, ...] = ()
     healthz_port: int = 10256
     tag: str = ""  # tells apart a second daemon on the same host (own files)
+    public_ip: bool = True  # False: no --public-ip, the daemon must discover it
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -71,7 +72,7 @@ class OverlaydProc:
         argv = self.world.overlayd_argv(
             self.host, "--healthz-port", str(self.healthz_port), "--resync-interval", "5",
             "--state-dir", str(self.workdir / "state"), "--subnet-file", str(self.subnet_file),
-            *self.extra,
+            *self.extra, public_ip=self.public_ip,
         )  # fmt: skip
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
@@ -103,9 +104,13 @@ class OverlaydProc:
             line.split("=", 1) for line in self.subnet_file.read_text().splitlines() if "=" in line
         )
 
-    def overlay_ip(self) -> str:
+    def overlay_ip(self) -> IPv4Address:
         """The node's address on its overlay device (its subnet's .0)."""
-        return str(IPv4Interface(self.subnet_env()["OVERLAY_SUBNET"]).network.network_address)
+        return IPv4Interface(self.subnet_env()["OVERLAY_SUBNET"]).network.network_address
+
+    def pings(self, other: OverlaydProc, count: int = 1) -> bool:
+        """Whether ``other``'s overlay address answers pings from this host."""
+        return ping(self.host.ns, other.overlay_ip(), count).ok
 
     def log(self) -> str:
         try:
@@ -148,17 +153,12 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def pings(ns: str, dst: str, count: int = 2) -> bool:
-    res = ns_run(ns, "ping", "-c", str(count), "-W", "1", "-i", "0.2", dst, check=False)
-    return res.returncode == 0
-
-
 class Background:
     """A ping running while something happens; ``stop()`` says (sent, received)."""
 
-    def __init__(self, ns: str, dst: str, interval: float = 0.1) -> None:
+    def __init__(self, src: OverlaydProc, dst: OverlaydProc, interval: float = 0.1) -> None:
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "ping", "-i", str(interval), "-W", "1", dst],
+            [*src.host.ns.argv(["ping", "-i", str(interval), "-W", "1", str(dst.overlay_ip())])],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

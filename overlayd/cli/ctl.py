@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -14,7 +16,13 @@ import click
 
 from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
 from overlayd.config import NetworkConfig, parse_backend, parse_config
-from overlayd.errors import ConfigError, ConfigMissingError, LeaseFormatError, NotFoundError
+from overlayd.errors import (
+    ConfigError,
+    ConfigMissingError,
+    DaemonUnreachableError,
+    LeaseFormatError,
+    NotFoundError,
+)
 from overlayd.lease import parse_subnet_arg
 from overlayd.plan import Planner
 from overlayd.store import EtcdStore, StoredLease
@@ -326,3 +334,44 @@ def plan(ctx: click.Context, node: str, output: str) -> None:
         click.echo(f"fdb {f.mac} dst {f.dst} self permanent")
     for subnet, reason in result.skipped:
         click.echo(f"# skipped {subnet}: {reason}")
+
+
+# -- peers (from a running daemon) -------------------------------------------------------
+
+
+@main.command("peers")
+@click.argument("node", required=False)
+@click.option(
+    "--daemon",
+    "daemon_url",
+    default="http://127.0.0.1:10256",
+    show_default=True,
+    envvar="OVERLAYD_DAEMON_URL",
+    help="Health port URL of the daemon to ask.",
+)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@friendly_errors
+def peers(node: str | None, daemon_url: str, output: str) -> None:
+    """Each peer's chosen underlay path, RTT, last successful probe and why (from the daemon)."""
+    url = daemon_url.rstrip("/") + "/peers"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            found = json.load(resp)["peers"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DaemonUnreachableError(
+            f"cannot read {url}: {exc}", hint="is overlayd running there? see --daemon"
+        ) from None
+    if node is not None:
+        found = [p for p in found if node in (p["node"], p["subnet"])]
+        if not found:
+            raise NotFoundError(f"the daemon has no peer {node!r}")
+    if output == "json":
+        _echo_json(found)
+        return
+    rows = []
+    for p in found:
+        rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.2f}ms"
+        last = "-" if p["last_success"] is None else f"{time.time() - p['last_success']:.1f}s ago"
+        rows.append([p["node"], p["subnet"], p["site"], p["address"], p["kind"], rtt, last,
+                     p["reason"]])  # fmt: skip
+    _table(["NODE", "SUBNET", "SITE", "ADDRESS", "PATH", "RTT", "LAST PROBE", "REASON"], rows)

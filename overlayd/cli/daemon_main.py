@@ -16,6 +16,7 @@ from overlayd.daemon import DaemonOptions, run_daemon
 from overlayd.dataplane import DataPlane
 from overlayd.lease import DEFAULT_SITE
 from overlayd.logs import setup_logging
+from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
 
@@ -44,7 +45,9 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     "--public-ip",
     "public_ips",
     multiple=True,
-    help="A public address of this node, even if not on any interface; repeatable.",
+    help="A public address of this node, even if not on any interface; repeatable. "
+    "'auto' (the default when none is given): publish the addresses peers in other "
+    "sites see this node at, once confirmed.",
 )
 @click.option("--site", default=DEFAULT_SITE, help="Site (cloud/LAN) this node is in.")
 @click.option(
@@ -62,6 +65,12 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     "--ip-masq/--no-ip-masq",
     default=False,
     help="Masquerade traffic leaving the overlay (nftables table 'ip overlayd').",
+)
+@click.option(
+    "--probe-port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_PROBE_PORT,
+    help="UDP port of the authenticated path probes.",
 )
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option(
@@ -96,15 +105,17 @@ def main(
     log_format: str,
     lease_ttl: int,
     resync_interval: float,
+    probe_port: int,
     debug: bool,
 ) -> None:
     """Run the overlay network daemon on this host."""
     limit_malloc_arenas()
     setup_logging(log_format, logging.DEBUG if debug else logging.INFO)
     try:
-        publics = tuple(IPv4Address(p) for p in public_ips)
+        publics = tuple(IPv4Address(p) for p in public_ips if p != "auto")
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--public-ip") from None
+    auto = not publics or "auto" in public_ips
     opts = DaemonOptions(
         etcd=etcd_settings(etcd_endpoints, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile),
         node_name=node_name,
@@ -118,5 +129,7 @@ def main(
         ip_masq=ip_masq,
         lease_ttl=lease_ttl,
         resync_interval=resync_interval,
+        probe_port=probe_port,
+        public_ip_auto=auto,
     )
     run_daemon(opts, DataPlane())

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.daemons import BIN, Background, OverlaydProc, ns_run, pings, wait_until
+from tests.daemons import BIN, Background, OverlaydProc, ns_run, wait_until
 from tests.lab.world import World, build_lan_world, destroy
 
 pytestmark = pytest.mark.root
@@ -56,8 +56,7 @@ def test_every_pair_pings_over_the_overlay(daemons: dict[str, OverlaydProc]) -> 
     for src, a in daemons.items():
         for dst, b in daemons.items():
             if src != dst:
-                target = b.overlay_ip()
-                wait_until(lambda a=a, t=target: pings(a.ns, t, 1), 15, f"{src} -> {dst}")
+                wait_until(lambda a=a, b=b: a.pings(b), 15, f"{src} -> {dst}")
     assert len({d.subnet_env()["OVERLAY_SUBNET"] for d in daemons.values()}) == len(daemons)
 
 
@@ -65,9 +64,9 @@ def test_route_and_neighbour_deleted_by_hand_come_back(daemons: dict[str, Overla
     h1, h2 = daemons["h1"], daemons["h2"]
     subnet = h2.status()["subnet"]
     ns_run(h1.ns, "ip", "route", "del", subnet)
-    ns_run(h1.ns, "ip", "neigh", "del", h2.overlay_ip(), "dev", "overlay.1")
+    ns_run(h1.ns, "ip", "neigh", "del", str(h2.overlay_ip()), "dev", "overlay.1")
     took = wait_until(lambda: subnet in routes(h1.ns), 5, "route restored")
-    wait_until(lambda: pings(h1.ns, h2.overlay_ip(), 1), 5, "traffic restored")
+    wait_until(lambda: h1.pings(h2), 5, "traffic restored")
     print(f"route restored after {took:.2f}s")
 
 
@@ -83,7 +82,7 @@ def test_malformed_lease_is_logged_and_ignored(
         assert "ignoring malformed lease 10.244.250.0/24" in h1.log()
         assert h1.alive()
         assert "10.244.250.0" not in routes(h1.ns)
-        assert pings(h1.ns, daemons["h3"].overlay_ip())
+        assert h1.pings(daemons["h3"])
         etcdctl(world, "put", "/overlayd/network/subnets/10.244.252.0-24", "[]")
         wait_until(lambda: h1.status()["reconciles"] > before, 10, "reconciles go on")
         assert "(malformed)" in ctl(world, "leases", "list")
@@ -96,7 +95,7 @@ def test_kill9_restart_keeps_subnet_and_others_keep_talking(
 ) -> None:
     h1, h2, h3 = daemons["h1"], daemons["h2"], daemons["h3"]
     subnet = h1.subnet_env()["OVERLAY_SUBNET"]
-    bg = Background(h2.ns, h3.overlay_ip())
+    bg = Background(h2, h3)
     time.sleep(1)
     h1.kill9()
     time.sleep(1)
@@ -105,7 +104,7 @@ def test_kill9_restart_keeps_subnet_and_others_keep_talking(
     sent, received = bg.stop()
     assert h1.subnet_env()["OVERLAY_SUBNET"] == subnet
     assert sent > 20 and received == sent, f"h2 -> h3 lost {sent - received} of {sent}"
-    assert pings(h1.ns, h2.overlay_ip())
+    assert h1.pings(h2)
 
 
 def test_peer_removed_while_daemon_stopped_disappears_after_restart(
@@ -113,11 +112,11 @@ def test_peer_removed_while_daemon_stopped_disappears_after_restart(
 ) -> None:
     h1, h3 = daemons["h1"], daemons["h3"]
     h3_subnet = h3.status()["subnet"]
-    h3_ip = h3.overlay_ip()
+    h3_ip = str(h3.overlay_ip())
     h1.terminate()
     # SIGTERM leaves the data plane in place
     assert h3_subnet in routes(h1.ns)
-    assert pings(h1.ns, h3_ip)
+    assert h1.pings(h3)
     h3.kill9()
     ctl(world, "leases", "revoke", "h3")
     h1.start().wait_ready()
@@ -128,14 +127,14 @@ def test_peer_removed_while_daemon_stopped_disappears_after_restart(
     assert f"dst {world.host('h3').ip} " not in fdb
     h3.start().wait_ready()
     assert h3.status()["subnet"] == h3_subnet  # its remembered subnet was still free
-    wait_until(lambda: pings(h1.ns, h3.overlay_ip(), 1), 10, "h3 back")
+    wait_until(lambda: h1.pings(h3), 10, "h3 back")
 
 
 def test_etcd_outage_keeps_traffic_and_new_host_joins_after(
     world: World, daemons: dict[str, OverlaydProc]
 ) -> None:
     h1, h2 = daemons["h1"], daemons["h2"]
-    bg = Background(h1.ns, h2.overlay_ip(), interval=0.2)
+    bg = Background(h1, h2, interval=0.2)
     world.etcd.stop()
     time.sleep(30)
     assert all(d.alive() for d in daemons.values())
@@ -145,8 +144,8 @@ def test_etcd_outage_keeps_traffic_and_new_host_joins_after(
     assert sent > 100 and received == sent, f"lost {sent - received} of {sent} during the outage"
     h4 = daemons["h4"] = OverlaydProc(world, world.host("h4")).start()
     h4.wait_ready()
-    wait_until(lambda: pings(h1.ns, h4.overlay_ip(), 1), 20, "h1 -> new host h4")
-    wait_until(lambda: pings(h4.ns, h2.overlay_ip(), 1), 20, "new host h4 -> h2")
+    wait_until(lambda: h1.pings(h4), 20, "h1 -> new host h4")
+    wait_until(lambda: h4.pings(h2), 20, "new host h4 -> h2")
 
 
 def test_two_daemons_race_for_the_last_subnet(world: World) -> None:
@@ -155,7 +154,8 @@ def test_two_daemons_race_for_the_last_subnet(world: World) -> None:
         "--subnet-min", "10.250.0.16", "--subnet-max", "10.250.0.16", "--vni", "2",
         prefix=prefix)  # fmt: skip
     racers = [
-        OverlaydProc(world, world.host(h), ("--etcd-prefix", prefix, "--node-name", f"racer-{h}"),
+        OverlaydProc(world, world.host(h), ("--etcd-prefix", prefix, "--node-name", f"racer-{h}",
+                     "--probe-port", "8474"),
                      healthz_port=10300, tag="-racer")
         for h in ("h2", "h3")
     ]  # fmt: skip

@@ -8,14 +8,12 @@ is in place — whether this kernel would still corrupt checksums without it is 
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.daemons import BIN, OverlaydProc, ns_run, pings, wait_until
-from tests.lab.world import World, build_multicloud_world, destroy
+from tests.daemons import BIN, OverlaydProc, ns_run, wait_until
+from tests.lab.world import World, build_multicloud_world, destroy, tcp_transfer
 
 pytestmark = pytest.mark.root
 NBYTES = 50 * 1024 * 1024
@@ -47,32 +45,11 @@ def daemons(world: World) -> Iterator[dict[str, OverlaydProc]]:
             p.kill9()
 
 
-def transfer(src: OverlaydProc, dst: OverlaydProc) -> float:
-    """Move NBYTES over TCP from ``src`` to ``dst``'s overlay address; returns seconds."""
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", dst.ns, str(BIN / "python"), "-c",
-         "import socket\ns=socket.socket()\n"
-         "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-         f"s.bind(('{dst.overlay_ip()}', 5001)); s.listen(1); c,_=s.accept(); n=0\n"
-         "while (b:=c.recv(1<<16)): n+=len(b)\nprint(n)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    time.sleep(0.5)
-    t0 = time.monotonic()
-    ns_run(src.ns, str(BIN / "python"), "-c",
-           f"import socket\nc=socket.create_connection(('{dst.overlay_ip()}', 5001), timeout=20)\n"
-           f"c.sendall(b'x'*{NBYTES}); c.close()", timeout=90)  # fmt: skip
-    out, _ = server.communicate(timeout=60)
-    assert int(out.strip()) == NBYTES
-    return time.monotonic() - t0
-
-
 def test_cross_cloud_overlay_matrix(daemons: dict[str, OverlaydProc]) -> None:
     for src, a in daemons.items():
         for dst, b in daemons.items():
             if src != dst:
-                target = b.overlay_ip()
-                wait_until(lambda a=a, t=target: pings(a.ns, t, 1), 15, f"{src} -> {dst}")
+                wait_until(lambda a=a, b=b: a.pings(b), 15, f"{src} -> {dst}")
 
 
 def test_paths_by_site_private_inside_public_across(
@@ -93,5 +70,6 @@ def test_tcp_over_vxlan_across_nat_with_checksum_offload_on(
         # the fix for flannel's "63-second" bug, on our device
         assert "tx-checksumming: off" in ns_run(d.ns, "ethtool", "-k", "overlay.1").stdout
     for src, dst in ((a1, b1), (b1, a1), (a1, bare), (bare, b1)):
-        seconds = transfer(src, dst)
-        assert seconds < 60, f"{src.node} -> {dst.node} took {seconds:.1f}s"
+        moved = tcp_transfer(src.host.ns, dst.host.ns, dst.overlay_ip(), NBYTES)
+        assert moved.nbytes == NBYTES
+        assert moved.seconds < 60, f"{src.node} -> {dst.node} took {moved.seconds:.1f}s"

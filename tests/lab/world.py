@@ -134,9 +134,9 @@ class World:
                 return r
         raise KeyError(site)
 
-    def overlayd_argv(self, host: Host, *extra: str) -> list[str]:
+    def overlayd_argv(self, host: Host, *extra: str, public_ip: bool = True) -> list[str]:
         """Command line running overlayd on ``host``: its own state dir, subnet file, site
-        and (if it has one that is not on its interface) public address."""
+        and (if it has one that is not on its interface, and ``public_ip``) public address."""
         home = self.workdir / "overlayd" / host.name
         argv = [
             *host.ns.argv([str(REPO / ".venv" / "bin" / "overlayd")]),
@@ -146,7 +146,7 @@ class World:
             "--state-dir", str(home / "state"),
             "--subnet-file", str(home / "subnet.env"),
         ]  # fmt: skip
-        if host.public is not None and host.public != host.ip:
+        if public_ip and host.public is not None and host.public != host.ip:
             argv += ["--public-ip", str(host.public)]
         return [*argv, *extra]
 

@@ -1,0 +1,165 @@
+"""Per-peer underlay choice for the daemon: probe targets in, chosen paths out.
+
+Glues the authenticated prober (overlayd/probe) to the planner: keeps each peer's probe
+target from its lease, recomputes the chosen path of peers whose probe state changed, and
+turns reflexive observations into our confirmed public addresses (``--public-ip auto``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from overlayd.errors import ConfigError
+from overlayd.keys import NodeKey, PublicKey
+from overlayd.lease import LeaseRecord
+from overlayd.plan import PeerPath
+from overlayd.probe.choose import (
+    ChooseParams,
+    PeerCandidates,
+    choose_path,
+    confirmed_public,
+    probe_targets,
+)
+from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    """What ``/peers`` (and ``overlayctl peers``) shows of one peer."""
+
+    node: str
+    subnet: IPv4Network
+    site: str
+    path: PeerPath
+    rtt_ms: float | None
+    last_success: float | None  # wall-clock seconds
+    verified: tuple[IPv4Address, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "subnet": str(self.subnet),
+            "site": self.site,
+            "address": str(self.path.address),
+            "kind": self.path.kind,
+            "reason": self.path.reason,
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+            "last_success": self.last_success,
+            "verified": [str(a) for a in self.verified],
+        }
+
+
+class PathKeeper:
+    """Chosen underlay path per peer subnet, verified by probes where peers support them."""
+
+    def __init__(
+        self,
+        key: NodeKey,
+        config: ProbeConfig,
+        on_change: Callable[[IPv4Network | None], None],
+        params: ChooseParams | None = None,
+    ) -> None:
+        self.prober: Prober[IPv4Network] = Prober(key.private, config, on_change)
+        self._params = params or ChooseParams(hold=config.stable_after)
+        self._targets: dict[IPv4Network, PeerTarget] = {}
+        self._targets_changed = False
+        self.paths: dict[IPv4Network, PeerPath] = {}
+
+    async def start(self) -> None:
+        try:
+            await self.prober.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for path probes on UDP port {self.prober.config.port}: "
+                f"{exc.strerror}",
+                hint="is another overlayd running in this network namespace? see --probe-port",
+            ) from None
+
+    async def close(self) -> None:
+        await self.prober.close()
+
+    def lease_changed(self, me: LeaseRecord, subnet: IPv4Network, peer: LeaseRecord | None) -> None:
+        """Keep the probe target of ``subnet`` in step with its lease (None: gone)."""
+        target = None
+        if peer is not None and peer.public_key and peer.probe_port and subnet != me.subnet:
+            target = PeerTarget(
+                PublicKey.from_base64(peer.public_key),
+                probe_targets(me.site, PeerCandidates.from_lease(peer)),
+                peer.site,
+                peer.probe_port,
+            )
+        if self._targets.get(subnet) != target:
+            if target is None:
+                self._targets.pop(subnet, None)
+            else:
+                self._targets[subnet] = target
+            self._targets_changed = True
+        if peer is None:
+            self.paths.pop(subnet, None)
+
+    def recompute(
+        self,
+        me: LeaseRecord,
+        peers: Mapping[IPv4Network, LeaseRecord],
+        which: Iterable[IPv4Network],
+    ) -> set[IPv4Network]:
+        """Rechoose the paths of ``which`` peers; returns those whose path changed."""
+        if self._targets_changed:
+            self.prober.set_peers(self._targets)
+            self._targets_changed = False
+        now = time.monotonic()
+        changed: set[IPv4Network] = set()
+        for subnet in which:
+            peer = peers.get(subnet)
+            if peer is None or subnet == me.subnet:
+                continue
+            current = self.paths.get(subnet)
+            stats = self.prober.stats(subnet)
+            path = choose_path(
+                me.site, PeerCandidates.from_lease(peer), stats, current, now, self._params
+            )
+            if current is None or path.address != current.address:
+                changed.add(subnet)
+                self.prober.set_chosen(subnet, path.address if subnet in self._targets else None)
+            self.paths[subnet] = path
+        return changed
+
+    def public_addresses(self, me: LeaseRecord) -> tuple[IPv4Address, ...]:
+        """Our public addresses as peers in other sites confirmed them (sorted)."""
+        found = confirmed_public(
+            me.site,
+            self.prober.observations(),
+            exclude=me.private_ips,
+            probe_port=me.probe_port,
+            now=time.monotonic(),
+        )
+        return tuple(sorted(found))
+
+    def report(self, peers: Mapping[IPv4Network, LeaseRecord]) -> list[PeerReport]:
+        """One report per peer with a chosen path, sorted by node name."""
+        out = []
+        wall_offset = time.time() - time.monotonic()
+        for subnet, path in self.paths.items():
+            peer = peers.get(subnet)
+            if peer is None:
+                continue
+            stats = self.prober.stats(subnet)
+            mine = stats.get(path.address)
+            out.append(
+                PeerReport(
+                    node=peer.node,
+                    subnet=subnet,
+                    site=peer.site,
+                    path=path,
+                    rtt_ms=None if mine is None or mine.rtt is None else mine.rtt * 1000,
+                    last_success=None
+                    if mine is None or mine.last_success is None
+                    else mine.last_success + wall_offset,
+                    verified=tuple(sorted(a for a, s in stats.items() if s.verified)),
+                )
+            )
+        return sorted(out, key=lambda r: (r.node, r.subnet))
