@@ -108,6 +108,13 @@ class OverlaydProc:
         """The node's address on its overlay device (its subnet's .0)."""
         return IPv4Interface(self.subnet_env()["OVERLAY_SUBNET"]).network.network_address
 
+    def peers(self) -> dict[str, dict[str, Any]]:
+        """``overlayctl peers`` of this daemon, by peer node name (empty if not answering)."""
+        url = f"http://127.0.0.1:{self.healthz_port}"
+        argv = [str(BIN / "overlayctl"), "peers", "--daemon", url, "-o", "json"]
+        out = ns_run(self.ns, *argv, check=False).stdout
+        return {p["node"]: p for p in json.loads(out)} if out else {}
+
     def pings(self, other: OverlaydProc, count: int = 1) -> bool:
         """Whether ``other``'s overlay address answers pings from this host."""
         return ping(self.host.ns, other.overlay_ip(), count).ok

@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
-from typing import Any
 
 import pytest
 
@@ -58,14 +57,8 @@ def daemons(world: World) -> Iterator[dict[str, OverlaydProc]]:
             p.kill9()
 
 
-def peers(d: OverlaydProc) -> dict[str, dict[str, Any]]:
-    out = ns_run(d.ns, str(BIN / "overlayctl"), "peers", "--daemon",
-                 f"http://127.0.0.1:{d.healthz_port}", "-o", "json").stdout  # fmt: skip
-    return {p["node"]: p for p in json.loads(out)}
-
-
 def all_verified(d: OverlaydProc, expect: int) -> bool:
-    found = peers(d)
+    found = d.peers()
     return len(found) == expect and all(p["address"] in p["verified"] for p in found.values())
 
 
@@ -93,7 +86,7 @@ def test_every_host_verifies_and_reaches_every_other(daemons: dict[str, Overlayd
 def test_paths_private_in_site_public_across(
     world: World, daemons: dict[str, OverlaydProc]
 ) -> None:
-    found = peers(daemons["a1"])
+    found = daemons["a1"].peers()
     assert found["a2"]["address"] == str(world.host("a2").ip)
     assert found["a2"]["kind"] == "private"
     assert found["b1"]["address"] == str(world.host("b1").public)
@@ -154,12 +147,12 @@ def test_private_path_failure_fails_over_to_public_and_back(
     a1, a2 = daemons["a1"], daemons["a2"]
     a2_private, a2_public = world.host("a2").ip, world.host("a2").public
     assert isinstance(a2_public, IPv4Address)
-    wait_until(lambda: str(a2_public) in peers(a1)["a2"]["verified"], 15, "public path verified")
+    wait_until(lambda: str(a2_public) in a1.peers()["a2"]["verified"], 15, "public path verified")
     bg = Background(a1, a2, interval=0.05)
     time.sleep(1)
     block = drop_between(a1.host.ns, a2_private)
     t0 = time.monotonic()
-    took = wait_until(lambda: peers(a1)["a2"]["address"] == str(a2_public), 5, "failover")
+    took = wait_until(lambda: a1.peers()["a2"]["address"] == str(a2_public), 5, "failover")
     time.sleep(1)
     sent, received = bg.stop()
     lost_seconds = (sent - received) * 0.05
@@ -167,6 +160,6 @@ def test_private_path_failure_fails_over_to_public_and_back(
     assert lost_seconds <= 3.0, f"traffic interrupted for ~{lost_seconds:.1f}s"
     assert a1.pings(a2)
     block.restore()
-    back = wait_until(lambda: peers(a1)["a2"]["address"] == str(a2_private), 30, "move back")
+    back = wait_until(lambda: a1.peers()["a2"]["address"] == str(a2_private), 30, "move back")
     print(f"back on the private path {back:.1f}s after restore ({time.monotonic() - t0:.1f}s)")
     assert a1.pings(a2)
