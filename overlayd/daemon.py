@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -23,7 +24,7 @@ from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
 from overlayd.errors import ConfigMissingError, KernelError, StoreError
 from overlayd.health import HealthServer
 from overlayd.identity import NodeIdentity, StateDir
-from overlayd.kernel_state import KernelState, diff, diff_keys
+from overlayd.kernel_state import Changes, KernelState, diff, diff_keys
 from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
@@ -31,12 +32,14 @@ from overlayd.masq import apply_masq
 from overlayd.mirror import KernelMirror
 from overlayd.netlink.rtnl import KernelEvent
 from overlayd.pathing import PathKeeper
-from overlayd.plan import Plan, Planner
+from overlayd.plan import Planner
+from overlayd.plan_wireguard import WireGuardPlan, plan_wireguard
 from overlayd.probe.prober import ProbeConfig
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 from overlayd.sdnotify import sd_notify
 from overlayd.store import EtcdSettings, EtcdStore, EventKind, StoredLease, WatchBatch
 from overlayd.subnetfile import SubnetFile, write_subnet_file
+from overlayd.wireguard import WgDeviceConfig, interface_name
 
 log = logging.getLogger("overlayd")
 
@@ -64,6 +67,17 @@ class DaemonOptions:
 
 
 @dataclass
+class _Device:
+    """A device whose entries we own: where it is, what we want on it, what it has."""
+
+    name: str
+    ifindex: int = 0
+    desired: KernelState = field(default_factory=KernelState)
+    mirror: KernelMirror = field(default_factory=KernelMirror)
+    need_dump: bool = True
+
+
+@dataclass
 class _Status:
     """Facts the health endpoints report; mutated only by the daemon's own loop."""
 
@@ -87,12 +101,12 @@ class Daemon:
         self.leases: dict[IPv4Network, StoredLease] = {}
         self.records: dict[IPv4Network, LeaseRecord] = {}
         self._bad_seen: set[tuple[IPv4Network, int]] = set()
-        self.mirror = KernelMirror()
-        self.last_plan: Plan | None = None
+        self.vxlan = _Device("vxlan")
+        self.wg = _Device("wireguard")
+        self._key: NodeKey | None = None
         self._dirty = asyncio.Event()
         self._changed: set[IPv4Network] = set()  # subnets whose lease changed since the last plan
         self._full = True  # replan and diff everything (not just ``_changed``)
-        self._need_dump = True
         self._device_stale = True
         self._keeper: LeaseKeeper | None = None
         self._paths: PathKeeper | None = None
@@ -101,12 +115,12 @@ class Daemon:
         self._cfg: NetworkConfig | None = None
         self._underlay: Underlay | None = None
         self._identity: NodeIdentity | None = None
-        self._ifindex = 0
 
     # -- wiring ------------------------------------------------------------------------
 
     def mark_dirty(self, *, dump: bool = False, device: bool = False, full: bool = False) -> None:
-        self._need_dump |= dump
+        if dump:
+            self.vxlan.need_dump = self.wg.need_dump = True
         self._device_stale |= device
         self._full |= full or dump or device
         self._dirty.set()
@@ -146,7 +160,7 @@ class Daemon:
 
     async def _main(self) -> None:
         self._identity = self.state_dir.identity()
-        key = NodeKey.load_or_create(self.opts.state_dir)
+        key = self._key = NodeKey.load_or_create(self.opts.state_dir)
         self._paths = PathKeeper(key, ProbeConfig(port=self.opts.probe_port), self._on_probe)
         await self._paths.start()
         self._underlay = await self.dp.underlay(self.opts.iface)
@@ -173,6 +187,9 @@ class Daemon:
             backend_type=self._cfg.backend.type,
             public_key=key.public.base64,
             probe_port=self._paths.prober.port,
+            wireguard_port=self._cfg.backend.listen_port
+            if self._cfg.backend.uses_wireguard
+            else None,
         )
         self._keeper = LeaseKeeper(
             self.store,
@@ -183,9 +200,8 @@ class Daemon:
             lambda _held: self.mark_dirty(device=True),
         )
         held = await self._keeper.acquire()
-        await self._configure_device(held)
+        await self._configure_devices(held)
         sd_notify("READY=1")
-        self.dp.start_monitor(self._ifindex, self._on_kernel_events)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._keeper.keep())
             tasks.create_task(self._watch())
@@ -216,30 +232,47 @@ class Daemon:
 
     # -- device and subnet file ----------------------------------------------------------
 
-    async def _configure_device(self, held: HeldLease) -> None:
-        cfg, underlay = self._cfg, self._underlay
-        assert cfg is not None and underlay is not None
-        mtu = cfg.vxlan_mtu(underlay.link.mtu)
-        spec = VxlanSpec(
-            name=f"overlay.{cfg.backend.vni}",
-            vni=cfg.backend.vni,
-            port=cfg.backend.port,
-            local=underlay.address,
-            underlay_index=underlay.link.index,
-            mac=held.record.vtep_mac,
-            mtu=mtu,
-        )
+    async def _configure_devices(self, held: HeldLease) -> None:
+        cfg, underlay, identity = self._cfg, self._underlay, self._identity
+        assert cfg is not None and underlay is not None and identity is not None
+        assert self._key is not None
+        backend = cfg.backend
         # flannel puts the subnet's .0 on the device as a /32: routes to peers are onlink
         address = IPv4Interface(f"{held.record.overlay_ip}/32")
-        ifindex = await self.dp.ensure_device(spec, address)
-        if ifindex != self._ifindex:
-            if self._ifindex:
-                self.dp.start_monitor(ifindex, self._on_kernel_events)
-            self._ifindex = ifindex
-            self._need_dump = True
+        if backend.uses_vxlan:
+            spec = VxlanSpec(
+                name=f"overlay.{backend.vni}",
+                vni=backend.vni,
+                port=backend.port,
+                local=underlay.address,
+                underlay_index=underlay.link.index,
+                mac=held.record.vtep_mac,
+                mtu=cfg.vxlan_mtu(underlay.link.mtu),
+            )
+            self._attach(self.vxlan, await self.dp.ensure_device(spec, address), False)
+        if backend.uses_wireguard:
+            loop = asyncio.get_running_loop()
+            device = WgDeviceConfig(
+                private_key=self._key.private,
+                listen_port=backend.listen_port,
+                mtu=cfg.wireguard_mtu(underlay.link.mtu),
+            )
+
+            def wireguard_go_died() -> None:  # called on the driver's watcher thread
+                loop.call_soon_threadsafe(lambda: self.mark_dirty(device=True))
+
+            ifindex, created = await self.dp.ensure_wireguard(
+                interface_name(identity.node_id),
+                device,
+                address,
+                self.opts.state_dir / "wireguard-go.log",
+                wireguard_go_died,
+            )
+            self._attach(self.wg, ifindex, created)
         if self.opts.ip_masq:
             await asyncio.to_thread(apply_masq, cfg.network, held.record.subnet)
         if self.status.subnet != held.record.subnet:
+            mtu = cfg.subnet_mtu(underlay.link.mtu)
             content = SubnetFile(
                 network=cfg.network,
                 subnet=IPv4Interface(f"{held.record.subnet.network_address + 1}/{cfg.subnet_len}"),
@@ -252,6 +285,13 @@ class Daemon:
             )
             self.status.subnet = held.record.subnet
         self._device_stale = False
+
+    def _attach(self, dev: _Device, ifindex: int, recreated: bool) -> None:
+        """Follow ``dev`` at ``ifindex``; read it back when it is new or was recreated."""
+        if ifindex != dev.ifindex or recreated:
+            dev.ifindex = ifindex
+            dev.need_dump = True
+            self.dp.start_monitor(ifindex, lambda events: self._on_kernel_events(dev, events))
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -323,18 +363,18 @@ class Daemon:
         if old is not None and old.record is not None:
             log.info("peer %s left (%s)", old.record.node, subnet)
 
-    def _on_kernel_events(self, events: list[KernelEvent] | None) -> None:
-        """Called on the event loop with kernel notifications for our device.
+    def _on_kernel_events(self, dev: _Device, events: list[KernelEvent] | None) -> None:
+        """Called on the event loop with kernel notifications for ``dev``.
 
         None means notifications were lost (socket overrun): read everything back.
         """
         if events is None:
-            self.mark_dirty(dump=True)
+            dev.need_dump = True
+            self.mark_dirty(full=True)
             return
-        desired = self._desired()
         changed = False
         for ev in events:
-            changed |= self.mirror.absorb(ev, desired)
+            changed |= dev.mirror.absorb(ev, dev.desired)
         if changed:
             self.mark_dirty(full=True)
 
@@ -345,9 +385,6 @@ class Daemon:
         else:
             self._probed.add(peer)
         self.mark_dirty()
-
-    def _desired(self) -> KernelState:
-        return self.last_plan.state if self.last_plan is not None else KernelState()
 
     async def _resync_timer(self) -> None:
         while True:
@@ -370,56 +407,108 @@ class Daemon:
                 self.mark_dirty(dump=True, device=True)
 
     async def _reconcile(self) -> None:
-        keeper = self._keeper
+        keeper, cfg, paths_keeper = self._keeper, self._cfg, self._paths
         assert keeper is not None and keeper.held is not None
+        assert cfg is not None and paths_keeper is not None
         if self._device_stale or (self.status.subnet != keeper.held.record.subnet):
-            await self._configure_device(keeper.held)
-        if self._need_dump:
-            self._need_dump = False
-            self.mirror.replace(await self.dp.dump(self._ifindex), self._desired())
-        assert self._cfg is not None
-        me, network = keeper.held.record, self._cfg.network
-        assert self._paths is not None
+            await self._configure_devices(keeper.held)
+        for dev in self._devices():
+            if dev.need_dump:
+                dev.need_dump = False
+                dev.mirror.replace(await self.dp.dump(dev.ifindex), dev.desired)
         if self._reflexive_changed and self.opts.public_ip_auto:
             self._reflexive_changed = False
             await self._publish_public_ips(keeper)
+        me, network, backend = keeper.held.record, cfg.network, cfg.backend
         changed, self._changed = self._changed, set()
         probed, self._probed = self._probed, set()
+        self._full |= backend.uses_wireguard  # WireGuard peers are always planned in full
         which = self.records.keys() if self._full else changed | probed
-        changed |= self._paths.recompute(me, self.records, which)
-        paths = self._paths.paths
-        incremental = None
-        if not self._full:
-            incremental = self.planner.update(me, self.records, changed, paths, network)
-        if incremental is not None:
-            plan, touched = incremental
-            changes = diff_keys(
-                plan.state, self.mirror.state, touched.routes, touched.neighs, touched.fdbs
+        changed |= paths_keeper.recompute(me, self.records, which)
+        paths = paths_keeper.paths
+        skipped: list[tuple[IPv4Network, str]] = []
+        peers = 0
+        vxlan_leases: Mapping[IPv4Network, LeaseRecord] = self.records
+        wireguard = None
+        if backend.uses_wireguard:
+            wireguard = plan_wireguard(
+                me, self.records, backend, paths, verified=paths_keeper.verified(), network=network
             )
-        else:
-            self._full = False
-            plan = self.planner.plan(me, self.records, paths, network)
-            changes = diff(plan.state, self.mirror.state, allow_delete=self.status.snapshot_loaded)
-        self.last_plan = plan
-        self.status.peers = len(plan.paths)
-        if changes:
-            t0 = time.monotonic()
-            outcome = await self.dp.apply(self._ifindex, changes)
-            log.info(
-                "reconciled %d peers: %s in %.1f ms%s",
-                len(plan.paths),
-                changes.summary(),
-                (time.monotonic() - t0) * 1000,
-                f", {len(outcome.errors)} failed" if outcome.errors else "",
-            )
-            outcome.raise_for_errors()
-        for subnet, reason in plan.skipped:
-            key = (subnet, -1)
-            if key not in self._bad_seen:
-                self._bad_seen.add(key)
+            vxlan_leases = wireguard.vxlan_leases
+            skipped += wireguard.skipped
+            peers += len(wireguard.peers)
+        if backend.uses_vxlan:
+            incremental = None
+            if not self._full:
+                incremental = self.planner.update(me, vxlan_leases, changed, paths, network)
+            if incremental is not None:
+                plan, touched = incremental
+                changes = diff_keys(
+                    plan.state,
+                    self.vxlan.mirror.state,
+                    touched.routes,
+                    touched.neighs,
+                    touched.fdbs,
+                )
+            else:
+                plan = self.planner.plan(me, vxlan_leases, paths, network)
+                changes = diff(plan.state, self.vxlan.mirror.state, allow_delete=self._may_delete)
+            self.vxlan.desired = plan.state
+            skipped += plan.skipped
+            peers += len(plan.paths)
+            await self._apply(self.vxlan, changes, peers)
+        self._full = False
+        if wireguard is not None:
+            await self._apply_wireguard(wireguard, peers)
+        for subnet, reason in skipped:
+            if (subnet, -1) not in self._bad_seen:
+                self._bad_seen.add((subnet, -1))
                 log.warning("not programming peer %s: %s", subnet, reason)
+        self.status.peers = peers
         self.status.reconciles += 1
         self.status.last_reconcile = time.time()
+
+    @property
+    def _may_delete(self) -> bool:
+        """Nothing is deleted before the first full snapshot of the store has loaded."""
+        return self.status.snapshot_loaded
+
+    def _devices(self) -> list[_Device]:
+        assert self._cfg is not None
+        backend = self._cfg.backend
+        return [
+            d
+            for d, used in ((self.vxlan, backend.uses_vxlan), (self.wg, backend.uses_wireguard))
+            if used
+        ]
+
+    async def _apply(self, dev: _Device, changes: Changes, peers: int) -> None:
+        if not changes:
+            return
+        t0 = time.monotonic()
+        outcome = await self.dp.apply(dev.ifindex, changes)
+        log.info(
+            "reconciled %d peers on %s: %s in %.1f ms%s",
+            peers,
+            dev.name,
+            changes.summary(),
+            (time.monotonic() - t0) * 1000,
+            f", {len(outcome.errors)} failed" if outcome.errors else "",
+        )
+        outcome.raise_for_errors()
+
+    async def _apply_wireguard(self, plan: WireGuardPlan, peers: int) -> None:
+        """WireGuard peers per peer (others' sessions untouched), then their routes."""
+        done = await self.dp.apply_wireguard_peers(
+            plan.peers.values(), allow_delete=self._may_delete
+        )
+        if done.add or done.update or done.remove:
+            log.info(
+                "WireGuard peers: +%d ~%d -%d", len(done.add), len(done.update), len(done.remove)
+            )
+        self.wg.desired = KernelState(routes=dict(plan.routes))
+        routes = diff(self.wg.desired, self.wg.mirror.state, allow_delete=self._may_delete)
+        await self._apply(self.wg, routes, peers)
 
     async def _publish_public_ips(self, keeper: LeaseKeeper) -> None:
         """``--public-ip auto``: publish the addresses peers in other sites confirmed."""
@@ -462,7 +551,7 @@ class Daemon:
             "last_error": s.last_error,
             "snapshot_loaded": s.snapshot_loaded,
             "public_ips": [str(a) for a in held.record.public_ips] if held else [],
-            "entries": self.mirror.state.size(),
+            "entries": sum(d.mirror.state.size() for d in (self.vxlan, self.wg)),
         }
 
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Interface
+from pathlib import Path
 from typing import TypeVar
 
+from overlayd.errors import WireGuardError
 from overlayd.kernel_state import Changes, KernelState
 from overlayd.netlink.link import LinkAction, Links, Underlay, VxlanSpec
 from overlayd.netlink.rtnl import ApplyResult, KernelEvent, Monitor, MonitorEvent, Rtnl
+from overlayd.wireguard import Driver, PeerChanges, WgDeviceConfig, WgPeerConfig, open_driver
 
 log = logging.getLogger("overlayd.dataplane")
 T = TypeVar("T")
@@ -31,7 +34,8 @@ class DataPlane:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self._links: Links | None = None
         self._rtnl: Rtnl | None = None
-        self._monitor: Monitor | None = None
+        self._monitors: dict[int, Monitor] = {}
+        self._wireguard: Driver | None = None
 
     async def _on_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
@@ -64,6 +68,44 @@ class DataPlane:
 
         return await self._on_thread(work)
 
+    async def ensure_wireguard(
+        self,
+        ifname: str,
+        device: WgDeviceConfig,
+        address: IPv4Interface,
+        log_path: Path,
+        on_exit: Callable[[], None],
+    ) -> tuple[int, bool]:
+        """Create or adopt the WireGuard device (kernel, else wireguard-go) with its address.
+
+        Returns its ifindex and whether it was (re)created, which drops its routes.
+        ``on_exit`` is called (on another thread) when wireguard-go dies.
+        """
+
+        def work() -> tuple[int, bool]:
+            if self._wireguard is None:
+                self._wireguard = open_driver(ifname, log_path=log_path, on_exit=on_exit)
+                log.info("WireGuard device %s: %s driver", ifname, self._wireguard.kind)
+            created = self._wireguard.ensure_device(device)
+            if created:
+                log.info("WireGuard device %s (re)created", ifname)
+            links = self._l()
+            index = links.get(ifname).index
+            if links.set_address(index, address):
+                log.info("device %s address %s", ifname, address)
+            return index, created
+
+        return await self._on_thread(work)
+
+    async def apply_wireguard_peers(
+        self, peers: Iterable[WgPeerConfig], *, allow_delete: bool
+    ) -> PeerChanges:
+        """Make the WireGuard device's peers ``peers``, per peer (others stay untouched)."""
+        driver = self._wireguard
+        if driver is None:
+            raise WireGuardError("the WireGuard device is not set up yet")
+        return await self._on_thread(lambda: driver.apply(peers, allow_delete=allow_delete))
+
     async def dump(self, ifindex: int) -> KernelState:
         return await self._on_thread(lambda: self._r().dump(ifindex))
 
@@ -84,15 +126,17 @@ class DataPlane:
             lost = len(mine) != len(events)
             loop.call_soon_threadsafe(on_events, None if lost else mine)
 
-        if self._monitor is not None:
-            self._monitor.stop()
-        self._monitor = Monitor(ifindex, deliver)
-        self._monitor.start()
+        if ifindex in self._monitors:
+            return
+        self._monitors[ifindex] = Monitor(ifindex, deliver)
+        self._monitors[ifindex].start()
 
     def close(self) -> None:
-        if self._monitor is not None:
-            self._monitor.stop()
+        for monitor in self._monitors.values():
+            monitor.stop()
         self._pool.shutdown(wait=True)
+        if self._wireguard is not None:
+            self._wireguard.close()  # wireguard-go keeps running: the data plane stays up
         for sock in (self._links, self._rtnl):
             if sock is not None:
                 sock.close()

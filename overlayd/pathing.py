@@ -128,6 +128,15 @@ class PathKeeper:
             self.paths[subnet] = path
         return changed
 
+    def verified(self) -> set[IPv4Network]:
+        """Peers whose chosen path probes have verified."""
+        out = set()
+        for subnet, path in self.paths.items():
+            stats = self.prober.stats(subnet).get(path.address)
+            if stats is not None and stats.verified:
+                out.add(subnet)
+        return out
+
     def public_addresses(self, me: LeaseRecord) -> tuple[IPv4Address, ...]:
         """Our public addresses as peers in other sites confirmed them (sorted)."""
         found = confirmed_public(
