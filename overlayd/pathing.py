@@ -16,10 +16,9 @@ from typing import Any
 from overlayd.errors import ConfigError
 from overlayd.keys import NodeKey, PublicKey
 from overlayd.lease import LeaseRecord
-from overlayd.plan import PeerPath
+from overlayd.paths import PeerCandidates, PeerPath
 from overlayd.probe.choose import (
     ChooseParams,
-    PeerCandidates,
     choose_path,
     confirmed_public,
     probe_targets,

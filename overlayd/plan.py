@@ -14,24 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.kernel_state import FdbEntry, KernelState, MacAddress, NeighEntry, RouteEntry
 from overlayd.lease import LeaseRecord
-
-
-@dataclass(frozen=True, slots=True)
-class PeerPath:
-    """The underlay address chosen for a peer, and why."""
-
-    address: IPv4Address
-    kind: str  # "private" | "public"
-    reason: str
-
-
-def guess_path(me: LeaseRecord, peer: LeaseRecord) -> PeerPath:
-    """Best guess by site: same site -> the peer's private address, else its public one."""
-    if peer.site == me.site and peer.private_ips:
-        return PeerPath(peer.private_ips[0], "private", "same site")
-    if peer.site != me.site and peer.public_ips:
-        return PeerPath(peer.public_ips[0], "public", "other site")
-    return PeerPath(peer.public_ip, "public", "lease PublicIP")
+from overlayd.paths import PeerPath, guess_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +89,9 @@ class Planner:
         usable: dict[IPv4Network, LeaseRecord] = {}
         uses: Counter[object] = Counter()
         for subnet, peer in leases.items():
-            if _is_me(me, subnet, peer):
+            if is_me(me, subnet, peer):
                 continue
-            reason = _unusable(me, peer, network)
+            reason = unusable_reason(me, peer, network)
             if reason is not None:
                 skipped.append((subnet, reason))
                 continue
@@ -182,7 +165,7 @@ class Planner:
         touched_fdbs: set[MacAddress] = set()
         for subnet in changed:
             peer = leases.get(subnet)
-            if subnet in skipped_subnets or (peer is not None and _is_me(me, subnet, peer)):
+            if subnet in skipped_subnets or (peer is not None and is_me(me, subnet, peer)):
                 return None
             old = self._memo.get(subnet)
             if old is not None and subnet in state.routes:
@@ -198,7 +181,7 @@ class Planner:
             if peer is None:
                 self._memo.pop(subnet, None)
                 continue
-            if _unusable(me, peer, network) is not None:
+            if unusable_reason(me, peer, network) is not None:
                 return None
             if (
                 peer.vtep_mac in state.fdbs
@@ -221,11 +204,13 @@ class Planner:
         return last, touched
 
 
-def _is_me(me: LeaseRecord, subnet: IPv4Network, peer: LeaseRecord) -> bool:
+def is_me(me: LeaseRecord, subnet: IPv4Network, peer: LeaseRecord) -> bool:
+    """Whether ``peer`` (at ``subnet``) is this node itself, under any subnet."""
     return subnet == me.subnet or (peer.node_id == me.node_id and peer.node == me.node)
 
 
-def _unusable(me: LeaseRecord, peer: LeaseRecord, network: IPv4Network | None) -> str | None:
+def unusable_reason(me: LeaseRecord, peer: LeaseRecord, network: IPv4Network | None) -> str | None:
+    """Why ``peer`` cannot be programmed at all (None: it can); shared by both planners."""
     if peer.backend_type != me.backend_type:
         return f"backend {peer.backend_type!r} differs from ours ({me.backend_type!r})"
     if peer.vni != me.vni:

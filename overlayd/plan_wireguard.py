@@ -28,7 +28,8 @@ from overlayd.lease import LeaseRecord
 
 # plan.py's own rules for "this lease is us" and "this peer cannot be programmed", so a
 # peer is judged alike whichever data plane carries it
-from overlayd.plan import PeerPath, _is_me, _unusable, guess_path
+from overlayd.paths import PeerPath, guess_path
+from overlayd.plan import is_me, unusable_reason
 from overlayd.wireguard.model import Endpoint, WgPeerConfig
 
 
@@ -94,7 +95,7 @@ def plan_wireguard(
     for subnet, peer in leases.items():
         if mixed and peer.site == me.site:
             vxlan_leases[subnet] = peer
-        elif not _is_me(me, subnet, peer):
+        elif not is_me(me, subnet, peer):
             candidates.append((subnet, peer))
     candidates.sort(key=lambda item: _subnet_order(item[0]))
 
@@ -107,7 +108,7 @@ def plan_wireguard(
     dial_in: list[IPv4Network] = []
     given = paths or {}
     for subnet, peer in candidates:  # in subnet order: skipped and dial_in come out sorted
-        reason = _unusable(me, peer, network)
+        reason = unusable_reason(me, peer, network)
         if reason is None:
             reason = _missing_wireguard(peer)
         if reason is not None:

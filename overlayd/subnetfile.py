@@ -14,7 +14,6 @@ sees half a file.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
@@ -65,6 +64,8 @@ class SubnetFile:
 
 def write_subnet_file(path: Path, content: SubnetFile) -> None:
     """Write ``content`` to ``path`` atomically (readers see the old or the new file)."""
+    import tempfile  # here: the CNI plugin only reads subnet files (saves ~4 ms per call)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from overlayd.keys import PrivateKey, PublicKey  # noqa: E402
-from overlayd.plan import PeerPath  # noqa: E402
+from overlayd.paths import PeerPath  # noqa: E402
 from overlayd.probe import (  # noqa: E402
     PeerCandidates,
     PeerTarget,

@@ -86,6 +86,10 @@ def network() -> None:
 @click.option("--vni", type=int, default=None)
 @click.option("--port", type=int, default=None)
 @click.option("--mtu", type=int, default=None)
+@click.option("--listen-port", type=int, default=None, help="WireGuard port (wireguard backends).")
+@click.option(
+    "--keepalive", type=int, default=None, help="WireGuard PersistentKeepaliveInterval, seconds."
+)
 @click.option("--force", is_flag=True, help="Replace an existing config.")
 @click.pass_context
 @friendly_errors
@@ -99,6 +103,8 @@ def network_init(
     vni: int | None,
     port: int | None,
     mtu: int | None,
+    listen_port: int | None,
+    keepalive: int | None,
     force: bool,
 ) -> None:
     """Write the network config (validated first)."""
@@ -111,7 +117,13 @@ def network_init(
         if value is not None:
             raw[key] = value
     back: dict[str, Any] = {"Type": backend}
-    for key, value in (("VNI", vni), ("Port", port), ("MTU", mtu)):
+    for key, value in (
+        ("VNI", vni),
+        ("Port", port),
+        ("MTU", mtu),
+        ("ListenPort", listen_port),
+        ("PersistentKeepaliveInterval", keepalive),
+    ):
         if value is not None:
             back[key] = value
     parse_backend(back)
@@ -132,7 +144,7 @@ def network_init(
         await store.put_config(cfg)
 
     _run(ctx, go)
-    click.echo(cfg.to_json())
+    click.echo(cfg.to_json(redact=True))
 
 
 @network.command("show")
@@ -141,7 +153,7 @@ def network_init(
 def network_show(ctx: click.Context) -> None:
     """Print the network config with defaults filled in."""
     text = _run(ctx, lambda s: s.get_config_text())
-    click.echo(parse_config(text).to_json())
+    click.echo(parse_config(text).to_json(redact=True))
 
 
 # -- leases ----------------------------------------------------------------------------
@@ -177,6 +189,9 @@ def _lease_json(stored: StoredLease, ttl: int | None) -> dict[str, Any]:
         backend=rec.backend_type,
         vtep_mac=str(rec.vtep_mac),
         vni=rec.vni,
+        public_key=rec.public_key,
+        probe_port=rec.probe_port,
+        wireguard_port=rec.wireguard_port,
     )
     return out
 

@@ -10,11 +10,11 @@ See docs/probe-protocol.md.
 
 from __future__ import annotations
 
+from overlayd.paths import PeerCandidates
 from overlayd.probe.choose import (
     ChooseParams,
     Observation,
     PathStats,
-    PeerCandidates,
     ReflexiveParams,
     choose_path,
     confirmed_public,

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Generic, TypeVar
 
-from overlayd.lease import LeaseRecord
-from overlayd.plan import PeerPath
+from overlayd.paths import PRIVATE, PUBLIC, PeerCandidates, PeerPath, guess
 
 PeerId = TypeVar("PeerId", bound=Hashable)
 
@@ -63,25 +62,8 @@ class Observation(Generic[PeerId]):
 
 
 @dataclass(frozen=True)
-class PeerCandidates:
-    """A peer's published underlay candidates (from its lease)."""
-
-    site: str
-    private: tuple[IPv4Address, ...] = ()
-    public: tuple[IPv4Address, ...] = ()
-    fallback: IPv4Address | None = None  # flannel's PublicIP: the guess of last resort
-
-    @classmethod
-    def from_lease(cls, record: LeaseRecord) -> PeerCandidates:
-        return cls(record.site, record.private_ips, record.public_ips, record.public_ip)
-
-
-@dataclass(frozen=True)
 class ChooseParams:
     hold: float = DEFAULT_HOLD  # seconds a recovered better path must stay verified
-
-
-PRIVATE, PUBLIC = "private", "public"
 
 
 def _ranked(me_site: str, peer: PeerCandidates) -> list[tuple[int, IPv4Address, str]]:
@@ -113,17 +95,6 @@ def probe_targets(me_site: str, peer: PeerCandidates) -> tuple[IPv4Address, ...]
     fallback): in overlapping ranges it belongs to some unrelated local host.
     """
     return tuple(address for _, address, _ in _ranked(me_site, peer))
-
-
-def guess(me_site: str, peer: PeerCandidates) -> PeerPath:
-    """``plan.guess_path``'s rule: same site -> private, else public, else the fallback."""
-    if peer.site == me_site and peer.private:
-        return PeerPath(peer.private[0], PRIVATE, "same site")
-    if peer.site != me_site and peer.public:
-        return PeerPath(peer.public[0], PUBLIC, "other site")
-    if peer.fallback is None:
-        raise ValueError("peer has no candidate address at all")
-    return PeerPath(peer.fallback, PUBLIC, "lease PublicIP")
 
 
 def _describe(rank: int, kind: str) -> str:

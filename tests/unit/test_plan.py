@@ -12,7 +12,8 @@ import pytest
 
 from overlayd.kernel_state import FdbEntry, MacAddress, NeighEntry, RouteEntry
 from overlayd.lease import LeaseRecord
-from overlayd.plan import PeerPath, Plan, Planner, guess_path
+from overlayd.paths import PeerPath, guess_path
+from overlayd.plan import Plan, Planner
 
 
 def mac(n: int) -> MacAddress:

@@ -13,7 +13,8 @@ from overlayd.config import VXLAN, VXLAN_WIREGUARD, WIREGUARD, BackendConfig
 from overlayd.kernel_state import MacAddress, RouteEntry
 from overlayd.keys import PublicKey
 from overlayd.lease import LeaseRecord
-from overlayd.plan import PeerPath, Planner
+from overlayd.paths import PeerPath
+from overlayd.plan import Planner
 from overlayd.plan_wireguard import WireGuardPlan, plan_wireguard
 from overlayd.wireguard.model import Endpoint, PresharedKey, WgPeerState, diff_peers
 

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import random
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 import pytest
 
-from overlayd.kernel_state import MacAddress
-from overlayd.lease import LeaseRecord
-from overlayd.plan import PeerPath, guess_path
+from overlayd.paths import PeerCandidates, PeerPath
 from overlayd.probe.choose import (
     ChooseParams,
     Observation,
     PathStats,
-    PeerCandidates,
     ReflexiveParams,
     choose_path,
     confirmed_public,
-    guess,
     probe_targets,
 )
 
@@ -46,30 +42,6 @@ def test_nothing_verified_guesses_by_site() -> None:
     assert "no verified path" in p.reason
     p = choose_path("aws", OTHER, {}, None, 100.0, P)
     assert (p.address, p.kind) == (PUB1, "public")
-
-
-def test_guess_matches_plan_guess_path() -> None:
-    def lease(site: str, priv: tuple[A, ...], pub: tuple[A, ...], flannel: A) -> LeaseRecord:
-        return LeaseRecord(
-            IPv4Network("10.244.1.0/24"),
-            "n",
-            "id",
-            flannel,
-            MacAddress.parse("02:00:00:00:00:01"),
-            1,
-            site,
-            priv,
-            pub,
-        )
-
-    me = lease("aws", (A("10.0.0.1"),), (), A("10.0.0.1"))
-    for peer in (
-        lease("aws", (PRIV1,), (PUB1,), PUB1),
-        lease("gcp", (PRIV1,), (PUB1,), PUB1),
-        lease("gcp", (PRIV1,), (), PRIV1),
-        lease("aws", (), (), PUB2),
-    ):
-        assert guess(me.site, PeerCandidates.from_lease(peer)) == guess_path(me, peer)
 
 
 def test_verified_same_site_private_first() -> None:
