@@ -33,7 +33,10 @@ from typing import Any
 
 BUSYBOX = Path("/bin/busybox")
 IMAGE = "localhost/ovcni-busybox:latest"
-APPLETS = ("sh", "sleep", "cat", "echo", "ip", "ping", "nc", "hostname", "timeout")
+APPLETS = (
+    "sh", "sleep", "cat", "echo", "ip", "ping", "nc", "hostname", "timeout",
+    "dd", "md5sum", "wc", "seq",
+)  # fmt: skip
 LIBCNI_RESULTS = Path("/var/lib/cni/results")  # podman's libcni cache (not configurable)
 
 
