@@ -85,6 +85,32 @@ class BackendConfig:
         return out
 
 
+MESH, GATEWAY = "mesh", "gateway"
+TOPOLOGY_MODES = (MESH, GATEWAY)
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    """``Topology``: full mesh (default), or one elected gateway per site meshing with
+    the other sites; ``sites`` overrides the mode of single sites."""
+
+    mode: str = MESH
+    sites: tuple[tuple[str, str], ...] = ()  # (site, mode), sorted
+
+    def mode_of(self, site: str) -> str:
+        return dict(self.sites).get(site, self.mode)
+
+    @property
+    def uses_gateways(self) -> bool:
+        return self.mode == GATEWAY or any(m == GATEWAY for _, m in self.sites)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"Mode": self.mode}
+        if self.sites:
+            out["Sites"] = dict(self.sites)
+        return out
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """A validated network config with flannel's defaults filled in."""
@@ -94,6 +120,7 @@ class NetworkConfig:
     subnet_min: IPv4Address
     subnet_max: IPv4Address
     backend: BackendConfig
+    topology: TopologyConfig = TopologyConfig()
 
     @property
     def subnet_size(self) -> int:
@@ -149,6 +176,7 @@ class NetworkConfig:
                 "SubnetMin": str(self.subnet_min),
                 "SubnetMax": str(self.subnet_max),
                 "Backend": self.backend.to_json(redact=redact),
+                **({"Topology": self.topology.to_json()} if self.topology.uses_gateways else {}),
             },
             indent=2,
             sort_keys=False,
@@ -304,10 +332,39 @@ def parse_config(text: str | bytes) -> NetworkConfig:
             raise ConfigError(f"{name} {addr} is not on a /{subnet_len} boundary")
     if subnet_min > subnet_max:
         raise ConfigError(f"SubnetMin {subnet_min} is above SubnetMax {subnet_max}")
+    backend = parse_backend(raw.get("Backend"))
+    topology = parse_topology(raw.get("Topology"))
+    if topology.uses_gateways and backend.type != VXLAN_WIREGUARD:
+        raise ConfigError(
+            f"Topology gateway mode needs Backend.Type {VXLAN_WIREGUARD!r} (VXLAN inside a "
+            f"site, WireGuard between the gateways), not {backend.type!r}"
+        )
     return NetworkConfig(
         network=network,
         subnet_len=subnet_len,
         subnet_min=subnet_min,
         subnet_max=subnet_max,
-        backend=parse_backend(raw.get("Backend")),
+        backend=backend,
+        topology=topology,
+    )
+
+
+def parse_topology(raw: Any) -> TopologyConfig:
+    """The ``Topology`` object: {"Mode": "mesh"|"gateway", "Sites": {"<site>": mode}}."""
+    if raw is None:
+        return TopologyConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Topology must be an object, got {raw!r}")
+
+    def mode(value: Any, where: str) -> str:
+        if not isinstance(value, str) or value.lower() not in TOPOLOGY_MODES:
+            raise ConfigError(f"{where} must be one of {', '.join(TOPOLOGY_MODES)}, got {value!r}")
+        return value.lower()
+
+    sites = raw.get("Sites", {})
+    if not isinstance(sites, dict) or not all(isinstance(k, str) and k for k in sites):
+        raise ConfigError(f"Topology.Sites must map site names to modes, got {sites!r}")
+    return TopologyConfig(
+        mode=mode(raw.get("Mode", MESH), "Topology.Mode"),
+        sites=tuple(sorted((k, mode(v, f"Topology.Sites.{k}")) for k, v in sites.items())),
     )

@@ -22,9 +22,10 @@ from typing import Any
 from overlayd.config import NetworkConfig
 from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
 from overlayd.errors import ConfigMissingError, KernelError, StoreError
+from overlayd.gateway import GatewayAgent, GatewayOptions
 from overlayd.health import HealthServer
 from overlayd.identity import NodeIdentity, StateDir
-from overlayd.kernel_state import Changes, KernelState, diff, diff_keys
+from overlayd.kernel_state import Changes, KernelState, RouteEntry, diff, diff_keys
 from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
@@ -33,6 +34,7 @@ from overlayd.mirror import KernelMirror
 from overlayd.netlink.rtnl import KernelEvent
 from overlayd.pathing import PathKeeper
 from overlayd.plan import Planner
+from overlayd.plan_gateway import plan_gateway
 from overlayd.plan_wireguard import WireGuardPlan, plan_wireguard
 from overlayd.probe.prober import ProbeConfig
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
@@ -64,6 +66,7 @@ class DaemonOptions:
     resync_interval: float = RESYNC_INTERVAL
     probe_port: int = DEFAULT_PROBE_PORT
     public_ip_auto: bool = True  # publish public addresses that peers in other sites confirm
+    gateway_candidate: bool = True  # may be elected its site's gateway (gateway topology)
 
 
 @dataclass
@@ -110,6 +113,8 @@ class Daemon:
         self._device_stale = True
         self._keeper: LeaseKeeper | None = None
         self._paths: PathKeeper | None = None
+        self._gateway: GatewayAgent | None = None
+        self._role: str | None = None
         self._probed: set[IPv4Network] = set()  # peers whose probe state changed
         self._reflexive_changed = False
         self._cfg: NetworkConfig | None = None
@@ -202,7 +207,19 @@ class Daemon:
         held = await self._keeper.acquire()
         await self._configure_devices(held)
         sd_notify("READY=1")
+        if self._cfg.topology.uses_gateways:
+            # gateways forward between the in-site VXLAN and WireGuard; any host may become one
+            await asyncio.to_thread(enable_forwarding)
+            self._gateway = GatewayAgent(
+                self.store,
+                self._cfg,
+                key,
+                GatewayOptions(candidate=self.opts.gateway_candidate),
+                lambda: self.mark_dirty(full=True),
+            )
         async with asyncio.TaskGroup() as tasks:
+            if self._gateway is not None:
+                tasks.create_task(self._gateway.run())
             tasks.create_task(self._keeper.keep())
             tasks.create_task(self._watch())
             tasks.create_task(self._resync_timer())
@@ -429,8 +446,23 @@ class Daemon:
         skipped: list[tuple[IPv4Network, str]] = []
         peers = 0
         vxlan_leases: Mapping[IPv4Network, LeaseRecord] = self.records
+        via_gateway: dict[IPv4Network, RouteEntry] = {}
         wireguard = None
-        if backend.uses_wireguard:
+        if self._gateway is not None:
+            self._gateway.update(me, self.records)
+            topo = plan_gateway(
+                cfg, me, self.records, self._gateway.state.claims, paths,
+                verified=paths_keeper.verified(),
+            )  # fmt: skip
+            if topo.role != self._role:
+                gw = topo.gateway.node if topo.gateway else "none"
+                log.info("topology role in site %s: %s (gateway %s)", me.site, topo.role, gw)
+                self._role = topo.role
+            wireguard, via_gateway = topo.wireguard, topo.via_gateway
+            vxlan_leases = wireguard.vxlan_leases
+            skipped += wireguard.skipped
+            peers += len(wireguard.peers)
+        elif backend.uses_wireguard:
             wireguard = plan_wireguard(
                 me, self.records, backend, paths, verified=paths_keeper.verified(), network=network
             )
@@ -452,6 +484,10 @@ class Daemon:
                 )
             else:
                 plan = self.planner.plan(me, vxlan_leases, paths, network)
+                if via_gateway:  # other sites' subnets, through our gateway
+                    plan = replace(
+                        plan, state=replace(plan.state, routes={**plan.state.routes, **via_gateway})
+                    )
                 changes = diff(plan.state, self.vxlan.mirror.state, allow_delete=self._may_delete)
             self.vxlan.desired = plan.state
             skipped += plan.skipped
@@ -551,8 +587,17 @@ class Daemon:
             "last_error": s.last_error,
             "snapshot_loaded": s.snapshot_loaded,
             "public_ips": [str(a) for a in held.record.public_ips] if held else [],
+            "role": self._role,
             "entries": sum(d.mirror.state.size() for d in (self.vxlan, self.wg)),
         }
+
+
+def enable_forwarding() -> None:
+    """net.ipv4.ip_forward=1 (gateway topology); ``KernelError`` if it cannot be set."""
+    try:
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+    except OSError as exc:
+        raise KernelError(f"cannot enable IPv4 forwarding: {exc.strerror}") from None
 
 
 def run_daemon(opts: DaemonOptions, dataplane: DataPlane) -> None:

@@ -27,6 +27,7 @@ from etcd3aio._protobuf import Compare  # the client has no mod-revision helper
 
 from overlayd.config import NetworkConfig, parse_config
 from overlayd.errors import ConfigMissingError, LeaseFormatError, StoreError
+from overlayd.gateway_state import GatewayClaim, GatewayState, HealthReport
 from overlayd.lease import LeaseRecord, decode_lease, parse_subnet_key_name, subnet_key_name
 
 T = TypeVar("T")
@@ -121,6 +122,8 @@ class EtcdStore:
         self._prefix = settings.prefix.rstrip("/")
         self._subnets = f"{self._prefix}/subnets/"
         self._reservations = f"{self._prefix}/reservations/"
+        self._gateways = f"{self._prefix}/gw/site/"
+        self._health = f"{self._prefix}/gw/health/"
         self._client: Etcd3Client | None = None
 
     @property
@@ -276,6 +279,40 @@ class EtcdStore:
         resp = await self._call("delete lease", lambda c: _kv(c).delete(key, timeout=RPC_TIMEOUT))
         return int(resp.deleted) > 0
 
+    async def _watch_range(
+        self,
+        prefix: str,
+        relist: Callable[[], Awaitable[tuple[int, T]]],
+        first: tuple[int, T] | None = None,
+    ) -> AsyncIterator[tuple[T | None, list[tuple[EventKind, Any]]]]:
+        """List ``prefix`` (``relist`` gives revision and listing), then watch it from there;
+        list again after a compaction. Yields (listing, []) then (None, events of raw kvs).
+
+        ``first`` (revision, listing) stands in for the first listing, if the caller has one.
+        """
+        client = self._client
+        if client is None:
+            raise StoreError("store is not connected")
+        end = prefix_range_end(prefix.encode())
+        while True:
+            revision, listing = first or await relist()
+            first = None
+            yield listing, []
+            stream = client.watch
+            assert stream is not None
+            try:
+                async for resp in stream.watch(prefix, end, start_revision=revision + 1):
+                    if resp.compact_revision > 0 or resp.canceled:
+                        break  # events were lost: list again
+                    events = [
+                        (EventKind.DELETE if ev.type == 1 else EventKind.PUT, ev.kv)
+                        for ev in resp.events
+                    ]
+                    if events:
+                        yield None, events
+            except (EtcdError, grpc.RpcError) as exc:
+                raise StoreError(f"etcd watch failed: {_describe(exc)}") from None
+
     async def watch_leases(self, first: Snapshot | None = None) -> AsyncIterator[WatchBatch]:
         """A snapshot, then the changes after it; a fresh snapshot after a compaction.
 
@@ -283,32 +320,90 @@ class EtcdStore:
         again at start-up). Connection losses are retried inside the client;
         ``StoreError`` only when a snapshot cannot be read.
         """
-        client = self._client
-        if client is None:
-            raise StoreError("store is not connected")
-        end = prefix_range_end(self._subnets.encode())
-        while True:
-            snapshot, first = first or await self.list_leases(), None
-            yield WatchBatch(snapshot, ())
-            stream = client.watch
-            assert stream is not None
-            try:
-                async for resp in stream.watch(
-                    self._subnets, end, start_revision=snapshot.revision + 1
-                ):
-                    if resp.compact_revision > 0 or resp.canceled:
-                        break  # events were lost: re-list
-                    events = []
-                    for ev in resp.events:
-                        stored = self._stored(ev.kv)
-                        if stored is None:
-                            continue
-                        kind = EventKind.DELETE if ev.type == 1 else EventKind.PUT
-                        events.append(LeaseEvent(kind, stored))
-                    if events:
-                        yield WatchBatch(None, tuple(events))
-            except (EtcdError, grpc.RpcError) as exc:
-                raise StoreError(f"etcd watch failed: {_describe(exc)}") from None
+
+        async def relist() -> tuple[int, Snapshot]:
+            snapshot = await self.list_leases()
+            return snapshot.revision, snapshot
+
+        held = (first.revision, first) if first is not None else None
+        async for listing, raw in self._watch_range(self._subnets, relist, held):
+            if listing is not None:
+                yield WatchBatch(listing, ())
+                continue
+            events = tuple(
+                LeaseEvent(kind, stored)
+                for kind, kv in raw
+                if (stored := self._stored(kv)) is not None
+            )
+            if events:
+                yield WatchBatch(None, events)
+
+    # -- gateways ------------------------------------------------------------------------
+
+    def _gateway_key(self, site: str) -> str:
+        return f"{self._gateways}{site}"
+
+    def _report_key(self, site: str, reporter_id: str) -> str:
+        return f"{self._health}{site}/{reporter_id}"
+
+    async def claim_gateway(self, site: str, claim: GatewayClaim, lease_id: int) -> bool:
+        """Become ``site``'s gateway if it has none (atomic); bound to ``lease_id``."""
+        return await self._txn_put(self._gateway_key(site), claim.to_json(), lease_id, version=0)
+
+    async def resign_gateway(self, site: str, claim: GatewayClaim) -> bool:
+        """Give up ``site``'s gateway key if it is still ``claim``."""
+        key = self._gateway_key(site)
+
+        async def run(c: Etcd3Client) -> bool:
+            kv = _kv(c)
+            resp = await kv.txn(
+                [kv.txn_compare_value(key, claim.to_json())],
+                [kv.txn_op_delete(key)],
+                timeout=RPC_TIMEOUT,
+            )
+            return bool(resp.succeeded)
+
+        return await self._call("gateway resign", run)
+
+    async def report_gateway(self, site: str, report: HealthReport, lease_id: int) -> None:
+        """Publish (or clear, with ``report.healthy``) our view of ``site``'s gateway."""
+        key = self._report_key(site, report.reporter_id)
+        if report.healthy:
+            await self._call("clear report", lambda c: _kv(c).delete(key, timeout=RPC_TIMEOUT))
+            return
+        value = report.to_json()
+        await self._call(
+            "put report", lambda c: _kv(c).put(key, value, lease=lease_id, timeout=RPC_TIMEOUT)
+        )
+
+    async def list_gateways(self) -> GatewayState:
+        prefix = f"{self._prefix}/gw/"
+        end = prefix_range_end(prefix.encode())
+        resp = await self._call(
+            "list gateways", lambda c: _kv(c).get(prefix, end, timeout=RPC_TIMEOUT)
+        )
+        state = GatewayState()
+        for kv in resp.kvs:
+            state.absorb(kv.key.decode("utf-8", "replace")[len(prefix) :], kv.value)
+        state.revision = int(resp.header.revision)
+        return state
+
+    async def watch_gateways(self) -> AsyncIterator[GatewayState]:
+        """The gateways and health reports of every site, again after each change."""
+
+        async def relist() -> tuple[int, GatewayState]:
+            state = await self.list_gateways()
+            return state.revision, state
+
+        prefix = f"{self._prefix}/gw/"
+        current = GatewayState()
+        async for listing, raw in self._watch_range(prefix, relist):
+            if listing is not None:
+                current = listing
+            for kind, kv in raw:
+                name = kv.key.decode("utf-8", "replace")[len(prefix) :]
+                current.absorb(name, None if kind is EventKind.DELETE else kv.value)
+            yield current
 
     # -- reservations ------------------------------------------------------------------
 

@@ -90,6 +90,13 @@ def network() -> None:
 @click.option(
     "--keepalive", type=int, default=None, help="WireGuard PersistentKeepaliveInterval, seconds."
 )
+@click.option(
+    "--topology",
+    type=click.Choice(["mesh", "gateway"]),
+    default=None,
+    help="Full mesh, or one elected gateway per site (needs --backend vxlan+wireguard).",
+)
+@click.option("--site-mode", multiple=True, metavar="SITE=MODE", help="Per-site topology mode.")
 @click.option("--force", is_flag=True, help="Replace an existing config.")
 @click.pass_context
 @friendly_errors
@@ -105,6 +112,8 @@ def network_init(
     mtu: int | None,
     listen_port: int | None,
     keepalive: int | None,
+    topology: str | None,
+    site_mode: tuple[str, ...],
     force: bool,
 ) -> None:
     """Write the network config (validated first)."""
@@ -128,6 +137,9 @@ def network_init(
             back[key] = value
     parse_backend(back)
     raw["Backend"] = back
+    if topology is not None or site_mode:
+        sites = dict(item.partition("=")[::2] for item in site_mode)
+        raw["Topology"] = {"Mode": topology or "mesh", "Sites": sites}
     cfg = parse_config(json.dumps(raw))
 
     async def go(store: EtcdStore) -> None:

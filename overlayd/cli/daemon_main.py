@@ -72,6 +72,11 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     default=DEFAULT_PROBE_PORT,
     help="UDP port of the authenticated path probes.",
 )
+@click.option(
+    "--gateway-candidate/--no-gateway-candidate",
+    default=True,
+    help="May this node be elected its site's gateway (gateway topology).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option(
     "--lease-ttl",
@@ -106,6 +111,7 @@ def main(
     lease_ttl: int,
     resync_interval: float,
     probe_port: int,
+    gateway_candidate: bool,
     debug: bool,
 ) -> None:
     """Run the overlay network daemon on this host."""
@@ -131,5 +137,6 @@ def main(
         resync_interval=resync_interval,
         probe_port=probe_port,
         public_ip_auto=auto,
+        gateway_candidate=gateway_candidate,
     )
     run_daemon(opts, DataPlane())
