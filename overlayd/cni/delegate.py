@@ -64,8 +64,9 @@ def invoke(plugin: Path, command: str, env: Mapping[str, str], config: Mapping[s
     os.close(stdout_w)
     # Writing all of stdin before reading cannot deadlock: a CNI plugin reads its whole
     # stdin before it writes anything.
-    # BrokenPipeError: the delegate exited early; its status and output say why.
-    with os.fdopen(stdin_w, "wb") as pipe_in, contextlib.suppress(BrokenPipeError):
+    # BrokenPipeError: the delegate exited early; its status and output say why. The
+    # suppress must enclose the close too: the buffered write only reaches the pipe then.
+    with contextlib.suppress(BrokenPipeError), os.fdopen(stdin_w, "wb") as pipe_in:
         pipe_in.write(json.dumps(config).encode())
     with os.fdopen(stdout_r, "rb") as pipe_out:
         output = pipe_out.read()
