@@ -56,9 +56,12 @@ def test_two_containers_exchange_a_tcp_payload(setup: tuple[PodmanHost, Node]) -
     host, node = setup
     host.run_container("ovcni-srv", node.network_name, "timeout", "30", "nc", "-l", "-p", "5000")
     server = host.address("ovcni-srv")
-    host.run_container(
-        "ovcni-cli", node.network_name, "sh", "-c", f"echo overlay-payload | nc {server.ip} 5000"
+    # the server container may not listen yet when the client starts: retry the connect
+    connect = (
+        f"for i in $(seq 50); do echo overlay-payload | nc {server.ip} 5000 && exit 0; "
+        "sleep 0.2; done; exit 1"
     )
+    host.run_container("ovcni-cli", node.network_name, "sh", "-c", connect)
     assert host.wait("ovcni-srv") == 0
     assert host.logs("ovcni-srv").strip() == "overlay-payload"
     for name in ("ovcni-srv", "ovcni-cli"):
