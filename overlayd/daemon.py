@@ -115,6 +115,7 @@ class Daemon:
         self._paths: PathKeeper | None = None
         self._gateway: GatewayAgent | None = None
         self._role: str | None = None
+        self._via: dict[IPv4Network, str] = {}  # peers reached through our site's gateway
         self._probed: set[IPv4Network] = set()  # peers whose probe state changed
         self._reflexive_changed = False
         self._cfg: NetworkConfig | None = None
@@ -194,6 +195,9 @@ class Daemon:
             probe_port=self._paths.prober.port,
             wireguard_port=self._cfg.backend.listen_port
             if self._cfg.backend.uses_wireguard
+            else None,
+            gateway_candidate=self.opts.gateway_candidate
+            if self._cfg.topology.uses_gateways
             else None,
         )
         self._keeper = LeaseKeeper(
@@ -459,6 +463,8 @@ class Daemon:
                 log.info("topology role in site %s: %s (gateway %s)", me.site, topo.role, gw)
                 self._role = topo.role
             wireguard, via_gateway = topo.wireguard, topo.via_gateway
+            gateway_name = topo.gateway.node if topo.role == "member" and topo.gateway else None
+            self._via = dict.fromkeys(via_gateway, gateway_name) if gateway_name else {}
             vxlan_leases = wireguard.vxlan_leases
             skipped += wireguard.skipped
             peers += len(wireguard.peers)
@@ -573,7 +579,7 @@ class Daemon:
     def _peersz(self) -> tuple[int, Any]:
         if self._paths is None:
             return 503, {"error": "not started"}
-        return 200, {"peers": [r.to_json() for r in self._paths.report(self.records)]}
+        return 200, {"peers": [r.to_json() for r in self._paths.report(self.records, self._via)]}
 
     def _statusz(self) -> tuple[int, Any]:
         s = self.status

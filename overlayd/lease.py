@@ -60,6 +60,7 @@ class LeaseRecord:
     public_key: str | None = None  # base64 X25519 node key: probe identity and WireGuard key
     probe_port: int | None = None  # UDP port of the authenticated path probes
     wireguard_port: int | None = None  # WireGuard listen port, when the node runs WireGuard
+    gateway_candidate: bool | None = None  # may be its site's gateway (gateway topology only)
 
     @property
     def overlay_ip(self) -> IPv4Address:
@@ -81,6 +82,7 @@ class LeaseRecord:
             ("PublicKey", self.public_key),
             ("ProbePort", self.probe_port),
             ("WireGuardPort", self.wireguard_port),
+            ("GatewayCandidate", self.gateway_candidate),
         ):
             if value is not None:
                 out[key] = value
@@ -110,6 +112,13 @@ def _port(obj: dict[str, Any], key: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise LeaseFormatError(f"{key} must be a port number, got {value!r}")
+    return value
+
+
+def _optional_bool(obj: dict[str, Any], key: str) -> bool | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise LeaseFormatError(f"{key} must be true or false, got {value!r}")
     return value
 
 
@@ -179,4 +188,5 @@ def decode_lease(subnet: IPv4Network, value: bytes | str) -> LeaseRecord:
         public_key=_public_key(raw),
         probe_port=_port(raw, "ProbePort"),
         wireguard_port=_port(raw, "WireGuardPort"),
+        gateway_candidate=_optional_bool(raw, "GatewayCandidate"),
     )

@@ -37,6 +37,7 @@ class PeerReport:
     rtt_ms: float | None
     last_success: float | None  # wall-clock seconds
     verified: tuple[IPv4Address, ...]
+    via: str | None = None  # the gateway this peer is reached through, if any
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +50,7 @@ class PeerReport:
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
             "last_success": self.last_success,
             "verified": [str(a) for a in self.verified],
+            "via": self.via,
         }
 
 
@@ -147,8 +149,11 @@ class PathKeeper:
         )
         return tuple(sorted(found))
 
-    def report(self, peers: Mapping[IPv4Network, LeaseRecord]) -> list[PeerReport]:
-        """One report per peer with a chosen path, sorted by node name."""
+    def report(
+        self, peers: Mapping[IPv4Network, LeaseRecord], via: Mapping[IPv4Network, str]
+    ) -> list[PeerReport]:
+        """One report per peer with a chosen path, sorted by node name; ``via``: peers
+        reached through a gateway (the gateway's node name)."""
         out = []
         wall_offset = time.time() - time.monotonic()
         for subnet, path in self.paths.items():
@@ -168,6 +173,7 @@ class PathKeeper:
                     if mine is None or mine.last_success is None
                     else mine.last_success + wall_offset,
                     verified=tuple(sorted(a for a, s in stats.items() if s.verified)),
+                    via=via.get(subnet),
                 )
             )
         return sorted(out, key=lambda r: (r.node, r.subnet))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import time
@@ -23,9 +24,10 @@ from overlayd.errors import (
     LeaseFormatError,
     NotFoundError,
 )
+from overlayd.gateway_state import GatewayState
 from overlayd.lease import parse_subnet_arg
 from overlayd.plan import Planner
-from overlayd.store import EtcdStore, StoredLease
+from overlayd.store import EtcdStore, Snapshot, StoredLease
 
 T = TypeVar("T")
 
@@ -399,6 +401,61 @@ def peers(node: str | None, daemon_url: str, output: str) -> None:
     for p in found:
         rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.2f}ms"
         last = "-" if p["last_success"] is None else f"{time.time() - p['last_success']:.1f}s ago"
-        rows.append([p["node"], p["subnet"], p["site"], p["address"], p["kind"], rtt, last,
+        path = f"via gateway {p['via']}" if p.get("via") else p["kind"]
+        rows.append([p["node"], p["subnet"], p["site"], p["address"], path, rtt, last,
                      p["reason"]])  # fmt: skip
     _table(["NODE", "SUBNET", "SITE", "ADDRESS", "PATH", "RTT", "LAST PROBE", "REASON"], rows)
+
+
+# -- gateways ------------------------------------------------------------------------------
+
+
+@main.command("gateways")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+@friendly_errors
+def gateways(ctx: click.Context, output: str) -> None:
+    """Each site's topology mode, elected gateway, candidates and health reports."""
+
+    async def load(store: EtcdStore) -> tuple[NetworkConfig, Snapshot, GatewayState]:
+        return await store.get_config(), await store.list_leases(), await store.list_gateways()
+
+    cfg, snapshot, state = _run(ctx, load)
+    records = [s.record for s in snapshot.leases if s.record is not None]
+    views = []
+    for site in sorted({r.site for r in records} | set(state.claims)):
+        claim = state.claims.get(site)
+        views.append(
+            SiteView(
+                site=site,
+                mode=cfg.topology.mode_of(site),
+                gateway=claim.node if claim else None,
+                candidates=tuple(
+                    sorted(r.node for r in records if r.site == site and r.gateway_candidate)
+                ),
+                blamed_by=tuple(sorted(r.reporter for r in state.blame(site, claim.node_id)))
+                if claim
+                else (),
+            )
+        )
+    if output == "json":
+        _echo_json([dataclasses.asdict(v) for v in views])
+        return
+    rows = []
+    for v in views:
+        health = "forwarding" if v.gateway else "-"
+        if v.blamed_by:
+            health = f"blamed by {', '.join(v.blamed_by)}"
+        rows.append([v.site, v.mode, v.gateway or "-", ",".join(v.candidates) or "-", health])
+    _table(["SITE", "MODE", "GATEWAY", "CANDIDATES", "HEALTH"], rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteView:
+    """One site as ``overlayctl gateways`` shows it."""
+
+    site: str
+    mode: str
+    gateway: str | None
+    candidates: tuple[str, ...]
+    blamed_by: tuple[str, ...]

@@ -6,13 +6,14 @@ B every 50 ms through its gateway while the gateway is killed or stops forwardin
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemons import OverlaydProc, wait_until
+from tests.daemons import BIN, OverlaydProc, ns_run, wait_until
 from tests.lab.world import World, build_multicloud_world, destroy
 from tests.topology import (
     drop_forwarded,
@@ -66,6 +67,21 @@ def test_only_gateways_hold_wireguard_peers(world: World, daemons: dict[str, Ove
         else:
             assert peers == [], f"member {name} holds WireGuard peers {peers}"
         assert d.status()["role"] == ("gateway" if name in gateways else "member")
+
+
+def test_inspection_shows_gateways_candidates_and_via(
+    world: World, daemons: dict[str, OverlaydProc]
+) -> None:
+    out = ns_run(daemons["a1"].ns, str(BIN / "overlayctl"), "--etcd-endpoints",
+                 world.etcd_endpoint, "gateways", "-o", "json").stdout  # fmt: skip
+    sites = {v["site"]: v for v in json.loads(out)}
+    assert sites["cloud-a"]["gateway"] == gateway_of(world, "cloud-a")
+    assert sites["cloud-a"]["candidates"] == ["a1", "a2", "a3"]
+    assert sites["cloud-a"]["mode"] == "gateway" and sites["cloud-a"]["blamed_by"] == []
+    member = next(n for n in ("a1", "a2", "a3") if n != gateway_of(world, "cloud-a"))
+    peers = daemons[member].peers()
+    assert peers["b1"]["via"] == gateway_of(world, "cloud-a")
+    assert peers["a3" if member != "a3" else "a2"]["via"] is None  # same site: direct
 
 
 def test_gateway_that_stops_forwarding_is_replaced(
