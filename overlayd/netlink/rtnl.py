@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from overlayd.errors import KernelError
 from overlayd.kernel_state import Changes, FdbEntry, KernelState, NeighEntry, RouteEntry
@@ -232,25 +232,19 @@ class Rtnl:
         Neighbour and FDB entries come before the routes that use them, and routes are
         removed before the neighbours they point to.
         """
+        groups: tuple[tuple[Op, tuple[Entry, ...], Callable[[int, int, Any], bytes]], ...] = (
+            (Op.SET, changes.set_neighs, codec.encode_neigh_set),
+            (Op.SET, changes.set_fdbs, codec.encode_fdb_set),
+            (Op.SET, changes.set_routes, codec.encode_route_set),
+            (Op.DEL, changes.del_routes, codec.encode_route_del),
+            (Op.DEL, changes.del_neighs, codec.encode_neigh_del),
+            (Op.DEL, changes.del_fdbs, codec.encode_fdb_del),
+        )
         out: list[tuple[int, Op, Entry, bytes]] = []
-        for n in changes.set_neighs:
-            seq = self._next_seq()
-            out.append((seq, Op.SET, n, codec.encode_neigh_set(seq, ifindex, n)))
-        for f in changes.set_fdbs:
-            seq = self._next_seq()
-            out.append((seq, Op.SET, f, codec.encode_fdb_set(seq, ifindex, f)))
-        for r in changes.set_routes:
-            seq = self._next_seq()
-            out.append((seq, Op.SET, r, codec.encode_route_set(seq, ifindex, r)))
-        for r in changes.del_routes:
-            seq = self._next_seq()
-            out.append((seq, Op.DEL, r, codec.encode_route_del(seq, ifindex, r)))
-        for n in changes.del_neighs:
-            seq = self._next_seq()
-            out.append((seq, Op.DEL, n, codec.encode_neigh_del(seq, ifindex, n)))
-        for f in changes.del_fdbs:
-            seq = self._next_seq()
-            out.append((seq, Op.DEL, f, codec.encode_fdb_del(seq, ifindex, f)))
+        for op, entries, encode in groups:
+            for entry in entries:
+                seq = self._next_seq()
+                out.append((seq, op, entry, encode(seq, ifindex, entry)))
         return out
 
     def _acks(self, pending: dict[int, tuple[Op, Entry]]) -> Iterator[ErrorMessage]:
