@@ -27,32 +27,29 @@ from overlayd.lease import LeaseRecord
 from overlayd.plan import Planner
 from overlayd.plan_gateway import plan_gateway
 from overlayd.plan_wireguard import plan_wireguard
-from tests.daemons import wait_until
+from tests.daemons import running, wait_until
 from tests.lab.world import build_multicloud_world, destroy
 from tests.topology import (
+    HOSTS,
     drop_forwarded,
     gateway_of,
     init_gateway_network,
     kill_host,
     outage,
-    start_all,
 )
 
 
 def failover_sample(kind: str, index: int) -> float:
     world = build_multicloud_world(f"ovbg{index}-")
-    daemons = {}
     try:
         init_gateway_network(world)
-        daemons = start_all(world)
-        wait_until(lambda: gateway_of(world, "cloud-a") is not None, 15, "cloud A gateway")
-        breaker = kill_host if kind == "kill" else drop_forwarded
-        time.sleep(2)  # handshakes and probes settled
-        _, _, lost = outage(world, daemons, lambda name: breaker(daemons, name))
-        return lost
+        with running(world, HOSTS) as daemons:
+            wait_until(lambda: gateway_of(world, "cloud-a") is not None, 15, "cloud A gateway")
+            breaker = kill_host if kind == "kill" else drop_forwarded
+            time.sleep(2)  # handshakes and probes settled
+            _, _, lost = outage(world, daemons, lambda name: breaker(daemons, name))
+            return lost
     finally:
-        for d in daemons.values():
-            d.kill9()
         destroy(world, remove_workdir=True)
 
 

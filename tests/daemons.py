@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
@@ -179,3 +180,30 @@ class Background:
                 parts = line.split(",")
                 return int(parts[0].split()[0]), int(parts[1].split()[0])
         raise AssertionError(f"no ping summary: {out[-500:]}")
+
+
+@contextlib.contextmanager
+def running(
+    world: World, names: Iterable[str], *, public_ip: bool = True
+) -> Iterator[dict[str, OverlaydProc]]:
+    """overlayd on each named host, ready; killed (-9) on exit."""
+    procs = {n: OverlaydProc(world, world.host(n), public_ip=public_ip).start() for n in names}
+    try:
+        for p in procs.values():
+            p.wait_ready()
+        yield procs
+    finally:
+        for p in procs.values():
+            p.kill9()
+
+
+def full_matrix(daemons: dict[str, OverlaydProc], timeout: float = 15) -> None:
+    """Every daemon's host pings every other's overlay address (the log on failure)."""
+    for src, a in daemons.items():
+        for dst, b in daemons.items():
+            if src == dst:
+                continue
+            try:
+                wait_until(lambda a=a, b=b: a.pings(b), timeout, f"{src} -> {dst}")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n--- log of {src}:\n{a.log()}") from None

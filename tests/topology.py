@@ -19,13 +19,6 @@ def init_gateway_network(w: World) -> None:
            "--topology", "gateway")  # fmt: skip
 
 
-def start_all(w: World) -> dict[str, OverlaydProc]:
-    procs = {n: OverlaydProc(w, w.host(n)).start() for n in HOSTS}
-    for p in procs.values():
-        p.wait_ready()
-    return procs
-
-
 def gateway_of(w: World, site: str) -> str | None:
     key = f"/overlayd/network/gw/site/{site}"
     argv = ["etcdctl", "--endpoints", w.etcd_endpoint, "get", key, "--print-value-only"]
@@ -37,18 +30,6 @@ def wireguard_peers(d: OverlaydProc) -> list[str]:
     links = ns_run(d.ns, "ip", "-o", "link", "show").stdout
     dev = next(part.split("@")[0] for part in links.split() if part.startswith("ovwg"))
     return ns_run(d.ns, "wg", "show", dev.rstrip(":"), "peers").stdout.split()
-
-
-def full_matrix(daemons: dict[str, OverlaydProc], timeout: float = 15) -> None:
-    """Every daemon's host pings every other's overlay address (the log on failure)."""
-    for src, a in daemons.items():
-        for dst, b in daemons.items():
-            if src == dst:
-                continue
-            try:
-                wait_until(lambda a=a, b=b: a.pings(b), timeout, f"{src} -> {dst}")
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}\n--- log of {src}:\n{a.log()}") from None
 
 
 def outage(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.daemons import BIN, Background, OverlaydProc, ns_run, wait_until
+from tests.daemons import BIN, Background, OverlaydProc, full_matrix, ns_run, running, wait_until
 from tests.lab.world import World, build_lan_world, destroy
 
 pytestmark = pytest.mark.root
@@ -38,14 +38,8 @@ def etcdctl(w: World, *args: str) -> str:
 @pytest.fixture(scope="module")
 def daemons(world: World) -> Iterator[dict[str, OverlaydProc]]:
     """Daemons on h1-h3; h4 stays without one until a test makes it join."""
-    procs = {name: OverlaydProc(world, world.host(name)).start() for name in ("h1", "h2", "h3")}
-    try:
-        for p in procs.values():
-            p.wait_ready()
+    with running(world, ("h1", "h2", "h3")) as procs:
         yield procs
-    finally:
-        for p in procs.values():
-            p.kill9()
 
 
 def routes(ns: str) -> str:
@@ -53,10 +47,7 @@ def routes(ns: str) -> str:
 
 
 def test_every_pair_pings_over_the_overlay(daemons: dict[str, OverlaydProc]) -> None:
-    for src, a in daemons.items():
-        for dst, b in daemons.items():
-            if src != dst:
-                wait_until(lambda a=a, b=b: a.pings(b), 15, f"{src} -> {dst}")
+    full_matrix(daemons)
     assert len({d.subnet_env()["OVERLAY_SUBNET"] for d in daemons.values()}) == len(daemons)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.daemons import BIN, OverlaydProc, ns_run, wait_until
+from tests.daemons import BIN, OverlaydProc, full_matrix, ns_run, running
 from tests.lab.world import World, build_multicloud_world, destroy, tcp_transfer
 
 pytestmark = pytest.mark.root
@@ -35,21 +35,12 @@ def world(
 
 @pytest.fixture(scope="module")
 def daemons(world: World) -> Iterator[dict[str, OverlaydProc]]:
-    procs = {n: OverlaydProc(world, world.host(n)).start() for n in ("a1", "a2", "b1", "bare")}
-    try:
-        for p in procs.values():
-            p.wait_ready()
+    with running(world, ("a1", "a2", "b1", "bare")) as procs:
         yield procs
-    finally:
-        for p in procs.values():
-            p.kill9()
 
 
 def test_cross_cloud_overlay_matrix(daemons: dict[str, OverlaydProc]) -> None:
-    for src, a in daemons.items():
-        for dst, b in daemons.items():
-            if src != dst:
-                wait_until(lambda a=a, b=b: a.pings(b), 15, f"{src} -> {dst}")
+    full_matrix(daemons)
 
 
 def test_paths_by_site_private_inside_public_across(

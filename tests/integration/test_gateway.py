@@ -13,17 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import BIN, OverlaydProc, ns_run, wait_until
+from tests.daemons import BIN, OverlaydProc, full_matrix, ns_run, running, wait_until
 from tests.lab.world import World, build_multicloud_world, destroy
 from tests.topology import (
+    HOSTS,
     drop_forwarded,
-    full_matrix,
     gateway_of,
     init_gateway_network,
     kill_host,
     outage,
     restore_forwarding,
-    start_all,
     wireguard_peers,
 )
 
@@ -44,14 +43,10 @@ def world(
 
 @pytest.fixture(scope="module")
 def daemons(world: World) -> Iterator[dict[str, OverlaydProc]]:
-    procs = start_all(world)
-    try:
+    with running(world, HOSTS) as procs:
         for site in ("cloud-a", "cloud-b", "bare"):
             wait_until(lambda s=site: gateway_of(world, s) is not None, 10, f"{site} gateway")
         yield procs
-    finally:
-        for p in procs.values():
-            p.kill9()
 
 
 def test_full_matrix_through_gateways(daemons: dict[str, OverlaydProc]) -> None:
@@ -113,13 +108,10 @@ def test_masquerade_only_site_works_through_its_gateway(
     prefix_factory: Callable[[], str], tmp_path: Path
 ) -> None:
     w = build_multicloud_world(prefix_factory(), masq_only_b=True, workdir=tmp_path / "mq")
-    procs: dict[str, OverlaydProc] = {}
     try:
         init_gateway_network(w)
-        procs = start_all(w)
-        wait_until(lambda: gateway_of(w, "cloud-b") is not None, 10, "cloud-b gateway")
-        full_matrix(procs)
+        with running(w, HOSTS) as procs:
+            wait_until(lambda: gateway_of(w, "cloud-b") is not None, 10, "cloud-b gateway")
+            full_matrix(procs)
     finally:
-        for p in procs.values():
-            p.kill9()
         destroy(w)

@@ -14,7 +14,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from tests.daemons import BIN, Background, OverlaydProc, ns_run, wait_until
+from tests.daemons import BIN, Background, OverlaydProc, full_matrix, ns_run, running, wait_until
 from tests.lab.world import (
     World,
     build_multicloud_world,
@@ -47,14 +47,8 @@ def world(
 
 @pytest.fixture(scope="module")
 def daemons(world: World) -> Iterator[dict[str, OverlaydProc]]:
-    procs = {n: OverlaydProc(world, world.host(n), public_ip=False).start() for n in HOSTS}
-    try:
-        for p in procs.values():
-            p.wait_ready()
+    with running(world, HOSTS, public_ip=False) as procs:
         yield procs
-    finally:
-        for p in procs.values():
-            p.kill9()
 
 
 def all_verified(d: OverlaydProc, expect: int) -> bool:
@@ -77,10 +71,7 @@ def test_nat_hosts_discover_their_public_addresses(
 def test_every_host_verifies_and_reaches_every_other(daemons: dict[str, OverlaydProc]) -> None:
     for name, d in daemons.items():
         wait_until(lambda d=d: all_verified(d, len(HOSTS) - 1), 30, f"{name}: verified paths")
-    for src, a in daemons.items():
-        for dst, b in daemons.items():
-            if src != dst:
-                wait_until(lambda a=a, b=b: a.pings(b), 15, f"{src} -> {dst} over the overlay")
+    full_matrix(daemons)
 
 
 def test_paths_private_in_site_public_across(
