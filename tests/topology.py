@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.daemons import BIN, Background, OverlaydProc, ns_run, wait_until
 from tests.lab.world import World
@@ -64,6 +68,13 @@ def restore_forwarding(daemons: dict[str, OverlaydProc], name: str) -> None:
 
 
 def kill_host(daemons: dict[str, OverlaydProc], name: str) -> None:
-    """The daemon and its wireguard-go die: the host is gone."""
+    """The daemon and its wireguard-go die: the host is gone.
+
+    Only processes of this host's namespace: ``ip netns exec pkill`` would see (and kill)
+    every wireguard-go on the machine, since the pid namespace is shared.
+    """
     daemons[name].kill9()
-    daemons[name].host.ns.run(["pkill", "-9", "-f", "wireguard-go"], check=False)
+    for pid in daemons[name].host.ns.pids():
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "wireguard-go":
+                os.kill(pid, signal.SIGKILL)

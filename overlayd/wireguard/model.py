@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.keys import KEY_LEN, PrivateKey, PublicKey
@@ -182,18 +183,45 @@ def peer_differs(desired: WgPeerConfig, actual: WgPeerConfig) -> bool:
     )
 
 
+HANDSHAKE_FRESH = 180.0  # seconds: WireGuard's REJECT_AFTER_TIME; a session this young works
+
+
+def _keep_learned_port(desired: WgPeerConfig, state: WgPeerState, now: float) -> WgPeerConfig:
+    """``desired`` with the endpoint the device learned, if only a NAT changed its port.
+
+    Behind masquerade, a peer's WireGuard traffic leaves with a port the NAT picked; the
+    device learns it from the peer's authenticated handshake. Overwriting it with the
+    published port on every reconcile would cut that session. A different *address* is
+    a path change and is applied.
+    """
+    want, have = desired.endpoint, state.config.endpoint
+    if (
+        want is not None
+        and have is not None
+        and want.address == have.address
+        and want.port != have.port
+        and state.last_handshake is not None
+        and now - state.last_handshake < HANDSHAKE_FRESH
+    ):
+        return replace(desired, endpoint=have)
+    return desired
+
+
 def diff_peers(
     desired: Iterable[WgPeerConfig],
     actual: Mapping[PublicKey, WgPeerState],
     *,
     allow_delete: bool = True,
+    now: float | None = None,
 ) -> PeerChanges:
     """Per-peer changes that turn ``actual`` into ``desired``.
 
     With ``allow_delete=False`` no peer is removed (used until the store's first full
     snapshot has loaded, so a restart never drops live peers). ``ValueError`` if
-    ``desired`` names a public key twice.
+    ``desired`` names a public key twice. ``now`` (UNIX seconds, default the clock)
+    decides whether a handshake is fresh enough to keep its learned port.
     """
+    now = time.time() if now is None else now
     wanted: dict[PublicKey, WgPeerConfig] = {}
     for peer in desired:
         if peer.public_key in wanted:
@@ -205,7 +233,9 @@ def diff_peers(
         state = actual.get(key)
         if state is None:
             add.append(wanted[key])
-        elif state.foreign_allowed_ips or peer_differs(wanted[key], state.config):
-            update.append(wanted[key])
+            continue
+        peer = _keep_learned_port(wanted[key], state, now)
+        if state.foreign_allowed_ips or peer_differs(peer, state.config):
+            update.append(peer)
     remove = sorted(key for key in actual if key not in wanted) if allow_delete else []
     return PeerChanges(tuple(add), tuple(update), tuple(remove))

@@ -420,25 +420,17 @@ def test_mixed_vxlan_in_site_wireguard_across(
 # -- vxlan+wireguard, cloud B behind outbound masquerade only -------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="daemon bug: a host behind masquerade publishes the NAT's address as its public "
-    "IP when the NAT happened to keep its probe port; peers then configure endpoint "
-    "<NAT>:51820 for it, which the NAT maps to another host (or nothing), and every sync "
-    "overwrites the endpoint WireGuard learned from the handshake",
-)
 def test_masquerade_only_site_full_matrix(
     masq: tuple[World, dict[str, OverlaydProc]],
 ) -> None:
     world, procs = masq
-    nat = world.router("cloud-b").outside.ip
     problems: list[str] = []
     try:
         full_matrix(procs, timeout=20)
     except AssertionError as exc:
         problems.append(str(exc))
-    # and it keeps working, both ways, across several reconciles (resync every 5 s)
+    # and it keeps working, both ways, across several reconciles (resync every 5 s): the
+    # ports the masquerade NAT chose, learned from handshakes, are not overwritten
     pairs = [(s, d) for s, d in cross_site(world, procs) if "b1" in (s, d) or "b2" in (s, d)]
     failed: list[tuple[str, str]] = []
     deadline = time.monotonic() + 12
@@ -446,14 +438,26 @@ def test_masquerade_only_site_full_matrix(
         failed += [(s, d) for s, d in pairs if not procs[s].pings(procs[d])]
     if failed:
         problems.append(f"{len(failed)} failed pings: {sorted(set(failed))}")
-    # the cause: the masquerading router's address, shared by b1 and b2 and mapped to
-    # neither's WireGuard port, must not be published as a host's public address
-    published = {n: lease(world, n)["public_ips"] for n in ("b1", "b2")}
-    if any(str(nat) in ips for ips in published.values()):  # type: ignore[operator]
-        problems.append(f"cloud B hosts publish the NAT's address {nat}: {published}")
     if problems:
         a1 = procs["a1"]
         keys = {str(lease(world, n)["public_key"]): n for n in procs}
         dump = wg("show", wg_device(a1), "endpoints").splitlines()
         endpoints = {keys.get(k, k): e for k, e in (line.split("\t") for line in dump)}
         raise AssertionError("; ".join([*problems, f"a1's WireGuard endpoints {endpoints}"]))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit: a host behind masquerade publishes the NAT's shared address as its "
+    "public IP when the NAT happened to keep its probe port (telling a shared NAT from 1:1 "
+    "NAT needs an unsolicited-inbound check the probe protocol does not have yet); "
+    "connectivity is not affected (see test_masquerade_only_site_full_matrix)",
+)
+def test_masquerade_hosts_do_not_publish_the_shared_nat_address(
+    masq: tuple[World, dict[str, OverlaydProc]],
+) -> None:
+    world, _procs = masq  # the daemons must run; only the leases are read
+    nat = world.router("cloud-b").outside.ip
+    time.sleep(3)  # discovery has had its chance
+    published = {n: lease(world, n)["public_ips"] for n in ("b1", "b2")}
+    assert not any(str(nat) in ips for ips in published.values()), published  # type: ignore[operator]

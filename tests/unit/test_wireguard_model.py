@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -105,6 +106,23 @@ def test_learned_endpoint_is_not_a_change() -> None:
     desired = peer(1, endpoint=None, persistent_keepalive=0)
     learned = peer(1, endpoint=Endpoint(IPv4Address("203.0.113.9"), 40000))
     assert not diff_peers([desired], actual(learned))
+
+
+def test_port_learned_behind_nat_is_kept_while_the_session_is_fresh() -> None:
+    published = peer(1, endpoint=Endpoint(IPv4Address("203.0.113.2"), 51820))
+    learned = WgPeerState(
+        peer(1, endpoint=Endpoint(IPv4Address("203.0.113.2"), 29546)), last_handshake=1000.0
+    )
+    assert not diff_peers([published], {key(1): learned}, now=1100.0)
+    # stale session: the published endpoint is tried again
+    assert diff_peers([published], {key(1): learned}, now=1200.0).update == (published,)
+    # another address is a path change, applied at once
+    moved = peer(1, endpoint=Endpoint(IPv4Address("198.51.100.7"), 51820))
+    assert diff_peers([moved], {key(1): learned}, now=1100.0).update == (moved,)
+    # other fields still update, keeping the learned endpoint
+    more = replace(published, persistent_keepalive=5)
+    (sent,) = diff_peers([more], {key(1): learned}, now=1100.0).update
+    assert sent.endpoint == learned.config.endpoint and sent.persistent_keepalive == 5
 
 
 def test_changed_fields_are_updates() -> None:
