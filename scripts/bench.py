@@ -96,7 +96,7 @@ async def inner(n: int, etcd: str, workdir: Path) -> dict[str, float]:
     status["full_sync_s"] = full_sync
     status["entries_in_kernel"] = in_kernel
     first = re.search(
-        r"reconciled \d+ peers: .* in ([\d.]+) ms", (workdir / "daemon.log").read_text()
+        r"reconciled \d+ peers on vxlan: .* in ([\d.]+) ms", (workdir / "daemon.log").read_text()
     )
     status["first_apply_ms"] = float(first.group(1)) if first else -1.0
 
