@@ -151,13 +151,15 @@ class OverlaydProc:
         return self.proc is not None and self.proc.poll() is None
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``check``; returns the seconds it took, fails after ``timeout``."""
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, *, interval: float = 0.2
+) -> float:
+    """Poll ``check`` every ``interval``; returns the seconds it took, fails after ``timeout``."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if check():
             return time.monotonic() - t0
-        time.sleep(0.2)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 

@@ -25,7 +25,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from overlayd.keys import PrivateKey
+from tests.daemons import wait_until
 
 pytestmark = [
     pytest.mark.root,
@@ -180,15 +181,6 @@ def run(*args: str, check: bool = True, input: str | None = None) -> str:
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed: {proc.stderr}")
     return proc.stdout
-
-
-def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 10.0) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 @dataclass
@@ -353,24 +345,36 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def test_peers_verify_each_other_and_choose_by_site(world: World) -> None:
     a, b, c = (world.nodes[n] for n in "abc")
-    wait_for("A verifies B privately", lambda: a.chosen("b") == "10.77.0.2", timeout=5)
-    wait_for("A verifies C publicly", lambda: a.verified("c", "192.0.2.3"), timeout=5)
+    wait_until(lambda: a.chosen("b") == "10.77.0.2", 5, "A verifies B privately", interval=0.05)
+    wait_until(lambda: a.verified("c", "192.0.2.3"), 5, "A verifies C publicly", interval=0.05)
     assert a.chosen("c") == "192.0.2.3"
     assert a.status()["chosen"]["c"][1] == "public"
-    wait_for("B verifies A", lambda: b.verified("a", "10.77.0.1"), timeout=5)
-    wait_for("C verifies B", lambda: c.verified("b", "192.0.2.2"), timeout=5)
+    wait_until(lambda: b.verified("a", "10.77.0.1"), 5, "B verifies A", interval=0.05)
+    wait_until(lambda: c.verified("b", "192.0.2.2"), 5, "C verifies B", interval=0.05)
     # same-site candidates are all probed; another site's private addresses are not
     assert set(a.status()["stats"]["b"]) == {"10.77.0.2", "10.77.1.2", "192.0.2.2"}
     assert set(a.status()["stats"]["c"]) == {"192.0.2.3"}
-    wait_for("B's public path verified too", lambda: a.verified("b", "192.0.2.2"))
+    wait_until(
+        lambda: a.verified("b", "192.0.2.2"), 10.0, "B's public path verified too", interval=0.05
+    )
 
 
 def test_reflexive_address_confirmed_by_other_site_peer(world: World) -> None:
     a, b = world.nodes["a"], world.nodes["b"]
     # C (site s2) sees A's probes from 192.0.2.1; B (same site) sees 10.77.0.1; D (site
     # s3) sees A's private 10.77.1.1, which A excludes as its own
-    wait_for("A's public address confirmed", lambda: a.status().get("public") == ["192.0.2.1"])
-    wait_for("B's public address confirmed", lambda: b.status().get("public") == ["192.0.2.2"])
+    wait_until(
+        lambda: a.status().get("public") == ["192.0.2.1"],
+        10.0,
+        "A's public address confirmed",
+        interval=0.05,
+    )
+    wait_until(
+        lambda: b.status().get("public") == ["192.0.2.2"],
+        10.0,
+        "B's public address confirmed",
+        interval=0.05,
+    )
 
 
 def test_wakes_only_on_material_changes(world: World) -> None:
@@ -381,7 +385,9 @@ def test_wakes_only_on_material_changes(world: World) -> None:
         paths = [s for peer in a.status().get("stats", {}).values() for s in peer.values()]
         return bool(paths) and all(s["received"] >= 2 for s in paths if s["verified"])
 
-    wait_for("steady state", lambda: a.verified("b", "192.0.2.2") and settled(), timeout=15)
+    wait_until(
+        lambda: a.verified("b", "192.0.2.2") and settled(), 15, "steady state", interval=0.05
+    )
     before, replies_before = a.status()["wakes"], a.status()["counters"]["replies_received"]
     time.sleep(3)
     after, replies_after = a.status()["wakes"], a.status()["counters"]["replies_received"]
@@ -391,16 +397,24 @@ def test_wakes_only_on_material_changes(world: World) -> None:
 
 def test_same_ip_other_key_cannot_validate_path(world: World) -> None:
     a = world.nodes["a"]
-    wait_for("A verifies D at 10.77.1.2", lambda: a.verified("d", "10.77.1.2"))
-    wait_for(
-        "D's hostile replies arrive",
+    wait_until(
+        lambda: a.verified("d", "10.77.1.2"), 10.0, "A verifies D at 10.77.1.2", interval=0.05
+    )
+    wait_until(
         lambda: (
             world.hostile_status.exists()
             and json.loads(world.hostile_status.read_text()).get("hostile", 0) >= 2
         ),
-        timeout=15,  # B's address 10.77.1.2 is not chosen: probed every 5 s
+        15,
+        "D's hostile replies arrive",
+        interval=0.05,
     )
-    wait_for("replies rejected", lambda: a.rejected("unsolicited") >= 2 and a.rejected("mac") >= 2)
+    wait_until(
+        lambda: a.rejected("unsolicited") >= 2 and a.rejected("mac") >= 2,
+        10.0,
+        "replies rejected",
+        interval=0.05,
+    )
     stats = a.status()["stats"]["b"]["10.77.1.2"]
     assert not stats["verified"] and stats["received"] == 0 and stats["sent"] >= 2
     assert all(h[2] != "10.77.1.2" for h in a.status()["history"] if h[1] == "b")
@@ -408,21 +422,23 @@ def test_same_ip_other_key_cannot_validate_path(world: World) -> None:
 
 def test_forged_and_replayed_replies_rejected(world: World) -> None:
     a = world.nodes["a"]
-    wait_for("A verifies B privately", lambda: a.chosen("b") == "10.77.0.2")
+    wait_until(lambda: a.chosen("b") == "10.77.0.2", 10.0, "A verifies B privately", interval=0.05)
     replay, mac = a.rejected("replay"), a.rejected("mac")
     received = a.status()["stats"]["b"]["10.77.0.2"]["received"]
     out = run("ip", "netns", "exec", world.nodes["b"].ns, PYTHON, "-c", SCAPY)
     assert json.loads(out) == {"sent": 5}
-    wait_for("replays counted", lambda: a.rejected("replay") >= replay + 3)
-    wait_for("forgeries counted", lambda: a.rejected("mac") >= mac + 2)
+    wait_until(lambda: a.rejected("replay") >= replay + 3, 10.0, "replays counted", interval=0.05)
+    wait_until(lambda: a.rejected("mac") >= mac + 2, 10.0, "forgeries counted", interval=0.05)
     assert a.status()["stats"]["b"]["10.77.0.2"]["received"] > received  # real ones still in
     assert a.chosen("b") == "10.77.0.2"
 
 
 def test_dropped_private_path_fails_over_and_moves_back(world: World) -> None:
     a = world.nodes["a"]
-    wait_for("A on B's private path", lambda: a.chosen("b") == "10.77.0.2")
-    wait_for("B's public path verified", lambda: a.verified("b", "192.0.2.2"))
+    wait_until(lambda: a.chosen("b") == "10.77.0.2", 10.0, "A on B's private path", interval=0.05)
+    wait_until(
+        lambda: a.verified("b", "192.0.2.2"), 10.0, "B's public path verified", interval=0.05
+    )
     # B drops everything A sends from its private address: A's probes and A's replies
     world.nft(
         "b",
@@ -436,7 +452,7 @@ def test_dropped_private_path_fails_over_and_moves_back(world: World) -> None:
     )
     broke = time.time()
     try:
-        wait_for("failover to public", lambda: a.chosen("b") == "192.0.2.2", timeout=6)
+        wait_until(lambda: a.chosen("b") == "192.0.2.2", 6, "failover to public", interval=0.05)
         moved = next(h for h in a.status()["history"] if h[1] == "b" and h[0] >= broke)
         assert moved[2] == "192.0.2.2" and moved[3] == "public"
         assert moved[0] - broke < 3.0, f"failover took {moved[0] - broke:.2f}s"
@@ -456,9 +472,13 @@ def test_dropped_private_path_fails_over_and_moves_back(world: World) -> None:
             "ovpr_test",
         )
     restored = time.time()
-    wait_for("private path verified again", lambda: a.verified("b", "10.77.0.2"), timeout=8)
+    wait_until(
+        lambda: a.verified("b", "10.77.0.2"), 8, "private path verified again", interval=0.05
+    )
     reverified = time.time()
-    wait_for("moved back to private", lambda: a.chosen("b") == "10.77.0.2", timeout=HOLD + 8)
+    wait_until(
+        lambda: a.chosen("b") == "10.77.0.2", HOLD + 8, "moved back to private", interval=0.05
+    )
     back = next(h for h in a.status()["history"] if h[1] == "b" and h[0] >= restored)
     assert back[2] == "10.77.0.2"
     # not before the hold: the recovered path must prove itself first

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from overlayd.errors import WireGuardError
 from overlayd.keys import PrivateKey
 from overlayd.wireguard import interface_name
 from overlayd.wireguard.uapi import UapiClient, socket_path
+from tests.daemons import wait_until
 
 pytestmark = [
     pytest.mark.root,
@@ -95,16 +96,6 @@ driver.close(stop=cfg.get("stop_on_exit", False))
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=check, capture_output=True, text=True, timeout=30)
-
-
-def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 10.0) -> float:
-    """Poll ``predicate`` until true; the seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 @dataclass
@@ -177,7 +168,9 @@ class Node:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_for(f"agent {self.name}", lambda: self.status().get("loops", 0) >= 1)
+        wait_until(
+            lambda: self.status().get("loops", 0) >= 1, 10.0, f"agent {self.name}", interval=0.05
+        )
 
     def stop_agent(self) -> None:
         if self.agent is not None and self.agent.poll() is None:
@@ -295,7 +288,7 @@ def pair(world: World) -> tuple[Node, Node]:
     for node in (a, b):
         node.write_config()
         node.start_agent()
-    wait_for("ping a -> b", lambda: a.ping(b))
+    wait_until(lambda: a.ping(b), 10.0, "ping a -> b", interval=0.05)
     return a, b
 
 
@@ -317,8 +310,8 @@ def test_tunnel_ping_and_third_peer_leaves_sessions_alone(world: World) -> None:
     a.write_config()
     b.write_config()
     c_key = c.key.public_key().base64
-    wait_for("c in a's peers", lambda: c_key in a.wg_dump())
-    wait_for("ping a -> c", lambda: a.ping(c))
+    wait_until(lambda: c_key in a.wg_dump(), 10.0, "c in a's peers", interval=0.05)
+    wait_until(lambda: a.ping(c), 10.0, "ping a -> c", interval=0.05)
     assert c.ping(b)
 
     after_a, after_b = a.wg_dump()[b_key], b.wg_dump()[a_key]
@@ -336,13 +329,16 @@ def test_endpoint_learned_from_keepalive_handshake(world: World) -> None:
         node.start_agent()
     c_key = c.key.public_key().base64
     assert a.wg_dump()[c_key]["endpoint"] in ("(none)", f"{c.underlay}:{PORT}")
-    wait_for(
-        "a learns c's endpoint", lambda: a.wg_dump()[c_key]["endpoint"] == f"{c.underlay}:{PORT}"
+    wait_until(
+        lambda: a.wg_dump()[c_key]["endpoint"] == f"{c.underlay}:{PORT}",
+        10.0,
+        "a learns c's endpoint",
+        interval=0.05,
     )
     assert a.ping(c)
     # the learned endpoint is not a difference: the agent stops changing anything
     loops = a.status()["loops"]
-    wait_for("more loops", lambda: a.status()["loops"] >= loops + 5)
+    wait_until(lambda: a.status()["loops"] >= loops + 5, 10.0, "more loops", interval=0.05)
     assert a.status()["last_changes"] == 0
     assert a.status()["changed"] == 1  # only the initial add
 
@@ -352,9 +348,9 @@ def test_killed_wireguard_go_is_restarted_and_restored(world: World) -> None:
     old_pid = a.wg_pid()
     killed = time.monotonic()
     os.kill(old_pid, signal.SIGKILL)
-    wait_for("a restarted", lambda: a.status().get("recreated", 0) >= 2)
+    wait_until(lambda: a.status().get("recreated", 0) >= 2, 10.0, "a restarted", interval=0.05)
     restored = time.monotonic() - killed
-    wait_for("ping a -> b again", lambda: a.ping(b, timeout=1))
+    wait_until(lambda: a.ping(b, timeout=1), 10.0, "ping a -> b again", interval=0.05)
     ping_back = time.monotonic() - killed
     print(f"restart: config restored {restored:.3f}s after SIGKILL, ping ok after {ping_back:.3f}s")
     assert restored < 3.0
