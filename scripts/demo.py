@@ -6,6 +6,7 @@ host with a public address, etcd on the "internet" — all in network namespaces
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ WORKDIR = Path(__file__).resolve().parent.parent / ".demo"
 
 
 def up() -> int:
-    cleanup(PREFIX)
+    down()  # a fresh network: no namespaces, etcd data or state dirs of an earlier run
     print("building the demo world: cloud A (3 hosts, 1:1 NAT), cloud B (2 hosts, 1:1 NAT),")
     print("a bare-metal host with a public address, etcd on the internet …")
     world = build_multicloud_world(PREFIX, workdir=WORKDIR)
@@ -43,11 +44,12 @@ def up() -> int:
             if dst is src:
                 cells.append("-")
                 continue
-            ok = ns_run(src.ns, "ping", "-c", "2", "-W", "1", "-i", "0.2", dst.overlay_ip(),
-                        check=False).returncode == 0  # fmt: skip
+            ok = src.pings(dst, 2)
             failures += not ok
             cells.append("ok" if ok else "FAIL")
         print(f"{src.node:>6}" + "".join(f"{c:>6}" for c in cells))
+    peers = ns_run(first, str(BIN / "overlayctl"), "peers").stdout
+    print(f"\npaths {world.hosts[0].name} chose, verified by probes (overlayctl peers):\n{peers}")
     plan = ns_run(first, *ctl, "plan", "--node", world.hosts[0].name).stdout
     print(f"\nplan of {world.hosts[0].name} (what its daemon programs):\n{plan}")
     print(f"logs: {WORKDIR}/overlayd/<host>/overlayd.log; try: ip netns exec {first} ip route")
@@ -57,6 +59,7 @@ def up() -> int:
 
 def down() -> int:
     cleanup(PREFIX)
+    shutil.rmtree(WORKDIR, ignore_errors=True)
     print("demo network removed")
     return 0
 
