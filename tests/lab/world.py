@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import json
 import shutil
+import socket
 import subprocess
 import tempfile
 import textwrap
@@ -273,6 +274,29 @@ def destroy(world: World, *, remove_workdir: bool = False) -> None:
     """
     _teardown(world.prefix, world.etcd, world.helpers)
     shutil.rmtree(world.workdir if remove_workdir else world.etcd.data_dir, ignore_errors=True)
+    remove_dead_wireguard_sockets()
+
+
+WIREGUARD_SOCKETS = Path("/var/run/wireguard")
+
+
+def remove_dead_wireguard_sockets() -> list[Path]:
+    """Delete overlayd's wireguard-go UAPI sockets that nothing serves any more.
+
+    A wireguard-go killed with SIGKILL (a test killing a host) leaves its socket behind.
+    Only sockets that refuse connections go: another run's live devices stay.
+    """
+    removed = []
+    for path in sorted(WIREGUARD_SOCKETS.glob("ovwg*.sock")):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except ConnectionRefusedError:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+            except OSError:
+                continue
+    return removed
 
 
 def _nat_rules(router: Router, lan: IPv4Network, hosts: Sequence[Host]) -> str:
