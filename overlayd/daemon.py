@@ -357,10 +357,10 @@ class Daemon:
         assert self._keeper is not None and self._keeper.held is not None
         assert self._paths is not None
         self._keeper.notice(stored, stored.subnet)
-        self._paths.lease_changed(self._keeper.held.record, stored.subnet, stored.record)
         if old is not None and old.mod_revision == stored.mod_revision:
             return  # unchanged: keep the old record object (the planner memoises by identity)
         self._changed.add(stored.subnet)
+        self._paths.lease_changed(self._keeper.held.record, stored.subnet, stored.record)
         if stored.record is None:
             self.records.pop(stored.subnet, None)
             if (stored.subnet, stored.mod_revision) not in self._bad_seen:
@@ -465,13 +465,11 @@ class Daemon:
             wireguard, via_gateway = topo.wireguard, topo.via_gateway
             gateway_name = topo.gateway.node if topo.role == "member" and topo.gateway else None
             self._via = dict.fromkeys(via_gateway, gateway_name) if gateway_name else {}
-            vxlan_leases = wireguard.vxlan_leases
-            skipped += wireguard.skipped
-            peers += len(wireguard.peers)
         elif backend.uses_wireguard:
             wireguard = plan_wireguard(
                 me, self.records, backend, paths, verified=paths_keeper.verified(), network=network
             )
+        if wireguard is not None:
             vxlan_leases = wireguard.vxlan_leases
             skipped += wireguard.skipped
             peers += len(wireguard.peers)
