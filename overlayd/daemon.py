@@ -21,7 +21,7 @@ from typing import Any
 
 from overlayd.config import NetworkConfig
 from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
-from overlayd.errors import ConfigMissingError, KernelError, StoreError
+from overlayd.errors import ConfigMissingError, KernelError, OverlaydError, StoreError
 from overlayd.gateway import GatewayAgent, GatewayOptions
 from overlayd.health import HealthServer
 from overlayd.identity import NodeIdentity, StateDir
@@ -421,7 +421,9 @@ class Daemon:
             try:
                 await self._reconcile()
                 self.status.last_error = None
-            except (KernelError, StoreError) as exc:
+            except OverlaydError as exc:
+                # any of our own errors (kernel, store, WireGuard driver, …) is retried:
+                # one failed pass must not end the daemon
                 self.status.last_error = str(exc)
                 log.error("reconcile failed: %s; retrying", exc)
                 await asyncio.sleep(1.0)

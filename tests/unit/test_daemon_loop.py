@@ -1,0 +1,51 @@
+"""The daemon's reconcile loop outlives failed passes (no root, no kernel, no etcd)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from overlayd.daemon import Daemon, DaemonOptions
+from overlayd.dataplane import DataPlane
+from overlayd.errors import KernelError, WireGuardError
+from overlayd.store import EtcdSettings
+
+
+def test_reconcile_loop_retries_after_any_of_our_errors(tmp_path: Path) -> None:
+    opts = DaemonOptions(
+        etcd=EtcdSettings(),
+        node_name="n1",
+        iface=None,
+        public_ips=(),
+        site="default",
+        subnet_file=tmp_path / "subnet.env",
+        state_dir=tmp_path / "state",
+        healthz_port=0,
+    )
+    dataplane = DataPlane()
+    daemon = Daemon(opts, dataplane)
+    failures = [WireGuardError("wireguard-go did not come up"), KernelError("netlink refused")]
+    passes: list[int] = []
+
+    async def flaky_reconcile() -> None:
+        passes.append(len(passes))
+        if failures:
+            raise failures.pop(0)
+
+    async def run() -> None:
+        daemon._reconcile = flaky_reconcile  # type: ignore[method-assign]
+        loop = asyncio.create_task(daemon._reconcile_loop())
+        daemon.mark_dirty()
+        for _ in range(60):  # each failure waits 1 s before the retry
+            if len(passes) >= 3 or loop.done():
+                break
+            await asyncio.sleep(0.05)
+        assert not loop.done(), loop.exception()
+        loop.cancel()
+
+    try:
+        asyncio.run(run())
+    finally:
+        dataplane.close()
+    assert passes == [0, 1, 2]
+    assert daemon.status.last_error is None  # the third pass succeeded
