@@ -82,6 +82,19 @@ async def open_store(etcd: Etcd, prefix: str) -> EtcdStore:
     return store
 
 
+def run_with_store(etcd: Etcd, prefix: str, body: Callable[[EtcdStore], Awaitable[None]]) -> None:
+    """Run ``body`` with a store connected to ``etcd`` under ``prefix``, closed afterwards."""
+
+    async def main() -> None:
+        store = await open_store(etcd, prefix)
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    run(main)
+
+
 def record(subnet: str, node: str = "node-a", node_id: str = "id-a", n: int = 1) -> LeaseRecord:
     return LeaseRecord(
         subnet=IPv4Network(subnet),
@@ -102,160 +115,134 @@ def cfg(**fields: Any) -> NetworkConfig:
 
 
 def test_config_put_get_missing_invalid(etcd: Etcd, prefix: str) -> None:
-    async def body() -> None:
-        store = await open_store(etcd, prefix)
-        try:
-            with pytest.raises(ConfigMissingError, match=f"{prefix}/config"):
-                await store.get_config()
-            c = cfg(Network="10.50.0.0/16", SubnetLen=26, Backend={"Type": "vxlan", "VNI": 9})
-            await store.put_config(c)
-            assert await store.get_config() == c
-            # flannel's format in etcd, readable by etcdctl
-            raw = json.loads(etcd.ctl("get", "--print-value-only", f"{prefix}/config").stdout)
-            assert raw["Network"] == "10.50.0.0/16" and raw["SubnetLen"] == 26
-            # invalid configs written by hand are refused precisely
-            etcd.ctl("put", f"{prefix}/config", "not json")
-            with pytest.raises(ConfigError, match="not JSON"):
-                await store.get_config()
-            etcd.ctl("put", f"{prefix}/config", '{"Network": "10.50.0.0/16", "SubnetLen": 12}')
-            with pytest.raises(ConfigError, match="SubnetLen"):
-                await store.get_config()
-            # a config written by flannel under its own prefix is read as-is
-            etcd.ctl(
-                "put", f"{prefix}/config", '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
-            )
-            assert (await store.get_config()).network == IPv4Network("10.5.0.0/16")
-        finally:
-            await store.close()
+    async def body(store: EtcdStore) -> None:
+        with pytest.raises(ConfigMissingError, match=f"{prefix}/config"):
+            await store.get_config()
+        c = cfg(Network="10.50.0.0/16", SubnetLen=26, Backend={"Type": "vxlan", "VNI": 9})
+        await store.put_config(c)
+        assert await store.get_config() == c
+        # flannel's format in etcd, readable by etcdctl
+        raw = json.loads(etcd.ctl("get", "--print-value-only", f"{prefix}/config").stdout)
+        assert raw["Network"] == "10.50.0.0/16" and raw["SubnetLen"] == 26
+        # invalid configs written by hand are refused precisely
+        etcd.ctl("put", f"{prefix}/config", "not json")
+        with pytest.raises(ConfigError, match="not JSON"):
+            await store.get_config()
+        etcd.ctl("put", f"{prefix}/config", '{"Network": "10.50.0.0/16", "SubnetLen": 12}')
+        with pytest.raises(ConfigError, match="SubnetLen"):
+            await store.get_config()
+        # a config written by flannel under its own prefix is read as-is
+        etcd.ctl("put", f"{prefix}/config", '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}')
+        assert (await store.get_config()).network == IPv4Network("10.5.0.0/16")
 
-    run(body)
+    run_with_store(etcd, prefix, body)
 
 
 # -- leases ---------------------------------------------------------------------------
 
 
 def test_create_is_create_if_absent(etcd: Etcd, prefix: str) -> None:
-    async def body() -> None:
-        store = await open_store(etcd, prefix)
-        try:
-            a = record("10.244.3.0/24", "node-a", "id-a", 1)
-            b = record("10.244.3.0/24", "node-b", "id-b", 2)
-            la, lb = await store.grant(TTL), await store.grant(TTL)
-            assert await store.create_lease(a, la) is True
-            assert await store.create_lease(b, lb) is False
-            assert await store.create_lease(a, la) is False  # not even the same record twice
-            snap = await store.list_leases()
-            assert [s.subnet for s in snap.leases] == [a.subnet]
-            only = snap.leases[0]
-            assert only.record == a and only.error is None
-            assert only.lease_id == la
-            assert 0 < only.mod_revision <= snap.revision
-            # the key is flannel's, bound to the etcd lease
-            key = f"{prefix}/subnets/10.244.3.0-24"
-            assert decode_lease(a.subnet, etcd.ctl("get", "--print-value-only", key).stdout) == a
-            assert f"{la:x}" in etcd.ctl("lease", "timetolive", f"{la:x}", "--keys").stdout
-            # another subnet is fine
-            assert await store.create_lease(record("10.244.4.0/24", "node-b", "id-b", 2), lb)
-            assert len((await store.list_leases()).leases) == 2
-            assert await store.delete_lease(a.subnet) is True
-            assert await store.delete_lease(a.subnet) is False
-            assert await store.create_lease(b, lb) is True  # free again
-        finally:
-            await store.close()
+    async def body(store: EtcdStore) -> None:
+        a = record("10.244.3.0/24", "node-a", "id-a", 1)
+        b = record("10.244.3.0/24", "node-b", "id-b", 2)
+        la, lb = await store.grant(TTL), await store.grant(TTL)
+        assert await store.create_lease(a, la) is True
+        assert await store.create_lease(b, lb) is False
+        assert await store.create_lease(a, la) is False  # not even the same record twice
+        snap = await store.list_leases()
+        assert [s.subnet for s in snap.leases] == [a.subnet]
+        only = snap.leases[0]
+        assert only.record == a and only.error is None
+        assert only.lease_id == la
+        assert 0 < only.mod_revision <= snap.revision
+        # the key is flannel's, bound to the etcd lease
+        key = f"{prefix}/subnets/10.244.3.0-24"
+        assert decode_lease(a.subnet, etcd.ctl("get", "--print-value-only", key).stdout) == a
+        assert f"{la:x}" in etcd.ctl("lease", "timetolive", f"{la:x}", "--keys").stdout
+        # another subnet is fine
+        assert await store.create_lease(record("10.244.4.0/24", "node-b", "id-b", 2), lb)
+        assert len((await store.list_leases()).leases) == 2
+        assert await store.delete_lease(a.subnet) is True
+        assert await store.delete_lease(a.subnet) is False
+        assert await store.create_lease(b, lb) is True  # free again
 
-    run(body)
+    run_with_store(etcd, prefix, body)
 
 
 def test_rebind_requires_current_mod_revision(etcd: Etcd, prefix: str) -> None:
-    async def body() -> None:
-        store = await open_store(etcd, prefix)
-        try:
-            a = record("10.244.3.0/24")
-            old_lease = await store.grant(TTL)
-            assert await store.create_lease(a, old_lease)
-            (stored,) = (await store.list_leases()).leases
-            new_lease = await store.grant(TTL)
-            moved = dataclasses.replace(a, site="eu")
-            assert await store.rebind_lease(moved, new_lease, stored.mod_revision) is True
-            (after,) = (await store.list_leases()).leases
-            assert after.lease_id == new_lease and after.record == moved
-            assert after.mod_revision > stored.mod_revision
-            # stale revision: someone changed it since
-            assert await store.rebind_lease(a, old_lease, stored.mod_revision) is False
-            (still,) = (await store.list_leases()).leases
-            assert still.lease_id == new_lease and still.record == moved
-            # rebinding a key that does not exist fails too
-            ghost = record("10.244.9.0/24")
-            assert await store.rebind_lease(ghost, new_lease, after.mod_revision) is False
-            assert len((await store.list_leases()).leases) == 1
-        finally:
-            await store.close()
+    async def body(store: EtcdStore) -> None:
+        a = record("10.244.3.0/24")
+        old_lease = await store.grant(TTL)
+        assert await store.create_lease(a, old_lease)
+        (stored,) = (await store.list_leases()).leases
+        new_lease = await store.grant(TTL)
+        moved = dataclasses.replace(a, site="eu")
+        assert await store.rebind_lease(moved, new_lease, stored.mod_revision) is True
+        (after,) = (await store.list_leases()).leases
+        assert after.lease_id == new_lease and after.record == moved
+        assert after.mod_revision > stored.mod_revision
+        # stale revision: someone changed it since
+        assert await store.rebind_lease(a, old_lease, stored.mod_revision) is False
+        (still,) = (await store.list_leases()).leases
+        assert still.lease_id == new_lease and still.record == moved
+        # rebinding a key that does not exist fails too
+        ghost = record("10.244.9.0/24")
+        assert await store.rebind_lease(ghost, new_lease, after.mod_revision) is False
+        assert len((await store.list_leases()).leases) == 1
 
-    run(body)
+    run_with_store(etcd, prefix, body)
 
 
 def test_keepalive_and_revoke(etcd: Etcd, prefix: str) -> None:
-    async def body() -> None:
-        store = await open_store(etcd, prefix)
-        try:
-            lease = await store.grant(TTL)
-            assert await store.create_lease(record("10.244.3.0/24"), lease)
-            ttl = await store.keepalive(lease)
-            assert 0 < ttl <= TTL
-            assert 0 < await store.ttl_left(lease) <= TTL
-            await store.revoke(lease)
-            assert await store.keepalive(lease) <= 0
-            assert await store.ttl_left(lease) <= 0
-            # the lease key went with the etcd lease
-            assert (await store.list_leases()).leases == ()
-        finally:
-            await store.close()
+    async def body(store: EtcdStore) -> None:
+        lease = await store.grant(TTL)
+        assert await store.create_lease(record("10.244.3.0/24"), lease)
+        ttl = await store.keepalive(lease)
+        assert 0 < ttl <= TTL
+        assert 0 < await store.ttl_left(lease) <= TTL
+        await store.revoke(lease)
+        assert await store.keepalive(lease) <= 0
+        assert await store.ttl_left(lease) <= 0
+        # the lease key went with the etcd lease
+        assert (await store.list_leases()).leases == ()
 
-    run(body)
+    run_with_store(etcd, prefix, body)
 
 
 def test_list_surfaces_malformed_and_ignores_stray_keys(etcd: Etcd, prefix: str) -> None:
-    async def body() -> None:
-        store = await open_store(etcd, prefix)
-        try:
-            good = record("10.244.3.0/24")
-            assert await store.create_lease(good, await store.grant(TTL))
-            etcd.ctl("put", f"{prefix}/subnets/10.244.5.0-24", "{this is not json")
-            etcd.ctl("put", f"{prefix}/subnets/10.244.6.0-24", '{"PublicIP": "nope"}')
-            etcd.ctl("put", f"{prefix}/subnets/README", "stray")
-            etcd.ctl("put", f"{prefix}/subnets/10.244.7.5-24", "{}")  # not a subnet key
-            etcd.ctl("put", f"{prefix}/subnetsX/10.244.8.0-24", good.to_json())  # outside
-            snap = await store.list_leases()
-            by_subnet = {s.subnet: s for s in snap.leases}
-            assert sorted(by_subnet) == [
-                IPv4Network("10.244.3.0/24"),
-                IPv4Network("10.244.5.0/24"),
-                IPv4Network("10.244.6.0/24"),
-            ]
-            assert by_subnet[good.subnet].record == good
-            bad = by_subnet[IPv4Network("10.244.5.0/24")]
-            assert bad.record is None and bad.error is not None and "not JSON" in bad.error
-            assert bad.lease_id == 0  # written without an etcd lease
-            bad2 = by_subnet[IPv4Network("10.244.6.0/24")]
-            assert bad2.record is None and bad2.error is not None and "PublicIP" in bad2.error
-        finally:
-            await store.close()
+    async def body(store: EtcdStore) -> None:
+        good = record("10.244.3.0/24")
+        assert await store.create_lease(good, await store.grant(TTL))
+        etcd.ctl("put", f"{prefix}/subnets/10.244.5.0-24", "{this is not json")
+        etcd.ctl("put", f"{prefix}/subnets/10.244.6.0-24", '{"PublicIP": "nope"}')
+        etcd.ctl("put", f"{prefix}/subnets/README", "stray")
+        etcd.ctl("put", f"{prefix}/subnets/10.244.7.5-24", "{}")  # not a subnet key
+        etcd.ctl("put", f"{prefix}/subnetsX/10.244.8.0-24", good.to_json())  # outside
+        snap = await store.list_leases()
+        by_subnet = {s.subnet: s for s in snap.leases}
+        assert sorted(by_subnet) == [
+            IPv4Network("10.244.3.0/24"),
+            IPv4Network("10.244.5.0/24"),
+            IPv4Network("10.244.6.0/24"),
+        ]
+        assert by_subnet[good.subnet].record == good
+        bad = by_subnet[IPv4Network("10.244.5.0/24")]
+        assert bad.record is None and bad.error is not None and "not JSON" in bad.error
+        assert bad.lease_id == 0  # written without an etcd lease
+        bad2 = by_subnet[IPv4Network("10.244.6.0/24")]
+        assert bad2.record is None and bad2.error is not None and "PublicIP" in bad2.error
 
-    run(body)
+    run_with_store(etcd, prefix, body)
 
 
 def test_empty_value_is_reported_as_malformed(etcd: Etcd, prefix: str) -> None:
-    async def body() -> None:
-        store = await open_store(etcd, prefix)
-        try:
-            etcd.ctl("put", f"{prefix}/subnets/10.244.5.0-24", "")
-            (stored,) = (await store.list_leases()).leases
-            assert stored.record is None
-            assert stored.error is not None
-        finally:
-            await store.close()
+    async def body(store: EtcdStore) -> None:
+        etcd.ctl("put", f"{prefix}/subnets/10.244.5.0-24", "")
+        (stored,) = (await store.list_leases()).leases
+        assert stored.record is None
+        assert stored.error is not None
 
-    run(body)
+    run_with_store(etcd, prefix, body)
 
 
 async def next_batch(gen: AsyncIterator[WatchBatch], timeout: float = 5.0) -> WatchBatch:
@@ -347,33 +334,29 @@ def test_watch_after_compaction_yields_fresh_snapshot(etcd: Etcd, prefix: str) -
 
 
 def test_reservations(etcd: Etcd, prefix: str) -> None:
-    async def body() -> None:
-        store = await open_store(etcd, prefix)
-        try:
-            assert await store.list_reservations() == {}
-            s1, s2 = IPv4Network("10.244.3.0/24"), IPv4Network("10.244.4.0/24")
-            await store.put_reservation(s1, "node-a")
-            await store.put_reservation(s2, "node-b")
-            await store.put_reservation(s2, "node-c")  # overwrite
-            # malformed reservations reserve nothing
-            etcd.ctl("put", f"{prefix}/reservations/10.244.5.0-24", "nope")
-            etcd.ctl("put", f"{prefix}/reservations/10.244.6.0-24", '{"Node": ""}')
-            etcd.ctl("put", f"{prefix}/reservations/10.244.7.0-24", '{"Node": 5}')
-            etcd.ctl("put", f"{prefix}/reservations/10.244.8.0-24", "[1]")
-            etcd.ctl("put", f"{prefix}/reservations/junk", '{"Node": "x"}')
-            assert await store.list_reservations() == {s1: "node-a", s2: "node-c"}
-            # permanent: no etcd lease attached
-            out = etcd.ctl("get", "-w", "json", f"{prefix}/reservations/10.244.3.0-24").stdout
-            assert "lease" not in json.loads(out)["kvs"][0]
-            assert await store.delete_reservation(s1) is True
-            assert await store.delete_reservation(s1) is False
-            assert await store.list_reservations() == {s2: "node-c"}
-            # reservations do not show up as leases
-            assert (await store.list_leases()).leases == ()
-        finally:
-            await store.close()
+    async def body(store: EtcdStore) -> None:
+        assert await store.list_reservations() == {}
+        s1, s2 = IPv4Network("10.244.3.0/24"), IPv4Network("10.244.4.0/24")
+        await store.put_reservation(s1, "node-a")
+        await store.put_reservation(s2, "node-b")
+        await store.put_reservation(s2, "node-c")  # overwrite
+        # malformed reservations reserve nothing
+        etcd.ctl("put", f"{prefix}/reservations/10.244.5.0-24", "nope")
+        etcd.ctl("put", f"{prefix}/reservations/10.244.6.0-24", '{"Node": ""}')
+        etcd.ctl("put", f"{prefix}/reservations/10.244.7.0-24", '{"Node": 5}')
+        etcd.ctl("put", f"{prefix}/reservations/10.244.8.0-24", "[1]")
+        etcd.ctl("put", f"{prefix}/reservations/junk", '{"Node": "x"}')
+        assert await store.list_reservations() == {s1: "node-a", s2: "node-c"}
+        # permanent: no etcd lease attached
+        out = etcd.ctl("get", "-w", "json", f"{prefix}/reservations/10.244.3.0-24").stdout
+        assert "lease" not in json.loads(out)["kvs"][0]
+        assert await store.delete_reservation(s1) is True
+        assert await store.delete_reservation(s1) is False
+        assert await store.list_reservations() == {s2: "node-c"}
+        # reservations do not show up as leases
+        assert (await store.list_leases()).leases == ()
 
-    run(body)
+    run_with_store(etcd, prefix, body)
 
 
 # -- LeaseKeeper ----------------------------------------------------------------------
