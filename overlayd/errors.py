@@ -6,10 +6,12 @@ from __future__ import annotations
 class OverlaydError(Exception):
     """Base of every error overlayd raises on purpose.
 
-    ``hint`` is a short suggestion shown to a person by the CLI.
+    ``hint`` is a short suggestion shown to a person by the CLI; ``exit_code`` is what
+    a command ends with on this error (2: usage or configuration, 1: runtime).
     """
 
     hint: str = ""
+    exit_code: int = 1
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -21,6 +23,7 @@ class ConfigError(OverlaydError):
     """The network config (or a flag) is invalid."""
 
     hint = "check the network config with 'overlayctl network show'"
+    exit_code = 2
 
 
 class LeaseFormatError(OverlaydError):

@@ -83,7 +83,7 @@ def friendly_errors(fn: F) -> F:
             click.echo(f"error: {exc}", err=True)
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)
-            sys.exit(1)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
 
