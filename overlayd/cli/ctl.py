@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 
 import click
 
+from overlayd.cleartext import FIX as PLAIN_VXLAN_FIX
 from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
-from overlayd.config import NetworkConfig, parse_backend, parse_config
+from overlayd.config import VXLAN, VXLAN_WIREGUARD, NetworkConfig, parse_backend, parse_config
 from overlayd.errors import (
     ConfigError,
     ConfigMissingError,
@@ -84,7 +85,16 @@ def network() -> None:
 @click.option("--subnet-len", type=int, default=None, help="Per-node subnet length.")
 @click.option("--subnet-min", default=None)
 @click.option("--subnet-max", default=None)
-@click.option("--backend", default="vxlan", show_default=True)
+@click.option(
+    "--backend",
+    # the safe choice for networks that span sites (docs/backends.md); a config written
+    # without Backend (as flannel's) still means vxlan, so flannel networks read as-is
+    # keep running as they did
+    default=VXLAN_WIREGUARD,
+    show_default=True,
+    help="vxlan+wireguard: VXLAN inside a site, WireGuard between sites; vxlan: no "
+    "encryption anywhere; wireguard: WireGuard to every peer.",
+)
 @click.option("--vni", type=int, default=None)
 @click.option("--port", type=int, default=None)
 @click.option("--mtu", type=int, default=None)
@@ -159,6 +169,12 @@ def network_init(
 
     _run(ctx, go)
     click.echo(cfg.to_json(redact=True))
+    if cfg.backend.type == VXLAN:
+        click.echo(
+            "note: backend vxlan neither encrypts nor authenticates traffic between sites; "
+            f"if this network spans sites, {PLAIN_VXLAN_FIX}",
+            err=True,
+        )
 
 
 @network.command("show")
