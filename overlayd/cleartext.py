@@ -20,8 +20,8 @@ from overlayd.logs import quote
 
 FIX = (
     f"use backend {VXLAN_WIREGUARD!r} (WireGuard between sites): Backend.Type in the network "
-    f"config, e.g. 'overlayctl network init --backend {VXLAN_WIREGUARD} --force', then "
-    "restart every daemon"
+    f"config, e.g. 'overlayctl network init --network <network> --backend {VXLAN_WIREGUARD} "
+    "--force', then restart every daemon"
 )
 """What fixes plain VXLAN between sites; shown by the daemon's warning and by ``init``."""
 

@@ -83,7 +83,7 @@ def test_warning_says_what_is_exposed_and_what_fixes_it() -> None:
     line = plain_cross_site(ME, leases(rec(2, "b"), rec(3, "c"))).warning()
     assert line.startswith("2 peer(s) in other sites ('b', 'c') are reached over plain VXLAN")
     assert "neither encrypted nor authenticated" in line
-    assert "overlayctl network init --backend vxlan+wireguard" in line
+    assert "overlayctl network init --network <network> --backend vxlan+wireguard --force" in line
     assert "\n" not in line
 
 
