@@ -26,6 +26,7 @@ from overlayd.errors import (
 )
 from overlayd.gateway_state import GatewayState
 from overlayd.lease import parse_subnet_arg
+from overlayd.lease_rules import check_scope
 from overlayd.plan import Planner
 from overlayd.store import EtcdStore, Snapshot, StoredLease
 
@@ -329,7 +330,15 @@ def plan(ctx: click.Context, node: str, output: str) -> None:
     me, _ = _find(rows, node)
     assert me.record is not None
     records = {s.subnet: s.record for s, _ in rows if s.record is not None}
-    result = Planner().plan(me.record, records, network=cfg.network)
+    refused = {s: why for s, r in records.items() if (why := check_scope(r, cfg.network))}
+    result = Planner().plan(
+        me.record,
+        {s: r for s, r in records.items() if s not in refused},
+        network=cfg.network,
+        created={s.subnet: s.create_revision for s, _ in rows},
+        unguessable=EtcdStore(ctx.obj).endpoint_addresses(),  # as the daemon: never guessed
+    )
+    result = dataclasses.replace(result, skipped=tuple(sorted((*result.skipped, *refused.items()))))
     state = result.state
     if output == "json":
         _echo_json(
