@@ -170,7 +170,8 @@ class Daemon:
     async def _main(self) -> None:
         self._identity = self.state_dir.identity()
         key = self._key = NodeKey.load_or_create(self.opts.state_dir)
-        self._unguessable = self.store.endpoint_addresses()
+        # resolving endpoint names may block: not on the event loop
+        self._unguessable = await asyncio.to_thread(self.store.endpoint_addresses)
         self._paths = PathKeeper(
             key,
             ProbeConfig(port=self.opts.probe_port),

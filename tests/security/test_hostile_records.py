@@ -1,16 +1,19 @@
 """Hostile lease records in etcd (issue 9, "lease validation"), against real daemons.
 
-Multi-cloud world, backend ``vxlan``, overlayd on four hosts of three sites. Each case
-writes one hostile record under its own subnet key (with etcdctl, in the etcd namespace)
-and checks that every daemon logs at most one short warning about it, programs no FDB
-entry toward the bad address, and that the full reachability matrix stays. The hostile
-records carry no public key, so without validation every daemon would guess their
-``PublicIP`` as the path (the FDB destination).
+Multi-cloud world, backend ``vxlan`` and ``vxlan+wireguard``, overlayd on four hosts of
+three sites. Each case writes one hostile record under its own subnet key (with etcdctl,
+in the etcd namespace) and checks that every daemon logs at most one short warning about
+it, programs no FDB entry and no WireGuard endpoint toward the bad address, and that the
+full reachability matrix stays. The hostile records are of another site and carry no
+probe port, so without validation every daemon would guess their first public address as
+the path (the FDB destination, or the WireGuard endpoint).
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import subprocess
 import time
@@ -33,15 +36,21 @@ MAX_LINE = 300  # a log line about a hostile record stays short
 HARMLESS = "192.0.2.77"  # an internet address nobody uses: where a "valid" record points
 
 
+@pytest.fixture(scope="module", params=["vxlan", "vxlan+wireguard"])
+def backend(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
 @pytest.fixture(scope="module")
 def world(
-    prefix_factory: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
+    prefix_factory: Callable[[], str], tmp_path_factory: pytest.TempPathFactory, backend: str
 ) -> Iterator[World]:
     w = build_multicloud_world(prefix_factory(), workdir=tmp_path_factory.mktemp("hostile"))
     try:
         ns_run(w.host("a1").ns.name, str(BIN / "overlayctl"), "--etcd-endpoints",
                w.etcd_endpoint, "network", "init", "--network", str(NETWORK),
-               "--backend", "vxlan")  # fmt: skip
+               "--backend", backend)  # fmt: skip
         yield w
     finally:
         destroy(w)
@@ -65,18 +74,33 @@ def key_of(subnet: IPv4Network) -> str:
     return f"{PREFIX}{subnet.network_address}-{subnet.prefixlen}"
 
 
-def record(public_ip: str, mac: str, **extra: Any) -> dict[str, Any]:
-    """A flannel-style record (no key: peers guess its PublicIP)."""
+def record(backend: str, public_ip: str, mac: str, **extra: Any) -> dict[str, Any]:
+    """A record of another site, pointing at ``public_ip``; no probe port: peers guess."""
     return {
         "PublicIP": public_ip,
-        "BackendType": "vxlan",
+        "PublicIPs": [public_ip],
+        "BackendType": backend,
         "BackendData": {"VtepMAC": mac, "VNI": 1},
+        "Site": "elsewhere",
+        "PublicKey": base64.b64encode(os.urandom(32)).decode(),
+        "WireGuardPort": 51820,
         **extra,
     }
 
 
 def fdb(d: OverlaydProc) -> str:
     return ns_run(d.ns, "bridge", "fdb", "show", "dev", DEVICE).stdout
+
+
+def wg_endpoints(d: OverlaydProc) -> str:
+    """``wg show <dev> endpoints`` of the daemon's WireGuard device ('' without one)."""
+    out = ns_run(d.ns, "ip", "-o", "link", "show", "type", "tun").stdout
+    names = [line.split(":")[1].strip() for line in out.splitlines() if "ovwg" in line]
+    if not names:
+        return ""
+    # wireguard-go's UAPI sockets are shared by every namespace: ask from here, by name
+    done = subprocess.run(["wg", "show", names[0], "endpoints"], capture_output=True, text=True)
+    return done.stdout
 
 
 def log_size(d: OverlaydProc) -> int:
@@ -93,8 +117,9 @@ def log_since(d: OverlaydProc, offset: int) -> str:
 class Case:
     name: str
     subnet: IPv4Network
-    value: dict[str, Any]
-    bad: str  # no FDB entry may point here
+    public_ip: str
+    extra: dict[str, Any]
+    bad: str  # no FDB entry or WireGuard endpoint may point here
 
 
 def mac(n: int) -> str:
@@ -102,24 +127,21 @@ def mac(n: int) -> str:
 
 
 CASES = [
-    Case("1 MB Node", IPv4Network("10.244.201.0/24"),
-         record(HARMLESS, mac(1), Node="n" * 1_000_000), HARMLESS),
-    Case("200,000-item list in PublicIPs", IPv4Network("10.244.202.0/24"),
-         record(HARMLESS, mac(2), PublicIPs=[["1"] * 200_000]), HARMLESS),
-    Case("PublicIP loopback", IPv4Network("10.244.203.0/24"), record("127.0.0.1", mac(3)),
-         "127.0.0.1"),
-    Case("PublicIP unspecified", IPv4Network("10.244.204.0/24"), record("0.0.0.0", mac(4)),
-         "0.0.0.0"),
-    Case("PublicIP multicast", IPv4Network("10.244.205.0/24"), record("224.0.0.1", mac(5)),
-         "224.0.0.1"),
-    Case("PublicIP broadcast", IPv4Network("10.244.206.0/24"),
-         record("255.255.255.255", mac(6)), "255.255.255.255"),
-    Case("PublicIP link-local", IPv4Network("10.244.207.0/24"), record("169.254.1.1", mac(7)),
+    Case("1 MB Node", IPv4Network("10.244.201.0/24"), HARMLESS,
+         {"Node": "n" * 1_000_000}, HARMLESS),
+    Case("200,000-item list in PublicIPs", IPv4Network("10.244.202.0/24"), HARMLESS,
+         {"PublicIPs": [["1"] * 200_000]}, HARMLESS),
+    Case("PublicIP loopback", IPv4Network("10.244.203.0/24"), "127.0.0.1", {}, "127.0.0.1"),
+    Case("PublicIP unspecified", IPv4Network("10.244.204.0/24"), "0.0.0.0", {}, "0.0.0.0"),
+    Case("PublicIP multicast", IPv4Network("10.244.205.0/24"), "224.0.0.1", {}, "224.0.0.1"),
+    Case("PublicIP broadcast", IPv4Network("10.244.206.0/24"), "255.255.255.255", {},
+         "255.255.255.255"),
+    Case("PublicIP link-local", IPv4Network("10.244.207.0/24"), "169.254.1.1", {},
          "169.254.1.1"),
-    Case("PublicIP inside the overlay", IPv4Network("10.244.208.0/24"),
-         record("10.244.77.7", mac(8)), "10.244.77.7"),
-    Case("PublicIP of the etcd host", IPv4Network("10.244.209.0/24"),
-         record("192.0.2.10", mac(9)), "192.0.2.10"),
+    Case("PublicIP inside the overlay", IPv4Network("10.244.208.0/24"), "10.244.77.7", {},
+         "10.244.77.7"),
+    Case("PublicIP of the etcd host", IPv4Network("10.244.209.0/24"), "192.0.2.10", {},
+         "192.0.2.10"),
 ]  # fmt: skip
 
 
@@ -132,7 +154,8 @@ def check_hostile(
     hostile_mac: str | None,
 ) -> None:
     """Write ``value`` at ``subnet``; every daemon: at most one short warning about it, no
-    FDB entry toward ``bad`` (nor for ``hostile_mac``), and the full matrix stays."""
+    FDB entry (nor for ``hostile_mac``) or WireGuard endpoint toward ``bad``, and the full
+    matrix stays."""
     offsets = {n: log_size(d) for n, d in daemons.items()}
     etcdctl(world, "put", key_of(subnet), value=value)
     try:
@@ -155,6 +178,8 @@ def check_hostile(
             assert f"dst {bad} " not in table, f"{n} programs {bad}:\n{table}"
             if hostile_mac is not None:
                 assert hostile_mac not in table, f"{n} programs {hostile_mac}:\n{table}"
+            endpoints = wg_endpoints(d)
+            assert f"\t{bad}:" not in endpoints, f"{n}: WireGuard endpoint {bad}:\n{endpoints}"
         full_matrix(daemons)
     finally:
         etcdctl(world, "del", key_of(subnet))
@@ -168,10 +193,11 @@ def check_hostile(
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_record_is_ignored(
-    world: World, daemons: dict[str, OverlaydProc], case: Case
+    world: World, daemons: dict[str, OverlaydProc], backend: str, case: Case
 ) -> None:
-    value = json.dumps(case.value)
-    check_hostile(world, daemons, case.subnet, value, case.bad, mac(CASES.index(case) + 1))
+    hostile_mac = mac(CASES.index(case) + 1)
+    value = json.dumps(record(backend, case.public_ip, hostile_mac, **case.extra))
+    check_hostile(world, daemons, case.subnet, value, case.bad, hostile_mac)
 
 
 def leases(world: World) -> list[dict[str, Any]]:
@@ -181,11 +207,12 @@ def leases(world: World) -> list[dict[str, Any]]:
     return found
 
 
-def test_duplicate_vtep_mac_at_a_lower_subnet_loses(
-    world: World, daemons: dict[str, OverlaydProc]
+def test_duplicate_vtep_mac_and_key_at_a_lower_subnet_loses(
+    world: World, daemons: dict[str, OverlaydProc], backend: str
 ) -> None:
-    """A newcomer copying a live peer's VTEP MAC under a lower subnet is skipped (the older
-    lease wins); before, 'the lower subnet wins' knocked the real peer out."""
+    """A newcomer copying a live peer's VTEP MAC, WireGuard key and site under a lower
+    subnet is skipped (the older lease wins); before, 'the lower subnet wins' knocked the
+    real peer out (its VXLAN peers by MAC, its WireGuard peers by key)."""
     held = [r for r in leases(world) if "vtep_mac" in r]
     victim = max(held, key=lambda r: IPv4Network(r["subnet"]))
     used = {IPv4Network(r["subnet"]) for r in held}
@@ -194,5 +221,7 @@ def test_duplicate_vtep_mac_at_a_lower_subnet_loses(
         if s.network_address.packed[2] > 0 and s not in used
     )  # fmt: skip
     assert lower < IPv4Network(victim["subnet"]), "no free subnet below the victim's"
-    value = json.dumps(record("192.0.2.66", victim["vtep_mac"], Node="impostor"))
+    impostor = record(backend, "192.0.2.66", victim["vtep_mac"], Node="impostor")
+    impostor.update(Site=victim["site"], PublicKey=victim["public_key"])
+    value = json.dumps(impostor)
     check_hostile(world, daemons, lower, value, "192.0.2.66", None)

@@ -25,6 +25,7 @@ from overlayd.lease_rules import (
     is_label,
     own_addresses,
     own_label,
+    publishable,
     scope_error,
 )
 
@@ -316,3 +317,11 @@ def test_daemon_flags_refused_at_start_with_exit_code_2(args: list[str], message
     result = CliRunner().invoke(overlayd_main, ["--etcd-endpoints", "127.0.0.1:1", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_publishable_public_addresses() -> None:
+    seen = [IPv4Address(a) for a in ("198.51.100.7", "127.0.0.1", "10.244.3.3", "169.254.1.1")]
+    assert publishable(seen, NETWORK) == (IPv4Address("198.51.100.7"),)
+    many = [IPv4Address(a) for a in addrs(MAX_ADDRESSES + 3)]
+    assert publishable(many, NETWORK) == tuple(many[:MAX_ADDRESSES])
+    assert publishable([], NETWORK) == ()
