@@ -28,7 +28,7 @@ from overlayd.identity import NodeIdentity, StateDir
 from overlayd.kernel_state import Changes, KernelState, RouteEntry, diff, diff_keys
 from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
-from overlayd.lease_rules import check_own_record, check_scope
+from overlayd.lease_rules import check_own_record, check_scope, publishable
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.masq import apply_masq
 from overlayd.mirror import KernelMirror
@@ -586,8 +586,9 @@ class Daemon:
         """``--public-ip auto``: publish the addresses peers in other sites confirmed."""
         assert self._paths is not None and keeper.held is not None
         me = keeper.held.record
-        found = self._paths.public_addresses(me)
-        wanted = tuple(sorted({*self.opts.public_ips, *found}))
+        assert self._cfg is not None
+        found = publishable(self._paths.public_addresses(me), self._cfg.network)
+        wanted = publishable(sorted({*self.opts.public_ips, *found}), self._cfg.network)
         if wanted != tuple(sorted(me.public_ips)):
             log.info("public addresses confirmed by peers: %s", ", ".join(map(str, found)))
             await keeper.republish(replace(me, public_ips=wanted))

@@ -140,6 +140,13 @@ def own_addresses(addresses: Iterable[IPv4Address], flag: str) -> tuple[IPv4Addr
     return out
 
 
+def publishable(addresses: Iterable[IPv4Address], network: IPv4Network) -> tuple[IPv4Address, ...]:
+    """The first ``MAX_ADDRESSES`` of ``addresses`` that peers accept as public addresses
+    (``--public-ip auto`` publishes what peers observed: that must not get our lease refused)."""
+    ok = [a for a in addresses if scope_error(a) is None and a not in network]
+    return tuple(ok[:MAX_ADDRESSES])
+
+
 def check_own_record(record: LeaseRecord, network: IPv4Network) -> None:
     """``ConfigError`` when peers would refuse our own ``record`` in ``network``."""
     for address in record.public_ips:
