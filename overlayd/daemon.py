@@ -29,6 +29,7 @@ from overlayd.identity import NodeIdentity, StateDir
 from overlayd.kernel_state import Changes, KernelState, RouteEntry, diff, diff_keys
 from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
+from overlayd.lease_rules import check_own_record, check_scope, publishable
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.masq import apply_masq
 from overlayd.mirror import KernelMirror
@@ -104,6 +105,8 @@ class Daemon:
         self.status = _Status()
         self.leases: dict[IPv4Network, StoredLease] = {}
         self.records: dict[IPv4Network, LeaseRecord] = {}
+        self.created: dict[IPv4Network, int] = {}  # etcd create_revision: older wins conflicts
+        self._unguessable: frozenset[IPv4Address] = frozenset()  # etcd endpoints' addresses
         self._bad_seen: set[tuple[IPv4Network, int]] = set()
         self.vxlan = _Device("vxlan")
         self.wg = _Device("wireguard")
@@ -169,7 +172,14 @@ class Daemon:
     async def _main(self) -> None:
         self._identity = self.state_dir.identity()
         key = self._key = NodeKey.load_or_create(self.opts.state_dir)
-        self._paths = PathKeeper(key, ProbeConfig(port=self.opts.probe_port), self._on_probe)
+        # resolving endpoint names may block: not on the event loop
+        self._unguessable = await asyncio.to_thread(self.store.endpoint_addresses)
+        self._paths = PathKeeper(
+            key,
+            ProbeConfig(port=self.opts.probe_port),
+            self._on_probe,
+            unguessable=self._unguessable,
+        )
         await self._paths.start()
         self._underlay = await self.dp.underlay(self.opts.iface)
         log.info(
@@ -202,6 +212,7 @@ class Daemon:
             if self._cfg.topology.uses_gateways
             else None,
         )
+        check_own_record(template, self._cfg.network)  # peers would refuse it otherwise
         self._keeper = LeaseKeeper(
             self.store,
             self._cfg,
@@ -354,6 +365,7 @@ class Daemon:
 
     def _remember(self, stored: StoredLease, *, quiet: bool = False) -> None:
         """Take a lease as current; ``quiet``: part of a snapshot, summarised by the caller."""
+        stored = self._scoped(stored)
         old = self.leases.get(stored.subnet)
         self.leases[stored.subnet] = stored
         assert self._keeper is not None and self._keeper.held is not None
@@ -365,19 +377,31 @@ class Daemon:
         self._paths.lease_changed(self._keeper.held.record, stored.subnet, stored.record)
         if stored.record is None:
             self.records.pop(stored.subnet, None)
+            self.created.pop(stored.subnet, None)
             if (stored.subnet, stored.mod_revision) not in self._bad_seen:
                 self._bad_seen.add((stored.subnet, stored.mod_revision))
                 log.error("ignoring malformed lease %s: %s", stored.subnet, stored.error)
             return
         self.records[stored.subnet] = stored.record
+        self.created[stored.subnet] = stored.create_revision
         is_me = self._identity is not None and stored.record.node_id == self._identity.node_id
         joined = old is None or old.record is None or old.record.node != stored.record.node
         if joined and not is_me and not quiet:
             log.info("peer %s joined with %s", stored.record.node, stored.subnet)
 
+    def _scoped(self, stored: StoredLease) -> StoredLease:
+        """``stored``, refused (as malformed) if its addresses are out of scope here."""
+        if stored.record is None or self._cfg is None:
+            return stored
+        why = check_scope(stored.record, self._cfg.network)
+        if why is None:
+            return stored
+        return replace(stored, record=None, error=f"lease {stored.subnet}: {why}")
+
     def _forget(self, subnet: IPv4Network) -> None:
         old = self.leases.pop(subnet, None)
         self.records.pop(subnet, None)
+        self.created.pop(subnet, None)
         self._changed.add(subnet)
         assert self._keeper is not None and self._keeper.held is not None
         assert self._paths is not None
@@ -460,7 +484,8 @@ class Daemon:
             self._gateway.update(me, self.records)
             topo = plan_gateway(
                 cfg, me, self.records, self._gateway.state.claims, paths,
-                verified=paths_keeper.verified(),
+                verified=paths_keeper.verified(), created=self.created,
+                unguessable=self._unguessable,
             )  # fmt: skip
             if topo.role != self._role:
                 gw = topo.gateway.node if topo.gateway else "none"
@@ -471,8 +496,9 @@ class Daemon:
             self._via = dict.fromkeys(via_gateway, gateway_name) if gateway_name else {}
         elif backend.uses_wireguard:
             wireguard = plan_wireguard(
-                me, self.records, backend, paths, verified=paths_keeper.verified(), network=network
-            )
+                me, self.records, backend, paths, verified=paths_keeper.verified(),
+                network=network, created=self.created, unguessable=self._unguessable,
+            )  # fmt: skip
         if wireguard is not None:
             vxlan_leases = wireguard.vxlan_leases
             skipped += wireguard.skipped
@@ -480,7 +506,9 @@ class Daemon:
         if backend.uses_vxlan:
             incremental = None
             if not self._full:
-                incremental = self.planner.update(me, vxlan_leases, changed, paths, network)
+                incremental = self.planner.update(
+                    me, vxlan_leases, changed, paths, network, self._unguessable
+                )
             if incremental is not None:
                 plan, touched = incremental
                 changes = diff_keys(
@@ -491,7 +519,9 @@ class Daemon:
                     touched.fdbs,
                 )
             else:
-                plan = self.planner.plan(me, vxlan_leases, paths, network)
+                plan = self.planner.plan(
+                    me, vxlan_leases, paths, network, self.created, self._unguessable
+                )
                 if via_gateway:  # other sites' subnets, through our gateway
                     plan = replace(
                         plan, state=replace(plan.state, routes={**plan.state.routes, **via_gateway})
@@ -576,8 +606,9 @@ class Daemon:
         """``--public-ip auto``: publish the addresses peers in other sites confirmed."""
         assert self._paths is not None and keeper.held is not None
         me = keeper.held.record
-        found = self._paths.public_addresses(me)
-        wanted = tuple(sorted({*self.opts.public_ips, *found}))
+        assert self._cfg is not None
+        found = publishable(self._paths.public_addresses(me), self._cfg.network)
+        wanted = publishable(sorted({*self.opts.public_ips, *found}), self._cfg.network)
         if wanted != tuple(sorted(me.public_ips)):
             log.info("public addresses confirmed by peers: %s", ", ".join(map(str, found)))
             await keeper.republish(replace(me, public_ips=wanted))

@@ -12,6 +12,7 @@ Only this module imports the etcd client; every client or gRPC error leaves it a
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import socket
@@ -56,6 +57,7 @@ class StoredLease:
     error: str | None
     lease_id: int
     mod_revision: int
+    create_revision: int = 0  # when the key was created: the older lease wins a conflict
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,14 @@ class EtcdStore:
     def prefix(self) -> str:
         return self._prefix
 
+    def endpoint_addresses(self) -> frozenset[IPv4Address]:
+        """The addresses of the etcd endpoints (names resolved): never a guessed peer path."""
+        out = set()
+        for endpoint in self._settings.endpoints:
+            with contextlib.suppress(StoreError, ValueError):  # connect() reports bad ones
+                out.add(IPv4Address(_parse_endpoint(endpoint)[0].rpartition(":")[0]))
+        return frozenset(out)
+
     async def connect(self) -> None:
         parsed = [_parse_endpoint(e) for e in self._settings.endpoints]
         names = {name for _, name in parsed if name}
@@ -193,7 +203,9 @@ class EtcdStore:
             record = decode_lease(subnet, kv.value)
         except LeaseFormatError as exc:
             error = str(exc)
-        return StoredLease(subnet, record, error, int(kv.lease), int(kv.mod_revision))
+        return StoredLease(
+            subnet, record, error, int(kv.lease), int(kv.mod_revision), int(kv.create_revision)
+        )
 
     async def list_leases(self) -> Snapshot:
         """Every lease, read in pages at one revision (a consistent snapshot).

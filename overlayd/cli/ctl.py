@@ -347,7 +347,14 @@ def plan(ctx: click.Context, node: str, output: str) -> None:
     me, _ = _find(rows, node)
     assert me.record is not None
     records = {s.subnet: s.record for s, _ in rows if s.record is not None}
-    found = node_plan(cfg, me.record, records, gateway_state.claims)
+    found = node_plan(
+        cfg,
+        me.record,
+        records,
+        gateway_state.claims,
+        created={s.subnet: s.create_revision for s, _ in rows},
+        unguessable=EtcdStore(ctx.obj).endpoint_addresses(),  # as the daemon: never guessed
+    )
     result = found.vxlan
     state = result.state
     if output == "json":

@@ -15,6 +15,7 @@ from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
 from overlayd.daemon import DaemonOptions, run_daemon
 from overlayd.dataplane import DataPlane
 from overlayd.lease import DEFAULT_SITE
+from overlayd.lease_rules import default_node_name, own_addresses, own_label
 from overlayd.logs import setup_logging
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 
@@ -34,7 +35,9 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 @click.command(context_settings={"auto_envvar_prefix": "OVERLAYD", "show_default": True})
 @etcd_options
 @click.option(
-    "--node-name", default=socket.gethostname, help="This node's name (default: hostname)."
+    "--node-name",
+    default=None,
+    help="This node's name, a DNS label (default: the host name's first label).",
 )
 @click.option(
     "--iface",
@@ -98,7 +101,7 @@ def main(
     etcd_cafile: Path | None,
     etcd_certfile: Path | None,
     etcd_keyfile: Path | None,
-    node_name: str,
+    node_name: str | None,
     iface: str | None,
     public_ips: tuple[str, ...],
     site: str,
@@ -122,6 +125,14 @@ def main(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--public-ip") from None
     auto = not publics or "auto" in public_ips
+    # the rules peers judge our lease by (overlayd/lease_rules.py): refuse now, exit code 2
+    node_name = (
+        own_label(node_name, "--node-name")
+        if node_name is not None
+        else default_node_name(socket.gethostname())
+    )
+    site = own_label(site, "--site")
+    publics = own_addresses(publics, "--public-ip")
     opts = DaemonOptions(
         etcd=etcd_settings(etcd_endpoints, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile),
         node_name=node_name,
