@@ -21,7 +21,13 @@ from typing import Any
 
 from overlayd.config import NetworkConfig
 from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
-from overlayd.errors import ConfigMissingError, KernelError, OverlaydError, StoreError
+from overlayd.errors import (
+    ConfigMissingError,
+    EtcdTlsError,
+    KernelError,
+    OverlaydError,
+    StoreError,
+)
 from overlayd.gateway import GatewayAgent, GatewayOptions
 from overlayd.health import HealthServer
 from overlayd.identity import NodeIdentity, StateDir
@@ -245,6 +251,8 @@ class Daemon:
                 return cfg
             except ConfigMissingError as exc:
                 log.warning("%s; waiting (hint: %s)", exc, exc.hint)
+            except EtcdTlsError:
+                raise  # the first contact was refused over certificates: exit 2, not retry
             except StoreError as exc:
                 log.warning("cannot read the network config yet: %s", exc)
             # an invalid config (ConfigError) is not retried: it needs a person
