@@ -171,6 +171,7 @@ class Daemon:
         log.info("stopped; data plane left in place")
 
     async def _main(self) -> None:
+        await self.store.connect()  # first: bad TLS files end the daemon before side effects
         self._identity = self.state_dir.identity()
         key = self._key = NodeKey.load_or_create(self.opts.state_dir)
         self._paths = PathKeeper(key, ProbeConfig(port=self.opts.probe_port), self._on_probe)
@@ -184,7 +185,6 @@ class Daemon:
             self._underlay.link.name,
             self._underlay.link.mtu,
         )
-        await self.store.connect()
         self._cfg = await self._wait_config()
         template = LeaseRecord(
             subnet=self._cfg.network,  # placeholder: the keeper fills in the claimed subnet

@@ -121,3 +121,28 @@ def write_key(path: Path) -> Path:
     """A fresh private key that belongs to no certificate (for "key does not match")."""
     _write_key(ec.generate_private_key(ec.SECP256R1()), path)
     return path
+
+
+@dataclass(frozen=True)
+class Pki:
+    """The lab CA (etcd's), another CA nobody trusts, and certificates from both."""
+
+    ca: TestCA
+    other: TestCA
+    server: CertFiles  # for 127.0.0.1 (and ``server_ips``)
+    client: CertFiles
+    stranger: CertFiles  # a client certificate signed by the other CA
+    directory: Path
+
+
+def make_pki(directory: Path, server_ips: tuple[IPv4Address, ...] = ()) -> Pki:
+    """A fresh lab PKI in ``directory``."""
+    ca, other = TestCA(directory, "lab"), TestCA(directory, "other")
+    return Pki(
+        ca,
+        other,
+        ca.issue("server", ips=(IPv4Address("127.0.0.1"), *server_ips)),
+        ca.issue("client", client=True),
+        other.issue("client", client=True),
+        directory,
+    )

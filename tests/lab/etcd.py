@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +27,9 @@ from tests.lab.netns import Namespace
 ETCD = "/usr/bin/etcd"
 LOOPBACK = IPv4Address("127.0.0.1")
 ETCDCTL = "/usr/bin/etcdctl"
+# glog-style lines of gRPC's C core ("E1201 12:34:45.026 9164 secure_endpoint.cc:269] …"),
+# which overlayd must not let through to its stderr (tests/security/test_etcd_tls*.py)
+GRPC_NOISE = re.compile(r"^[IWEF]\d{4} |\.cc:\d+\]|TSI_|SSL_ERROR|handshaker", re.MULTILINE)
 # etcd 3.4 refuses to start on architectures it does not officially support unless told.
 _SUPPORTED_ARCHES = {"x86_64": None, "ppc64le": None, "aarch64": "arm64"}
 

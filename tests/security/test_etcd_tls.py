@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -24,40 +22,16 @@ import pytest
 from overlayd.config import parse_config
 from overlayd.errors import EtcdTlsError
 from overlayd.store import EtcdSettings, EtcdStore
-from tests.lab.certs import CertFiles, TestCA, write_key
-from tests.lab.etcd import EtcdServer, EtcdTls
+from tests.lab.certs import Pki, make_pki, write_key
+from tests.lab.etcd import GRPC_NOISE, EtcdServer, EtcdTls
 
 OVERLAYCTL = str(Path(sys.executable).parent / "overlayctl")
-LOOPBACK = IPv4Address("127.0.0.1")
-# glog-style lines of gRPC's C core ("E1201 12:34:45.026 9164 secure_endpoint.cc:269] …")
-GRPC_NOISE = re.compile(r"^[IWEF]\d{4} |\.cc:\d+\]|TSI_|SSL_ERROR|handshaker", re.MULTILINE)
 BOUND = 10.0  # seconds: a failure must come well before this, not after retrying forever
-
-
-@dataclass(frozen=True)
-class Pki:
-    """The lab CA (etcd's), another CA nobody trusts, and certificates from both."""
-
-    ca: TestCA
-    other: TestCA
-    server: CertFiles
-    client: CertFiles
-    stranger: CertFiles  # a client certificate signed by the other CA
-    directory: Path
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    ca, other = TestCA(d, "lab"), TestCA(d, "other")
-    return Pki(
-        ca,
-        other,
-        ca.issue("server", ips=(LOOPBACK,)),
-        ca.issue("client", client=True),
-        other.issue("client", client=True),
-        d,
-    )
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
