@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import re
 import ssl
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -26,6 +27,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.utils import CryptographyDeprecationWarning
 
 from overlayd.errors import TLS_HINT, ConfigError
 from overlayd.logs import quote
@@ -140,7 +142,11 @@ def _read(path: Path, flag: str) -> bytes:
 def _certificates(path: Path, flag: str) -> tuple[bytes, list[x509.Certificate]]:
     data = _read(path, flag)
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        with warnings.catch_warnings():
+            # e.g. Debian's bundle holds a CA with a negative serial: valid for gRPC, and a
+            # Python warning on our stderr would be noise a person cannot act on
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            certs = x509.load_pem_x509_certificates(data)
     except ValueError:
         certs = []
     if not certs:

@@ -78,6 +78,7 @@ def assert_fails(
     for word in words:
         assert word in err, f"{word!r} not in:\n{err}"
     assert "Traceback" not in err, err
+    assert "Warning" not in err, err  # e.g. cryptography's, about a CA in the system bundle
     assert not GRPC_NOISE.search(err), f"gRPC's own lines on stderr:\n{err}"
     assert took < within, f"took {took:.1f}s:\n{err}"
     return proc

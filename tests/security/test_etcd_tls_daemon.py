@@ -118,6 +118,7 @@ def assert_exits(lab: Lab, name: str, flags: list[str], *words: str) -> None:
     for word in words:
         assert word in log, f"{word!r} not in:\n{log}"
     assert "Traceback" not in log, log
+    assert "Warning" not in log, log
     assert not GRPC_NOISE.search(log), f"gRPC's own lines:\n{log}"
 
 
