@@ -99,7 +99,7 @@ def _resolve(endpoint: Endpoint) -> str:
 
 def _server_name(endpoints: tuple[Endpoint, ...]) -> str:
     """The one name gRPC checks every server certificate against: the first host name, or
-    the first address when there are only addresses (see docs/etcd-schema.md, TLS)."""
+    the first address when there are only addresses (see docs/etcd-access.md)."""
     names = sorted(e.host for e in endpoints if e.ip is None)
     return names[0] if names else endpoints[0].host
 
