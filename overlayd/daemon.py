@@ -22,7 +22,13 @@ from typing import Any
 from overlayd.cleartext import plain_cross_site
 from overlayd.config import NetworkConfig
 from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
-from overlayd.errors import ConfigMissingError, KernelError, OverlaydError, StoreError
+from overlayd.errors import (
+    ConfigMissingError,
+    EtcdTlsError,
+    KernelError,
+    OverlaydError,
+    StoreError,
+)
 from overlayd.gateway import GatewayAgent, GatewayOptions
 from overlayd.health import HealthServer
 from overlayd.identity import NodeIdentity, StateDir
@@ -170,6 +176,7 @@ class Daemon:
         log.info("stopped; data plane left in place")
 
     async def _main(self) -> None:
+        await self.store.connect()  # first: bad TLS files end the daemon before side effects
         self._identity = self.state_dir.identity()
         key = self._key = NodeKey.load_or_create(self.opts.state_dir)
         # resolving endpoint names may block: not on the event loop
@@ -190,7 +197,6 @@ class Daemon:
             self._underlay.link.name,
             self._underlay.link.mtu,
         )
-        await self.store.connect()
         self._cfg = await self._wait_config()
         template = LeaseRecord(
             subnet=self._cfg.network,  # placeholder: the keeper fills in the claimed subnet
@@ -258,6 +264,8 @@ class Daemon:
                 return cfg
             except ConfigMissingError as exc:
                 log.warning("%s; waiting (hint: %s)", exc, exc.hint)
+            except EtcdTlsError:
+                raise  # the first contact was refused over certificates: exit 2, not retry
             except StoreError as exc:
                 log.warning("cannot read the network config yet: %s", exc)
             # an invalid config (ConfigError) is not retried: it needs a person
