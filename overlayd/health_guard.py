@@ -70,11 +70,19 @@ class AiohttpLog(logging.Logger):
 
     def handle(self, record: logging.LogRecord) -> None:
         exc = record.exc_info[1] if record.exc_info else None
-        reason = " ".join(str(exc).split()) if exc is not None else ""
         text = record.getMessage()
-        if reason:
-            text = f"{text}: {quote(reason, 120)}"
+        if text.startswith(_AIOHTTP_BAD_REQUEST):
+            text = "bad request from " + text.removeprefix(_AIOHTTP_BAD_REQUEST)
+        code = getattr(exc, "code", None)  # aiohttp's HttpProcessingError: code, message
+        if isinstance(code, int):
+            text += f" (answered {code})"
+        detail = getattr(exc, "message", None) or (str(exc) if exc is not None else "")
+        if detail:
+            text += ": " + quote(" ".join(str(detail).split()), 100)
         self._trouble.note("bad-request", text)
+
+
+_AIOHTTP_BAD_REQUEST = "Error handling request from "
 
 
 class ConnectionGuard:
