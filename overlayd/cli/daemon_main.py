@@ -63,7 +63,6 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 )
 @click.option(
     "--healthz-ip",
-    "healthz_ips",
     multiple=True,
     default=DEFAULT_LISTEN,
     help="Address the health port listens on; repeatable. 'overlay': this node's overlay "
@@ -113,7 +112,7 @@ def main(
     subnet_file: Path,
     state_dir: Path,
     healthz_port: int,
-    healthz_ips: tuple[str, ...],
+    healthz_ip: tuple[str, ...],
     ip_masq: bool,
     log_format: str,
     lease_ttl: int,
@@ -139,7 +138,7 @@ def main(
         subnet_file=subnet_file,
         state_dir=state_dir,
         healthz_port=healthz_port,
-        healthz_listen=parse_listen(healthz_ips),
+        healthz_listen=parse_listen(healthz_ip),
         ip_masq=ip_masq,
         lease_ttl=lease_ttl,
         resync_interval=resync_interval,

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network, ip_address
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -340,3 +344,20 @@ def test_exposure_says_who_can_read_it() -> None:
     assert "192.0.2.31" in (exposure(ip_address("192.0.2.31")) or "")
     overlay = exposure(ip_address("10.244.3.0"), IPv4Network("10.244.0.0/16"))
     assert overlay is not None and "overlay network 10.244.0.0/16" in overlay
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [(["--healthz-ip", "localhost"], {}), ([], {"OVERLAYD_HEALTHZ_IP": "127.0.0.1 bogus"})],
+    ids=["flag", "env"],
+)
+def test_overlayd_refuses_a_bad_healthz_ip_with_exit_code_2(
+    argv: list[str], env: dict[str, str]
+) -> None:
+    overlayd = Path(sys.executable).parent / "overlayd"
+    done = subprocess.run(
+        [str(overlayd), *argv], env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "is neither an IP address nor 'overlay'" in done.stderr
