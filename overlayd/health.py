@@ -115,6 +115,7 @@ class HealthServer:
         self._runner = web.AppRunner(
             app,
             handle_signals=False,
+            shutdown_timeout=1.0,  # connections are aborted before (close_all)
             access_log=None,  # aiohttp.access would log one line per request at INFO
             logger=AiohttpLog(self._trouble),
             keepalive_timeout=limits.deadline,
