@@ -29,7 +29,7 @@ from overlayd.health_guard import (
     Limits,
     TroubleLog,
 )
-from overlayd.health_listen import IPAddress, ListenSpec, exposure
+from overlayd.health_listen import IPAddress, ListenSpec, address_order, exposure
 from overlayd.logs import Throttle
 
 if TYPE_CHECKING:
@@ -100,9 +100,8 @@ class HealthServer:
     @property
     def bound(self) -> list[tuple[IPAddress, int]]:
         """The (address, port) pairs listened on now, sorted."""
-        return sorted(
-            (addr, srv.sockets[0].getsockname()[1]) for addr, srv in self._servers.items()
-        )
+        addresses = sorted(self._servers, key=address_order)
+        return [(address, self.bound_port(address)) for address in addresses]
 
     async def start(self) -> None:
         """Listen on the fixed addresses; ``ConfigError`` if one cannot be bound."""
@@ -144,17 +143,19 @@ class HealthServer:
         loopback port keeps serving."""
         if not self._listen.overlay or self._guard is None or address == self._overlay:
             return
-        old, self._overlay = self._overlay, address
-        if old is not None and old not in self._listen.addresses:
+        wanted = set(self._listen.binds(address))
+        for old in [a for a in self._servers if a not in wanted]:  # the previous overlay address
             await self._unbind(old)
-        if address in self._servers:
-            return
-        try:
-            await self._bind(address)
-        except OSError as exc:
-            log.error("cannot listen on health port %s:%d: %s", address, self._port, exc.strerror)
-            return
-        self._warn_exposed(address, network)
+        if address not in self._servers:  # (unless it is one of the fixed addresses too)
+            try:
+                await self._bind(address)
+            except OSError as exc:  # retried when the device is configured again
+                log.error(
+                    "cannot listen on health port %s:%d: %s", address, self._port, exc.strerror
+                )
+                return
+            self._warn_exposed(address, network)
+        self._overlay = address
 
     async def close(self) -> None:
         """Stop listening, cut open connections, release aiohttp's handlers."""

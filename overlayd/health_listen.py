@@ -24,7 +24,8 @@ OVERLAY = "overlay"
 DEFAULT_LISTEN = ("127.0.0.1",)
 
 
-def _order(address: IPAddress) -> tuple[int, int]:
+def address_order(address: IPAddress) -> tuple[int, int]:
+    """Sort key for mixed IPv4 and IPv6 addresses (which do not compare)."""
     return address.version, int(address)
 
 
@@ -41,7 +42,7 @@ class ListenSpec:
         found = set(self.addresses)
         if self.overlay and overlay_ip is not None:
             found.add(overlay_ip)
-        return tuple(sorted(found, key=_order))
+        return tuple(sorted(found, key=address_order))
 
 
 LOOPBACK = ListenSpec()
@@ -71,7 +72,7 @@ def parse_listen(values: Iterable[str]) -> ListenSpec:
             ) from None
     if not addresses and not overlay:
         return LOOPBACK
-    return ListenSpec(tuple(sorted(addresses, key=_order)), overlay)
+    return ListenSpec(tuple(sorted(addresses, key=address_order)), overlay)
 
 
 def exposure(address: IPAddress, overlay: IPv4Network | None = None) -> str | None:

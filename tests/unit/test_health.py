@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -287,6 +288,20 @@ def test_overlay_listener_follows_the_overlay_address(caplog: pytest.LogCaptureF
     assert last == [IPv4Address("127.0.0.1"), IPv4Address("127.0.0.3")]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and all("overlay network 10.244.0.0/16" in w for w in warnings)
+
+
+def test_listens_on_ipv4_and_ipv6_loopback() -> None:
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+
+    async def body(server: HealthServer, _port: int) -> list[int]:
+        hosts = [(f"[{a}]" if a.version == 6 else str(a), p) for a, p in server.bound]
+        return [(await asyncio.to_thread(get, p, "/healthz", h))[0] for h, p in hosts]
+
+    listen = parse_listen(["::1", "127.0.0.1"])
+    assert serve(body, listen=listen) == [200, 200]
 
 
 def test_without_overlay_in_the_spec_the_overlay_address_is_not_bound() -> None:
