@@ -292,7 +292,8 @@ def test_overlay_listener_follows_the_overlay_address(caplog: pytest.LogCaptureF
 
 def test_listens_on_ipv4_and_ipv6_loopback() -> None:
     try:
-        socket.socket(socket.AF_INET6).bind(("::1", 0))
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
     except OSError:
         pytest.skip("no IPv6 loopback here")
 
