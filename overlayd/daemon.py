@@ -31,6 +31,7 @@ from overlayd.errors import (
 )
 from overlayd.gateway import GatewayAgent, GatewayOptions
 from overlayd.health import HealthServer
+from overlayd.health_listen import LOOPBACK, ListenSpec
 from overlayd.identity import NodeIdentity, StateDir
 from overlayd.kernel_state import Changes, KernelState, RouteEntry, diff, diff_keys
 from overlayd.keys import NodeKey
@@ -68,7 +69,7 @@ class DaemonOptions:
     subnet_file: Path
     state_dir: Path
     healthz_port: int
-    healthz_host: str = "0.0.0.0"
+    healthz_listen: ListenSpec = LOOPBACK
     ip_masq: bool = False
     lease_ttl: int = 86400
     resync_interval: float = RESYNC_INTERVAL
@@ -132,6 +133,7 @@ class Daemon:
         self._underlay: Underlay | None = None
         self._identity: NodeIdentity | None = None
         self._plain_cross_site = False  # warned: peers of other sites over plain VXLAN
+        self._health: HealthServer | None = None
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -147,8 +149,8 @@ class Daemon:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        health = HealthServer(
-            self.opts.healthz_host,
+        health = self._health = HealthServer(
+            self.opts.healthz_listen,
             self.opts.healthz_port,
             {
                 "/healthz": self._healthz,
@@ -326,6 +328,8 @@ class Daemon:
                 "subnet file %s: subnet %s, mtu %d", self.opts.subnet_file, content.subnet, mtu
             )
             self.status.subnet = held.record.subnet
+        if self._health is not None:  # --healthz-ip overlay: the address is on the device now
+            await self._health.follow_overlay(held.record.overlay_ip, cfg.network)
         self._device_stale = False
 
     def _attach(self, dev: _Device, ifindex: int, recreated: bool) -> None:

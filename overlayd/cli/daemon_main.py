@@ -14,6 +14,7 @@ import click
 from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
 from overlayd.daemon import DaemonOptions, run_daemon
 from overlayd.dataplane import DataPlane
+from overlayd.health_listen import DEFAULT_LISTEN, parse_listen
 from overlayd.lease import DEFAULT_SITE
 from overlayd.lease_rules import default_node_name, own_addresses, own_label
 from overlayd.logs import setup_logging
@@ -63,7 +64,13 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     default=10256,
     help="Port of /healthz, /readyz and /status (0: off).",
 )
-@click.option("--healthz-ip", default="0.0.0.0", help="Address the health port listens on.")
+@click.option(
+    "--healthz-ip",
+    multiple=True,
+    default=DEFAULT_LISTEN,
+    help="Address the health port listens on; repeatable. 'overlay': this node's overlay "
+    "address, once leased. Anything but loopback exposes /status to that network.",
+)
 @click.option(
     "--ip-masq/--no-ip-masq",
     default=False,
@@ -108,7 +115,7 @@ def main(
     subnet_file: Path,
     state_dir: Path,
     healthz_port: int,
-    healthz_ip: str,
+    healthz_ip: tuple[str, ...],
     ip_masq: bool,
     log_format: str,
     lease_ttl: int,
@@ -142,7 +149,7 @@ def main(
         subnet_file=subnet_file,
         state_dir=state_dir,
         healthz_port=healthz_port,
-        healthz_host=healthz_ip,
+        healthz_listen=parse_listen(healthz_ip),
         ip_masq=ip_masq,
         lease_ttl=lease_ttl,
         resync_interval=resync_interval,
