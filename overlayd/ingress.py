@@ -239,16 +239,20 @@ class IngressPlanner:
         self._carried: Mapping[IPv4Network, tuple[IPv4Network, ...]] = {}
         self.policy: IngressPolicy | None = None
 
-    def _entry(self, subnet: IPv4Network, peer: LeaseRecord, path: PeerPath) -> PeerIngress:
-        carried = self._carried.get(subnet, ())
+    def _entry(
+        self, subnet: IPv4Network, peer: LeaseRecord, path: PeerPath
+    ) -> tuple[PeerIngress, bool]:
+        """The entry of ``subnet``, and whether it is the memoised one (which the last
+        policy holds: every entry made here goes into the policy in the same call)."""
+        carried = self._carried.get(subnet, ()) if self._carried else ()
         hit = self._memo.get(subnet)
         if hit is not None and hit[0] is peer and hit[1] == path.address and hit[2] == carried:
-            return hit[3]
+            return hit[3], True
         entry = peer_ingress(peer, path.address, carried)
         if hit is not None and hit[3] == entry:
             entry = hit[3]  # same content: keep the object the policy already holds
         self._memo[subnet] = (peer, path.address, carried, entry)
-        return entry
+        return entry, False
 
     def plan(
         self,
@@ -261,18 +265,20 @@ class IngressPlanner:
         """The policy for the peers of ``paths`` (the VXLAN plan's peers and chosen paths;
         their records in ``leases``), and the delta from the last policy."""
         self._carried = carried or {}
-        old = self.policy
+        old, fresh = self.policy, False
         if old is None or not old.same_rules(IngressPolicy(port, device)):
-            old = IngressPolicy(port, device)
+            old, fresh = IngressPolicy(port, device), True
         changes: dict[IPv4Network, PeerIngress | None] = {}
         for subnet, path in paths.items():
-            entry = self._entry(subnet, leases[subnet], path)
-            if old.peers.get(subnet) is not entry:
+            entry, memoised = self._entry(subnet, leases[subnet], path)
+            # dict lookups hash IPv4Network in Python: skip them for memoised entries
+            if (fresh or not memoised) and old.peers.get(subnet) is not entry:
                 changes[subnet] = entry
-        if len(old.peers) + len(changes) > len(paths):  # some peers are gone
+        if len(old.peers) + len(changes) > len(paths):  # some peers may be gone
             changes.update((s, None) for s in old.peers if s not in paths)
-        for gone in [s for s in self._memo if s not in paths]:
-            del self._memo[gone]
+        if len(self._memo) > len(paths):  # the memo holds every subnet of ``paths``
+            for gone in [s for s in self._memo if s not in paths]:
+                del self._memo[gone]
         self.policy, delta = change_policy(old, changes)
         return self.policy, delta
 
@@ -301,8 +307,8 @@ class IngressPlanner:
                 if subnet in old.peers:
                     changes[subnet] = None
                 continue
-            entry = self._entry(subnet, leases[subnet], path)
-            if old.peers.get(subnet) is not entry:
+            entry, memoised = self._entry(subnet, leases[subnet], path)
+            if not memoised and old.peers.get(subnet) is not entry:
                 changes[subnet] = entry
         self.policy, delta = change_policy(old, changes)
         return self.policy, delta
