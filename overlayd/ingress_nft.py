@@ -118,12 +118,15 @@ class IngressTable:
         """Whether the table is known to hold the last policy applied."""
         return self._applied is not None
 
-    def apply(self, policy: IngressPolicy, delta: IngressDelta) -> str | None:
-        """Make the table hold ``policy``; ``delta`` is the change from the previous
-        policy given. Returns what was done (None: nothing); ``KernelError`` if nft failed
-        (the next call then writes the whole table)."""
+    def apply(
+        self, policy: IngressPolicy, delta: IngressDelta, base: IngressPolicy | None
+    ) -> str | None:
+        """Make the table hold ``policy``; ``delta`` is the change from ``base``. Only when
+        ``base`` is what the table holds is the delta applied; otherwise (first write, a
+        failed or skipped update, other rules) the table is written whole. Returns what was
+        done (None: nothing); ``KernelError`` if nft failed."""
         self._removed = False
-        full = not policy.same_rules(self._applied)
+        full = base is None or base is not self._applied or not policy.same_rules(base)
         if not full and not delta:
             self._applied = policy
             return None
@@ -136,7 +139,8 @@ class IngressTable:
             self._run(delta_script(delta))
         self._applied = policy
         if full:
-            why = "written" if applied is None else "rewritten (port or device changed)"
+            moved = applied is not None and not policy.same_rules(applied)
+            why = "rewritten (port or device changed)" if moved else "written"
             return f"{why}: {len(policy.sources)} sources, {len(policy.pairs)} inner prefixes"
         return delta.summary()
 
@@ -180,7 +184,7 @@ class IngressFilter:
         """Bring the table in line with the VXLAN plan's peers; ``KernelError`` if nft
         fails (the next sync then writes the whole table)."""
         carried = carried_prefixes(vxlan.via_gateway, vxlan.leases) if vxlan.via_gateway else None
-        out = None
+        base, out = self.planner.policy, None
         if vxlan.changed is not None:
             out = self.planner.update(
                 port, device, vxlan.leases, vxlan.paths, vxlan.changed, carried
@@ -188,15 +192,14 @@ class IngressFilter:
         if out is None:
             out = self.planner.plan(port, device, vxlan.leases, vxlan.paths, carried)
         policy, delta = out
-        if self._stale and self.table.known:
-            self._stale = False
-            if not await asyncio.to_thread(self.table.verify):
+        stale, self._stale = self._stale, False
+        t0 = time.monotonic()
+        try:
+            if stale and self.table.known and not await asyncio.to_thread(self.table.verify):
                 log.warning(
                     "ingress filter table %s %s missing or changed; rewriting", FAMILY, TABLE
                 )
-        t0 = time.monotonic()
-        try:
-            done = await asyncio.to_thread(self.table.apply, policy, delta)
+            done = await asyncio.to_thread(self.table.apply, policy, delta, base)
         except KernelError as exc:
             raise KernelError(f"VXLAN ingress filter: {exc}") from None
         if done is not None:

@@ -120,26 +120,33 @@ class FakeNft:
         return self.listing
 
 
+def step(table: IngressTable, planner: IngressPlanner, peers: VxlanPeers) -> str | None:
+    """Plan ``peers`` and apply the result, as ``IngressFilter.sync`` does."""
+    base = planner.policy
+    policy, delta = planner.plan(8472, "overlay.1", peers.leases, peers.paths)
+    return table.apply(policy, delta, base)
+
+
 def test_table_writes_whole_then_deltas_then_whole_after_failure() -> None:
     nft = FakeNft()
     table = IngressTable(nft.run, nft.read)
     planner = IngressPlanner()
     one = vxlan_peers(1)
-    done = table.apply(*planner.plan(8472, "overlay.1", one.leases, one.paths))
+    done = step(table, planner, one)
     assert done == "written: 2 sources, 1 inner prefixes" and table.known
     assert "delete table" in nft.scripts[-1]
     two = vxlan_peers(1, 2)
-    done = table.apply(*planner.plan(8472, "overlay.1", two.leases, two.paths))
+    done = step(table, planner, two)
     assert done == "+2/-0 sources, +1/-0 inner prefixes"
     assert nft.scripts[-1].startswith("add element")
-    assert table.apply(*planner.plan(8472, "overlay.1", two.leases, two.paths)) is None
+    assert step(table, planner, two) is None
     count = len(nft.scripts)
     nft.fail = True
     with pytest.raises(KernelError):
-        table.apply(*planner.plan(8472, "overlay.1", one.leases, one.paths))
+        step(table, planner, one)
     assert not table.known
     nft.fail = False
-    done = table.apply(*planner.plan(8472, "overlay.1", one.leases, one.paths))
+    done = step(table, planner, one)
     assert done is not None and done.startswith("written") and len(nft.scripts) == count + 1
 
 
@@ -147,16 +154,24 @@ def test_verify_finds_a_missing_or_changed_table() -> None:
     nft = FakeNft()
     table = IngressTable(nft.run, nft.read)
     assert not table.verify()  # nothing written yet: unknown
-    one = vxlan_peers(1)
-    table.apply(*IngressPlanner().plan(8472, "overlay.1", one.leases, one.paths))
+    one, two, planner = vxlan_peers(1), vxlan_peers(1, 2), IngressPlanner()
+    step(table, planner, one)
     nft.listing = "table inet overlayd_ingress { counter packets 12345 bytes 999 }"  # traffic only
     assert table.verify()
     nft.listing = "table inet overlayd_ingress { }"  # someone flushed our chain
     assert not table.verify() and not table.known
-    one_again = IngressPlanner().plan(8472, "overlay.1", one.leases, one.paths)
-    assert (table.apply(*one_again) or "").startswith("written")
+    assert (step(table, planner, two) or "").startswith("written")  # whole, not the delta
     nft.listing = None  # deleted by hand
     assert not table.verify()
+
+
+def test_a_delta_from_another_base_than_the_table_is_not_applied() -> None:
+    nft = FakeNft()
+    table, planner = IngressTable(nft.run, nft.read), IngressPlanner()
+    step(table, planner, vxlan_peers(1))
+    planner.plan(8472, "overlay.1", vxlan_peers(1, 2).leases, vxlan_peers(1, 2).paths)  # lost
+    assert (step(table, planner, vxlan_peers(1, 2, 3)) or "").startswith("written")
+    assert "10.0.0.2" in nft.scripts[-1] and "10.0.0.3" in nft.scripts[-1]
 
 
 def test_remove_once() -> None:
@@ -213,20 +228,18 @@ def test_nft_takes_table_and_updates(netns: Namespace) -> None:
 
     table, planner = IngressTable(run, read), IngressPlanner()
     many = vxlan_peers(*range(1, 60))
-    table.apply(*planner.plan(8472, "overlay.1", many.leases, many.paths))
+    step(table, planner, many)
     assert len(_elements(netns, "peers")) == 2 * 59 and len(_elements(netns, "inner")) == 59
     assert table.verify()
     fewer = vxlan_peers(*range(2, 61))
-    assert table.apply(*planner.plan(8472, "overlay.1", fewer.leases, fewer.paths)) == (
-        "+2/-2 sources, +1/-1 inner prefixes"
-    )
+    assert step(table, planner, fewer) == ("+2/-2 sources, +1/-1 inner prefixes")
     inner = _elements(netns, "inner")
     assert "02:00:00:00:00:3c . 10.244.60.0/24" in inner
     assert not any(e.endswith("10.244.1.0/24") for e in inner)
     assert table.verify()
     netns.run(["nft", "flush", "chain", FAMILY, TABLE, "prerouting"])  # tampered with
     assert not table.verify()
-    table.apply(*planner.plan(8472, "overlay.1", fewer.leases, fewer.paths))
+    step(table, planner, fewer)
     assert table.verify() and len(_elements(netns, "inner")) == 59
     tables = netns.run(["nft", "list", "tables"]).stdout.split()
     assert tables == ["table", FAMILY, TABLE]  # nothing else in the namespace
