@@ -33,6 +33,8 @@ from overlayd.gateway import GatewayAgent, GatewayOptions
 from overlayd.health import HealthServer
 from overlayd.health_listen import LOOPBACK, ListenSpec
 from overlayd.identity import NodeIdentity, StateDir
+from overlayd.ingress import VxlanPeers
+from overlayd.ingress_nft import IngressFilter
 from overlayd.kernel_state import Changes, KernelState, RouteEntry, diff, diff_keys
 from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
@@ -134,12 +136,15 @@ class Daemon:
         self._identity: NodeIdentity | None = None
         self._plain_cross_site = False  # warned: peers of other sites over plain VXLAN
         self._health: HealthServer | None = None
+        self._ingress = IngressFilter()  # who may send us VXLAN (docs/backends.md)
+        self._vxlan_spec: VxlanSpec | None = None
 
     # -- wiring ------------------------------------------------------------------------
 
     def mark_dirty(self, *, dump: bool = False, device: bool = False, full: bool = False) -> None:
         if dump:
             self.vxlan.need_dump = self.wg.need_dump = True
+            self._ingress.mark_stale()
         self._device_stale |= device
         self._full |= full or dump or device
         self._dirty.set()
@@ -294,6 +299,7 @@ class Daemon:
                 mtu=cfg.vxlan_mtu(underlay.link.mtu),
             )
             self._attach(self.vxlan, await self.dp.ensure_device(spec, address), False)
+            self._vxlan_spec = spec
         if backend.uses_wireguard:
             loop = asyncio.get_running_loop()
             device = WgDeviceConfig(
@@ -492,6 +498,7 @@ class Daemon:
         vxlan_leases: Mapping[IPv4Network, LeaseRecord] = self.records
         via_gateway: dict[IPv4Network, RouteEntry] = {}
         wireguard = None
+        ingress = None
         if self._gateway is not None:
             self._gateway.update(me, self.records)
             topo = plan_gateway(
@@ -544,9 +551,13 @@ class Daemon:
             skipped += plan.skipped
             peers += len(plan.paths)
             await self._apply(self.vxlan, changes, peers)
+            ingress = VxlanPeers(
+                vxlan_leases, plan.paths, None if incremental is None else changed, via_gateway
+            )
         self._full = False
         if wireguard is not None:
             await self._apply_wireguard(wireguard, peers)
+        await self._sync_ingress(ingress)
         for subnet, reason in skipped:
             if (subnet, -1) not in self._bad_seen:
                 self._bad_seen.add((subnet, -1))
@@ -571,6 +582,14 @@ class Daemon:
             log.warning("%s", found.warning())
         else:
             log.info("no peer of another site is reached over plain VXLAN any more")
+
+    async def _sync_ingress(self, vxlan: VxlanPeers | None) -> None:
+        """The ingress filter for the VXLAN plan's peers (None: no VXLAN here, no table).
+        Until the first snapshot has loaded, the table of the last run stays as it is."""
+        if vxlan is None:
+            await self._ingress.remove()
+        elif self._may_delete and self._vxlan_spec is not None:
+            await self._ingress.sync(self._vxlan_spec.port, self._vxlan_spec.name, vxlan)
 
     @property
     def _may_delete(self) -> bool:
