@@ -552,7 +552,11 @@ class Daemon:
             peers += len(plan.paths)
             await self._apply(self.vxlan, changes, peers)
             ingress = VxlanPeers(
-                vxlan_leases, plan.paths, None if incremental is None else changed, via_gateway
+                vxlan_leases,
+                plan.paths,
+                None if incremental is None else changed,
+                via_gateway,
+                me.site,
             )
         self._full = False
         if wireguard is not None:

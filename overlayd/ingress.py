@@ -3,12 +3,16 @@
 Two rules, both derived from what this node programs over VXLAN (the VXLAN plan's peers):
 
 * **outer**: a datagram to our VXLAN UDP port is accepted only from an underlay address of
-  such a peer -- every candidate it publishes (flannel's ``PublicIP``, ``PrivateIPs``,
-  ``PublicIPs``) plus the path we chose for it, so failover, hairpin NAT and the move back
-  keep working whichever candidate the peer sends from. The prober only ever verifies
-  published candidates, so this covers every address it can verify. With
-  ``vxlan+wireguard`` the VXLAN plan holds only peers of our site: nothing of another site
-  is accepted as plain VXLAN.
+  such a peer. A peer of another site: every candidate it publishes (flannel's
+  ``PublicIP``, ``PrivateIPs``, ``PublicIPs``) plus the path we chose for it, so failover
+  and the move back keep working whichever candidate it sends from (the prober only ever
+  verifies published candidates). A peer of our own site: only its private candidates
+  (``PrivateIPs``, else ``PublicIP``) plus the path we chose for it -- its public address
+  is accepted only while we reach it over that public address ourselves (in-site failover
+  through hairpin NAT, which fails over both ends alike), so the internet cannot pass the
+  outer check by forging a same-site peer's public address. With ``vxlan+wireguard`` the
+  VXLAN plan holds only peers of our site: nothing of another site, and no public address
+  of a healthy same-site peer, is accepted as plain VXLAN.
 * **inner**: a frame decapsulated on our VXLAN device whose source MAC is a peer's VTEP MAC
   may only carry IPv4 sources inside that peer's subnet -- VXLAN's analogue of WireGuard's
   AllowedIPs. A site's gateway (gateway topology, seen from a member) also carries the
@@ -77,11 +81,19 @@ class PeerIngress:
 
 
 def peer_ingress(
-    peer: LeaseRecord, path: IPv4Address | None = None, carried: Iterable[IPv4Network] = ()
+    peer: LeaseRecord,
+    path: IPv4Address | None = None,
+    carried: Iterable[IPv4Network] = (),
+    *,
+    same_site: bool = False,
 ) -> PeerIngress:
-    """``peer``'s entry: all its published candidates (and ``path``, the address we chose
-    for it); its subnet plus ``carried`` (the other sites' subnets, for our gateway)."""
-    sources = {peer.public_ip, *peer.private_ips, *peer.public_ips}
+    """``peer``'s entry: its published candidates -- of a ``same_site`` peer only the
+    private ones -- and ``path``, the address we chose for it; its subnet plus ``carried``
+    (the other sites' subnets, for our gateway)."""
+    if same_site:
+        sources = set(peer.private_ips or (peer.public_ip,))
+    else:
+        sources = {peer.public_ip, *peer.private_ips, *peer.public_ips}
     if path is not None:
         sources.add(path)
     return PeerIngress(
@@ -216,12 +228,14 @@ def carried_prefixes(
 class VxlanPeers:
     """The VXLAN plan's peers, as the ingress policy needs them: their records
     (``leases``), chosen paths (``paths``: the peers programmed), the subnets that changed
-    since the last plan (None: any may have) and the routes via our site's gateway."""
+    since the last plan (None: any may have), the routes via our site's gateway and our
+    ``site`` (None: treat every peer as of another site)."""
 
     leases: Mapping[IPv4Network, LeaseRecord]
     paths: Mapping[IPv4Network, PeerPath]
     changed: Collection[IPv4Network] | None = None
     via_gateway: Mapping[IPv4Network, RouteEntry] = field(default_factory=dict)
+    site: str | None = None
 
 
 class IngressPlanner:
@@ -237,6 +251,7 @@ class IngressPlanner:
             IPv4Network, tuple[LeaseRecord, IPv4Address, tuple[IPv4Network, ...], PeerIngress]
         ] = {}
         self._carried: Mapping[IPv4Network, tuple[IPv4Network, ...]] = {}
+        self._site: str | None = None
         self.policy: IngressPolicy | None = None
 
     def _entry(
@@ -248,7 +263,8 @@ class IngressPlanner:
         hit = self._memo.get(subnet)
         if hit is not None and hit[0] is peer and hit[1] == path.address and hit[2] == carried:
             return hit[3], True
-        entry = peer_ingress(peer, path.address, carried)
+        same_site = self._site is not None and peer.site == self._site
+        entry = peer_ingress(peer, path.address, carried, same_site=same_site)
         if hit is not None and hit[3] == entry:
             entry = hit[3]  # same content: keep the object the policy already holds
         self._memo[subnet] = (peer, path.address, carried, entry)
@@ -261,10 +277,14 @@ class IngressPlanner:
         leases: Mapping[IPv4Network, LeaseRecord],
         paths: Mapping[IPv4Network, PeerPath],
         carried: Mapping[IPv4Network, tuple[IPv4Network, ...]] | None = None,
+        site: str | None = None,
     ) -> tuple[IngressPolicy, IngressDelta]:
         """The policy for the peers of ``paths`` (the VXLAN plan's peers and chosen paths;
-        their records in ``leases``), and the delta from the last policy."""
+        their records in ``leases``; ``site``: ours), and the delta from the last policy."""
         self._carried = carried or {}
+        if site != self._site:
+            self._site = site
+            self._memo.clear()  # entries depend on which peers share our site
         old, fresh = self.policy, False
         if old is None or not old.same_rules(IngressPolicy(port, device)):
             old, fresh = IngressPolicy(port, device), True
@@ -290,14 +310,15 @@ class IngressPlanner:
         paths: Mapping[IPv4Network, PeerPath],
         changed: Collection[IPv4Network],
         carried: Mapping[IPv4Network, tuple[IPv4Network, ...]] | None = None,
+        site: str | None = None,
     ) -> tuple[IngressPolicy, IngressDelta] | None:
         """Like ``plan`` for the same port and device, looking only at ``changed`` subnets;
-        None when a full ``plan`` is needed (no policy yet, another port or device, other
+        None when a full ``plan`` is needed (no policy yet, another port, device, site or
         carried prefixes)."""
         old = self.policy
         if old is None or not old.same_rules(IngressPolicy(port, device)):
             return None
-        if (carried or {}) != self._carried:
+        if (carried or {}) != self._carried or site != self._site:
             return None
         changes: dict[IPv4Network, PeerIngress | None] = {}
         for subnet in changed:

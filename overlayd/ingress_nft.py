@@ -187,10 +187,10 @@ class IngressFilter:
         base, out = self.planner.policy, None
         if vxlan.changed is not None:
             out = self.planner.update(
-                port, device, vxlan.leases, vxlan.paths, vxlan.changed, carried
+                port, device, vxlan.leases, vxlan.paths, vxlan.changed, carried, vxlan.site
             )
         if out is None:
-            out = self.planner.plan(port, device, vxlan.leases, vxlan.paths, carried)
+            out = self.planner.plan(port, device, vxlan.leases, vxlan.paths, carried, vxlan.site)
         policy, delta = out
         stale, self._stale = self._stale, False
         t0 = time.monotonic()

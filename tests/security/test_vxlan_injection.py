@@ -12,6 +12,9 @@ and in whose subnet its inner source lies, and whether a2 must take it, per back
   WireGuard peer, nothing of another site is accepted as plain VXLAN); with ``vxlan``
   taken if the inner frame is b1's (the documented limit: address filtering cannot stop
   spoofing), dropped if its inner source is not in b1's subnet;
+* outer source spoofed as a1's public address (a2's same-site peer, reached over its
+  private address): dropped (both backends: a same-site peer's public address is accepted
+  only while a2 itself reaches it over that address);
 * from a1 itself, its own MAC and subnet: taken (the positive control); a1 carrying a
   source of b1's subnet: dropped.
 """
@@ -74,7 +77,7 @@ class Node:
 class Case:
     name: str
     sender: str  # "inet" (to a2's public address) or a host name (to a2's private one)
-    outer: str  # "non-peer" | "b1-public" | "own" (the sender's real address)
+    outer: str  # "non-peer" | "b1-public" | "a1-public" | "own" (the sender's real address)
     claims: str  # whose VTEP MAC the inner frame carries
     inner_from: str  # in whose subnet the inner source lies
     delivered: dict[str, bool]  # per backend
@@ -85,6 +88,10 @@ CASES = [
     Case("spoofed-b1", "inet", "b1-public", "b1", "b1", {"vxlan": True, "vxlan+wireguard": False}),
     Case(
         "spoofed-b1-wrong-inner", "inet", "b1-public", "b1", "a1",
+        {"vxlan": False, "vxlan+wireguard": False},
+    ),
+    Case(
+        "spoofed-a1-public", "inet", "a1-public", "a1", "a1",
         {"vxlan": False, "vxlan+wireguard": False},
     ),
     Case("same-site-peer", "a1", "own", "a1", "a1", {"vxlan": True, "vxlan+wireguard": True}),
@@ -144,8 +151,8 @@ def _send(s: Setup, case: Case, tag: str) -> None:
         ns = s.nodes[case.sender].ns
         dst = world.host("a2").ip
     src: IPv4Address | None
-    if case.outer == "b1-public":
-        src = world.host("b1").public
+    if case.outer in ("b1-public", "a1-public"):
+        src = world.host(case.outer.removesuffix("-public")).public
     elif case.outer == "own":
         src = world.host(case.sender).ip
     else:

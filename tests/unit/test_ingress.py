@@ -207,3 +207,32 @@ def test_disjoint_prefixes() -> None:
     # a lease carrying a prefix inside its own subnet: one element, no overlap for nft
     p = peer(1)
     assert peer_ingress(p, None, [N("10.244.1.128/25")]).prefixes == (p.subnet,)
+
+
+def test_same_site_peer_public_address_only_while_chosen() -> None:
+    """A healthy same-site peer is accepted from its private addresses only (an internet
+    forger of its public address fails the outer check); while we reach it over its public
+    address (hairpin failover) that address is accepted too. Another site's peer: all."""
+    near, far = peer(1, "a"), peer(2, "b")
+    leases = {near.subnet: near, far.subnet: far}
+    private = PeerPath(near.private_ips[0], "private", "same site")
+    public = PeerPath(near.public_ips[0], "public", "failover")
+    far_path = PeerPath(far.public_ips[0], "public", "other site")
+    policy, _ = IngressPlanner().plan(
+        PORT, DEV, leases, {near.subnet: private, far.subnet: far_path}, site="a"
+    )
+    assert policy.peers[near.subnet].sources == near.private_ips
+    assert set(policy.peers[far.subnet].sources) == {*far.private_ips, *far.public_ips}
+    planner = IngressPlanner()
+    planner.plan(PORT, DEV, leases, {near.subnet: private, far.subnet: far_path}, site="a")
+    out = planner.update(
+        PORT, DEV, leases, {near.subnet: public, far.subnet: far_path}, {near.subnet}, site="a"
+    )
+    assert out is not None
+    policy, delta = out
+    assert set(policy.peers[near.subnet].sources) == {*near.private_ips, *near.public_ips}
+    assert delta.add_sources == near.public_ips and delta.del_sources == ()
+    # without our site (None) every peer counts as another site's: all its candidates
+    policy, _ = IngressPlanner().plan(PORT, DEV, leases, {near.subnet: private})
+    assert set(policy.peers[near.subnet].sources) == {*near.private_ips, *near.public_ips}
+    assert planner.update(PORT, DEV, leases, {}, set(), site="b") is None  # another site
