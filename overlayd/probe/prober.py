@@ -247,6 +247,19 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         self._compact()
         self._wake.set()
 
+    def set_key(self, key: PrivateKey) -> None:
+        """Switch to a new node key (rotation): from now on only it is spoken and answered.
+
+        Messages for the old key are rejected (``recipient``) as for any other key. Path
+        stats survive -- the peers' identities did not change -- but probes still out
+        were sent under the old key: they are forgotten rather than counted as losses.
+        """
+        self.codec = ProbeCodec(
+            key, window=self.config.window, replay_capacity=self.config.replay_capacity
+        )
+        self._outstanding.clear()
+        self._deadlines.clear()
+
     def _drop_peer_paths(self, peer: PeerId) -> None:
         for key in [k for k in self._paths if k[0] == peer]:
             self._paths.pop(key).live = False
