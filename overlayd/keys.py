@@ -240,9 +240,11 @@ def _write_key(path: Path, private: PrivateKey, *, replace: bool) -> PrivateKey 
     replaces a key another process created meanwhile: that key is returned instead.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    made = False  # only a temporary file this call created is removed afterwards
     try:
         # created 0600 by open() itself: there is no moment where it is wider
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        made = True
         with os.fdopen(fd, "w") as handle:
             handle.write(private.reveal_base64() + "\n")
             handle.flush()
@@ -266,6 +268,7 @@ def _write_key(path: Path, private: PrivateKey, *, replace: bool) -> PrivateKey 
     except OSError as exc:
         raise NodeKeyError(f"cannot write node key {path}: {exc.strerror}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if made:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
     return None

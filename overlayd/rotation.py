@@ -32,14 +32,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-from overlayd.errors import StoreError
+from overlayd.errors import NotFoundError, OverlaydError, StoreError
 from overlayd.keys import NodeKey, NodeKeyError, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.logs import quote
-from overlayd.store import ControlValue
+from overlayd.store import ControlValue, EtcdStore
 
 log = logging.getLogger("overlayd.rotation")
 
@@ -47,6 +49,13 @@ VERB = "rotate-key"
 """The control key's last component: ``<prefix>/control/<node>/rotate-key``."""
 SHORT = 8
 """Characters of a public key shown in logs and messages (never any private material)."""
+POLL_INTERVAL = 0.1  # seconds between ``overlayctl``'s looks at the request while it waits
+
+
+class RotationPendingError(OverlaydError):
+    """The node did not serve a rotation request in time (the request stays pending)."""
+
+    hint = "is the node's daemon running? its log says why; it serves the request when it runs"
 
 
 def short(key: PublicKey | str | None) -> str:
@@ -71,7 +80,11 @@ def describe_request(value: str) -> str:
     if isinstance(parsed, dict):
         by, at = parsed.get("By"), parsed.get("RequestedAt")
         if isinstance(by, str) and isinstance(at, (int, float)) and not isinstance(at, bool):
-            return f"requested by {quote(by)} at {at:.0f}"
+            try:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+            except (OverflowError, ValueError, OSError):
+                when = quote(at)
+            return f"requested by {quote(by)} at {when}"
     return f"request {quote(value)}"
 
 
@@ -131,8 +144,9 @@ class KeyRotation:
                     delay = 1.0
             except StoreError as exc:
                 log.warning("watch of key rotation requests failed: %s; retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            # ended, with an error or (it should not) without: never spin, pause first
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     def rotate(self, key: NodeKey) -> NodeKey | None:
         """Serve the pending request: a new key persisted in place of ``key``.
@@ -180,3 +194,50 @@ class KeyRotation:
             what,
         )
         self._old = self._new = None
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    """What ``overlayctl node rotate-key`` reports: the key before, and after (if waited)."""
+
+    node: str
+    old: str
+    new: str | None
+
+
+async def request_rotation(
+    store: EtcdStore, node: str, *, by: str, wait: float | None
+) -> RotationResult:
+    """Ask ``node``'s daemon to rotate its key; with ``wait`` (seconds), until it has.
+
+    ``NotFoundError`` (exit code 1) for a node without a lease or without a public key
+    (nothing is written then); ``RotationPendingError`` when ``wait`` runs out.
+    """
+    old = await _published_key(store, node)
+    await store.put_control(node, VERB, encode_request(by, time.time()))
+    if wait is None:
+        return RotationResult(node, old, None)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        await asyncio.sleep(POLL_INTERVAL)
+        if await store.get_control(node, VERB) is None:  # acknowledged: the lease is updated
+            return RotationResult(node, old, await _published_key(store, node))
+    raise RotationPendingError(
+        f"node {quote(node)} did not rotate its key within {wait:g}s; the request stays pending"
+    )
+
+
+async def _published_key(store: EtcdStore, node: str) -> str:
+    leases = sorted(
+        (s for s in (await store.list_leases()).leases if s.record and s.record.node == node),
+        key=lambda s: s.subnet,
+    )
+    if not leases:
+        raise NotFoundError(f"no lease for node {quote(node)}", hint="see 'overlayctl leases list'")
+    for stored in leases:
+        if stored.record is not None and stored.record.public_key:
+            return stored.record.public_key
+    raise NotFoundError(
+        f"node {quote(node)} publishes no PublicKey: it has no node key to rotate",
+        hint="a flannel node, or an overlayd too old for key rotation",
+    )

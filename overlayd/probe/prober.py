@@ -236,7 +236,10 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
                     path = _Path(peer, address, target)
                     path.fast = self._chosen.get(peer) == address
                     self._paths[(peer, address)] = path
-                    self._schedule(path, now + self._rng.uniform(0, self.config.initial_spread))
+                    # the path in use first: when a peer's key changed (a rotation) it is
+                    # verified again before any other, so the choice does not wander
+                    spread = 0.0 if path.fast else self.config.initial_spread
+                    self._schedule(path, now + self._rng.uniform(0, spread))
         for key in [k for k in self._paths if k not in wanted]:
             self._paths.pop(key).live = False
         for peer in [p for p in self._chosen if p not in self._peers]:
