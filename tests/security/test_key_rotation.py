@@ -161,7 +161,12 @@ def test_rotate_key_with_traffic_running(case: Case, world: World, tmp_path: Pat
         for secret in (saved_old.read_text().strip(), path.read_text().strip()):
             assert secret not in text
         for name in case.hosts[1:]:
-            assert daemons[name].log_file.read_text().count("has a new public key") == 1
+            peer_log = daemons[name].log_file.read_text()
+            assert peer_log.count("has a new public key") == 1
+            # peers re-verify the path in use first: no VXLAN path moves on the way
+            after = peer_log[peer_log.index("has a new public key") :].splitlines()
+            moved = [line for line in after if "on vxlan" in line and "+0/-0 fdb" not in line]
+            assert not moved, (name, moved)
 
         # an unknown node: a clear error, exit code 1, nothing requested
         unknown = ctl(world, "node", "rotate-key", "no-such-node", check=False)
