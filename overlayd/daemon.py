@@ -36,7 +36,7 @@ from overlayd.identity import NodeIdentity, StateDir
 from overlayd.ingress import VxlanPeers
 from overlayd.ingress_nft import IngressFilter
 from overlayd.kernel_state import Changes, KernelState, RouteEntry, diff, diff_keys
-from overlayd.keys import NodeKey
+from overlayd.keys import NodeKey, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.lease_rules import check_own_record, check_scope, publishable
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
@@ -49,6 +49,7 @@ from overlayd.plan_gateway import plan_gateway
 from overlayd.plan_wireguard import WireGuardPlan, plan_wireguard
 from overlayd.probe.prober import ProbeConfig
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
+from overlayd.rotation import KeyRotation, key_change
 from overlayd.sdnotify import sd_notify
 from overlayd.store import EtcdSettings, EtcdStore, EventKind, StoredLease, WatchBatch
 from overlayd.subnetfile import SubnetFile, write_subnet_file
@@ -120,6 +121,7 @@ class Daemon:
         self.vxlan = _Device("vxlan")
         self.wg = _Device("wireguard")
         self._key: NodeKey | None = None
+        self._rotation: KeyRotation | None = None  # ``overlayctl node rotate-key``
         self._dirty = asyncio.Event()
         self._changed: set[IPv4Network] = set()  # subnets whose lease changed since the last plan
         self._full = True  # replan and diff everything (not just ``_changed``)
@@ -204,6 +206,7 @@ class Daemon:
             self._underlay.link.name,
             self._underlay.link.mtu,
         )
+        self._rotation = KeyRotation(self.store, self.opts.node_name, self.mark_dirty)
         self._cfg = await self._wait_config()
         template = LeaseRecord(
             subnet=self._cfg.network,  # placeholder: the keeper fills in the claimed subnet
@@ -251,6 +254,7 @@ class Daemon:
             if self._gateway is not None:
                 tasks.create_task(self._gateway.run())
             tasks.create_task(self._keeper.keep())
+            tasks.create_task(self._rotation.watch())
             tasks.create_task(self._watch())
             tasks.create_task(self._resync_timer())
             tasks.create_task(self._reconcile_loop())
@@ -404,8 +408,11 @@ class Daemon:
         self.created[stored.subnet] = stored.create_revision
         is_me = self._identity is not None and stored.record.node_id == self._identity.node_id
         joined = old is None or old.record is None or old.record.node != stored.record.node
+        previous = old.record if old is not None else None
         if joined and not is_me and not quiet:
             log.info("peer %s joined with %s", stored.record.node, stored.subnet)
+        elif not (is_me or quiet) and (rotated := key_change(previous, stored.record)):
+            log.info("%s", rotated)  # the peer rotated its key (overlayd/rotation.py)
 
     def _scoped(self, stored: StoredLease) -> StoredLease:
         """``stored``, refused (as malformed) if its addresses are out of scope here."""
@@ -477,8 +484,10 @@ class Daemon:
         keeper, cfg, paths_keeper = self._keeper, self._cfg, self._paths
         assert keeper is not None and keeper.held is not None
         assert cfg is not None and paths_keeper is not None
+        self._switch_key_if_requested()
         if self._device_stale or (self.status.subnet != keeper.held.record.subnet):
             await self._configure_devices(keeper.held)
+        await self._publish_key(keeper)
         for dev in self._devices():
             if dev.need_dump:
                 dev.need_dump = False
@@ -594,6 +603,33 @@ class Daemon:
             await self._ingress.remove()
         elif self._may_delete and self._vxlan_spec is not None:
             await self._ingress.sync(self._vxlan_spec.port, self._vxlan_spec.name, vxlan)
+
+    def _switch_key_if_requested(self) -> None:
+        """Serve a key rotation request (overlayd/rotation.py): probes use the new key at
+        once, the WireGuard device gets it in this pass, the lease right after."""
+        if self._rotation is None or not self._rotation.due:
+            return
+        assert self._key is not None and self._paths is not None
+        key = self._rotation.rotate(self._key)
+        if key is None:
+            return  # could not be written: logged, the old key stays in use everywhere
+        self._key = key
+        self._paths.prober.set_key(key.private)
+        if self._gateway is not None:
+            self._gateway.through.set_key(key.private)
+        self._device_stale = True
+
+    async def _publish_key(self, keeper: LeaseKeeper) -> None:
+        """Our lease carries the key our devices use (changed by a rotation); then the
+        rotation request is acknowledged."""
+        if self._rotation is None:
+            return
+        assert self._key is not None and keeper.held is not None
+        me, ours = keeper.held.record, self._key.public.base64
+        if me.public_key != ours:
+            await keeper.republish(replace(me, public_key=ours))
+        published = keeper.held.record.public_key
+        await self._rotation.acknowledge(PublicKey.from_base64(published) if published else None)
 
     @property
     def _may_delete(self) -> bool:

@@ -11,9 +11,12 @@ WireGuard derives (WireGuard itself runs its own Noise KDF over its DH outputs).
 
 The private key lives in ``<state dir>/node-key`` as base64 (the format of ``wg genkey``, so
 ``wg pubkey < node-key`` works), mode 0600, outside tmpfs, so it survives reboots -- unlike
-flannel's. It is created atomically and never overwritten; a file readable by anyone but
-its owner is refused, because the secret may have leaked (``repair=True`` narrows the
-mode instead, for operators who know it did not).
+flannel's. It is created atomically and never overwritten at creation; a file readable
+by anyone but its owner is refused, because the secret may have leaked (``repair=True``
+narrows the mode instead, for operators who know it did not). ``NodeKey.rotate`` (key
+rotation, overlayd/rotation.py) is the one place that replaces it: a new key is written
+to a 0600 temporary file, fsynced and renamed over the old one, so a crash leaves either
+the old key or the new one, never a torn file.
 """
 
 from __future__ import annotations
@@ -177,6 +180,16 @@ class NodeKey:
         """``derive_shared`` with this node's private key."""
         return derive_shared(self.private, peer_public, context)
 
+    def rotate(self) -> NodeKey:
+        """A new key pair, persisted atomically in place of this one (mode 0600).
+
+        The old private key is gone from disk once this returns; ``NodeKeyError`` when
+        the new key cannot be written (the old file is then left as it was).
+        """
+        private = PrivateKey.generate()
+        _write_key(self.path, private, replace=True)
+        return NodeKey(private, private.public_key(), self.path)
+
 
 def _read_key(path: Path, *, repair: bool) -> PrivateKey | None:
     try:
@@ -213,31 +226,49 @@ def _read_key(path: Path, *, repair: bool) -> PrivateKey | None:
 
 def _create_key(path: Path) -> PrivateKey:
     private = PrivateKey.generate()
+    existing = _write_key(path, private, replace=False)
+    if existing is not None:
+        return existing
+    log.info("generated node key %s (public key %s)", path, private.public_key())
+    return private
+
+
+def _write_key(path: Path, private: PrivateKey, *, replace: bool) -> PrivateKey | None:
+    """Write ``private`` to ``path`` through a 0600 temporary file, durably.
+
+    ``replace``: rename over an existing key (rotation). Otherwise link, which never
+    replaces a key another process created meanwhile: that key is returned instead.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    made = False  # only a temporary file this call created is removed afterwards
     try:
         # created 0600 by open() itself: there is no moment where it is wider
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        made = True
         with os.fdopen(fd, "w") as handle:
             handle.write(private.reveal_base64() + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        try:
-            # link, not rename: never replaces a key another process created meanwhile
-            os.link(tmp, path)
-        except FileExistsError:
-            existing = _read_key(path, repair=False)
-            if existing is None:
-                raise NodeKeyError(f"node key {path} vanished while being created") from None
-            return existing
+        if replace:
+            # rename replaces atomically: readers see the old key or the new one
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                existing = _read_key(path, repair=False)
+                if existing is None:
+                    raise NodeKeyError(f"node key {path} vanished while being created") from None
+                return existing
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.fsync(dir_fd)
+            os.fsync(dir_fd)  # the rename/link itself survives a crash
         finally:
             os.close(dir_fd)
     except OSError as exc:
         raise NodeKeyError(f"cannot write node key {path}: {exc.strerror}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    log.info("generated node key %s (public key %s)", path, private.public_key())
-    return private
+        if made:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    return None

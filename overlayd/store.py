@@ -5,6 +5,7 @@ Keys under the prefix (default ``/overlayd/network``)::
     <prefix>/config                       network config (flannel JSON)
     <prefix>/subnets/<a.b.c.d>-<len>      subnet leases, bound to an etcd lease (TTL)
     <prefix>/reservations/<a.b.c.d>-<len> permanent reservations {"Node": name}, no TTL
+    <prefix>/control/<node>/<verb>        requests to one node's daemon (e.g. rotate-key)
 
 Only this module imports the etcd client; every client or gRPC error leaves it as a
 ``StoreError`` (see overlayd/errors.py).
@@ -99,6 +100,19 @@ class WatchBatch:
 
     snapshot: Snapshot | None
     events: tuple[LeaseEvent, ...]
+
+
+@dataclass(frozen=True)
+class ControlValue:
+    """The current value of a control request key, and its mod revision (the request's id)."""
+
+    mod_revision: int
+    value: str
+
+
+def control_key(prefix: str, node: str, verb: str) -> str:
+    """``<prefix>/control/<node>/<verb>``: where requests to ``node``'s daemon are written."""
+    return f"{prefix.rstrip('/')}/control/{node}/{verb}"
 
 
 def _resolve(endpoint: Endpoint) -> str:
@@ -451,6 +465,53 @@ class EtcdStore:
                 current.absorb(name, None if kind is EventKind.DELETE else kv.value)
             yield current
 
+    # -- control requests (overlayd/rotation.py) ----------------------------------------
+
+    async def get_control(self, node: str, verb: str) -> ControlValue | None:
+        """The request ``verb`` pending for ``node``, None if there is none."""
+        return (await self._get_control(control_key(self._prefix, node, verb)))[1]
+
+    async def _get_control(self, key: str) -> tuple[int, ControlValue | None]:
+        resp = await self._call("get control", lambda c: _kv(c).get(key, timeout=RPC_TIMEOUT))
+        found = _control_value(resp.kvs[0]) if resp.kvs else None
+        return int(resp.header.revision), found
+
+    async def put_control(self, node: str, verb: str, value: str) -> None:
+        """Write (or renew) the request ``verb`` for ``node``; no etcd lease: it waits."""
+        key = control_key(self._prefix, node, verb)
+        await self._call("put control", lambda c: _kv(c).put(key, value, timeout=RPC_TIMEOUT))
+
+    async def delete_control(self, node: str, verb: str, mod_revision: int) -> bool:
+        """Acknowledge a request: delete it if it is still the one at ``mod_revision``.
+
+        A newer request written meanwhile stays (False), to be served in turn.
+        """
+        key = control_key(self._prefix, node, verb)
+
+        async def run(c: Etcd3Client) -> bool:
+            kv = _kv(c)
+            compare = Compare(
+                result=Compare.EQUAL,
+                target=Compare.MOD,
+                key=key.encode(),
+                mod_revision=mod_revision,
+            )
+            resp = await kv.txn([compare], [kv.txn_op_delete(key)], timeout=RPC_TIMEOUT)
+            return bool(resp.succeeded)
+
+        return await self._call("delete control", run)
+
+    async def watch_control(self, node: str, verb: str) -> AsyncIterator[ControlValue | None]:
+        """The request ``verb`` for ``node`` (None: none) now, then again after each change."""
+        key = control_key(self._prefix, node, verb)
+        async for listing, raw in self._watch_range(key, lambda: self._get_control(key)):
+            if not raw:  # a (re)listing: the value now, None when no request is pending
+                yield listing
+            for kind, kv in raw:
+                if kv.key.decode("utf-8", "replace") != key:
+                    continue  # the watched range also holds longer keys: not ours
+                yield None if kind is EventKind.DELETE else _control_value(kv)
+
     # -- reservations ------------------------------------------------------------------
 
     async def list_reservations(self) -> dict[IPv4Network, str]:
@@ -480,6 +541,10 @@ class EtcdStore:
             "delete reservation", lambda c: _kv(c).delete(key, timeout=RPC_TIMEOUT)
         )
         return int(resp.deleted) > 0
+
+
+def _control_value(kv: Any) -> ControlValue:
+    return ControlValue(int(kv.mod_revision), bytes(kv.value).decode("utf-8", "replace"))
 
 
 def _kv(c: Etcd3Client) -> Any:

@@ -236,7 +236,10 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
                     path = _Path(peer, address, target)
                     path.fast = self._chosen.get(peer) == address
                     self._paths[(peer, address)] = path
-                    self._schedule(path, now + self._rng.uniform(0, self.config.initial_spread))
+                    # the path in use first: when a peer's key changed (a rotation) it is
+                    # verified again before any other, so the choice does not wander
+                    spread = 0.0 if path.fast else self.config.initial_spread
+                    self._schedule(path, now + self._rng.uniform(0, spread))
         for key in [k for k in self._paths if k not in wanted]:
             self._paths.pop(key).live = False
         for peer in [p for p in self._chosen if p not in self._peers]:
@@ -246,6 +249,19 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         self.codec.retain(self._keys)
         self._compact()
         self._wake.set()
+
+    def set_key(self, key: PrivateKey) -> None:
+        """Switch to a new node key (rotation): from now on only it is spoken and answered.
+
+        Messages for the old key are rejected (``recipient``) as for any other key. Path
+        stats survive -- the peers' identities did not change -- but probes still out
+        were sent under the old key: they are forgotten rather than counted as losses.
+        """
+        self.codec = ProbeCodec(
+            key, window=self.config.window, replay_capacity=self.config.replay_capacity
+        )
+        self._outstanding.clear()
+        self._deadlines.clear()
 
     def _drop_peer_paths(self, peer: PeerId) -> None:
         for key in [k for k in self._paths if k[0] == peer]:

@@ -6,6 +6,7 @@ from overlayd.wireguard.driver import Driver, SyncResult, open_driver, sync
 from overlayd.wireguard.kernel import KernelWireGuard
 from overlayd.wireguard.model import (
     DEFAULT_LISTEN_PORT,
+    DeviceUpdate,
     Endpoint,
     PeerChanges,
     PresharedKey,
@@ -13,6 +14,7 @@ from overlayd.wireguard.model import (
     WgPeerConfig,
     WgPeerState,
     WgState,
+    device_update,
     diff_peers,
     interface_name,
 )
@@ -20,6 +22,7 @@ from overlayd.wireguard.userspace import WireGuardGo
 
 __all__ = [
     "DEFAULT_LISTEN_PORT",
+    "DeviceUpdate",
     "Driver",
     "Endpoint",
     "KernelWireGuard",
@@ -31,6 +34,7 @@ __all__ = [
     "WgPeerState",
     "WgState",
     "WireGuardGo",
+    "device_update",
     "diff_peers",
     "interface_name",
     "open_driver",

@@ -24,6 +24,7 @@ from overlayd.errors import WireGuardError
 from overlayd.keys import PrivateKey, PublicKey
 from overlayd.wireguard import _link, _nl
 from overlayd.wireguard.model import (
+    DeviceUpdate,
     Endpoint,
     PeerChanges,
     PresharedKey,
@@ -31,6 +32,7 @@ from overlayd.wireguard.model import (
     WgPeerConfig,
     WgPeerState,
     WgState,
+    device_update,
     diff_peers,
 )
 
@@ -162,6 +164,19 @@ def encode_set_device(
     if entries:
         parts.append(_nl.nested(WGDEVICE_A_PEERS, *entries))
     return b"".join(parts)
+
+
+def encode_device_update(ifname: str, update: DeviceUpdate) -> bytes:
+    """The WG_CMD_SET_DEVICE payload applying ``update`` (e.g. a rotated private key).
+
+    No peers and no flags: the device's peers and sessions' configuration stay as they are.
+    """
+    return encode_set_device(
+        ifname,
+        private_key=update.private_key,
+        listen_port=update.listen_port,
+        fwmark=update.fwmark,
+    )
 
 
 def encode_set_messages(ifname: str, changes: PeerChanges) -> list[bytes]:
@@ -323,14 +338,10 @@ class KernelWireGuard:
             self._created = True
         elif link.kind != "wireguard":
             raise WireGuardError(f"{self.ifname} exists but is a {link.kind} device")
-        state = self.read()
-        key = device.private_key if state.public_key != device.public_key else None
-        port = device.listen_port if state.listen_port != device.listen_port else None
-        mark = device.fwmark if state.fwmark != device.fwmark else None
-        if key is not None or port is not None or mark is not None:
-            payload = encode_set_device(self.ifname, private_key=key, listen_port=port, fwmark=mark)
+        update = device_update(self.read(), device)
+        if update:
             try:
-                self._send([payload])
+                self._send([encode_device_update(self.ifname, update)])
             except OSError as exc:
                 raise WireGuardError(f"cannot configure {self.ifname}: {exc.strerror}") from None
         _link.set_up(self.ifname, device.mtu)

@@ -149,6 +149,34 @@ class WgState:
 
 
 @dataclass(frozen=True)
+class DeviceUpdate:
+    """Device-wide fields a driver must set; None where the device is already right.
+
+    A changed ``private_key`` is a key rotation (overlayd/rotation.py): both drivers set
+    it in place, the peers and their allowed IPs stay.
+    """
+
+    private_key: PrivateKey | None = field(default=None, repr=False)
+    listen_port: int | None = None
+    fwmark: int | None = None
+
+    def __bool__(self) -> bool:
+        return not (self.private_key is None and self.listen_port is None and self.fwmark is None)
+
+
+def device_update(state: WgState, device: WgDeviceConfig) -> DeviceUpdate:
+    """What to set on a device read back as ``state`` so it carries ``device``'s settings.
+
+    The private key is compared through its public key (what both drivers read back).
+    """
+    return DeviceUpdate(
+        private_key=device.private_key if state.public_key != device.public_key else None,
+        listen_port=device.listen_port if state.listen_port != device.listen_port else None,
+        fwmark=device.fwmark if state.fwmark != device.fwmark else None,
+    )
+
+
+@dataclass(frozen=True)
 class PeerChanges:
     """Per-peer operations turning the actual peer set into the desired one, sorted by key.
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from overlayd.errors import WireGuardError
 from overlayd.keys import PrivateKey, PublicKey
 from overlayd.wireguard.model import (
+    DeviceUpdate,
     Endpoint,
     PeerChanges,
     PresharedKey,
@@ -92,6 +93,21 @@ def encode_set(
     for peer in changes.add:
         lines += _peer_lines(peer, update_only=False)
     return "\n".join(lines) + "\n\n"
+
+
+def encode_device_update(update: DeviceUpdate) -> str:
+    """The ``set=1`` request applying ``update`` (e.g. ``private_key=`` for a rotation).
+
+    No peer lines: wireguard-go keeps every peer; it recomputes their static-static
+    secrets and expires the current sessions, so the next packet starts a handshake
+    under the new key. The text holds the secret: never log it.
+    """
+    return encode_set(
+        PeerChanges(),
+        private_key=update.private_key,
+        listen_port=update.listen_port,
+        fwmark=update.fwmark,
+    )
 
 
 @dataclass

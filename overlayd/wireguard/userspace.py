@@ -37,8 +37,22 @@ from pathlib import Path
 
 from overlayd.errors import WireGuardError
 from overlayd.wireguard import _link
-from overlayd.wireguard.model import PeerChanges, WgDeviceConfig, WgPeerConfig, WgState, diff_peers
-from overlayd.wireguard.uapi import UAPI_DIR, UapiClient, UapiUnavailable, encode_set, socket_path
+from overlayd.wireguard.model import (
+    PeerChanges,
+    WgDeviceConfig,
+    WgPeerConfig,
+    WgState,
+    device_update,
+    diff_peers,
+)
+from overlayd.wireguard.uapi import (
+    UAPI_DIR,
+    UapiClient,
+    UapiUnavailable,
+    encode_device_update,
+    encode_set,
+    socket_path,
+)
 
 log = logging.getLogger("overlayd.wireguard")
 
@@ -217,14 +231,9 @@ class WireGuardGo:
                     hint="every node needs its own node id (and so device name)",
                 )
             self._watch(self._client.server_pid())
-        private_key = device.private_key if state.public_key != device.public_key else None
-        port = device.listen_port if state.listen_port != device.listen_port else None
-        mark = device.fwmark if state.fwmark != device.fwmark else None
-        if private_key is not None or port is not None or mark is not None:
-            request = encode_set(
-                PeerChanges(), private_key=private_key, listen_port=port, fwmark=mark
-            )
-            self._client.set(request)
+        update = device_update(state, device)
+        if update:
+            self._client.set(encode_device_update(update))
         _link.set_up(self.ifname, device.mtu)
         return created
 
