@@ -12,8 +12,6 @@ Only this module imports the etcd client; every client or gRPC error leaves it a
 
 from __future__ import annotations
 
-import enum
-import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,12 +24,20 @@ from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
 from etcd3aio._protobuf import Compare  # the client has no mod-revision helper
 
 from overlayd.config import NetworkConfig, parse_config
-from overlayd.errors import ConfigMissingError, LeaseFormatError, StoreError
+from overlayd.errors import ConfigMissingError, StoreError
 from overlayd.gateway_state import GatewayClaim, GatewayState, HealthReport
-from overlayd.lease import LeaseRecord, decode_lease, parse_subnet_key_name, subnet_key_name
+from overlayd.lease import LeaseRecord, subnet_key_name
+
+# the values live in store_api; re-exported here for the modules that import them from here
+from overlayd.store_api import DEFAULT_PREFIX as DEFAULT_PREFIX
+from overlayd.store_api import EventKind as EventKind
+from overlayd.store_api import LeaseEvent as LeaseEvent
+from overlayd.store_api import Snapshot as Snapshot
+from overlayd.store_api import StoredLease as StoredLease
+from overlayd.store_api import WatchBatch as WatchBatch
+from overlayd.store_api import decode_reservation, decode_stored, reservation_value
 
 T = TypeVar("T")
-DEFAULT_PREFIX = "/overlayd/network"
 RPC_TIMEOUT = 5.0
 LIST_PAGE = 500
 
@@ -45,44 +51,6 @@ class EtcdSettings:
     cafile: Path | None = None
     certfile: Path | None = None
     keyfile: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredLease:
-    """One key under ``subnets/``: a decoded record, or why it could not be decoded."""
-
-    subnet: IPv4Network
-    record: LeaseRecord | None
-    error: str | None
-    lease_id: int
-    mod_revision: int
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """All leases at one store revision."""
-
-    revision: int
-    leases: tuple[StoredLease, ...]
-
-
-class EventKind(enum.Enum):
-    PUT = "put"
-    DELETE = "delete"
-
-
-@dataclass(frozen=True)
-class LeaseEvent:
-    kind: EventKind
-    lease: StoredLease
-
-
-@dataclass(frozen=True)
-class WatchBatch:
-    """Either a full ``snapshot`` (first batch, and after a compaction) or incremental events."""
-
-    snapshot: Snapshot | None
-    events: tuple[LeaseEvent, ...]
 
 
 def _parse_endpoint(text: str) -> tuple[str, str | None]:
@@ -183,17 +151,7 @@ class EtcdStore:
 
     def _stored(self, kv: Any) -> StoredLease | None:
         name = kv.key.decode("utf-8", errors="replace")[len(self._subnets) :]
-        try:
-            subnet = parse_subnet_key_name(name)
-        except LeaseFormatError:
-            return None  # not a lease key at all (e.g. a stray key); not ours to judge
-        record: LeaseRecord | None = None
-        error: str | None = None
-        try:
-            record = decode_lease(subnet, kv.value)
-        except LeaseFormatError as exc:
-            error = str(exc)
-        return StoredLease(subnet, record, error, int(kv.lease), int(kv.mod_revision))
+        return decode_stored(name, kv.value, int(kv.lease), int(kv.mod_revision))
 
     async def list_leases(self) -> Snapshot:
         """Every lease, read in pages at one revision (a consistent snapshot).
@@ -429,20 +387,16 @@ class EtcdStore:
         resp = await self._call(
             "list reservations", lambda c: _kv(c).get(self._reservations, end, timeout=RPC_TIMEOUT)
         )
-        out: dict[IPv4Network, str] = {}
-        for kv in resp.kvs:
-            try:
-                subnet = parse_subnet_key_name(kv.key.decode()[len(self._reservations) :])
-                node = json.loads(kv.value)["Node"]
-            except (LeaseFormatError, ValueError, KeyError, TypeError):
-                continue  # a malformed reservation reserves nothing
-            if isinstance(node, str) and node:
-                out[subnet] = node
-        return out
+        skip = len(self._reservations)
+        found = (
+            decode_reservation(kv.key.decode("utf-8", "replace")[skip:], kv.value)
+            for kv in resp.kvs
+        )
+        return dict(r for r in found if r is not None)
 
     async def put_reservation(self, subnet: IPv4Network, node: str) -> None:
         key = self._reservations + subnet_key_name(subnet)
-        value = json.dumps({"Node": node})
+        value = reservation_value(node)
         await self._call("put reservation", lambda c: _kv(c).put(key, value, timeout=RPC_TIMEOUT))
 
     async def delete_reservation(self, subnet: IPv4Network) -> bool:
