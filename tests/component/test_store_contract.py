@@ -248,6 +248,8 @@ def test_keepalive_ttl_and_revoke(backend: Backend) -> None:
         assert await store.list_reservations() == {IPv4Network("10.244.3.0/24"): "node-a"}
         with pytest.raises(StoreError):
             await store.create_lease(record("10.244.4.0/24"), lease)  # an unknown lease
+        with pytest.raises(StoreError):
+            await store.revoke(lease)  # twice
         assert (await store.list_leases()).leases == ()
 
     run(backend, body)
