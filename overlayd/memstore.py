@@ -87,7 +87,7 @@ class _Lease:
 class _Event:
     revision: int
     kind: EventKind
-    kv: KeyValue  # for a delete: the key with its last value, mod revision = the delete's
+    kv: KeyValue  # for a delete: only the key and the delete's revision (as etcd)
 
 
 class MemStore:
@@ -399,4 +399,5 @@ class MemStore:
 
 
 def _deleted(kv: KeyValue, revision: int) -> KeyValue:
-    return KeyValue(kv.key, kv.value, kv.create_revision, revision, kv.version, kv.lease)
+    """A delete event's key as etcd sends it: the key and the revision, nothing else."""
+    return KeyValue(kv.key, b"", 0, revision, 0, 0)

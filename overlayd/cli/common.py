@@ -10,7 +10,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -105,22 +105,31 @@ def guarded(body: Callable[[], T], *, debug: bool) -> T:
         return body()
     except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
         raise  # usage errors and --help: click prints them itself
-    except OverlaydError as exc:
-        if debug:
-            raise
-        click.echo(f"error: {exc}", err=True)
-        if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
-        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
         if debug:
             raise
-        lines = str(exc).strip().splitlines()
-        what = type(exc).__name__ + (f": {lines[0][:200]}" if lines else "")
-        click.echo(f"error: internal error: {what}; rerun with --debug", err=True)
-        sys.exit(EXIT_INTERNAL)
+        _report(_single(exc))
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups of one, e.g. from a TaskGroup."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _report(exc: BaseException) -> NoReturn:
+    if isinstance(exc, OverlaydError):
+        click.echo(f"error: {exc}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(exc.exit_code)
+    lines = str(exc).strip().splitlines()
+    what = type(exc).__name__ + (f": {lines[0][:200]}" if lines else "")
+    click.echo(f"error: internal error: {what}; rerun with --debug", err=True)
+    sys.exit(EXIT_INTERNAL)
 
 
 def _debug(ctx: click.Context) -> bool:

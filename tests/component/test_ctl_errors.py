@@ -168,3 +168,21 @@ def test_friendly_errors_on_any_command() -> None:
     assert bug.exit_code == EXIT_INTERNAL
     assert bug.stderr == "error: internal error: KeyError: 'x'; rerun with --debug\n"
     assert isinstance(runner.invoke(cmd, ["--crash", "--debug"]).exception, KeyError)
+
+
+def test_our_error_inside_a_task_group_is_still_ours() -> None:
+    """The daemon's errors come out of asyncio.TaskGroup wrapped in an ExceptionGroup."""
+
+    @click.command()
+    @click.option("--debug", is_flag=True)
+    @click.option("--many", is_flag=True)
+    @friendly_errors
+    def cmd(debug: bool, many: bool) -> None:
+        inner = [StoreError("etcd went away")] + ([ValueError("v")] if many else [])
+        raise ExceptionGroup("unhandled errors in a TaskGroup", [ExceptionGroup("g", inner)])
+
+    one = CliRunner().invoke(cmd, [])
+    assert one.exit_code == 1 and one.stderr.startswith("error: etcd went away\n")
+    many = CliRunner().invoke(cmd, ["--many"])
+    assert many.exit_code == EXIT_INTERNAL
+    assert many.stderr.startswith("error: internal error: ExceptionGroup: ")

@@ -360,6 +360,7 @@ def test_watch_snapshot_then_events(backend: Backend) -> None:
             assert await store.delete_lease(a.subnet)
             (ev,) = await events_until(gen, 1)
             assert ev.kind is EventKind.DELETE and ev.lease.subnet == a.subnet
+            assert ev.lease.record is None and ev.lease.lease_id == 0  # etcd sends the key only
             await store.revoke(lease)  # takes b with it
             (ev,) = await events_until(gen, 1)
             assert ev.kind is EventKind.DELETE and ev.lease.subnet == b.subnet
