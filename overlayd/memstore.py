@@ -27,7 +27,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import TypeVar
 
 from overlayd.config import NetworkConfig, parse_config
@@ -109,6 +109,9 @@ class MemStore:
     @property
     def prefix(self) -> str:
         return self._keys.prefix
+
+    def endpoint_addresses(self) -> frozenset[IPv4Address]:
+        return frozenset()  # no servers
 
     async def connect(self) -> None:
         """Nothing to connect to; the data outlives ``close`` (tests reopen the same store)."""
@@ -253,7 +256,7 @@ class MemStore:
 
     def _stored(self, kv: KeyValue) -> StoredLease | None:
         name = kv.key[len(self._keys.subnets) :]
-        return decode_stored(name, kv.value, kv.lease, kv.mod_revision)
+        return decode_stored(name, kv.value, kv.lease, kv.mod_revision, kv.create_revision)
 
     def _snapshot(self) -> Snapshot:
         found = (self._stored(kv) for kv in self._range(self._keys.subnets))

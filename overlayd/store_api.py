@@ -16,7 +16,7 @@ import enum
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from overlayd.config import NetworkConfig
@@ -39,6 +39,7 @@ class StoredLease:
     error: str | None
     lease_id: int
     mod_revision: int
+    create_revision: int = 0  # when the key was created: the older lease wins a conflict
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,9 @@ class StoreKeys:
         return f"{self.gw}health/{site}/{reporter_id}"
 
 
-def decode_stored(name: str, value: bytes, lease_id: int, mod_revision: int) -> StoredLease | None:
+def decode_stored(
+    name: str, value: bytes, lease_id: int, mod_revision: int, create_revision: int = 0
+) -> StoredLease | None:
     """The lease under key ``subnets/<name>``; None if ``name`` is not a subnet key at all
     (a stray key: not ours to judge). A bad value gives a record of None and the error."""
     try:
@@ -117,7 +120,7 @@ def decode_stored(name: str, value: bytes, lease_id: int, mod_revision: int) -> 
         record = decode_lease(subnet, value)
     except LeaseFormatError as exc:
         error = str(exc)
-    return StoredLease(subnet, record, error, lease_id, mod_revision)
+    return StoredLease(subnet, record, error, lease_id, mod_revision, create_revision)
 
 
 def decode_reservation(name: str, value: bytes) -> tuple[IPv4Network, str] | None:
@@ -141,6 +144,11 @@ def reservation_value(node: str) -> str:
 
 
 class Connection(Protocol):
+    def endpoint_addresses(self) -> frozenset[IPv4Address]:
+        """The addresses of the store's servers (never a guessed peer path); may resolve
+        names, so the daemon calls it in a thread."""
+        ...
+
     async def connect(self) -> None: ...
 
     async def close(self) -> None: ...

@@ -7,15 +7,17 @@ import json
 import socket
 import urllib.request
 from collections.abc import Awaitable, Callable
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from overlayd.cleartext import FIX as PLAIN_VXLAN_FIX
 from overlayd.cli.common import FriendlyGroup, etcd_options, etcd_settings, friendly_errors
 from overlayd.cli.context import CtlContext, run_with_store
-from overlayd.config import NetworkConfig, parse_backend, parse_config
+from overlayd.cli.planview import node_plan, wireguard_json, wireguard_lines
+from overlayd.config import VXLAN, VXLAN_WIREGUARD, NetworkConfig, parse_backend, parse_config
 from overlayd.errors import (
     ConfigError,
     ConfigMissingError,
@@ -26,7 +28,6 @@ from overlayd.errors import (
 from overlayd.gateway_state import GatewayState
 from overlayd.lease import parse_subnet_arg
 from overlayd.logs import quote
-from overlayd.plan import Planner
 from overlayd.store_api import Snapshot, Store, StoredLease
 
 T = TypeVar("T")
@@ -96,7 +97,16 @@ def network() -> None:
 @click.option("--subnet-len", type=int, default=None, help="Per-node subnet length.")
 @click.option("--subnet-min", default=None)
 @click.option("--subnet-max", default=None)
-@click.option("--backend", default="vxlan", show_default=True)
+@click.option(
+    "--backend",
+    # the safe choice for networks that span sites (docs/backends.md); a config written
+    # without Backend (as flannel's) still means vxlan, so flannel networks read as-is
+    # keep running as they did
+    default=VXLAN_WIREGUARD,
+    show_default=True,
+    help="vxlan+wireguard: VXLAN inside a site, WireGuard between sites; vxlan: no "
+    "encryption anywhere; wireguard: WireGuard to every peer.",
+)
 @click.option("--vni", type=int, default=None)
 @click.option("--port", type=int, default=None)
 @click.option("--mtu", type=int, default=None)
@@ -171,6 +181,12 @@ def network_init(
 
     _run(ctx, go)
     click.echo(cfg.to_json(redact=True))
+    if cfg.backend.type == VXLAN:
+        click.echo(
+            "note: backend vxlan neither encrypts nor authenticates traffic between sites; "
+            f"if this network spans sites, {PLAIN_VXLAN_FIX}",
+            err=True,
+        )
 
 
 @network.command("show")
@@ -336,12 +352,17 @@ def leases_revoke(ctx: click.Context, which: str) -> None:
 @click.pass_context
 @friendly_errors
 def plan(ctx: click.Context, node: str, output: str) -> None:
-    """The kernel entries NODE's daemon would program (same planner as the daemon)."""
+    """The kernel entries NODE's daemon would program (same planners as the daemon)."""
 
-    async def load(store: Store) -> tuple[NetworkConfig, list[tuple[StoredLease, int | None]]]:
-        return await store.get_config(), await _leases_with_ttl(store)
+    async def load(
+        store: Store,
+    ) -> tuple[
+        NetworkConfig, list[tuple[StoredLease, int | None]], GatewayState, frozenset[IPv4Address]
+    ]:
+        cfg, rows = await store.get_config(), await _leases_with_ttl(store)
+        return cfg, rows, await store.list_gateways(), store.endpoint_addresses()
 
-    cfg, rows = _run(ctx, load)
+    cfg, rows, gateway_state, unguessable = _run(ctx, load)
     me, _ = _find(rows, node)
     if me.record is None:
         raise LeaseFormatError(
@@ -349,7 +370,15 @@ def plan(ctx: click.Context, node: str, output: str) -> None:
             hint=f"revoke it ('overlayctl leases revoke {me.subnet}'); its daemon claims again",
         )
     records = {s.subnet: s.record for s, _ in rows if s.record is not None}
-    result = Planner().plan(me.record, records, network=cfg.network)
+    found = node_plan(
+        cfg,
+        me.record,
+        records,
+        gateway_state.claims,
+        created={s.subnet: s.create_revision for s, _ in rows},
+        unguessable=unguessable,  # as the daemon: the etcd endpoints are never guessed paths
+    )
+    result = found.vxlan
     state = result.state
     if output == "json":
         _echo_json(
@@ -370,18 +399,21 @@ def plan(ctx: click.Context, node: str, output: str) -> None:
                     str(k): {"address": str(p.address), "kind": p.kind, "reason": p.reason}
                     for k, p in sorted(result.paths.items())
                 },
-                "skipped": [{"subnet": str(s), "reason": r} for s, r in result.skipped],
+                "wireguard": wireguard_json(found.wireguard),
+                "skipped": [{"subnet": str(s), "reason": r} for s, r in found.skipped],
             }
         )
         return
-    click.echo(f"# plan for {node} ({me.subnet}): {len(result.paths)} peers")
+    click.echo(f"# plan for {node} ({me.subnet}), backend {cfg.backend.type}: {found.peers} peers")
     for r in sorted(state.routes.values()):
         click.echo(f"route {r.dst} via {r.via} onlink")
     for n in sorted(state.neighs.values()):
         click.echo(f"neigh {n.ip} lladdr {n.mac} permanent")
     for f in sorted(state.fdbs.values()):
         click.echo(f"fdb {f.mac} dst {f.dst} self permanent")
-    for subnet, reason in result.skipped:
+    for line in wireguard_lines(found.wireguard):
+        click.echo(line)
+    for subnet, reason in found.skipped:
         click.echo(f"# skipped {subnet}: {reason}")
 
 

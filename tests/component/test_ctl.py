@@ -59,7 +59,7 @@ def test_network_init_refuses_to_replace_without_force(ctl: Ctl) -> None:
         ["--network", "not-a-net"],
         ["--network", "10.50.0.0/16", "--backend", "bogus"],
         ["--network", "10.50.0.0/16", "--subnet-len", "8"],
-        ["--network", "10.50.0.0/16", "--topology", "gateway"],  # needs vxlan+wireguard
+        ["--network", "10.50.0.0/16", "--backend", "vxlan", "--topology", "gateway"],
     ],
 )
 def test_network_init_invalid_is_a_config_error(ctl: Ctl, args: list[str]) -> None:
@@ -203,15 +203,15 @@ def test_reserve_errors(ctl: Ctl) -> None:
 
 
 def test_plan_zero_one_many_peers(ctl: Ctl) -> None:
-    ctl.init()
+    ctl.init("--backend", "vxlan")
     ctl.lease(record("10.244.1.0/24", "a", "ia", 1))
     alone = ctl("plan", "--node", "a").stdout.splitlines()
-    assert alone == ["# plan for a (10.244.1.0/24): 0 peers"]
+    assert alone == ["# plan for a (10.244.1.0/24), backend vxlan: 0 peers"]
     doc = json.loads(ctl("plan", "--node", "a", "-o", "json").stdout)
     assert doc["routes"] == [] and doc["neighbours"] == [] and doc["fdb"] == []
     ctl.lease(record("10.244.2.0/24", "b", "ib", 2))
     one = ctl("plan", "--node", "a").stdout.splitlines()
-    assert one[0] == "# plan for a (10.244.1.0/24): 1 peers"
+    assert one[0] == "# plan for a (10.244.1.0/24), backend vxlan: 1 peers"
     assert "route 10.244.2.0/24 via 10.244.2.0 onlink" in one
     ctl.lease(record("10.244.3.0/24", "c", "ic", 3))
     doc = json.loads(ctl("plan", "--node", "a", "-o", "json").stdout)
@@ -220,11 +220,12 @@ def test_plan_zero_one_many_peers(ctl: Ctl) -> None:
 
 
 def test_plan_with_malformed_records(ctl: Ctl) -> None:
-    ctl.init()
+    ctl.init("--backend", "vxlan")
     ctl.lease(record("10.244.1.0/24", "a", "ia", 1))
     ctl.store.put_raw(f"{ctl.store.prefix}/subnets/10.244.5.0-24", "garbage")
     # a malformed peer is left out; the plan for a still prints
-    assert ctl("plan", "--node", "a").stdout.startswith("# plan for a (10.244.1.0/24): 0 peers")
+    out = ctl("plan", "--node", "a").stdout
+    assert out.startswith("# plan for a (10.244.1.0/24), backend vxlan: 0 peers")
     own = ctl("plan", "--node", "10.244.5.0/24", code=1)
     assert "lease of 10.244.5.0/24 (10.244.5.0/24) is malformed" in own.stderr
     assert "leases revoke" in own.stderr
@@ -289,3 +290,16 @@ def test_config_written_by_init_is_what_show_parses(ctl: Ctl) -> None:
     ctl.init("--backend", "wireguard", "--listen-port", "51000")
     cfg = parse_config(ctl("network", "show").stdout)
     assert cfg.backend.type == "wireguard" and cfg.backend.listen_port == 51000
+
+
+def test_plan_default_backend_zero_and_many_peers(ctl: Ctl) -> None:
+    ctl.init()  # vxlan+wireguard
+    ctl.lease(record("10.244.1.0/24", "a", "ia", 1, site="eu", backend_type="vxlan+wireguard"))
+    assert ctl("plan", "--node", "a").stdout.startswith("# plan for a (10.244.1.0/24)")
+    json.loads(ctl("plan", "--node", "a", "-o", "json").stdout)
+    ctl.lease(record("10.244.2.0/24", "b", "ib", 2, site="eu", backend_type="vxlan+wireguard"))
+    ctl.lease(record("10.244.3.0/24", "c", "ic", 3, site="us", backend_type="vxlan+wireguard"))
+    out = ctl("plan", "--node", "a").stdout
+    assert "route 10.244.2.0/24 via 10.244.2.0 onlink" in out  # same site: VXLAN
+    doc = json.loads(ctl("plan", "--node", "a", "-o", "json").stdout)
+    assert doc["node"] == "a"
