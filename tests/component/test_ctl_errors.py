@@ -3,6 +3,8 @@ failing store, bad flags and bugs each give one clear line and a documented exit
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from ipaddress import IPv4Network
 
 import click
@@ -18,6 +20,18 @@ from overlayd.memstore import MemStore
 from overlayd.store_api import Snapshot
 from tests.component.ctl import Ctl
 from tests.lab.etcd import free_ports
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """overlayd's entry point sets up logging (on the runner's stderr) before it checks the
+    endpoints: put the root logger back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
 
 # one of each command that reads or writes the store
 STORE_COMMANDS = [
@@ -97,9 +111,9 @@ def test_unreachable_real_etcd() -> None:
     ["foo", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999", "ftp://h:1", "h:port", ":2379",
      "127.0.0.1:2379,bad", "a b:1"],
 )  # fmt: skip
-def test_bad_endpoints_are_a_usage_error_naming_them(endpoints: str) -> None:
+def test_bad_endpoints_are_a_usage_error_naming_them(endpoints: str, root_logging: None) -> None:
     ctl_args = ["--etcd-endpoints", endpoints, "leases", "list"]
-    daemon_args = ["--etcd-endpoints", endpoints]  # refused before the daemon starts
+    daemon_args = ["--etcd-endpoints", endpoints, "--healthz-port", "0"]  # refused at once
     for cli, args in ((main, ctl_args), (daemon_main.main, daemon_args)):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2, result.output
