@@ -30,7 +30,7 @@ from overlayd.keys import NodeKey, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.plan_gateway import entry_points
 from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober
-from overlayd.store import EtcdStore
+from overlayd.store_api import Store
 
 log = logging.getLogger("overlayd.gateway")
 
@@ -51,7 +51,7 @@ class GatewayAgent:
 
     def __init__(
         self,
-        store: EtcdStore,
+        store: Store,
         cfg: NetworkConfig,
         key: NodeKey,
         options: GatewayOptions,

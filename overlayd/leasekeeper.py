@@ -20,7 +20,7 @@ from overlayd.config import NetworkConfig
 from overlayd.errors import PoolExhaustedError, StoreError
 from overlayd.identity import StateDir
 from overlayd.lease import LeaseRecord
-from overlayd.store import EtcdStore, Snapshot, StoredLease
+from overlayd.store_api import Snapshot, Store, StoredLease
 
 log = logging.getLogger("overlayd.lease")
 
@@ -38,7 +38,7 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        store: EtcdStore,
+        store: Store,
         cfg: NetworkConfig,
         template: LeaseRecord,
         state_dir: StateDir,

@@ -33,7 +33,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,7 +41,7 @@ from overlayd.errors import NotFoundError, OverlaydError, StoreError
 from overlayd.keys import NodeKey, NodeKeyError, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.logs import quote
-from overlayd.store import ControlValue, EtcdStore
+from overlayd.store_api import ControlStore, ControlValue, LeaseStore
 
 log = logging.getLogger("overlayd.rotation")
 
@@ -96,14 +96,6 @@ def key_change(old: LeaseRecord | None, new: LeaseRecord | None) -> str | None:
         f"peer {quote(new.node)} ({new.subnet}) has a new public key "
         f"{short(new.public_key)} (was {short(old.public_key)})"
     )
-
-
-class ControlStore(Protocol):
-    """The part of ``EtcdStore`` a rotation uses (an in-memory fake in unit tests)."""
-
-    def watch_control(self, node: str, verb: str) -> AsyncIterator[ControlValue | None]: ...
-
-    async def delete_control(self, node: str, verb: str, mod_revision: int) -> bool: ...
 
 
 class KeyRotation:
@@ -205,8 +197,12 @@ class RotationResult:
     new: str | None
 
 
+class _RequestStore(LeaseStore, ControlStore, Protocol):
+    """What ``request_rotation`` needs: the leases (the node's key) and its control key."""
+
+
 async def request_rotation(
-    store: EtcdStore, node: str, *, by: str, wait: float | None
+    store: _RequestStore, node: str, *, by: str, wait: float | None
 ) -> RotationResult:
     """Ask ``node``'s daemon to rotate its key; with ``wait`` (seconds), until it has.
 
@@ -227,7 +223,7 @@ async def request_rotation(
     )
 
 
-async def _published_key(store: EtcdStore, node: str) -> str:
+async def _published_key(store: LeaseStore, node: str) -> str:
     leases = sorted(
         (s for s in (await store.list_leases()).leases if s.record and s.record.node == node),
         key=lambda s: s.subnet,

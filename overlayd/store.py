@@ -14,8 +14,6 @@ Only this module imports the etcd client; every client or gRPC error leaves it a
 from __future__ import annotations
 
 import contextlib
-import enum
-import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -31,7 +29,6 @@ from overlayd.config import NetworkConfig, parse_config
 from overlayd.errors import (
     ConfigMissingError,
     EtcdTlsError,
-    LeaseFormatError,
     OverlaydError,
     StoreError,
 )
@@ -44,10 +41,19 @@ from overlayd.etcd_tls import (
     parse_endpoints,
 )
 from overlayd.gateway_state import GatewayClaim, GatewayState, HealthReport
-from overlayd.lease import LeaseRecord, decode_lease, parse_subnet_key_name, subnet_key_name
+from overlayd.lease import LeaseRecord, subnet_key_name
+
+# the values live in store_api; re-exported here for the modules that import them from here
+from overlayd.store_api import DEFAULT_PREFIX as DEFAULT_PREFIX
+from overlayd.store_api import ControlValue as ControlValue
+from overlayd.store_api import EventKind as EventKind
+from overlayd.store_api import LeaseEvent as LeaseEvent
+from overlayd.store_api import Snapshot as Snapshot
+from overlayd.store_api import StoredLease as StoredLease
+from overlayd.store_api import StoreKeys, decode_reservation, decode_stored, reservation_value
+from overlayd.store_api import WatchBatch as WatchBatch
 
 T = TypeVar("T")
-DEFAULT_PREFIX = "/overlayd/network"
 RPC_TIMEOUT = 5.0
 LIST_PAGE = 500
 
@@ -61,58 +67,6 @@ class EtcdSettings:
     cafile: Path | None = None
     certfile: Path | None = None
     keyfile: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredLease:
-    """One key under ``subnets/``: a decoded record, or why it could not be decoded."""
-
-    subnet: IPv4Network
-    record: LeaseRecord | None
-    error: str | None
-    lease_id: int
-    mod_revision: int
-    create_revision: int = 0  # when the key was created: the older lease wins a conflict
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """All leases at one store revision."""
-
-    revision: int
-    leases: tuple[StoredLease, ...]
-
-
-class EventKind(enum.Enum):
-    PUT = "put"
-    DELETE = "delete"
-
-
-@dataclass(frozen=True)
-class LeaseEvent:
-    kind: EventKind
-    lease: StoredLease
-
-
-@dataclass(frozen=True)
-class WatchBatch:
-    """Either a full ``snapshot`` (first batch, and after a compaction) or incremental events."""
-
-    snapshot: Snapshot | None
-    events: tuple[LeaseEvent, ...]
-
-
-@dataclass(frozen=True)
-class ControlValue:
-    """The current value of a control request key, and its mod revision (the request's id)."""
-
-    mod_revision: int
-    value: str
-
-
-def control_key(prefix: str, node: str, verb: str) -> str:
-    """``<prefix>/control/<node>/<verb>``: where requests to ``node``'s daemon are written."""
-    return f"{prefix.rstrip('/')}/control/{node}/{verb}"
 
 
 def _resolve(endpoint: Endpoint) -> str:
@@ -139,10 +93,9 @@ class EtcdStore:
     def __init__(self, settings: EtcdSettings) -> None:
         self._settings = settings
         self._prefix = settings.prefix.rstrip("/")
-        self._subnets = f"{self._prefix}/subnets/"
-        self._reservations = f"{self._prefix}/reservations/"
-        self._gateways = f"{self._prefix}/gw/site/"
-        self._health = f"{self._prefix}/gw/health/"
+        self._keys = StoreKeys(self._prefix)  # the key layout, shared with MemStore
+        self._subnets = self._keys.subnets
+        self._reservations = self._keys.reservations
         self._client: Etcd3Client | None = None
         self._tls: TlsMaterial | None = None
         self._server_name: str | None = None
@@ -224,18 +177,8 @@ class EtcdStore:
 
     def _stored(self, kv: Any) -> StoredLease | None:
         name = kv.key.decode("utf-8", errors="replace")[len(self._subnets) :]
-        try:
-            subnet = parse_subnet_key_name(name)
-        except LeaseFormatError:
-            return None  # not a lease key at all (e.g. a stray key); not ours to judge
-        record: LeaseRecord | None = None
-        error: str | None = None
-        try:
-            record = decode_lease(subnet, kv.value)
-        except LeaseFormatError as exc:
-            error = str(exc)
-        return StoredLease(
-            subnet, record, error, int(kv.lease), int(kv.mod_revision), int(kv.create_revision)
+        return decode_stored(
+            name, kv.value, int(kv.lease), int(kv.mod_revision), int(kv.create_revision)
         )
 
     async def list_leases(self) -> Snapshot:
@@ -401,10 +344,10 @@ class EtcdStore:
     # -- gateways ------------------------------------------------------------------------
 
     def _gateway_key(self, site: str) -> str:
-        return f"{self._gateways}{site}"
+        return self._keys.gateway(site)
 
     def _report_key(self, site: str, reporter_id: str) -> str:
-        return f"{self._health}{site}/{reporter_id}"
+        return self._keys.report(site, reporter_id)
 
     async def claim_gateway(self, site: str, claim: GatewayClaim, lease_id: int) -> bool:
         """Become ``site``'s gateway if it has none (atomic); bound to ``lease_id``."""
@@ -469,7 +412,7 @@ class EtcdStore:
 
     async def get_control(self, node: str, verb: str) -> ControlValue | None:
         """The request ``verb`` pending for ``node``, None if there is none."""
-        return (await self._get_control(control_key(self._prefix, node, verb)))[1]
+        return (await self._get_control(self._keys.control(node, verb)))[1]
 
     async def _get_control(self, key: str) -> tuple[int, ControlValue | None]:
         resp = await self._call("get control", lambda c: _kv(c).get(key, timeout=RPC_TIMEOUT))
@@ -478,7 +421,7 @@ class EtcdStore:
 
     async def put_control(self, node: str, verb: str, value: str) -> None:
         """Write (or renew) the request ``verb`` for ``node``; no etcd lease: it waits."""
-        key = control_key(self._prefix, node, verb)
+        key = self._keys.control(node, verb)
         await self._call("put control", lambda c: _kv(c).put(key, value, timeout=RPC_TIMEOUT))
 
     async def delete_control(self, node: str, verb: str, mod_revision: int) -> bool:
@@ -486,7 +429,7 @@ class EtcdStore:
 
         A newer request written meanwhile stays (False), to be served in turn.
         """
-        key = control_key(self._prefix, node, verb)
+        key = self._keys.control(node, verb)
 
         async def run(c: Etcd3Client) -> bool:
             kv = _kv(c)
@@ -503,7 +446,7 @@ class EtcdStore:
 
     async def watch_control(self, node: str, verb: str) -> AsyncIterator[ControlValue | None]:
         """The request ``verb`` for ``node`` (None: none) now, then again after each change."""
-        key = control_key(self._prefix, node, verb)
+        key = self._keys.control(node, verb)
         async for listing, raw in self._watch_range(key, lambda: self._get_control(key)):
             if not raw:  # a (re)listing: the value now, None when no request is pending
                 yield listing
@@ -519,20 +462,16 @@ class EtcdStore:
         resp = await self._call(
             "list reservations", lambda c: _kv(c).get(self._reservations, end, timeout=RPC_TIMEOUT)
         )
-        out: dict[IPv4Network, str] = {}
-        for kv in resp.kvs:
-            try:
-                subnet = parse_subnet_key_name(kv.key.decode()[len(self._reservations) :])
-                node = json.loads(kv.value)["Node"]
-            except (LeaseFormatError, ValueError, KeyError, TypeError):
-                continue  # a malformed reservation reserves nothing
-            if isinstance(node, str) and node:
-                out[subnet] = node
-        return out
+        skip = len(self._reservations)
+        found = (
+            decode_reservation(kv.key.decode("utf-8", "replace")[skip:], kv.value)
+            for kv in resp.kvs
+        )
+        return dict(r for r in found if r is not None)
 
     async def put_reservation(self, subnet: IPv4Network, node: str) -> None:
         key = self._reservations + subnet_key_name(subnet)
-        value = json.dumps({"Node": node})
+        value = reservation_value(node)
         await self._call("put reservation", lambda c: _kv(c).put(key, value, timeout=RPC_TIMEOUT))
 
     async def delete_reservation(self, subnet: IPv4Network) -> bool:

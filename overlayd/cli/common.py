@@ -1,4 +1,8 @@
-"""What both commands share: the etcd flags and error printing (``error: …`` + hint)."""
+"""What both commands share: the etcd flags and error printing (``error: …`` + hint).
+
+Exit codes (README "Using it"): 2 usage or configuration, 1 runtime (etcd unreachable, a
+lease not found, …), 70 internal error (a bug: one line, the traceback with ``--debug``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -15,6 +19,8 @@ from overlayd.etcd_tls import parse_endpoints
 from overlayd.store import DEFAULT_PREFIX, EtcdSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): a bug, not the user's doing
 
 
 def etcd_options(fn: F) -> F:
@@ -82,22 +88,57 @@ def etcd_settings(
     return EtcdSettings(endpoints, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile)
 
 
+def guarded(body: Callable[[], T], *, debug: bool) -> T:
+    """Run ``body``; our errors become ``error: …`` (+ ``hint: …``) and their exit code,
+    anything unexpected one ``internal error`` line and exit 70. ``debug``: tracebacks."""
+    try:
+        return body()
+    except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise  # usage errors and --help: click prints them itself
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        _report(_single(exc))
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups of one, e.g. from a TaskGroup."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _report(exc: BaseException) -> NoReturn:
+    if isinstance(exc, OverlaydError):
+        click.echo(f"error: {exc}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(exc.exit_code)
+    lines = str(exc).strip().splitlines()
+    what = type(exc).__name__ + (f": {lines[0][:200]}" if lines else "")
+    click.echo(f"error: internal error: {what}; rerun with --debug", err=True)
+    sys.exit(EXIT_INTERNAL)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.find_root().params.get("debug"))
+
+
 def friendly_errors(fn: F) -> F:
     """Print ``error: …`` and a hint instead of a traceback (unless ``--debug``)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = bool(click.get_current_context().find_root().params.get("debug"))
-        try:
-            return fn(*args, **kwargs)
-        except OverlaydError as exc:
-            if debug:
-                raise
-            click.echo(f"error: {exc}", err=True)
-            if exc.hint:
-                click.echo(f"hint: {exc.hint}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            sys.exit(130)
+        return guarded(lambda: fn(*args, **kwargs), debug=_debug(click.get_current_context()))
 
     return wrapper  # type: ignore[return-value]
+
+
+class FriendlyGroup(click.Group):
+    """A command group whose every subcommand (and the group's own callback) reports
+    errors as ``friendly_errors`` does, so no command can end in a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return guarded(lambda: super(FriendlyGroup, self).invoke(ctx), debug=_debug(ctx))

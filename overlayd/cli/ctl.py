@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import socket
-import time
 import urllib.request
 from collections.abc import Awaitable, Callable
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from overlayd.cleartext import FIX as PLAIN_VXLAN_FIX
-from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
+from overlayd.cli.common import FriendlyGroup, etcd_options, etcd_settings, friendly_errors
+from overlayd.cli.context import CtlContext, run_with_store
 from overlayd.cli.planview import node_plan, wireguard_json, wireguard_lines
 from overlayd.config import VXLAN, VXLAN_WIREGUARD, NetworkConfig, parse_backend, parse_config
 from overlayd.errors import (
@@ -28,22 +27,16 @@ from overlayd.errors import (
 )
 from overlayd.gateway_state import GatewayState
 from overlayd.lease import parse_subnet_arg
+from overlayd.logs import quote
 from overlayd.rotation import request_rotation
-from overlayd.store import EtcdStore, Snapshot, StoredLease
+from overlayd.store_api import Snapshot, Store, StoredLease
 
 T = TypeVar("T")
+ERROR_QUOTE = 160  # characters of a decoding error (it quotes values from the store) shown
 
 
-def _run(ctx: click.Context, fn: Callable[[EtcdStore], Awaitable[T]]) -> T:
-    async def go() -> T:
-        store = EtcdStore(ctx.obj)
-        await store.connect()
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+def _run(ctx: click.Context, fn: Callable[[Store], Awaitable[T]]) -> T:
+    return run_with_store(ctx, fn)
 
 
 def _echo_json(value: Any) -> None:
@@ -56,7 +49,20 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-@click.group()
+def _subnet_arg(_ctx: click.Context, param: click.Parameter, value: str) -> IPv4Network:
+    """A subnet argument (``10.244.3.0/24`` or ``10.244.3.0-24``): a usage error if not."""
+    try:
+        return parse_subnet_arg(value)
+    except LeaseFormatError:
+        raise click.BadParameter(f"{value!r} is not a subnet (e.g. 10.244.3.0/24)") from None
+
+
+output_option = click.option(
+    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+@click.group(cls=FriendlyGroup)
 @etcd_options
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.pass_context
@@ -69,8 +75,14 @@ def main(
     etcd_keyfile: Path | None,
     debug: bool,
 ) -> None:
-    """Inspect and manage an overlayd network."""
-    ctx.obj = etcd_settings(etcd_endpoints, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile)
+    """Inspect and manage an overlayd network.
+
+    Exit codes: 0 ok, 1 runtime error (e.g. etcd unreachable), 2 usage or configuration
+    error, 70 internal error (rerun with --debug for the traceback).
+    """
+    base = ctx.obj if isinstance(ctx.obj, CtlContext) else CtlContext()  # tests pass one in
+    settings = etcd_settings(etcd_endpoints, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile)
+    ctx.obj = dataclasses.replace(base, settings=settings)
 
 
 # -- network ---------------------------------------------------------------------------
@@ -155,7 +167,7 @@ def network_init(
         raw["Topology"] = {"Mode": topology or "mesh", "Sites": sites}
     cfg = parse_config(json.dumps(raw))
 
-    async def go(store: EtcdStore) -> None:
+    async def go(store: Store) -> None:
         if not force:
             try:
                 await store.get_config_text()
@@ -195,7 +207,7 @@ def leases() -> None:
     """Subnet leases and reservations."""
 
 
-async def _leases_with_ttl(store: EtcdStore) -> list[tuple[StoredLease, int | None]]:
+async def _leases_with_ttl(store: Store) -> list[tuple[StoredLease, int | None]]:
     snapshot = await store.list_leases()
     out = []
     for stored in sorted(snapshot.leases, key=lambda s: s.subnet):
@@ -228,7 +240,7 @@ def _lease_json(stored: StoredLease, ttl: int | None) -> dict[str, Any]:
 
 
 @leases.command("list")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@output_option
 @click.pass_context
 @friendly_errors
 def leases_list(ctx: click.Context, output: str) -> None:
@@ -243,6 +255,8 @@ def leases_list(ctx: click.Context, output: str) -> None:
         ttl_text = "-" if ttl is None else ("expired" if ttl < 0 else f"{ttl}s")
         if rec is None:
             table.append([str(stored.subnet), "(malformed)", "-", "-", "-", ttl_text])
+            why = quote(stored.error, ERROR_QUOTE)
+            click.echo(f"warning: lease {stored.subnet} is malformed: {why}", err=True)
             continue
         addrs = ",".join(str(a) for a in (*rec.public_ips, *rec.private_ips)) or str(rec.public_ip)
         table.append([str(stored.subnet), rec.node, rec.site, addrs, rec.backend_type, ttl_text])
@@ -271,15 +285,14 @@ def leases_show(ctx: click.Context, which: str) -> None:
 
 
 @leases.command("reserve")
-@click.argument("subnet")
+@click.argument("net", metavar="SUBNET", callback=_subnet_arg)
 @click.option("--node", required=True, help="Node name the subnet is reserved for.")
 @click.pass_context
 @friendly_errors
-def leases_reserve(ctx: click.Context, subnet: str, node: str) -> None:
+def leases_reserve(ctx: click.Context, net: IPv4Network, node: str) -> None:
     """Reserve SUBNET permanently for a node name."""
-    net = parse_subnet_arg(subnet)
 
-    async def go(store: EtcdStore) -> None:
+    async def go(store: Store) -> None:
         cfg = await store.get_config()
         if not cfg.is_allocatable(net):
             raise ConfigError(
@@ -293,23 +306,26 @@ def leases_reserve(ctx: click.Context, subnet: str, node: str) -> None:
 
 
 @leases.command("unreserve")
-@click.argument("subnet")
+@click.argument("net", metavar="SUBNET", callback=_subnet_arg)
 @click.pass_context
 @friendly_errors
-def leases_unreserve(ctx: click.Context, subnet: str) -> None:
+def leases_unreserve(ctx: click.Context, net: IPv4Network) -> None:
     """Remove a reservation."""
-    net = parse_subnet_arg(subnet)
     if not _run(ctx, lambda s: s.delete_reservation(net)):
         raise NotFoundError(f"no reservation for {net}")
     click.echo(f"removed reservation of {net}")
 
 
 @leases.command("reservations")
+@output_option
 @click.pass_context
 @friendly_errors
-def leases_reservations(ctx: click.Context) -> None:
+def leases_reservations(ctx: click.Context, output: str) -> None:
     """List reservations."""
     found = _run(ctx, lambda s: s.list_reservations())
+    if output == "json":
+        _echo_json([{"subnet": str(k), "node": v} for k, v in sorted(found.items())])
+        return
     _table(["SUBNET", "NODE"], [[str(k), v] for k, v in sorted(found.items())])
 
 
@@ -320,7 +336,7 @@ def leases_reservations(ctx: click.Context) -> None:
 def leases_revoke(ctx: click.Context, which: str) -> None:
     """Delete a lease (by subnet or node name); a live daemon will claim a subnet again."""
 
-    async def go(store: EtcdStore) -> IPv4Network:
+    async def go(store: Store) -> IPv4Network:
         stored, _ = _find(await _leases_with_ttl(store), which)
         await store.delete_lease(stored.subnet)
         return stored.subnet
@@ -361,20 +377,27 @@ def node_rotate_key(ctx: click.Context, name: str, wait: bool, timeout: float) -
 
 @main.command("plan")
 @click.option("--node", default=socket.gethostname, help="Plan for this node (default: hostname).")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@output_option
 @click.pass_context
 @friendly_errors
 def plan(ctx: click.Context, node: str, output: str) -> None:
     """The kernel entries NODE's daemon would program (same planners as the daemon)."""
 
     async def load(
-        store: EtcdStore,
-    ) -> tuple[NetworkConfig, list[tuple[StoredLease, int | None]], GatewayState]:
-        return await store.get_config(), await _leases_with_ttl(store), await store.list_gateways()
+        store: Store,
+    ) -> tuple[
+        NetworkConfig, list[tuple[StoredLease, int | None]], GatewayState, frozenset[IPv4Address]
+    ]:
+        cfg, rows = await store.get_config(), await _leases_with_ttl(store)
+        return cfg, rows, await store.list_gateways(), store.endpoint_addresses()
 
-    cfg, rows, gateway_state = _run(ctx, load)
+    cfg, rows, gateway_state, unguessable = _run(ctx, load)
     me, _ = _find(rows, node)
-    assert me.record is not None
+    if me.record is None:
+        raise LeaseFormatError(
+            f"the lease of {node} ({me.subnet}) is malformed: {quote(me.error, ERROR_QUOTE)}",
+            hint=f"revoke it ('overlayctl leases revoke {me.subnet}'); its daemon claims again",
+        )
     records = {s.subnet: s.record for s, _ in rows if s.record is not None}
     found = node_plan(
         cfg,
@@ -382,7 +405,7 @@ def plan(ctx: click.Context, node: str, output: str) -> None:
         records,
         gateway_state.claims,
         created={s.subnet: s.create_revision for s, _ in rows},
-        unguessable=EtcdStore(ctx.obj).endpoint_addresses(),  # as the daemon: never guessed
+        unguessable=unguessable,  # as the daemon: the etcd endpoints are never guessed paths
     )
     result = found.vxlan
     state = result.state
@@ -436,46 +459,69 @@ def plan(ctx: click.Context, node: str, output: str) -> None:
     envvar="OVERLAYD_DAEMON_URL",
     help="Health port URL of the daemon to ask.",
 )
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@output_option
+@click.pass_context
 @friendly_errors
-def peers(node: str | None, daemon_url: str, output: str) -> None:
+def peers(ctx: click.Context, node: str | None, daemon_url: str, output: str) -> None:
     """Each peer's chosen underlay path, RTT, last successful probe and why (from the daemon)."""
     url = daemon_url.rstrip("/") + "/peers"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             found = json.load(resp)["peers"]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DaemonUnreachableError(
             f"cannot read {url}: {exc}", hint="is overlayd running there? see --daemon"
         ) from None
+    if not isinstance(found, list) or not all(isinstance(p, dict) for p in found):
+        raise DaemonUnreachableError(f"{url} did not send a list of peers: {quote(found)}")
     if node is not None:
-        found = [p for p in found if node in (p["node"], p["subnet"])]
+        found = [p for p in found if node in (p.get("node"), p.get("subnet"))]
         if not found:
             raise NotFoundError(f"the daemon has no peer {node!r}")
     if output == "json":
         _echo_json(found)
         return
-    rows = []
-    for p in found:
-        rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.2f}ms"
-        last = "-" if p["last_success"] is None else f"{time.time() - p['last_success']:.1f}s ago"
-        path = f"via gateway {p['via']}" if p.get("via") else p["kind"]
-        rows.append([p["node"], p["subnet"], p["site"], p["address"], path, rtt, last,
-                     p["reason"]])  # fmt: skip
+    env = ctx.find_object(CtlContext)
+    assert env is not None
+    rows = [_peer_row(p, env.clock()) for p in found]
     _table(["NODE", "SUBNET", "SITE", "ADDRESS", "PATH", "RTT", "LAST PROBE", "REASON"], rows)
+
+
+def _peer_row(p: dict[str, Any], now: float) -> list[str]:
+    """One /peers entry as table cells; a field missing or of the wrong type shows as ``-``
+    (a daemon of another version must not make the table fail)."""
+
+    def text(key: str) -> str:
+        value = p.get(key)
+        return "-" if value is None or isinstance(value, (dict, list)) else str(value)[:64]
+
+    def number(key: str) -> float | None:
+        value = p.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return float(value)
+
+    rtt, last = number("rtt_ms"), number("last_success")
+    path = f"via gateway {text('via')}" if p.get("via") else text("kind")
+    return [
+        text("node"), text("subnet"), text("site"), text("address"), path,
+        "-" if rtt is None else f"{rtt:.2f}ms",
+        "-" if last is None else f"{now - last:.1f}s ago",
+        text("reason"),
+    ]  # fmt: skip
 
 
 # -- gateways ------------------------------------------------------------------------------
 
 
 @main.command("gateways")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@output_option
 @click.pass_context
 @friendly_errors
 def gateways(ctx: click.Context, output: str) -> None:
     """Each site's topology mode, elected gateway, candidates and health reports."""
 
-    async def load(store: EtcdStore) -> tuple[NetworkConfig, Snapshot, GatewayState]:
+    async def load(store: Store) -> tuple[NetworkConfig, Snapshot, GatewayState]:
         return await store.get_config(), await store.list_leases(), await store.list_gateways()
 
     cfg, snapshot, state = _run(ctx, load)

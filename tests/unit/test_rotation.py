@@ -33,7 +33,7 @@ from overlayd.rotation import (
     key_change,
     short,
 )
-from overlayd.store import ControlValue, control_key
+from overlayd.store_api import ControlValue, StoreKeys
 from overlayd.wireguard import kernel, uapi
 from overlayd.wireguard.model import (
     DeviceUpdate,
@@ -81,7 +81,8 @@ def test_rotate_failure_leaves_the_old_key(tmp_path: Path) -> None:
 
 def test_request_key_and_value() -> None:
     assert (
-        control_key("/overlayd/network/", "a1", VERB) == "/overlayd/network/control/a1/rotate-key"
+        StoreKeys("/overlayd/network").control("a1", VERB)
+        == "/overlayd/network/control/a1/rotate-key"
     )
     value = encode_request("ops-host", 1_800_000_000.25)
     assert json.loads(value) == {"By": "ops-host", "RequestedAt": 1_800_000_000.25}
