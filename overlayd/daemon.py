@@ -19,6 +19,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from overlayd.churnlog import change_counts, kernel_churn, lease_churn, wireguard_churn
 from overlayd.config import NetworkConfig
 from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
 from overlayd.errors import ConfigMissingError, KernelError, OverlaydError, StoreError
@@ -29,6 +30,7 @@ from overlayd.kernel_state import Changes, KernelState, RouteEntry, diff, diff_k
 from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
+from overlayd.logs import quote
 from overlayd.masq import apply_masq
 from overlayd.mirror import KernelMirror
 from overlayd.netlink.rtnl import KernelEvent
@@ -121,6 +123,9 @@ class Daemon:
         self._cfg: NetworkConfig | None = None
         self._underlay: Underlay | None = None
         self._identity: NodeIdentity | None = None
+        self._lease_log = lease_churn(log)  # one line per change, a summary under churn
+        self._kernel_log = {name: kernel_churn(log, name) for name in ("vxlan", "wireguard")}
+        self._wg_log = wireguard_churn(log)
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -336,7 +341,7 @@ class Daemon:
         if batch.snapshot is not None:
             fresh = {s.subnet: s for s in batch.snapshot.leases}
             for subnet in self.leases.keys() - fresh.keys():
-                self._forget(subnet)
+                self._forget(subnet, batch.snapshot.revision)
             for stored in fresh.values():
                 self._remember(stored, quiet=True)
             if not self.status.snapshot_loaded:
@@ -345,7 +350,7 @@ class Daemon:
             self._full = True
         for event in batch.events:
             if event.kind is EventKind.DELETE:
-                self._forget(event.lease.subnet)
+                self._forget(event.lease.subnet, event.lease.mod_revision)
             else:
                 self._remember(event.lease)
         self.mark_dirty()
@@ -369,20 +374,25 @@ class Daemon:
             return
         self.records[stored.subnet] = stored.record
         is_me = self._identity is not None and stored.record.node_id == self._identity.node_id
-        joined = old is None or old.record is None or old.record.node != stored.record.node
-        if joined and not is_me and not quiet:
-            log.info("peer %s joined with %s", stored.record.node, stored.subnet)
+        if is_me or quiet:
+            return
+        node = quote(stored.record.node)
+        if old is None or old.record is None or old.record.node != stored.record.node:
+            self._lease_log.note({"joined": 1}, f"peer {node} joined with {stored.subnet}")
+        elif old.record != stored.record:
+            self._lease_log.note({"changed": 1}, f"peer {node} changed its lease {stored.subnet}")
 
-    def _forget(self, subnet: IPv4Network) -> None:
+    def _forget(self, subnet: IPv4Network, revision: int = 0) -> None:
+        """Drop a lease deleted at store ``revision`` (0: unknown)."""
         old = self.leases.pop(subnet, None)
         self.records.pop(subnet, None)
         self._changed.add(subnet)
         assert self._keeper is not None and self._keeper.held is not None
         assert self._paths is not None
-        self._keeper.notice(None, subnet)
+        self._keeper.notice(None, subnet, revision)
         self._paths.lease_changed(self._keeper.held.record, subnet, None)
         if old is not None and old.record is not None:
-            log.info("peer %s left (%s)", old.record.node, subnet)
+            self._lease_log.note({"left": 1}, f"peer {quote(old.record.node)} left ({subnet})")
 
     def _on_kernel_events(self, dev: _Device, events: list[KernelEvent] | None) -> None:
         """Called on the event loop with kernel notifications for ``dev``.
@@ -529,13 +539,11 @@ class Daemon:
             return
         t0 = time.monotonic()
         outcome = await self.dp.apply(dev.ifindex, changes)
-        log.info(
-            "reconciled %d peers on %s: %s in %.1f ms%s",
-            peers,
-            dev.name,
-            changes.summary(),
-            (time.monotonic() - t0) * 1000,
-            f", {len(outcome.errors)} failed" if outcome.errors else "",
+        ms = (time.monotonic() - t0) * 1000
+        failed = f", {len(outcome.errors)} failed" if outcome.errors else ""
+        self._kernel_log[dev.name].note(
+            {**change_counts(changes), "failed": len(outcome.errors)},
+            f"reconciled {peers} peers on {dev.name}: {changes.summary()} in {ms:.1f} ms{failed}",
         )
         outcome.raise_for_errors()
 
@@ -545,8 +553,10 @@ class Daemon:
             plan.peers.values(), allow_delete=self._may_delete
         )
         if done.add or done.update or done.remove:
-            log.info(
-                "WireGuard peers: +%d ~%d -%d", len(done.add), len(done.update), len(done.remove)
+            add, update, remove = len(done.add), len(done.update), len(done.remove)
+            self._wg_log.note(
+                {"+": add, "~": update, "-": remove},
+                f"WireGuard peers: +{add} ~{update} -{remove}",
             )
         self.wg.desired = KernelState(routes=dict(plan.routes))
         routes = diff(self.wg.desired, self.wg.mirror.state, allow_delete=self._may_delete)

@@ -6,7 +6,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 
 QUOTE_LIMIT = 64
 """How many characters of a value from outside (etcd, the network) a message quotes."""
@@ -51,6 +52,75 @@ class Throttle:
             return None
         self._last[key] = now
         return self._dropped.pop(key, 0)
+
+    def wait(self, key: object = None) -> float:
+        """Seconds until ``allow(key)`` lets a message through again (0: now)."""
+        last = self._last.get(key)
+        return 0.0 if last is None else max(0.0, last + self._interval - self._clock())
+
+
+Schedule = Callable[[float, Callable[[], None]], object]
+"""``schedule(delay, callback)``: call back later (the event loop's ``call_later``)."""
+
+
+class Churn:
+    """Events of one kind of churn (leases joining, kernel passes, …) as log lines.
+
+    On a quiet log every event gets its own line (``note``'s ``message``). Under churn, at
+    most one line per ``interval``: events inside it are counted, by key, and one summary
+    line (``summary(counts, seconds)``) follows when the interval is over — arranged with
+    ``schedule`` so it comes even if nothing else happens; without it, by the next ``note``
+    or ``flush()``. The log stays readable at thousands of events per second.
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[str], None],
+        summary: Callable[[Mapping[str, int], float], str],
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        schedule: Schedule | None = None,
+    ) -> None:
+        self._emit = emit
+        self._summary = summary
+        self._throttle = Throttle(interval, clock)
+        self._clock = clock
+        self._schedule = schedule
+        self._counts: Counter[str] = Counter()
+        self._noted = 0  # events since the last line
+        self._since = 0.0  # when the last line went out
+        self._pending = False  # a flush is scheduled
+
+    def note(self, counts: Mapping[str, int], message: str | Callable[[], str]) -> None:
+        """One event, adding ``counts`` to the summary; ``message``: its own line, if quiet
+        (a callable is only rendered when used)."""
+        if not self._noted and self._throttle.allow() is not None:
+            self._since = self._clock()
+            self._emit(message if isinstance(message, str) else message())
+            return
+        self._counts.update(counts)
+        self._noted += 1
+        self.flush()
+
+    def flush(self) -> None:
+        """Log the summary if the interval is over; else make sure it comes when it is."""
+        if not self._noted:
+            return
+        wait = self._throttle.wait()
+        if wait <= 0:
+            now = self._clock()
+            self._throttle.allow()
+            self._emit(self._summary(dict(self._counts), now - self._since))
+            self._counts.clear()
+            self._noted = 0
+            self._since = now
+        elif self._schedule is not None and not self._pending:
+            self._pending = True
+            self._schedule(wait, self._scheduled)
+
+    def _scheduled(self) -> None:
+        self._pending = False
+        self.flush()
 
 
 class _JsonFormatter(logging.Formatter):

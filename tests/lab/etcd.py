@@ -1,8 +1,9 @@
-"""A real single-member etcd (``/usr/bin/etcd``, v3.4) run as a subprocess for tests.
+"""A real etcd (``/usr/bin/etcd``, v3.4) run as subprocesses for tests.
 
-Either on 127.0.0.1 with free ports (tests that only need a store) or inside a network
-namespace on a given address. ``stop()`` then ``start()`` again restarts it on the same data
-directory and ports, for outage tests.
+One member either on 127.0.0.1 with free ports (tests that only need a store) or inside a
+network namespace on a given address. ``stop()`` then ``start()`` again restarts it on the
+same data directory and ports, for outage tests. ``EtcdCluster``: several members on
+loopback, each with its own ports, data directory and log, for member-failure tests.
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ class EtcdServer:
         client_port: int | None = None,
         peer_port: int | None = None,
         name: str = "lab",
+        initial_cluster: str | None = None,
     ) -> None:
         """Describe (not start) a member. Without ``namespace`` it runs in the root namespace
-        and ports default to free ones; inside a namespace they default to 2379/2380."""
+        and ports default to free ones; inside a namespace they default to 2379/2380.
+        ``initial_cluster`` (etcd's ``name=peer-url,…``) makes it one member of several."""
         self.workdir = workdir
         self.namespace = namespace
         self.host = host
@@ -58,7 +61,13 @@ class EtcdServer:
         self.client_port = client_port or free[0]
         self.peer_port = peer_port or free[1]
         self.name = name
+        self.initial_cluster = initial_cluster
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def peer_url(self) -> str:
+        """``http://ip:port`` of the peer listener."""
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -86,7 +95,7 @@ class EtcdServer:
         return self.proc is not None and self.proc.poll() is None
 
     def _argv(self) -> list[str]:
-        peer = f"http://{self.host}:{self.peer_port}"
+        peer = self.peer_url
         argv = [
             ETCD,
             f"--name={self.name}",
@@ -95,7 +104,7 @@ class EtcdServer:
             f"--advertise-client-urls={self.url}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster={self.name}={peer}",
+            f"--initial-cluster={self.initial_cluster or f'{self.name}={peer}'}",
             "--initial-cluster-state=new",
             "--logger=zap",
             "--log-outputs=stderr",
@@ -182,3 +191,57 @@ class EtcdServer:
     def __repr__(self) -> str:
         where = "root" if self.namespace is None else self.namespace.name
         return f"EtcdServer({self.endpoint} in {where}, {self.workdir})"
+
+
+class EtcdCluster:
+    """``size`` etcd members on 127.0.0.1 (free ports), data and logs under ``workdir``.
+
+    Members are started and stopped by PID (``EtcdServer``); ``kill(i)`` crashes one.
+    """
+
+    def __init__(self, workdir: Path, size: int = 3) -> None:
+        ports = free_ports(2 * size)
+        urls = [f"m{i}=http://{LOOPBACK}:{ports[2 * i + 1]}" for i in range(size)]
+        self.members = [
+            EtcdServer(
+                workdir / f"m{i}",
+                client_port=ports[2 * i],
+                peer_port=ports[2 * i + 1],
+                name=f"m{i}",
+                initial_cluster=",".join(urls),
+            )
+            for i in range(size)
+        ]
+
+    @property
+    def endpoints(self) -> str:
+        """Comma list of every member's ``ip:port`` (``--etcd-endpoints``)."""
+        return ",".join(m.endpoint for m in self.members)
+
+    def start(self) -> EtcdCluster:
+        """Start every member (they need each other to elect a leader), wait until healthy."""
+        for member in self.members:
+            member.start()
+        for member in self.members:
+            member.wait_healthy(timeout=30)
+        return self
+
+    def stop(self) -> None:
+        """Stop every member still running."""
+        for member in self.members:
+            member.stop()
+
+    def __enter__(self) -> EtcdCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
