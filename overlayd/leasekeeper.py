@@ -178,6 +178,7 @@ class LeaseKeeper:
                 revision = await self._write_claim(claim.kind, record, lease_id, old)
                 if revision:
                     log.info("acquired subnet %s (%s)", claim.subnet, claim.kind.value)
+                    await self._release_stale(snapshot, record, lease_id)
                     return HeldLease(record, lease_id, revision)
                 log.info("lost the race for %s; retrying", claim.subnet)
         raise StoreError(f"could not claim a subnet after {RACE_RETRIES} races")
@@ -197,6 +198,18 @@ class LeaseKeeper:
             return revision
         finally:
             self._writing = None
+
+    async def _release_stale(self, snapshot: Snapshot, mine: LeaseRecord, lease_id: int) -> None:
+        """Revoke the etcd leases of our own records under other subnets (left by an earlier
+        run whose subnet was no longer allocatable): they are us, not peers."""
+        for s in snapshot.leases:
+            rec = s.record
+            if rec is None or s.subnet == mine.subnet or not s.lease_id or s.lease_id == lease_id:
+                continue
+            if rec.node == mine.node and rec.node_id == mine.node_id:
+                log.info("releasing our old subnet %s (etcd lease %x)", s.subnet, s.lease_id)
+                with contextlib.suppress(StoreError):
+                    await self._store.revoke(s.lease_id)
 
     async def republish(self, template: LeaseRecord) -> None:
         """Publish changed facts about this node (e.g. discovered public addresses)."""

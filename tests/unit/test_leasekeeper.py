@@ -258,3 +258,20 @@ def test_expired_etcd_lease_is_reacquired(tmp_path: Path) -> None:
         await keeping(node, wait)
 
     run(body)
+
+
+def test_moved_subnet_releases_our_old_record(tmp_path: Path) -> None:
+    """Our live record under a subnet no longer allocatable: we claim another one and
+    revoke the old record's etcd lease (it would list us as our own peer)."""
+    store = FakeLeaseStore()
+    outside = replace(template(), subnet=IPv4Network("10.244.0.0/24"))  # .0 is not allocatable
+
+    async def body() -> None:
+        previous_run = await store.grant(TTL)
+        store.put_outside(outside, previous_run, by="previous run")
+        node = Node(store, tmp_path / "s")
+        held = await node.keeper.acquire()
+        assert held.record.subnet != outside.subnet
+        assert previous_run in store.revoked and outside.subnet not in store.keys
+
+    run(body)
