@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from overlayd.churnlog import change_counts, kernel_churn, lease_churn, wireguard_churn
+from overlayd.churnlog import activity_churn, change_counts, lease_counts, wireguard_counts
 from overlayd.config import NetworkConfig
 from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
 from overlayd.errors import ConfigMissingError, KernelError, OverlaydError, StoreError
@@ -123,9 +123,7 @@ class Daemon:
         self._cfg: NetworkConfig | None = None
         self._underlay: Underlay | None = None
         self._identity: NodeIdentity | None = None
-        self._lease_log = lease_churn(log)  # one line per change, a summary under churn
-        self._kernel_log = {name: kernel_churn(log, name) for name in ("vxlan", "wireguard")}
-        self._wg_log = wireguard_churn(log)
+        self._churn = activity_churn(log)  # a line per change; a summary per second under churn
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -378,9 +376,11 @@ class Daemon:
             return
         node = quote(stored.record.node)
         if old is None or old.record is None or old.record.node != stored.record.node:
-            self._lease_log.note({"joined": 1}, f"peer {node} joined with {stored.subnet}")
+            self._churn.note(lease_counts("joined"), f"peer {node} joined with {stored.subnet}")
         elif old.record != stored.record:
-            self._lease_log.note({"changed": 1}, f"peer {node} changed its lease {stored.subnet}")
+            self._churn.note(
+                lease_counts("changed"), f"peer {node} changed its lease {stored.subnet}"
+            )
 
     def _forget(self, subnet: IPv4Network, revision: int = 0) -> None:
         """Drop a lease deleted at store ``revision`` (0: unknown)."""
@@ -392,7 +392,7 @@ class Daemon:
         self._keeper.notice(None, subnet, revision)
         self._paths.lease_changed(self._keeper.held.record, subnet, None)
         if old is not None and old.record is not None:
-            self._lease_log.note({"left": 1}, f"peer {quote(old.record.node)} left ({subnet})")
+            self._churn.note(lease_counts("left"), f"peer {quote(old.record.node)} left ({subnet})")
 
     def _on_kernel_events(self, dev: _Device, events: list[KernelEvent] | None) -> None:
         """Called on the event loop with kernel notifications for ``dev``.
@@ -541,8 +541,8 @@ class Daemon:
         outcome = await self.dp.apply(dev.ifindex, changes)
         ms = (time.monotonic() - t0) * 1000
         failed = f", {len(outcome.errors)} failed" if outcome.errors else ""
-        self._kernel_log[dev.name].note(
-            {**change_counts(changes), "failed": len(outcome.errors)},
+        self._churn.note(
+            change_counts(dev.name, changes, len(outcome.errors)),
             f"reconciled {peers} peers on {dev.name}: {changes.summary()} in {ms:.1f} ms{failed}",
         )
         outcome.raise_for_errors()
@@ -554,8 +554,8 @@ class Daemon:
         )
         if done.add or done.update or done.remove:
             add, update, remove = len(done.add), len(done.update), len(done.remove)
-            self._wg_log.note(
-                {"+": add, "~": update, "-": remove},
+            self._churn.note(
+                wireguard_counts(add, update, remove),
                 f"WireGuard peers: +{add} ~{update} -{remove}",
             )
         self.wg.desired = KernelState(routes=dict(plan.routes))

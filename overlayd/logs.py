@@ -53,24 +53,21 @@ class Throttle:
         self._last[key] = now
         return self._dropped.pop(key, 0)
 
-    def wait(self, key: object = None) -> float:
-        """Seconds until ``allow(key)`` lets a message through again (0: now)."""
-        last = self._last.get(key)
-        return 0.0 if last is None else max(0.0, last + self._interval - self._clock())
-
 
 Schedule = Callable[[float, Callable[[], None]], object]
 """``schedule(delay, callback)``: call back later (the event loop's ``call_later``)."""
 
 
 class Churn:
-    """Events of one kind of churn (leases joining, kernel passes, …) as log lines.
+    """Events of the daemon's churn (leases joining and leaving, kernel passes, …) as lines.
 
-    On a quiet log every event gets its own line (``note``'s ``message``). Under churn, at
-    most one line per ``interval``: events inside it are counted, by key, and one summary
-    line (``summary(counts, seconds)``) follows when the interval is over — arranged with
-    ``schedule`` so it comes even if nothing else happens; without it, by the next ``note``
-    or ``flush()``. The log stays readable at thousands of events per second.
+    On a quiet log each event gets its own line (``note``'s ``message``), up to ``burst``
+    lines per ``interval`` (a lease change and the kernel pass it causes). Past that, and
+    for as long as events keep coming, they are counted by key and one summary line per
+    interval (``summary(counts, seconds)``) says how many there were. ``schedule``
+    arranges for that summary even if no further event comes; without it the next
+    ``note`` or ``flush()`` writes it. The log stays readable at thousands of events a
+    second.
     """
 
     def __init__(
@@ -80,43 +77,59 @@ class Churn:
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         schedule: Schedule | None = None,
+        burst: int = 3,
     ) -> None:
         self._emit = emit
         self._summary = summary
-        self._throttle = Throttle(interval, clock)
+        self._interval = interval
         self._clock = clock
         self._schedule = schedule
+        self._burst = burst
         self._counts: Counter[str] = Counter()
-        self._noted = 0  # events since the last line
-        self._since = 0.0  # when the last line went out
+        self._noted = 0  # events counted, not yet summarised
+        self._window: float | None = None  # when the current interval began
+        self._lines = 0  # own lines in the current interval
+        self._summarised: float | None = None  # when the last summary went out
         self._pending = False  # a flush is scheduled
 
     def note(self, counts: Mapping[str, int], message: str | Callable[[], str]) -> None:
         """One event, adding ``counts`` to the summary; ``message``: its own line, if quiet
         (a callable is only rendered when used)."""
-        if not self._noted and self._throttle.allow() is not None:
-            self._since = self._clock()
+        now = self._clock()
+        self._roll(now)
+        if self._window is None:
+            self._window, self._lines = now, 0
+        quiet = self._summarised is None or now - self._summarised >= self._interval
+        if quiet and not self._noted and self._lines < self._burst:
+            self._lines += 1
             self._emit(message if isinstance(message, str) else message())
             return
         self._counts.update(counts)
         self._noted += 1
-        self.flush()
+        self._arrange(now)
 
     def flush(self) -> None:
-        """Log the summary if the interval is over; else make sure it comes when it is."""
-        if not self._noted:
+        """Write the summary if its interval is over; else make sure it comes when it is."""
+        now = self._clock()
+        self._roll(now)
+        if self._noted:
+            self._arrange(now)
+
+    def _roll(self, now: float) -> None:
+        if self._window is None or now - self._window < self._interval:
             return
-        wait = self._throttle.wait()
-        if wait <= 0:
-            now = self._clock()
-            self._throttle.allow()
-            self._emit(self._summary(dict(self._counts), now - self._since))
+        if self._noted:
+            self._emit(self._summary(dict(self._counts), now - self._window))
             self._counts.clear()
             self._noted = 0
-            self._since = now
-        elif self._schedule is not None and not self._pending:
-            self._pending = True
-            self._schedule(wait, self._scheduled)
+            self._summarised = now
+        self._window = None
+
+    def _arrange(self, now: float) -> None:
+        if self._schedule is None or self._pending or self._window is None:
+            return
+        self._pending = True
+        self._schedule(max(0.0, self._window + self._interval - now), self._scheduled)
 
     def _scheduled(self) -> None:
         self._pending = False

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from overlayd.churnlog import change_counts
+from overlayd.churnlog import change_counts, lease_counts, summary, wireguard_counts
 from overlayd.kernel_state import Changes, MacAddress, RouteEntry
 from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
-from overlayd.logs import Churn, Throttle
+from overlayd.logs import Churn
 from overlayd.pathing import PathKeeper
 from overlayd.probe.prober import ProbeConfig
 
@@ -43,47 +44,50 @@ class Later:
             callback()
 
 
-def summary(counts: Mapping[str, int], seconds: float) -> str:
+def count_summary(counts: Mapping[str, int], seconds: float) -> str:
     return f"+{counts.get('joined', 0)} -{counts.get('left', 0)} in {seconds:.1f} s"
 
 
-def make() -> tuple[list[str], Churn, Later]:
+def make(burst: int = 3) -> tuple[list[str], Churn, Later]:
     lines: list[str] = []
     clock = Clock()
     later = Later(clock)
-    return lines, Churn(lines.append, summary, 1.0, clock, later), later
+    return lines, Churn(lines.append, count_summary, 1.0, clock, later, burst=burst), later
 
 
-def test_a_single_change_on_a_quiet_log_gets_its_own_line() -> None:
+def test_a_single_change_on_a_quiet_log_gets_its_own_lines() -> None:
     lines, churn, later = make()
-    churn.note({"joined": 1}, "peer a joined")
+    churn.note(lease_counts("joined"), "peer a joined")
+    later.advance(0.01)
+    churn.note({"vxlan passes": 1}, "reconciled 3 peers on vxlan")  # the pass it caused
     later.advance(5)
-    churn.note({"left": 1}, lambda: "peer a left")
+    churn.note(lease_counts("left"), lambda: "peer a left")
     later.advance(5)
-    assert lines == ["peer a joined", "peer a left"]
+    assert lines == ["peer a joined", "reconciled 3 peers on vxlan", "peer a left"]
 
 
 def test_churn_gives_one_summary_per_interval() -> None:
     lines, churn, later = make()
     for _ in range(10):  # 10 s at 200 events/s
         for i in range(200):
-            churn.note({"joined" if i % 2 else "left": 1}, lambda: "never rendered")
+            churn.note(lease_counts("joined" if i % 2 else "left"), lambda: "own line")
             later.advance(1 / 200)
     later.advance(2)  # the last summary comes without another event
-    assert lines[0] == "never rendered"  # the first event of the burst, on a quiet log
-    assert 10 <= len(lines) <= 12, lines
-    assert all(line.endswith(" s") for line in lines[1:])
-    total = sum(int(w[1:]) for line in lines[1:] for w in line.split()[:2])
-    assert total == 1999  # every event but the first is counted in some summary
+    assert lines[:3] == ["own line"] * 3  # the start of the burst, on a quiet log
+    summaries = lines[3:]
+    assert 9 <= len(summaries) <= 11, lines
+    assert all(line.endswith(" s") for line in summaries)
+    total = sum(int(w[1:]) for line in summaries for w in line.split()[:2])
+    assert total == 2000 - 3  # every other event is counted in some summary
     later.advance(1.0)
-    churn.note({"joined": 1}, "quiet again")
+    churn.note(lease_counts("joined"), "quiet again")
     assert lines[-1] == "quiet again"
 
 
 def test_flush_without_a_scheduler_waits_for_the_interval() -> None:
     lines: list[str] = []
     clock = Clock()
-    churn = Churn(lines.append, summary, 1.0, clock)
+    churn = Churn(lines.append, count_summary, 1.0, clock, burst=1)
     churn.note({"joined": 1}, "first")
     churn.note({"joined": 1}, "second")
     churn.flush()
@@ -93,19 +97,18 @@ def test_flush_without_a_scheduler_waits_for_the_interval() -> None:
     assert lines == ["first", "+1 -0 in 1.0 s"]
 
 
-def test_throttle_wait() -> None:
-    clock = Clock()
-    t = Throttle(2.0, clock)
-    assert t.wait("k") == 0.0
-    assert t.allow("k") == 0
-    clock.now += 0.5
-    assert t.wait("k") == 1.5
-
-
-def test_change_counts() -> None:
+def test_summary_names_what_was_counted() -> None:
     route = RouteEntry(IPv4Network("10.244.1.0/24"), IPv4Address("10.244.1.0"))
-    counts = change_counts(Changes(set_routes=(route,)))
-    assert counts["passes"] == 1 and counts["+routes"] == 1 and counts["-fdb"] == 0
+    counts: Counter[str] = Counter()
+    for _ in range(2):
+        counts.update(change_counts("vxlan", Changes(set_routes=(route,))))
+    counts.update(lease_counts("joined"))
+    line = summary(counts, 1.0)
+    assert line == (
+        "leases: +1 joined, -0 left, ~0 changed; "
+        "vxlan: 2 passes, +2/-0 routes, +0/-0 neigh, +0/-0 fdb in the last 1.0 s"
+    )
+    assert summary(wireguard_counts(1, 0, 2), 1.0) == "WireGuard peers: +1 ~0 -2 in the last 1.0 s"
 
 
 def record(subnet: str, node: str, node_id: str, key: NodeKey) -> LeaseRecord:
