@@ -194,17 +194,33 @@ class EtcdServer:
 
 
 class EtcdCluster:
-    """``size`` etcd members on 127.0.0.1 (free ports), data and logs under ``workdir``.
+    """``size`` etcd members on one address, data and logs under ``workdir``.
 
     Members are started and stopped by PID (``EtcdServer``); ``kill(i)`` crashes one.
     """
 
-    def __init__(self, workdir: Path, size: int = 3) -> None:
-        ports = free_ports(2 * size)
-        urls = [f"m{i}=http://{LOOPBACK}:{ports[2 * i + 1]}" for i in range(size)]
+    def __init__(
+        self,
+        workdir: Path,
+        size: int = 3,
+        *,
+        namespace: Namespace | None = None,
+        host: IPv4Address = LOOPBACK,
+        base_port: int = 22379,
+    ) -> None:
+        """Describe (not start) the members: in the root namespace on free ports, or in
+        ``namespace`` on ``host`` with ports ``base_port``, ``base_port + 1``, … (client,
+        peer, next member's client, …)."""
+        if namespace is None:
+            ports = free_ports(2 * size, str(host))
+        else:
+            ports = list(range(base_port, base_port + 2 * size))
+        urls = [f"m{i}=http://{host}:{ports[2 * i + 1]}" for i in range(size)]
         self.members = [
             EtcdServer(
                 workdir / f"m{i}",
+                namespace=namespace,
+                host=host,
                 client_port=ports[2 * i],
                 peer_port=ports[2 * i + 1],
                 name=f"m{i}",
