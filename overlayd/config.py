@@ -229,7 +229,11 @@ def _psk_field(raw: dict[str, Any]) -> PresharedKey | None:
 
 
 def parse_backend(raw: Any) -> BackendConfig:
-    """Parse and validate the ``Backend`` object (None: flannel's default, VXLAN)."""
+    """Parse and validate the ``Backend`` object (None: flannel's default, VXLAN).
+
+    Absent ``Backend`` or ``Type`` keeps meaning ``vxlan``, so a flannel config read as-is
+    runs as flannel ran it; only ``overlayctl network init`` defaults to ``vxlan+wireguard``.
+    """
     if raw is None:
         return BackendConfig()
     if not isinstance(raw, dict):

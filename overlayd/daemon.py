@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.churnlog import activity_churn, change_counts, lease_counts, wireguard_counts
+from overlayd.cleartext import plain_cross_site
 from overlayd.config import NetworkConfig
 from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
 from overlayd.errors import ConfigMissingError, KernelError, OverlaydError, StoreError
@@ -124,6 +125,7 @@ class Daemon:
         self._underlay: Underlay | None = None
         self._identity: NodeIdentity | None = None
         self._churn = activity_churn(log)  # a line per change; a summary per second under churn
+        self._plain_cross_site = False  # warned: peers of other sites over plain VXLAN
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -506,6 +508,7 @@ class Daemon:
                     )
                 changes = diff(plan.state, self.vxlan.mirror.state, allow_delete=self._may_delete)
             self.vxlan.desired = plan.state
+            self._warn_plain_cross_site(me, vxlan_leases, plan.skipped)
             skipped += plan.skipped
             peers += len(plan.paths)
             await self._apply(self.vxlan, changes, peers)
@@ -519,6 +522,23 @@ class Daemon:
         self.status.peers = peers
         self.status.reconciles += 1
         self.status.last_reconcile = time.time()
+
+    def _warn_plain_cross_site(
+        self,
+        me: LeaseRecord,
+        leases: Mapping[IPv4Network, LeaseRecord],
+        skipped: tuple[tuple[IPv4Network, str], ...],
+    ) -> None:
+        """One warning when peers of other sites start going over plain VXLAN, not one
+        per reconcile; one info line when none do any more."""
+        found = plain_cross_site(me, leases, (subnet for subnet, _ in skipped))
+        if bool(found) == self._plain_cross_site:
+            return
+        self._plain_cross_site = bool(found)
+        if found:
+            log.warning("%s", found.warning())
+        else:
+            log.info("no peer of another site is reached over plain VXLAN any more")
 
     @property
     def _may_delete(self) -> bool:

@@ -1,7 +1,8 @@
 """The demo behind ./scripts/demo: the multi-cloud world of the tests, one flat overlay.
 
 Cloud A (three hosts behind 1:1 NAT), cloud B (two hosts behind 1:1 NAT), one bare-metal
-host with a public address, etcd on the "internet" — all in network namespaces.
+host with a public address, etcd on the "internet" — all in network namespaces. The network
+uses ``overlayctl network init``'s default backend, ``vxlan+wireguard``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def up() -> int:
     first = world.hosts[0].ns.name
     ctl = [str(BIN / "overlayctl"), "--etcd-endpoints", world.etcd_endpoint]
     print(ns_run(first, *ctl, "network", "init", "--network", "10.244.0.0/16").stdout)
+    print("backend vxlan+wireguard (overlayctl's default): plain VXLAN inside each site,")
+    print("WireGuard between sites, so overlay traffic crossing the internet is encrypted\n")
     daemons = [OverlaydProc(world, host).start() for host in world.hosts]
     for d in daemons:
         d.wait_ready()

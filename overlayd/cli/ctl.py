@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 import click
 
+from overlayd.cleartext import FIX as PLAIN_VXLAN_FIX
 from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
-from overlayd.config import NetworkConfig, parse_backend, parse_config
+from overlayd.cli.planview import node_plan, wireguard_json, wireguard_lines
+from overlayd.config import VXLAN, VXLAN_WIREGUARD, NetworkConfig, parse_backend, parse_config
 from overlayd.errors import (
     ConfigError,
     ConfigMissingError,
@@ -26,7 +28,6 @@ from overlayd.errors import (
 )
 from overlayd.gateway_state import GatewayState
 from overlayd.lease import parse_subnet_arg
-from overlayd.plan import Planner
 from overlayd.store import EtcdStore, Snapshot, StoredLease
 
 T = TypeVar("T")
@@ -84,7 +85,16 @@ def network() -> None:
 @click.option("--subnet-len", type=int, default=None, help="Per-node subnet length.")
 @click.option("--subnet-min", default=None)
 @click.option("--subnet-max", default=None)
-@click.option("--backend", default="vxlan", show_default=True)
+@click.option(
+    "--backend",
+    # the safe choice for networks that span sites (docs/backends.md); a config written
+    # without Backend (as flannel's) still means vxlan, so flannel networks read as-is
+    # keep running as they did
+    default=VXLAN_WIREGUARD,
+    show_default=True,
+    help="vxlan+wireguard: VXLAN inside a site, WireGuard between sites; vxlan: no "
+    "encryption anywhere; wireguard: WireGuard to every peer.",
+)
 @click.option("--vni", type=int, default=None)
 @click.option("--port", type=int, default=None)
 @click.option("--mtu", type=int, default=None)
@@ -159,6 +169,12 @@ def network_init(
 
     _run(ctx, go)
     click.echo(cfg.to_json(redact=True))
+    if cfg.backend.type == VXLAN:
+        click.echo(
+            "note: backend vxlan neither encrypts nor authenticates traffic between sites; "
+            f"if this network spans sites, {PLAIN_VXLAN_FIX}",
+            err=True,
+        )
 
 
 @network.command("show")
@@ -320,16 +336,19 @@ def leases_revoke(ctx: click.Context, which: str) -> None:
 @click.pass_context
 @friendly_errors
 def plan(ctx: click.Context, node: str, output: str) -> None:
-    """The kernel entries NODE's daemon would program (same planner as the daemon)."""
+    """The kernel entries NODE's daemon would program (same planners as the daemon)."""
 
-    async def load(store: EtcdStore) -> tuple[NetworkConfig, list[tuple[StoredLease, int | None]]]:
-        return await store.get_config(), await _leases_with_ttl(store)
+    async def load(
+        store: EtcdStore,
+    ) -> tuple[NetworkConfig, list[tuple[StoredLease, int | None]], GatewayState]:
+        return await store.get_config(), await _leases_with_ttl(store), await store.list_gateways()
 
-    cfg, rows = _run(ctx, load)
+    cfg, rows, gateway_state = _run(ctx, load)
     me, _ = _find(rows, node)
     assert me.record is not None
     records = {s.subnet: s.record for s, _ in rows if s.record is not None}
-    result = Planner().plan(me.record, records, network=cfg.network)
+    found = node_plan(cfg, me.record, records, gateway_state.claims)
+    result = found.vxlan
     state = result.state
     if output == "json":
         _echo_json(
@@ -350,18 +369,21 @@ def plan(ctx: click.Context, node: str, output: str) -> None:
                     str(k): {"address": str(p.address), "kind": p.kind, "reason": p.reason}
                     for k, p in sorted(result.paths.items())
                 },
-                "skipped": [{"subnet": str(s), "reason": r} for s, r in result.skipped],
+                "wireguard": wireguard_json(found.wireguard),
+                "skipped": [{"subnet": str(s), "reason": r} for s, r in found.skipped],
             }
         )
         return
-    click.echo(f"# plan for {node} ({me.subnet}): {len(result.paths)} peers")
+    click.echo(f"# plan for {node} ({me.subnet}), backend {cfg.backend.type}: {found.peers} peers")
     for r in sorted(state.routes.values()):
         click.echo(f"route {r.dst} via {r.via} onlink")
     for n in sorted(state.neighs.values()):
         click.echo(f"neigh {n.ip} lladdr {n.mac} permanent")
     for f in sorted(state.fdbs.values()):
         click.echo(f"fdb {f.mac} dst {f.dst} self permanent")
-    for subnet, reason in result.skipped:
+    for line in wireguard_lines(found.wireguard):
+        click.echo(line)
+    for subnet, reason in found.skipped:
         click.echo(f"# skipped {subnet}: {reason}")
 
 

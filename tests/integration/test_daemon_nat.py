@@ -25,9 +25,9 @@ def world(
 ) -> Iterator[World]:
     w = build_multicloud_world(prefix_factory(), workdir=tmp_path_factory.mktemp("nat"))
     try:
-        a1 = w.host("a1").ns.name
+        a1 = w.host("a1").ns.name  # plain VXLAN across the NATs is what is under test
         ns_run(a1, str(BIN / "overlayctl"), "--etcd-endpoints", w.etcd_endpoint,
-               "network", "init", "--network", "10.244.0.0/16")  # fmt: skip
+               "network", "init", "--network", "10.244.0.0/16", "--backend", "vxlan")  # fmt: skip
         yield w
     finally:
         destroy(w)

@@ -37,9 +37,10 @@ def world(
     w = build_multicloud_world(
         prefix_factory(), colliding=request.param, workdir=tmp_path_factory.mktemp("mc")
     )
-    try:
+    try:  # plain VXLAN: the paths under test are VXLAN's, across sites too (UDP 8472)
         ns_run(w.host("a1").ns.name, str(BIN / "overlayctl"), "--etcd-endpoints",
-               w.etcd_endpoint, "network", "init", "--network", "10.244.0.0/16")  # fmt: skip
+               w.etcd_endpoint, "network", "init", "--network", "10.244.0.0/16",
+               "--backend", "vxlan")  # fmt: skip
         yield w
     finally:
         destroy(w)
