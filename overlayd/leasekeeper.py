@@ -27,13 +27,14 @@ from overlayd.config import NetworkConfig
 from overlayd.errors import PoolExhaustedError, StoreError
 from overlayd.identity import StateDir
 from overlayd.lease import LeaseRecord, subnet_key_name
-from overlayd.logs import quote
+from overlayd.logs import Throttle, quote
 from overlayd.store import Snapshot, StoredLease
 
 log = logging.getLogger("overlayd.lease")
 
 RACE_RETRIES = 8
 RESTORE_RETRY = 1.0  # seconds before retrying a restore the store failed
+FOREIGN_WARN_INTERVAL = 10.0  # seconds: at most one "rewritten" warning per interval
 
 
 class LeaseStore(Protocol):
@@ -84,6 +85,7 @@ class LeaseKeeper:
         self._lost = False  # our key is gone (or unusable): claim again
         self._foreign: StoredLease | None = None  # a value in our key we did not write
         self._writing: tuple[LeaseRecord, int] | None = None  # (record, etcd lease) in flight
+        self._foreign_log = Throttle(FOREIGN_WARN_INTERVAL)
         self.held: HeldLease | None = None
         self.snapshot: Snapshot | None = None  # the leases as last listed to claim one
 
@@ -111,13 +113,22 @@ class LeaseKeeper:
             return
         else:
             self._foreign = stored
-            log.warning(
-                "our lease key %s was rewritten at revision %d by another writer (%s, etcd "
-                "lease %x); restoring our record",
-                f"subnets/{subnet_key_name(subnet)}", stored.mod_revision, _describe(stored),
-                stored.lease_id,
-            )  # fmt: skip
+            self._warn_foreign(stored)
         self._wake.set()
+
+    def _warn_foreign(self, stored: StoredLease) -> None:
+        """One warning per foreign write; a writer rewriting in a loop gets one per interval
+        (saying how many more), not a flood."""
+        dropped = self._foreign_log.allow(stored.subnet)
+        if dropped is None:
+            return
+        more = f"; {dropped} more rewrites since the last warning" if dropped else ""
+        log.warning(
+            "our lease key %s was rewritten at revision %d by another writer (%s, etcd lease "
+            "%x); restoring our record%s",
+            f"subnets/{subnet_key_name(stored.subnet)}", stored.mod_revision, _describe(stored),
+            stored.lease_id, more,
+        )  # fmt: skip
 
     def _ours(self, held: HeldLease, stored: StoredLease) -> bool:
         written = (stored.record, stored.lease_id)

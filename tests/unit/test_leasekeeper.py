@@ -275,3 +275,25 @@ def test_moved_subnet_releases_our_old_record(tmp_path: Path) -> None:
         assert previous_run in store.revoked and outside.subnet not in store.keys
 
     run(body)
+
+
+def test_a_writer_in_a_loop_gets_one_warning_per_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FakeLeaseStore()
+    node = Node(store, tmp_path / "s")
+
+    async def body() -> None:
+        held = await node.keeper.acquire()
+
+        async def fight() -> None:
+            for n in range(50):
+                evil = replace(held.record, public_ip=OTHER_HOST + n)
+                store.put_outside(evil, held.lease_id)
+                await until(lambda: store.keys[held.record.subnet].record == held.record)
+
+        await keeping(node, fight)
+
+    run(body)
+    assert len([w for w in warnings(caplog) if "rewritten" in w]) == 1
+    assert len(store.ours()) == 51  # every rewrite was restored
