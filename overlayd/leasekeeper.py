@@ -239,8 +239,10 @@ class LeaseKeeper:
         if revision:
             log.info("lease %s republished", record.subnet)
             self._set(HeldLease(record, held.lease_id, revision))
-        else:
-            self._lose()  # changed behind our back: re-acquire with the new facts
+        else:  # changed behind our back: act as the watch will (restore or re-acquire)
+            snapshot = await self._store.list_leases()
+            now = next((s for s in snapshot.leases if s.subnet == record.subnet), None)
+            self.notice(now, record.subnet, snapshot.revision)
 
     def _set(self, held: HeldLease) -> None:
         self.held = held
@@ -289,9 +291,10 @@ class LeaseKeeper:
     async def _restore(self, held: HeldLease, seen: StoredLease) -> None:
         """Overwrite a foreign value in our key, unless it changed again since ``seen``."""
         self._foreign = None
-        self._writing = (held.record, held.lease_id)
+        record = replace(self._template, subnet=held.record.subnet)  # with the latest facts
+        self._writing = (record, held.lease_id)
         try:
-            revision = await self._store.rebind_lease(held.record, held.lease_id, seen.mod_revision)
+            revision = await self._store.rebind_lease(record, held.lease_id, seen.mod_revision)
         except StoreError as exc:
             log.warning("cannot restore lease %s yet: %s; retrying", seen.subnet, exc)
             await asyncio.sleep(RESTORE_RETRY)
@@ -302,7 +305,10 @@ class LeaseKeeper:
         finally:
             self._writing = None
         if revision and self.held == held:
-            self.held = replace(held, revision=revision)
+            if record == held.record:
+                self.held = replace(held, revision=revision)
+            else:
+                self._set(HeldLease(record, held.lease_id, revision))
         # else the key changed again since ``seen``: its newer event brings us back here
 
 

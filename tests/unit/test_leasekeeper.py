@@ -297,3 +297,31 @@ def test_a_writer_in_a_loop_gets_one_warning_per_interval(
     run(body)
     assert len([w for w in warnings(caplog) if "rewritten" in w]) == 1
     assert len(store.ours()) == 51  # every rewrite was restored
+
+
+def test_republish_meeting_a_foreign_value_restores_instead_of_moving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watch is slower than our republish: its guard fails on a foreign value we have
+    not heard of yet. The keeper looks, restores (with the new facts), stays put."""
+    store = FakeLeaseStore()
+    node = Node(store, tmp_path / "s")
+
+    async def body() -> None:
+        held = await node.keeper.acquire()
+        store._watchers.clear()  # events are late: nobody is told of the foreign write
+        store.put_outside(replace(held.record, public_ip=OTHER_HOST), held.lease_id)
+        newer = replace(template(), public_ips=(OTHER_HOST,))
+
+        async def republish() -> None:
+            await node.keeper.republish(newer)
+            wanted = replace(newer, subnet=held.record.subnet)
+            await until(lambda: store.keys[held.record.subnet].record == wanted)
+            now = store.keys[held.record.subnet]
+            assert node.keeper.held is not None and node.keeper.held.record == now.record
+
+        await keeping(node, republish)
+        assert node.changes[-1].record.subnet == held.record.subnet
+
+    run(body)
+    assert len([w for w in warnings(caplog) if "rewritten" in w]) == 1
