@@ -34,7 +34,7 @@ log = logging.getLogger("overlayd.lease")
 
 RACE_RETRIES = 8
 RESTORE_RETRY = 1.0  # seconds before retrying a restore the store failed
-FOREIGN_WARN_INTERVAL = 10.0  # seconds: at most one "rewritten" warning per interval
+FOREIGN_WARN_INTERVAL = 1.0  # seconds: at most one "rewritten" warning per interval
 
 
 class LeaseStore(Protocol):

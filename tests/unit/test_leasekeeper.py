@@ -295,7 +295,8 @@ def test_a_writer_in_a_loop_gets_one_warning_per_interval(
         await keeping(node, fight)
 
     run(body)
-    assert len([w for w in warnings(caplog) if "rewritten" in w]) == 1
+    lines = [w for w in warnings(caplog) if "rewritten" in w]
+    assert 1 <= len(lines) <= 3, lines  # one a second (the loop takes about half a second)
     assert len(store.ours()) == 51  # every rewrite was restored
 
 
