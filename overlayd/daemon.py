@@ -23,13 +23,23 @@ from overlayd.churnlog import activity_churn, change_counts, lease_counts, wireg
 from overlayd.cleartext import plain_cross_site
 from overlayd.config import NetworkConfig
 from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
-from overlayd.errors import ConfigMissingError, KernelError, OverlaydError, StoreError
+from overlayd.errors import (
+    ConfigMissingError,
+    EtcdTlsError,
+    KernelError,
+    OverlaydError,
+    StoreError,
+)
 from overlayd.gateway import GatewayAgent, GatewayOptions
 from overlayd.health import HealthServer
+from overlayd.health_listen import LOOPBACK, ListenSpec
 from overlayd.identity import NodeIdentity, StateDir
+from overlayd.ingress import VxlanPeers
+from overlayd.ingress_nft import IngressFilter
 from overlayd.kernel_state import Changes, KernelState, RouteEntry, diff, diff_keys
 from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
+from overlayd.lease_rules import check_own_record, check_scope, publishable
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.logs import quote
 from overlayd.masq import apply_masq
@@ -63,7 +73,7 @@ class DaemonOptions:
     subnet_file: Path
     state_dir: Path
     healthz_port: int
-    healthz_host: str = "0.0.0.0"
+    healthz_listen: ListenSpec = LOOPBACK
     ip_masq: bool = False
     lease_ttl: int = 86400
     resync_interval: float = RESYNC_INTERVAL
@@ -106,6 +116,8 @@ class Daemon:
         self.status = _Status()
         self.leases: dict[IPv4Network, StoredLease] = {}
         self.records: dict[IPv4Network, LeaseRecord] = {}
+        self.created: dict[IPv4Network, int] = {}  # etcd create_revision: older wins conflicts
+        self._unguessable: frozenset[IPv4Address] = frozenset()  # etcd endpoints' addresses
         self._bad_seen: set[tuple[IPv4Network, int]] = set()
         self.vxlan = _Device("vxlan")
         self.wg = _Device("wireguard")
@@ -126,12 +138,16 @@ class Daemon:
         self._identity: NodeIdentity | None = None
         self._churn = activity_churn(log)  # a line per change; a summary per second under churn
         self._plain_cross_site = False  # warned: peers of other sites over plain VXLAN
+        self._health: HealthServer | None = None
+        self._ingress = IngressFilter()  # who may send us VXLAN (docs/backends.md)
+        self._vxlan_spec: VxlanSpec | None = None
 
     # -- wiring ------------------------------------------------------------------------
 
     def mark_dirty(self, *, dump: bool = False, device: bool = False, full: bool = False) -> None:
         if dump:
             self.vxlan.need_dump = self.wg.need_dump = True
+            self._ingress.mark_stale()
         self._device_stale |= device
         self._full |= full or dump or device
         self._dirty.set()
@@ -141,8 +157,8 @@ class Daemon:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        health = HealthServer(
-            self.opts.healthz_host,
+        health = self._health = HealthServer(
+            self.opts.healthz_listen,
             self.opts.healthz_port,
             {
                 "/healthz": self._healthz,
@@ -170,9 +186,17 @@ class Daemon:
         log.info("stopped; data plane left in place")
 
     async def _main(self) -> None:
+        await self.store.connect()  # first: bad TLS files end the daemon before side effects
         self._identity = self.state_dir.identity()
         key = self._key = NodeKey.load_or_create(self.opts.state_dir)
-        self._paths = PathKeeper(key, ProbeConfig(port=self.opts.probe_port), self._on_probe)
+        # resolving endpoint names may block: not on the event loop
+        self._unguessable = await asyncio.to_thread(self.store.endpoint_addresses)
+        self._paths = PathKeeper(
+            key,
+            ProbeConfig(port=self.opts.probe_port),
+            self._on_probe,
+            unguessable=self._unguessable,
+        )
         await self._paths.start()
         self._underlay = await self.dp.underlay(self.opts.iface)
         log.info(
@@ -183,7 +207,6 @@ class Daemon:
             self._underlay.link.name,
             self._underlay.link.mtu,
         )
-        await self.store.connect()
         self._cfg = await self._wait_config()
         template = LeaseRecord(
             subnet=self._cfg.network,  # placeholder: the keeper fills in the claimed subnet
@@ -205,6 +228,7 @@ class Daemon:
             if self._cfg.topology.uses_gateways
             else None,
         )
+        check_own_record(template, self._cfg.network)  # peers would refuse it otherwise
         self._keeper = LeaseKeeper(
             self.store,
             self._cfg,
@@ -250,6 +274,8 @@ class Daemon:
                 return cfg
             except ConfigMissingError as exc:
                 log.warning("%s; waiting (hint: %s)", exc, exc.hint)
+            except EtcdTlsError:
+                raise  # the first contact was refused over certificates: exit 2, not retry
             except StoreError as exc:
                 log.warning("cannot read the network config yet: %s", exc)
             # an invalid config (ConfigError) is not retried: it needs a person
@@ -276,6 +302,7 @@ class Daemon:
                 mtu=cfg.vxlan_mtu(underlay.link.mtu),
             )
             self._attach(self.vxlan, await self.dp.ensure_device(spec, address), False)
+            self._vxlan_spec = spec
         if backend.uses_wireguard:
             loop = asyncio.get_running_loop()
             device = WgDeviceConfig(
@@ -310,6 +337,8 @@ class Daemon:
                 "subnet file %s: subnet %s, mtu %d", self.opts.subnet_file, content.subnet, mtu
             )
             self.status.subnet = held.record.subnet
+        if self._health is not None:  # --healthz-ip overlay: the address is on the device now
+            await self._health.follow_overlay(held.record.overlay_ip, cfg.network)
         self._device_stale = False
 
     def _attach(self, dev: _Device, ifindex: int, recreated: bool) -> None:
@@ -357,22 +386,25 @@ class Daemon:
 
     def _remember(self, stored: StoredLease, *, quiet: bool = False) -> None:
         """Take a lease as current; ``quiet``: part of a snapshot, summarised by the caller."""
-        old = self.leases.get(stored.subnet)
-        self.leases[stored.subnet] = stored
         assert self._keeper is not None and self._keeper.held is not None
         assert self._paths is not None
-        self._keeper.notice(stored, stored.subnet)
+        self._keeper.notice(stored, stored.subnet)  # as written: scope is about peers, not us
+        stored = self._scoped(stored)
+        old = self.leases.get(stored.subnet)
+        self.leases[stored.subnet] = stored
         if old is not None and old.mod_revision == stored.mod_revision:
             return  # unchanged: keep the old record object (the planner memoises by identity)
         self._changed.add(stored.subnet)
         self._paths.lease_changed(self._keeper.held.record, stored.subnet, stored.record)
         if stored.record is None:
             self.records.pop(stored.subnet, None)
+            self.created.pop(stored.subnet, None)
             if (stored.subnet, stored.mod_revision) not in self._bad_seen:
                 self._bad_seen.add((stored.subnet, stored.mod_revision))
                 log.error("ignoring malformed lease %s: %s", stored.subnet, stored.error)
             return
         self.records[stored.subnet] = stored.record
+        self.created[stored.subnet] = stored.create_revision
         is_me = self._identity is not None and stored.record.node_id == self._identity.node_id
         if is_me or quiet:
             return
@@ -384,10 +416,20 @@ class Daemon:
                 lease_counts("changed"), f"peer {node} changed its lease {stored.subnet}"
             )
 
+    def _scoped(self, stored: StoredLease) -> StoredLease:
+        """``stored``, refused (as malformed) if its addresses are out of scope here."""
+        if stored.record is None or self._cfg is None:
+            return stored
+        why = check_scope(stored.record, self._cfg.network)
+        if why is None:
+            return stored
+        return replace(stored, record=None, error=f"lease {stored.subnet}: {why}")
+
     def _forget(self, subnet: IPv4Network, revision: int = 0) -> None:
         """Drop a lease deleted at store ``revision`` (0: unknown)."""
         old = self.leases.pop(subnet, None)
         self.records.pop(subnet, None)
+        self.created.pop(subnet, None)
         self._changed.add(subnet)
         assert self._keeper is not None and self._keeper.held is not None
         assert self._paths is not None
@@ -466,11 +508,13 @@ class Daemon:
         vxlan_leases: Mapping[IPv4Network, LeaseRecord] = self.records
         via_gateway: dict[IPv4Network, RouteEntry] = {}
         wireguard = None
+        ingress = None
         if self._gateway is not None:
             self._gateway.update(me, self.records)
             topo = plan_gateway(
                 cfg, me, self.records, self._gateway.state.claims, paths,
-                verified=paths_keeper.verified(),
+                verified=paths_keeper.verified(), created=self.created,
+                unguessable=self._unguessable,
             )  # fmt: skip
             if topo.role != self._role:
                 gw = topo.gateway.node if topo.gateway else "none"
@@ -481,8 +525,9 @@ class Daemon:
             self._via = dict.fromkeys(via_gateway, gateway_name) if gateway_name else {}
         elif backend.uses_wireguard:
             wireguard = plan_wireguard(
-                me, self.records, backend, paths, verified=paths_keeper.verified(), network=network
-            )
+                me, self.records, backend, paths, verified=paths_keeper.verified(),
+                network=network, created=self.created, unguessable=self._unguessable,
+            )  # fmt: skip
         if wireguard is not None:
             vxlan_leases = wireguard.vxlan_leases
             skipped += wireguard.skipped
@@ -490,7 +535,9 @@ class Daemon:
         if backend.uses_vxlan:
             incremental = None
             if not self._full:
-                incremental = self.planner.update(me, vxlan_leases, changed, paths, network)
+                incremental = self.planner.update(
+                    me, vxlan_leases, changed, paths, network, self._unguessable
+                )
             if incremental is not None:
                 plan, touched = incremental
                 changes = diff_keys(
@@ -501,7 +548,9 @@ class Daemon:
                     touched.fdbs,
                 )
             else:
-                plan = self.planner.plan(me, vxlan_leases, paths, network)
+                plan = self.planner.plan(
+                    me, vxlan_leases, paths, network, self.created, self._unguessable
+                )
                 if via_gateway:  # other sites' subnets, through our gateway
                     plan = replace(
                         plan, state=replace(plan.state, routes={**plan.state.routes, **via_gateway})
@@ -512,9 +561,17 @@ class Daemon:
             skipped += plan.skipped
             peers += len(plan.paths)
             await self._apply(self.vxlan, changes, peers)
+            ingress = VxlanPeers(
+                vxlan_leases,
+                plan.paths,
+                None if incremental is None else changed,
+                via_gateway,
+                me.site,
+            )
         self._full = False
         if wireguard is not None:
             await self._apply_wireguard(wireguard, peers)
+        await self._sync_ingress(ingress)
         for subnet, reason in skipped:
             if (subnet, -1) not in self._bad_seen:
                 self._bad_seen.add((subnet, -1))
@@ -539,6 +596,14 @@ class Daemon:
             log.warning("%s", found.warning())
         else:
             log.info("no peer of another site is reached over plain VXLAN any more")
+
+    async def _sync_ingress(self, vxlan: VxlanPeers | None) -> None:
+        """The ingress filter for the VXLAN plan's peers (None: no VXLAN here, no table).
+        Until the first snapshot has loaded, the table of the last run stays as it is."""
+        if vxlan is None:
+            await self._ingress.remove()
+        elif self._may_delete and self._vxlan_spec is not None:
+            await self._ingress.sync(self._vxlan_spec.port, self._vxlan_spec.name, vxlan)
 
     @property
     def _may_delete(self) -> bool:
@@ -586,8 +651,9 @@ class Daemon:
         """``--public-ip auto``: publish the addresses peers in other sites confirmed."""
         assert self._paths is not None and keeper.held is not None
         me = keeper.held.record
-        found = self._paths.public_addresses(me)
-        wanted = tuple(sorted({*self.opts.public_ips, *found}))
+        assert self._cfg is not None
+        found = publishable(self._paths.public_addresses(me), self._cfg.network)
+        wanted = publishable(sorted({*self.opts.public_ips, *found}), self._cfg.network)
         if wanted != tuple(sorted(me.public_ips)):
             log.info("public addresses confirmed by peers: %s", ", ".join(map(str, found)))
             await keeper.republish(replace(me, public_ips=wanted))

@@ -36,6 +36,16 @@ class StoreError(OverlaydError):
     hint = "check --etcd-endpoints and that etcd is running"
 
 
+TLS_HINT = "check --etcd-endpoints, --etcd-cafile, --etcd-certfile and --etcd-keyfile"
+
+
+class EtcdTlsError(StoreError):
+    """etcd and overlayd do not agree on TLS: a certificate problem, which needs a person."""
+
+    hint = TLS_HINT
+    exit_code = 2
+
+
 class ConfigMissingError(StoreError):
     """No network config has been written yet."""
 

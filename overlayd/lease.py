@@ -9,14 +9,26 @@ raises ``LeaseFormatError``: a malformed record is skipped by its reader, never 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from overlayd.errors import LeaseFormatError
 from overlayd.kernel_state import MacAddress
+from overlayd.lease_rules import (
+    MAX_ADDRESSES,
+    MAX_VALUE_BYTES,
+    flannel_node_name,
+    is_backend_type,
+    is_label,
+    is_node_id,
+    scope_error,
+)
+from overlayd.logs import quote
 
 DEFAULT_SITE = "default"
 
@@ -91,18 +103,23 @@ class LeaseRecord:
 
 def _addr(value: Any, what: str) -> IPv4Address:
     if not isinstance(value, str):
-        raise LeaseFormatError(f"{what} must be a string, got {value!r}")
+        raise LeaseFormatError(f"{what} must be a string, got {quote(value)}")
     try:
-        return IPv4Address(value)
+        address = IPv4Address(value)
     except ValueError:
-        raise LeaseFormatError(f"{what} {value!r} is not an IPv4 address") from None
+        raise LeaseFormatError(f"{what} {quote(value)} is not an IPv4 address") from None
+    if (why := scope_error(address)) is not None:
+        raise LeaseFormatError(f"{what} {address} is {why}, not an underlay address")
+    return address
 
 
 def _addrs(value: Any, what: str) -> tuple[IPv4Address, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise LeaseFormatError(f"{what} must be a list, got {value!r}")
+        raise LeaseFormatError(f"{what} must be a list, got {quote(value)}")
+    if len(value) > MAX_ADDRESSES:
+        raise LeaseFormatError(f"{what} has {len(value)} items, at most {MAX_ADDRESSES} allowed")
     return tuple(_addr(v, what) for v in value)
 
 
@@ -111,14 +128,14 @@ def _port(obj: dict[str, Any], key: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise LeaseFormatError(f"{key} must be a port number, got {value!r}")
+        raise LeaseFormatError(f"{key} must be a port number, got {quote(value)}")
     return value
 
 
 def _optional_bool(obj: dict[str, Any], key: str) -> bool | None:
     value = obj.get(key)
     if value is not None and not isinstance(value, bool):
-        raise LeaseFormatError(f"{key} must be true or false, got {value!r}")
+        raise LeaseFormatError(f"{key} must be true or false, got {quote(value)}")
     return value
 
 
@@ -126,19 +143,28 @@ def _public_key(obj: dict[str, Any]) -> str | None:
     value = obj.get("PublicKey")
     if value is None:
         return None
-    try:
-        raw = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
-    except ValueError:
-        raw = b""
+    raw = b""
+    if isinstance(value, str) and len(value) == 44:  # 32 bytes of base64, padded
+        with contextlib.suppress(ValueError):
+            raw = base64.b64decode(value, validate=True)
     if len(raw) != 32:
-        raise LeaseFormatError(f"PublicKey must be 32 bytes of base64, got {value!r}")
+        raise LeaseFormatError(f"PublicKey must be 32 bytes of base64, got {quote(value)}")
     return str(value)
 
 
 def _str(obj: dict[str, Any], key: str, default: str) -> str:
     value = obj.get(key, default)
     if not isinstance(value, str):
-        raise LeaseFormatError(f"{key} must be a string, got {value!r}")
+        raise LeaseFormatError(f"{key} must be a string, got {quote(value)}")
+    return value
+
+
+def _checked(
+    obj: dict[str, Any], key: str, default: str, ok: Callable[[str], bool], rule: str
+) -> str:
+    value = _str(obj, key, default)
+    if not ok(value):
+        raise LeaseFormatError(f"{key} {quote(value)} is not {rule}")
     return value
 
 
@@ -146,45 +172,66 @@ def decode_lease(subnet: IPv4Network, value: bytes | str) -> LeaseRecord:
     """Decode a lease value stored under ``subnet``'s key.
 
     Leases written by flannel (no ``Node``/``NodeID``) decode too: such a node is named
-    after its PublicIP so it can still be programmed as a peer.
+    after its PublicIP (``flannel-192-0-2-1``) so it can still be programmed as a peer.
+    What a record may say (sizes, names, address scope) is ``overlayd.lease_rules``'s;
+    the scope check against the overlay network is ``lease_rules.check_scope``.
     """
     if not value:
         raise LeaseFormatError(f"lease {subnet} has an empty value")
+    size = len(value.encode() if isinstance(value, str) else value)
+    if size > MAX_VALUE_BYTES:  # before parsing: a huge value costs every daemon memory
+        raise LeaseFormatError(f"lease {subnet} is {size} bytes, at most {MAX_VALUE_BYTES}")
     try:
         raw = json.loads(value)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise LeaseFormatError(f"lease {subnet} is not JSON: {str(exc)[:200]}") from None
+        raise LeaseFormatError(f"lease {subnet} is not JSON: {quote(str(exc))}") from None
     if not isinstance(raw, dict):
         raise LeaseFormatError(f"lease {subnet} must be a JSON object")
+    try:
+        return _record(subnet, raw)
+    except LeaseFormatError as exc:
+        raise LeaseFormatError(f"lease {subnet}: {exc}") from None
+
+
+def _record(subnet: IPv4Network, raw: dict[str, Any]) -> LeaseRecord:
     public_ip = _addr(raw.get("PublicIP"), "PublicIP")
     backend = raw.get("BackendData")
     if not isinstance(backend, dict):
-        raise LeaseFormatError(f"lease {subnet}: BackendData must be an object")
+        raise LeaseFormatError("BackendData must be an object")
     try:
         mac = MacAddress.parse(_str(backend, "VtepMAC", ""))
-    except ValueError as exc:
-        raise LeaseFormatError(f"lease {subnet}: {exc}") from None
+    except ValueError:
+        # the parser's message quotes the whole value
+        raise LeaseFormatError(
+            f"VtepMAC {quote(backend.get('VtepMAC'))}: invalid MAC address"
+        ) from None
     vni = backend.get("VNI", 1)
     if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni < 1 << 24:
-        raise LeaseFormatError(f"lease {subnet}: VNI must be an integer 0..16777215, got {vni!r}")
-    node = _str(raw, "Node", f"flannel-{public_ip}")
-    if not node:
-        raise LeaseFormatError(f"lease {subnet}: Node is empty")
+        raise LeaseFormatError(f"VNI must be an integer 0..16777215, got {quote(vni)}")
+    label = "a DNS label (1-63 of A-Z a-z 0-9 -, no hyphen at either end)"
+    node = _checked(raw, "Node", flannel_node_name(public_ip), is_label, label)
     # one object per distinct address/site string: thousands of leases repeat them
     private_ips = tuple(
         public_ip if a == public_ip else a for a in _addrs(raw.get("PrivateIPs"), "PrivateIPs")
     )
+    site = _str(raw, "Site", DEFAULT_SITE) or DEFAULT_SITE
+    if not is_label(site):
+        raise LeaseFormatError(f"Site {quote(site)} is not {label}")
     return LeaseRecord(
         subnet=subnet,
         node=node,
-        node_id=_str(raw, "NodeID", ""),
+        node_id=_checked(
+            raw, "NodeID", "", is_node_id, "a node id (up to 64 of A-Z a-z 0-9 . _ -)"
+        ),
         public_ip=public_ip,
         vtep_mac=mac,
         vni=vni,
-        site=sys.intern(_str(raw, "Site", DEFAULT_SITE) or DEFAULT_SITE),
+        site=sys.intern(site),
         private_ips=private_ips,
         public_ips=_addrs(raw.get("PublicIPs"), "PublicIPs"),
-        backend_type=sys.intern(_str(raw, "BackendType", "vxlan")),
+        backend_type=sys.intern(
+            _checked(raw, "BackendType", "vxlan", is_backend_type, "a backend type name")
+        ),
         public_key=_public_key(raw),
         probe_port=_port(raw, "ProbePort"),
         wireguard_port=_port(raw, "WireGuardPort"),

@@ -64,8 +64,10 @@ class PathKeeper:
         config: ProbeConfig,
         on_change: Callable[[IPv4Network | None], None],
         params: ChooseParams | None = None,
+        unguessable: frozenset[IPv4Address] = frozenset(),
     ) -> None:
         self.prober: Prober[IPv4Network] = Prober(key.private, config, on_change)
+        self.unguessable = unguessable  # our etcd endpoints: used only once verified
         self._params = params or ChooseParams(hold=config.stable_after)
         self._targets: dict[IPv4Network, PeerTarget] = {}
         self._targets_changed = False
@@ -128,13 +130,18 @@ class PathKeeper:
                 continue
             current = self.paths.get(subnet)
             stats = self.prober.stats(subnet)
+            candidates = PeerCandidates.from_lease(peer)
             path = choose_path(
-                me.site, PeerCandidates.from_lease(peer), stats, current, now, self._params
+                me.site, candidates, stats, current, now, self._params, self.unguessable
             )
-            if current is None or path.address != current.address:
+            address = None if path is None else path.address
+            if address != (None if current is None else current.address):
                 changed.add(subnet)
-                self.prober.set_chosen(subnet, path.address if subnet in self._targets else None)
-            self.paths[subnet] = path
+                self.prober.set_chosen(subnet, address if subnet in self._targets else None)
+            if path is None:
+                self.paths.pop(subnet, None)
+            else:
+                self.paths[subnet] = path
         return changed
 
     def verified(self) -> set[IPv4Network]:

@@ -4,6 +4,7 @@ used until probes have verified something (the one rule both planners and the ch
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -35,17 +36,34 @@ class PeerCandidates:
         return cls(record.site, record.private_ips, record.public_ips, record.public_ip)
 
 
-def guess(me_site: str, peer: PeerCandidates) -> PeerPath:
-    """Best guess by site: same site -> private, other site -> public, else the fallback."""
-    if peer.site == me_site and peer.private:
-        return PeerPath(peer.private[0], PRIVATE, "same site")
-    if peer.site != me_site and peer.public:
-        return PeerPath(peer.public[0], PUBLIC, "other site")
-    if peer.fallback is None:
-        raise ValueError("peer has no candidate address at all")
+def guess(
+    me_site: str, peer: PeerCandidates, unguessable: Collection[IPv4Address] = frozenset()
+) -> PeerPath | None:
+    """Best guess by site: same site -> private, other site -> public, else the fallback.
+
+    Addresses in ``unguessable`` (this node's etcd endpoints) are never guessed: a record
+    naming one must not make us send overlay traffic at the etcd host. A real node on
+    that address is used once probes verify the path (``choose_path``). None: nothing
+    left to guess.
+    """
+    if peer.site == me_site:
+        preferred, kind, reason = peer.private, PRIVATE, "same site"
+    else:
+        preferred, kind, reason = peer.public, PUBLIC, "other site"
+    for address in preferred:
+        if address not in unguessable:
+            return PeerPath(address, kind, reason)
+    if peer.fallback is None or peer.fallback in unguessable:
+        return None
     return PeerPath(peer.fallback, PUBLIC, "lease PublicIP")
 
 
-def guess_path(me: LeaseRecord, peer: LeaseRecord) -> PeerPath:
-    """``guess`` for a peer's lease (which always has a fallback: its PublicIP)."""
-    return guess(me.site, PeerCandidates.from_lease(peer))
+def guess_path(
+    me: LeaseRecord, peer: LeaseRecord, unguessable: Collection[IPv4Address] = frozenset()
+) -> PeerPath | None:
+    """``guess`` for a peer's lease."""
+    return guess(me.site, PeerCandidates.from_lease(peer), unguessable)
+
+
+NOT_GUESSED = "no verified path, and its addresses are etcd endpoints: not guessed"
+"""Why a peer whose every candidate is an etcd endpoint's address is not programmed yet."""

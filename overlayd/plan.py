@@ -8,13 +8,13 @@ diff against the kernel (which keeps those objects once applied) is cheap.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.kernel_state import FdbEntry, KernelState, MacAddress, NeighEntry, RouteEntry
 from overlayd.lease import LeaseRecord
-from overlayd.paths import PeerPath, guess_path
+from overlayd.paths import NOT_GUESSED, PeerPath, guess_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ class Planner:
     def __init__(self) -> None:
         self._memo: dict[IPv4Network, tuple[LeaseRecord, IPv4Address, PeerEntries]] = {}
         self._last: Plan | None = None
-        self._basis: tuple[LeaseRecord, IPv4Network | None] | None = None
+        self._basis: tuple[LeaseRecord, IPv4Network | None, frozenset[IPv4Address]] | None = None
         self._contested: set[object] = set()  # keys claimed by more than one node
 
     def _entries(self, peer: LeaseRecord, underlay: IPv4Address) -> PeerEntries:
@@ -77,13 +77,18 @@ class Planner:
         leases: Mapping[IPv4Network, LeaseRecord],
         paths: Mapping[IPv4Network, PeerPath] | None = None,
         network: IPv4Network | None = None,
+        created: Mapping[IPv4Network, int] | None = None,
+        unguessable: Collection[IPv4Address] = frozenset(),
     ) -> Plan:
         """Entries for every usable peer in ``leases`` (``me`` and unusable peers skipped).
 
         ``paths`` holds verified path choices by peer subnet; peers without one get
         ``guess_path``. Peers outside ``network``, with another subnet length, backend or
         VNI are skipped; conflicts (two peers claiming one VTEP MAC or overlay address)
-        are resolved deterministically: the lower subnet wins, the other is skipped.
+        are resolved deterministically: the older lease wins (``created``: the etcd
+        create_revision by subnet, see ``conflict_order``), the other is skipped; a peer
+        claiming one of ours is always skipped. ``unguessable`` addresses (our etcd
+        endpoints) are never guessed: a peer with nothing else waits for a verified path.
         """
         skipped: list[tuple[IPv4Network, str]] = []
         usable: dict[IPv4Network, LeaseRecord] = {}
@@ -98,25 +103,30 @@ class Planner:
             usable[subnet] = peer
             uses[peer.vtep_mac] += 1
             uses[peer.overlay_ip] += 1
-        # Two peers claiming one VTEP MAC or overlay address (or one of ours): the lower
-        # subnet wins. Only the contested peers are sorted; sorting thousands of
-        # IPv4Network objects on every plan would be slow.
+        # Two peers claiming one VTEP MAC or overlay address (or one of ours): the older
+        # lease wins (``conflict_order``), we always keep ours. Only the contested peers
+        # are sorted; sorting thousands of IPv4Network objects on every plan would be slow.
         owner: dict[object, IPv4Network] = {me.vtep_mac: me.subnet, me.overlay_ip: me.subnet}
         contested = sorted(
-            s
-            for s, p in usable.items()
-            if uses[p.vtep_mac] > 1
-            or uses[p.overlay_ip] > 1
-            or p.vtep_mac in owner
-            or p.overlay_ip in owner
+            (
+                s
+                for s, p in usable.items()
+                if uses[p.vtep_mac] > 1
+                or uses[p.overlay_ip] > 1
+                or p.vtep_mac in owner
+                or p.overlay_ip in owner
+            ),
+            key=lambda s: conflict_order(s, created),
         )
         self._contested = {k for s in contested for k in (usable[s].vtep_mac, usable[s].overlay_ip)}
         for subnet in contested:
             peer = usable[subnet]
             taken = [k for k in (peer.vtep_mac, peer.overlay_ip) if k in owner]
             if taken:
+                holder = owner[taken[0]]
+                by = "this node" if holder == me.subnet else usable[holder].node
                 skipped.append(
-                    (subnet, f"{taken[0]} already used by the node of {owner[taken[0]]}")
+                    (subnet, f"{peer.node}'s {taken[0]} already used by {by} ({holder})")
                 )
                 del usable[subnet]
             else:
@@ -124,7 +134,10 @@ class Planner:
         chosen: dict[IPv4Network, PeerPath] = {}
         entries_of: dict[IPv4Network, PeerEntries] = {}
         for subnet, peer in usable.items():
-            path = (paths or {}).get(subnet) or guess_path(me, peer)
+            path = (paths or {}).get(subnet) or guess_path(me, peer, unguessable)
+            if path is None:
+                skipped.append((subnet, NOT_GUESSED))
+                continue
             entries_of[subnet] = self._entries(peer, path.address)
             chosen[subnet] = path
         state = KernelState(
@@ -135,7 +148,7 @@ class Planner:
         for gone in self._memo.keys() - leases.keys():
             del self._memo[gone]
         self._last = Plan(state, chosen, tuple(sorted(skipped)))
-        self._basis = (me, network)
+        self._basis = (me, network, frozenset(unguessable))
         return self._last
 
     def update(
@@ -145,6 +158,7 @@ class Planner:
         changed: set[IPv4Network],
         paths: Mapping[IPv4Network, PeerPath] | None = None,
         network: IPv4Network | None = None,
+        unguessable: Collection[IPv4Address] = frozenset(),
     ) -> tuple[Plan, Touched] | None:
         """Replan only the peers of ``changed`` subnets (added, altered or gone).
 
@@ -155,7 +169,7 @@ class Planner:
         last = self._last
         if last is None or self._basis is None or self._basis[0] is not me:
             return None
-        if self._basis[1] != network:
+        if self._basis[1] != network or self._basis[2] != unguessable:
             return None
         skipped_subnets = {s for s, _ in last.skipped}
         state = last.state
@@ -189,7 +203,9 @@ class Planner:
                 or {peer.vtep_mac, peer.overlay_ip} & (ours | self._contested)
             ):
                 return None  # a new conflict: settle it with a full plan
-            path = (paths or {}).get(subnet) or guess_path(me, peer)
+            path = (paths or {}).get(subnet) or guess_path(me, peer, unguessable)
+            if path is None:
+                return None  # skipped: a full plan records why
             entries = self._entries(peer, path.address)
             state.routes[subnet] = entries.route
             state.neighs[entries.neigh.ip] = entries.neigh
@@ -202,6 +218,15 @@ class Planner:
             frozenset(touched_routes), frozenset(touched_neighs), frozenset(touched_fdbs)
         )
         return last, touched
+
+
+def conflict_order(
+    subnet: IPv4Network, created: Mapping[IPv4Network, int] | None
+) -> tuple[int, int, int]:
+    """Who wins when two leases claim one key (lowest first): the older lease (etcd
+    create_revision; unknown counts as 0), then the lower subnet. Older wins so that a
+    newcomer copying a live peer's VTEP MAC, overlay address or key never knocks it out."""
+    return (created or {}).get(subnet, 0), int(subnet.network_address), subnet.prefixlen
 
 
 def is_me(me: LeaseRecord, subnet: IPv4Network, peer: LeaseRecord) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.config import GATEWAY, NetworkConfig
 from overlayd.gateway_state import GatewayClaim
@@ -58,8 +58,11 @@ def plan_gateway(
     paths: Mapping[IPv4Network, PeerPath] | None = None,
     *,
     verified: Collection[IPv4Network] = frozenset(),
+    created: Mapping[IPv4Network, int] | None = None,
+    unguessable: Collection[IPv4Address] = frozenset(),
 ) -> GatewayPlan:
-    """This node's plan in a network whose topology uses gateways."""
+    """This node's plan in a network whose topology uses gateways (``created`` and
+    ``unguessable``: as ``plan_wireguard``)."""
     sites = sorted({r.site for r in leases.values()} | {me.site})
     subnets_of = {s: sorted(r.subnet for r in leases.values() if r.site == s) for s in sites}
     my_mode = cfg.topology.mode_of(me.site)
@@ -81,8 +84,9 @@ def plan_gateway(
                 if cfg.topology.mode_of(site) == GATEWAY:
                     remote_gateways[entry.subnet] = site
     wireguard = plan_wireguard(
-        me, wanted, cfg.backend, paths, verified=verified, network=cfg.network
-    )
+        me, wanted, cfg.backend, paths, verified=verified, network=cfg.network,
+        created=created, unguessable=unguessable,
+    )  # fmt: skip
     for subnet, site in remote_gateways.items():
         peer = wireguard.peers.get(subnet)
         if peer is None:

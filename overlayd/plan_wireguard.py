@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.config import VXLAN, WIREGUARD, BackendConfig
 from overlayd.kernel_state import RouteEntry
@@ -29,7 +29,7 @@ from overlayd.lease import LeaseRecord
 # plan.py's own rules for "this lease is us" and "this peer cannot be programmed", so a
 # peer is judged alike whichever data plane carries it
 from overlayd.paths import PeerPath, guess_path
-from overlayd.plan import is_me, unusable_reason
+from overlayd.plan import conflict_order, is_me, unusable_reason
 from overlayd.wireguard.model import Endpoint, WgPeerConfig
 
 
@@ -70,6 +70,8 @@ def plan_wireguard(
     *,
     verified: Collection[IPv4Network] = frozenset(),
     network: IPv4Network | None = None,
+    created: Mapping[IPv4Network, int] | None = None,
+    unguessable: Collection[IPv4Address] = frozenset(),
 ) -> WireGuardPlan:
     """The WireGuard side of ``me``'s plan under ``backend``.
 
@@ -84,8 +86,10 @@ def plan_wireguard(
 
     A peer is skipped (with a reason) when ``Planner`` would skip it (another backend,
     VNI or subnet length, overlapping our subnet, outside ``network``), when its lease has
-    no (or an invalid) public key or no WireGuard port, when its key is ours, or when a
-    peer of a lower subnet already uses its key.
+    no (or an invalid) public key or no WireGuard port, when its key is ours, or when an
+    older lease (``created``, as ``Planner.plan``: ``conflict_order``) uses its key. A peer
+    whose only addresses are ``unguessable`` (our etcd endpoints) and not verified goes
+    to ``dial_in``: no endpoint is guessed at the etcd host.
     """
     if backend.type == VXLAN:
         return WireGuardPlan({}, {}, {}, (), leases, ())
@@ -123,13 +127,23 @@ def plan_wireguard(
         if key == ours:
             skipped.append((subnet, "its public key is this node's own"))
             continue
-        if key in owner:
-            skipped.append((subnet, f"public key {key} already used by the node of {owner[key]}"))
-            continue
+        holder = owner.get(key)
+        if holder is not None:
+            if conflict_order(holder, created) < conflict_order(subnet, created):
+                skipped.append((subnet, _key_taken(peer, key, leases[holder])))
+                continue
+            # the holder came in subnet order but is the newer lease: it gives way
+            skipped.append((holder, _key_taken(leases[holder], key, peer)))
+            for out in (peers, routes, chosen):
+                out.pop(holder, None)
+            if holder in dial_in:
+                dial_in.remove(holder)
         owner[key] = subnet
-        path = given.get(subnet) or guess_path(me, peer)
+        path = given.get(subnet) or guess_path(me, peer, unguessable)
         endpoint = None
-        if peer.site == me.site or subnet in verified or path.address in peer.public_ips:
+        if path is None:
+            dial_in.append(subnet)
+        elif peer.site == me.site or subnet in verified or path.address in peer.public_ips:
             endpoint = Endpoint(path.address, peer.wireguard_port)
             chosen[subnet] = path
         else:
@@ -142,7 +156,12 @@ def plan_wireguard(
             preshared_key=backend.psk,
         )
         routes[subnet] = RouteEntry(subnet, peer.overlay_ip)
+    skipped.sort(key=lambda item: _subnet_order(item[0]))  # an evicted holder came first
     return WireGuardPlan(peers, routes, chosen, tuple(dial_in), vxlan_leases, tuple(skipped))
+
+
+def _key_taken(peer: LeaseRecord, key: PublicKey, holder: LeaseRecord) -> str:
+    return f"{peer.node}'s public key {key} already used by {holder.node} ({holder.subnet})"
 
 
 def _missing_wireguard(peer: LeaseRecord) -> str | None:

@@ -34,7 +34,21 @@ from etcd3aio._protobuf import (  # the client has no mod-revision helper, nor a
 from etcd3aio.base import TRANSIENT_CODES
 
 from overlayd.config import NetworkConfig, parse_config
-from overlayd.errors import ConfigMissingError, LeaseFormatError, StoreError
+from overlayd.errors import (
+    ConfigMissingError,
+    EtcdTlsError,
+    LeaseFormatError,
+    OverlaydError,
+    StoreError,
+)
+from overlayd.etcd_tls import (
+    Endpoint,
+    TlsMaterial,
+    describe_tls_failure,
+    load_tls,
+    parse_endpoint,
+    parse_endpoints,
+)
 from overlayd.gateway_state import GatewayClaim, GatewayState, HealthReport
 from overlayd.lease import LeaseRecord, decode_lease, parse_subnet_key_name, subnet_key_name
 
@@ -66,6 +80,7 @@ class StoredLease:
     error: str | None
     lease_id: int
     mod_revision: int
+    create_revision: int = 0  # when the key was created: the older lease wins a conflict
 
 
 @dataclass(frozen=True)
@@ -95,34 +110,22 @@ class WatchBatch:
     events: tuple[LeaseEvent, ...]
 
 
-def _parse_endpoint(text: str) -> tuple[str, str | None]:
-    """``host:port`` (scheme optional) -> (``ip:port``, server name for TLS or None).
-
-    The client's channel takes IPv4 addresses only, so host names are resolved here.
-    """
-    rest = text.strip().split("://", 1)[-1].rstrip("/")
-    host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit():
-        raise StoreError(f"etcd endpoint {text!r} must be host:port (e.g. 127.0.0.1:2379)")
+def _resolve(endpoint: Endpoint) -> str:
+    """``ip:port`` for the client's channel, which takes IPv4 addresses only."""
+    if endpoint.ip is not None:
+        return f"{endpoint.ip}:{endpoint.port}"
     try:
-        IPv4Address(host)
-        return f"{host}:{port}", None
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(endpoint.host, endpoint.port, socket.AF_INET, socket.SOCK_STREAM)
     except OSError as exc:
-        raise StoreError(f"cannot resolve etcd endpoint {host!r}: {exc}") from None
-    return f"{infos[0][4][0]}:{port}", host
+        raise StoreError(f"cannot resolve etcd endpoint {endpoint.host!r}: {exc}") from None
+    return f"{infos[0][4][0]}:{endpoint.port}"
 
 
-def _read_pem(path: Path | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise StoreError(f"cannot read {what} {path}: {exc.strerror}") from None
+def _server_name(endpoints: tuple[Endpoint, ...]) -> str:
+    """The one name gRPC checks every server certificate against: the first host name, or
+    the first address when there are only addresses (see docs/etcd-access.md)."""
+    names = sorted(e.host for e in endpoints if e.ip is None)
+    return names[0] if names else endpoints[0].host
 
 
 class EtcdStore:
@@ -136,24 +139,36 @@ class EtcdStore:
         self._gateways = f"{self._prefix}/gw/site/"
         self._health = f"{self._prefix}/gw/health/"
         self._client: Etcd3Client | None = None
+        self._tls: TlsMaterial | None = None
+        self._server_name: str | None = None
 
     @property
     def prefix(self) -> str:
         return self._prefix
 
+    def endpoint_addresses(self) -> frozenset[IPv4Address]:
+        """The addresses of the etcd endpoints (names resolved): never a guessed peer path."""
+        out = set()
+        for text in self._settings.endpoints:
+            with contextlib.suppress(OverlaydError, ValueError):  # connect() reports bad ones
+                out.add(IPv4Address(_resolve(parse_endpoint(text)).rpartition(":")[0]))
+        return frozenset(out)
+
     async def connect(self) -> None:
-        parsed = [_parse_endpoint(e) for e in self._settings.endpoints]
-        names = {name for _, name in parsed if name}
+        """Check the endpoints and TLS files (``ConfigError`` naming what is wrong) and open
+        the channel; the first RPC makes the first connection."""
         s = self._settings
-        ca_cert = _read_pem(s.cafile, "--etcd-cafile")
+        endpoints, use_tls = parse_endpoints(s.endpoints, s.cafile, s.certfile)
+        tls = self._tls = load_tls(s.cafile, s.certfile, s.keyfile) if use_tls else None
+        self._server_name = _server_name(endpoints) if tls is not None else None
         self._client = Etcd3Client(
-            [addr for addr, _ in parsed],
+            [_resolve(e) for e in endpoints],
             rpc_max_attempts=2,
             watch_max_reconnect_backoff_seconds=2.0,
-            tls_server_name=sorted(names)[0] if names and ca_cert else None,
-            ca_cert=ca_cert,
-            cert_chain=_read_pem(s.certfile, "--etcd-certfile") if ca_cert else None,
-            cert_key=_read_pem(s.keyfile, "--etcd-keyfile") if ca_cert else None,
+            tls_server_name=self._server_name,
+            ca_cert=tls.ca if tls else None,
+            cert_chain=tls.cert if tls else None,
+            cert_key=tls.key if tls else None,
         )
         await self._client.connect()
 
@@ -168,7 +183,18 @@ class EtcdStore:
         try:
             return await fn(self._client)
         except (EtcdError, grpc.RpcError, TimeoutError) as exc:
-            raise StoreError(f"etcd {what} failed: {_describe(exc)}") from None
+            raise self._error(what, exc) from None
+
+    def _error(self, what: str, exc: BaseException) -> StoreError:
+        """Our error for a failed ``what``: an ``EtcdTlsError`` when TLS was refused."""
+        rpc = _rpc_error(exc)
+        if rpc is not None:
+            said = describe_tls_failure(str(rpc.details()), self._tls, self._server_name)
+            if said is not None:
+                message, rejected = said
+                error = EtcdTlsError if rejected else StoreError
+                return error(f"etcd {what} failed: {message}")
+        return StoreError(f"etcd {what} failed: {_describe(exc)}")
 
     # -- config ------------------------------------------------------------------------
 
@@ -203,7 +229,9 @@ class EtcdStore:
             record = decode_lease(subnet, kv.value)
         except LeaseFormatError as exc:
             error = str(exc)
-        return StoredLease(subnet, record, error, int(kv.lease), int(kv.mod_revision))
+        return StoredLease(
+            subnet, record, error, int(kv.lease), int(kv.mod_revision), int(kv.create_revision)
+        )
 
     async def list_leases(self) -> Snapshot:
         """Every lease, read in pages at one revision (a consistent snapshot).
@@ -343,7 +371,7 @@ class EtcdStore:
                         if events:
                             yield None, events
             except (EtcdError, grpc.RpcError) as exc:
-                raise StoreError(f"etcd watch failed: {_describe(exc)}") from None
+                raise self._error("watch", exc) from None
 
     async def watch_leases(self, first: Snapshot | None = None) -> AsyncIterator[WatchBatch]:
         """A snapshot, then the changes after it; a fresh snapshot after a compaction.
@@ -537,10 +565,16 @@ def _lease(c: Etcd3Client) -> Any:
     return c.lease
 
 
+def _rpc_error(exc: BaseException) -> grpc.aio.AioRpcError | None:
+    """The gRPC error behind ``exc`` (the client wraps them in its own), if any."""
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        if isinstance(candidate, grpc.aio.AioRpcError):
+            return candidate
+    return None
+
+
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, grpc.aio.AioRpcError):
-        return f"{cause.code().name}: {cause.details()}"
+    rpc = _rpc_error(exc)
+    if rpc is not None:
+        return f"{rpc.code().name}: {rpc.details()}"
     return str(exc) or type(exc).__name__

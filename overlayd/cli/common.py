@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
-from overlayd.errors import OverlaydError
+from overlayd.errors import ConfigError, OverlaydError
+from overlayd.etcd_tls import parse_endpoints
 from overlayd.store import DEFAULT_PREFIX, EtcdSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -24,7 +25,8 @@ def etcd_options(fn: F) -> F:
             envvar="OVERLAYD_ETCD_ENDPOINTS",
             default="127.0.0.1:2379",
             show_default=True,
-            help="Comma-separated etcd endpoints (host:port).",
+            help="Comma-separated etcd endpoints: https://host:port (TLS), http://host:port "
+            "(plaintext) or host:port (TLS only with --etcd-cafile); one form for all.",
         ),
         click.option(
             "--etcd-prefix",
@@ -34,13 +36,22 @@ def etcd_options(fn: F) -> F:
             help="Key prefix of the network (/coreos.com/network reads a flannel config).",
         ),
         click.option(
-            "--etcd-cafile", envvar="OVERLAYD_ETCD_CAFILE", type=click.Path(path_type=Path)
+            "--etcd-cafile",
+            envvar="OVERLAYD_ETCD_CAFILE",
+            type=click.Path(path_type=Path),
+            help="PEM CA the etcd server must be signed by (https:// default: system CAs).",
         ),
         click.option(
-            "--etcd-certfile", envvar="OVERLAYD_ETCD_CERTFILE", type=click.Path(path_type=Path)
+            "--etcd-certfile",
+            envvar="OVERLAYD_ETCD_CERTFILE",
+            type=click.Path(path_type=Path),
+            help="PEM client certificate (with --etcd-keyfile) for etcd's --client-cert-auth.",
         ),
         click.option(
-            "--etcd-keyfile", envvar="OVERLAYD_ETCD_KEYFILE", type=click.Path(path_type=Path)
+            "--etcd-keyfile",
+            envvar="OVERLAYD_ETCD_KEYFILE",
+            type=click.Path(path_type=Path),
+            help="PEM private key of --etcd-certfile (unencrypted).",
         ),
     ]
     for opt in reversed(opts):
@@ -55,17 +66,19 @@ def etcd_settings(
     etcd_certfile: Path | None,
     etcd_keyfile: Path | None,
 ) -> EtcdSettings:
+    """The settings from the flags; a bad endpoint or a mixed list is a usage error (2).
+
+    The TLS files themselves are read and checked by ``EtcdStore.connect``.
+    """
     endpoints = tuple(e.strip() for e in etcd_endpoints.split(",") if e.strip())
-    if not endpoints:
-        raise click.BadParameter("at least one endpoint is needed", param_hint="--etcd-endpoints")
     if (etcd_certfile is None) != (etcd_keyfile is None):
         raise click.BadParameter(
             "--etcd-certfile and --etcd-keyfile go together", param_hint="--etcd-certfile"
         )
-    if etcd_certfile is not None and etcd_cafile is None:
-        raise click.BadParameter(
-            "client certificates need --etcd-cafile", param_hint="--etcd-cafile"
-        )
+    try:
+        parse_endpoints(endpoints, etcd_cafile, etcd_certfile)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--etcd-endpoints") from None
     return EtcdSettings(endpoints, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile)
 
 

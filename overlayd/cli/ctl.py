@@ -50,7 +50,7 @@ def _echo_json(value: Any) -> None:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     for row in [headers, *rows]:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
@@ -347,7 +347,14 @@ def plan(ctx: click.Context, node: str, output: str) -> None:
     me, _ = _find(rows, node)
     assert me.record is not None
     records = {s.subnet: s.record for s, _ in rows if s.record is not None}
-    found = node_plan(cfg, me.record, records, gateway_state.claims)
+    found = node_plan(
+        cfg,
+        me.record,
+        records,
+        gateway_state.claims,
+        created={s.subnet: s.create_revision for s, _ in rows},
+        unguessable=EtcdStore(ctx.obj).endpoint_addresses(),  # as the daemon: never guessed
+    )
     result = found.vxlan
     state = result.state
     if output == "json":

@@ -14,7 +14,9 @@ import click
 from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
 from overlayd.daemon import DaemonOptions, run_daemon
 from overlayd.dataplane import DataPlane
+from overlayd.health_listen import DEFAULT_LISTEN, parse_listen
 from overlayd.lease import DEFAULT_SITE
+from overlayd.lease_rules import default_node_name, own_addresses, own_label
 from overlayd.logs import setup_logging
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 
@@ -34,7 +36,9 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 @click.command(context_settings={"auto_envvar_prefix": "OVERLAYD", "show_default": True})
 @etcd_options
 @click.option(
-    "--node-name", default=socket.gethostname, help="This node's name (default: hostname)."
+    "--node-name",
+    default=None,
+    help="This node's name, a DNS label (default: the host name's first label).",
 )
 @click.option(
     "--iface",
@@ -60,7 +64,13 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     default=10256,
     help="Port of /healthz, /readyz and /status (0: off).",
 )
-@click.option("--healthz-ip", default="0.0.0.0", help="Address the health port listens on.")
+@click.option(
+    "--healthz-ip",
+    multiple=True,
+    default=DEFAULT_LISTEN,
+    help="Address the health port listens on; repeatable. 'overlay': this node's overlay "
+    "address, once leased. Anything but loopback exposes /status to that network.",
+)
 @click.option(
     "--ip-masq/--no-ip-masq",
     default=False,
@@ -98,14 +108,14 @@ def main(
     etcd_cafile: Path | None,
     etcd_certfile: Path | None,
     etcd_keyfile: Path | None,
-    node_name: str,
+    node_name: str | None,
     iface: str | None,
     public_ips: tuple[str, ...],
     site: str,
     subnet_file: Path,
     state_dir: Path,
     healthz_port: int,
-    healthz_ip: str,
+    healthz_ip: tuple[str, ...],
     ip_masq: bool,
     log_format: str,
     lease_ttl: int,
@@ -122,6 +132,14 @@ def main(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--public-ip") from None
     auto = not publics or "auto" in public_ips
+    # the rules peers judge our lease by (overlayd/lease_rules.py): refuse now, exit code 2
+    node_name = (
+        own_label(node_name, "--node-name")
+        if node_name is not None
+        else default_node_name(socket.gethostname())
+    )
+    site = own_label(site, "--site")
+    publics = own_addresses(publics, "--public-ip")
     opts = DaemonOptions(
         etcd=etcd_settings(etcd_endpoints, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile),
         node_name=node_name,
@@ -131,7 +149,7 @@ def main(
         subnet_file=subnet_file,
         state_dir=state_dir,
         healthz_port=healthz_port,
-        healthz_host=healthz_ip,
+        healthz_listen=parse_listen(healthz_ip),
         ip_masq=ip_masq,
         lease_ttl=lease_ttl,
         resync_interval=resync_interval,

@@ -8,15 +8,16 @@ published public address, as the daemon does before its probes have verified any
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from overlayd.config import NetworkConfig
 from overlayd.gateway_state import GatewayClaim
 from overlayd.kernel_state import RouteEntry
 from overlayd.lease import LeaseRecord
+from overlayd.lease_rules import check_scope
 from overlayd.plan import Plan, Planner
 from overlayd.plan_gateway import plan_gateway
 from overlayd.plan_wireguard import WireGuardPlan, plan_wireguard
@@ -29,6 +30,7 @@ class NodePlan:
 
     vxlan: Plan
     wireguard: WireGuardPlan
+    refused: tuple[tuple[IPv4Network, str], ...] = ()  # records the scope check refused
 
     @property
     def peers(self) -> int:
@@ -36,7 +38,7 @@ class NodePlan:
 
     @property
     def skipped(self) -> list[tuple[IPv4Network, str]]:
-        return sorted((*self.vxlan.skipped, *self.wireguard.skipped))
+        return sorted((*self.vxlan.skipped, *self.wireguard.skipped, *self.refused))
 
 
 def node_plan(
@@ -44,19 +46,30 @@ def node_plan(
     me: LeaseRecord,
     records: Mapping[IPv4Network, LeaseRecord],
     claims: Mapping[str, GatewayClaim],
+    *,
+    created: Mapping[IPv4Network, int] | None = None,
+    unguessable: Collection[IPv4Address] = frozenset(),
 ) -> NodePlan:
-    """``me``'s plan under ``cfg``'s backend and topology (``claims``: elected gateways)."""
+    """``me``'s plan under ``cfg``'s backend and topology (``claims``: elected gateways;
+    ``created`` and ``unguessable``: as the planners'). Records the daemon's scope check
+    refuses are left out and listed as skipped, as the daemon does."""
+    refused = {s: why for s, r in records.items() if (why := check_scope(r, cfg.network))}
+    usable = {s: r for s, r in records.items() if s not in refused}
     via_gateway: dict[IPv4Network, RouteEntry] = {}
     if cfg.topology.uses_gateways:
-        topo = plan_gateway(cfg, me, records, claims)
+        topo = plan_gateway(cfg, me, usable, claims, created=created, unguessable=unguessable)
         wireguard, via_gateway = topo.wireguard, topo.via_gateway
     else:
-        wireguard = plan_wireguard(me, records, cfg.backend, network=cfg.network)
-    vxlan = Planner().plan(me, wireguard.vxlan_leases, network=cfg.network)
+        wireguard = plan_wireguard(
+            me, usable, cfg.backend, network=cfg.network, created=created, unguessable=unguessable
+        )
+    vxlan = Planner().plan(
+        me, wireguard.vxlan_leases, network=cfg.network, created=created, unguessable=unguessable
+    )
     if via_gateway:  # other sites' subnets, through our gateway (as the daemon does)
         routes = {**vxlan.state.routes, **via_gateway}
         vxlan = replace(vxlan, state=replace(vxlan.state, routes=routes))
-    return NodePlan(vxlan, wireguard)
+    return NodePlan(vxlan, wireguard, tuple(sorted(refused.items())))
 
 
 def wireguard_json(plan: WireGuardPlan) -> dict[str, Any]:

@@ -118,11 +118,14 @@ def choose_path(
     current: PeerPath | None,
     now: float,
     params: ChooseParams = ChooseParams(),
-) -> PeerPath:
+    unguessable: Collection[IPv4Address] = frozenset(),
+) -> PeerPath | None:
     """The underlay address to use for ``peer`` now (see the module docstring).
 
     ``stats`` maps the peer's probed addresses to their stats; ``current`` is the path in
-    use (as this function returned it last time), None for a new peer.
+    use (as this function returned it last time), None for a new peer. ``unguessable``
+    addresses (our etcd endpoints) are used only once verified; None: no path (nothing
+    verified, nothing that may be guessed).
     """
     ranked = _ranked(me_site, peer)
     verified = [c for c in ranked if (s := stats.get(c[1])) is not None and s.verified]
@@ -130,7 +133,9 @@ def choose_path(
     if current is not None:
         cur = next((c for c in ranked if c[1] == current.address), None)
     if not verified:
-        path = guess(me_site, peer)
+        path = guess(me_site, peer, unguessable)
+        if path is None:
+            return None
         prefix = "no verified path"
         if cur is not None and (s := stats.get(cur[1])) is not None and s.downs:
             prefix = f"{cur[1]} stopped answering, no verified alternative"

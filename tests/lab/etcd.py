@@ -2,8 +2,10 @@
 
 One member either on 127.0.0.1 with free ports (tests that only need a store) or inside a
 network namespace on a given address. ``stop()`` then ``start()`` again restarts it on the
-same data directory and ports, for outage tests. ``EtcdCluster``: several members on
-loopback, each with its own ports, data directory and log, for member-failure tests.
+same data directory and ports, for outage tests. With ``tls`` (an ``EtcdTls``) the client
+listener speaks only TLS (``https://``), optionally requiring client certificates.
+``EtcdCluster``: several members on one address, each with its own ports, data directory and
+log, for member-failure tests.
 """
 
 from __future__ import annotations
@@ -11,19 +13,25 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import TracebackType
 
+from tests.lab.certs import CertFiles
 from tests.lab.netns import Namespace
 
 ETCD = "/usr/bin/etcd"
 LOOPBACK = IPv4Address("127.0.0.1")
 ETCDCTL = "/usr/bin/etcdctl"
+# glog-style lines of gRPC's C core ("E1201 12:34:45.026 9164 secure_endpoint.cc:269] …"),
+# which overlayd must not let through to its stderr (tests/security/test_etcd_tls*.py)
+GRPC_NOISE = re.compile(r"^[IWEF]\d{4} |\.cc:\d+\]|TSI_|SSL_ERROR|handshaker", re.MULTILINE)
 # etcd 3.4 refuses to start on architectures it does not officially support unless told.
 _SUPPORTED_ARCHES = {"x86_64": None, "ppc64le": None, "aarch64": "arm64"}
 
@@ -35,6 +43,21 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         for sock in socks:
             sock.bind((host, 0))
         return [sock.getsockname()[1] for sock in socks]
+
+
+@dataclass(frozen=True)
+class EtcdTls:
+    """TLS of the client listener: the server's certificate and the CA that signed it.
+
+    ``client_ca``: clients must present a certificate signed by it (etcd's
+    ``--client-cert-auth --trusted-ca-file``; etcd requires client certificates whenever a
+    trusted CA is given). ``client`` is the certificate ``healthy()`` presents then.
+    """
+
+    server: CertFiles
+    ca: Path
+    client_ca: Path | None = None
+    client: CertFiles | None = None
 
 
 class EtcdServer:
@@ -50,6 +73,7 @@ class EtcdServer:
         peer_port: int | None = None,
         name: str = "lab",
         initial_cluster: str | None = None,
+        tls: EtcdTls | None = None,
     ) -> None:
         """Describe (not start) a member. Without ``namespace`` it runs in the root namespace
         and ports default to free ones; inside a namespace they default to 2379/2380.
@@ -62,6 +86,7 @@ class EtcdServer:
         self.peer_port = peer_port or free[1]
         self.name = name
         self.initial_cluster = initial_cluster
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -86,8 +111,27 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        """``http://ip:port`` of the client listener."""
-        return f"http://{self.endpoint}"
+        """``http://ip:port`` (``https://`` with TLS) of the client listener."""
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{self.endpoint}"
+
+    def _tls_argv(self) -> list[str]:
+        tls = self.tls
+        if tls is None:
+            return []
+        argv = [f"--cert-file={tls.server.cert}", f"--key-file={tls.server.key}"]
+        if tls.client_ca is not None:
+            argv += ["--client-cert-auth", f"--trusted-ca-file={tls.client_ca}"]
+        return argv
+
+    def _etcdctl_tls(self) -> list[str]:
+        tls = self.tls
+        if tls is None:
+            return []
+        argv = [f"--cacert={tls.ca}"]
+        if tls.client is not None:
+            argv += [f"--cert={tls.client.cert}", f"--key={tls.client.key}"]
+        return argv
 
     @property
     def running(self) -> bool:
@@ -108,6 +152,7 @@ class EtcdServer:
             "--initial-cluster-state=new",
             "--logger=zap",
             "--log-outputs=stderr",
+            *self._tls_argv(),
         ]
         return argv if self.namespace is None else self.namespace.argv(argv)
 
@@ -133,7 +178,14 @@ class EtcdServer:
 
     def healthy(self) -> bool:
         """Whether ``etcdctl endpoint health`` succeeds (run where the server is reachable)."""
-        cmd = [ETCDCTL, f"--endpoints={self.url}", "--command-timeout=2s", "endpoint", "health"]
+        cmd = [
+            ETCDCTL,
+            f"--endpoints={self.url}",
+            "--command-timeout=2s",
+            *self._etcdctl_tls(),
+            "endpoint",
+            "health",
+        ]
         argv = cmd if self.namespace is None else self.namespace.argv(cmd)
         env = {**os.environ, "ETCDCTL_API": "3"}
         proc = subprocess.run(argv, capture_output=True, timeout=10, env=env, check=False)

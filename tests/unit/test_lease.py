@@ -108,7 +108,7 @@ def test_flannel_written_lease_decodes() -> None:
         }
     )
     rec = decode_lease(SUBNET, value)
-    assert rec.node == "flannel-192.0.2.10"
+    assert rec.node == "flannel-192-0-2-10"
     assert rec.node_id == ""
     assert rec.public_ip == IPv4Address("192.0.2.10")
     assert rec.vtep_mac == MacAddress("ea:12:34:56:78:9a")
@@ -161,7 +161,7 @@ def test_not_a_json_object(value: str | bytes, match: str) -> None:
         ({"BackendData": {"VtepMAC": "0a:1b:2c:3d:4e:5f", "VNI": True}}, "VNI must be an integer"),
         ({"BackendData": {"VtepMAC": "0a:1b:2c:3d:4e:5f", "VNI": 1.0}}, "VNI must be an integer"),
         ({"Node": 7}, "Node must be a string"),
-        ({"Node": ""}, "Node is empty"),
+        ({"Node": ""}, "Node '' is not a DNS label"),
         ({"NodeID": 12}, "NodeID must be a string"),
         ({"Site": ["eu"]}, "Site must be a string"),
         ({"BackendType": None}, "BackendType must be a string"),

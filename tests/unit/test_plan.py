@@ -162,7 +162,7 @@ def test_peer_using_our_mac_is_skipped() -> None:
     plan = Planner().plan(ME, as_map(thief))
     assert plan.state.size() == 0
     assert plan.skipped == (
-        (thief.subnet, f"{ME.vtep_mac} already used by the node of {ME.subnet}"),
+        (thief.subnet, f"{thief.node}'s {ME.vtep_mac} already used by this node ({ME.subnet})"),
     )
 
 
@@ -190,7 +190,7 @@ def test_mac_conflict_lowest_subnet_wins_in_any_order() -> None:
     plan = check_all_orders([a, b, c, d])
     assert programmed(plan) == [b.subnet, d.subnet]
     assert [s for s, _ in plan.skipped] == [c.subnet, a.subnet]
-    assert all("already used by the node of" in why for _, why in plan.skipped)
+    assert all(f"already used by {b.node} ({b.subnet})" in why for _, why in plan.skipped)
 
 
 def test_skip_reasons_name_the_winner_in_any_order() -> None:
@@ -200,8 +200,8 @@ def test_skip_reasons_name_the_winner_in_any_order() -> None:
     for perm in itertools.permutations([a, b, c]):
         plan = Planner().plan(ME, as_map(*perm))
         assert plan.skipped == (
-            (c.subnet, f"{mac(50)} already used by the node of {b.subnet}"),
-            (a.subnet, f"{mac(50)} already used by the node of {b.subnet}"),
+            (c.subnet, f"{c.node}'s {mac(50)} already used by {b.node} ({b.subnet})"),
+            (a.subnet, f"{a.node}'s {mac(50)} already used by {b.node} ({b.subnet})"),
         )
 
 
@@ -229,7 +229,7 @@ def test_chained_conflicts_in_any_order() -> None:
     # b is out (lower subnet a holds its MAC); c is out for its length, whatever the order
     assert programmed(plan) == [a.subnet]
     assert dict(plan.skipped)[c.subnet] == "subnet length /25 differs from the network's"
-    assert dict(plan.skipped)[b.subnet].endswith(f"already used by the node of {a.subnet}")
+    assert dict(plan.skipped)[b.subnet].endswith(f"already used by {a.node} ({a.subnet})")
 
 
 def test_random_conflicts_are_deterministic() -> None:

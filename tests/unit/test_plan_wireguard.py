@@ -294,7 +294,7 @@ def test_duplicate_key_lower_subnet_wins_whatever_the_order() -> None:
         assert list(plan.routes) == [net(3)]
         ((subnet, reason),) = plan.skipped
         assert subnet == net(7)
-        assert "already used by the node of 10.244.3.0/24" in reason
+        assert reason.endswith("already used by node3 (10.244.3.0/24)")
 
 
 def test_invalid_key_is_skipped() -> None:
