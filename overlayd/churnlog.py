@@ -1,4 +1,5 @@
-"""The daemon's churn lines: peers joining, leaving or changing, kernel passes, WireGuard.
+"""The daemon's churn lines: peers joining, leaving or changing, kernel passes, the VXLAN
+ingress filter, WireGuard peers.
 
 One line per change on a quiet network (a lease change and the kernel pass it causes);
 under churn one summary line per second with counts (``logs.Churn``), e.g.
@@ -72,6 +73,8 @@ def summary(c: Mapping[str, int], seconds: float) -> str:
                 f"{dev}: {c[f'{dev} passes']} passes, {entries}"
                 + (f", {failed} failed" if failed else "")
             )
+    if c.get("ingress passes"):
+        parts.append(f"ingress filter: {c['ingress passes']} updates")
     if c.get("wg passes"):
         parts.append(
             f"WireGuard peers: +{c.get('wg +', 0)} ~{c.get('wg ~', 0)} -{c.get('wg -', 0)}"

@@ -139,7 +139,7 @@ class Daemon:
         self._churn = activity_churn(log)  # a line per change; a summary per second under churn
         self._plain_cross_site = False  # warned: peers of other sites over plain VXLAN
         self._health: HealthServer | None = None
-        self._ingress = IngressFilter()  # who may send us VXLAN (docs/backends.md)
+        self._ingress = IngressFilter(churn=self._churn)  # who may send us VXLAN (backends.md)
         self._vxlan_spec: VxlanSpec | None = None
 
     # -- wiring ------------------------------------------------------------------------
