@@ -33,7 +33,7 @@ from overlayd.store import Snapshot, StoredLease
 log = logging.getLogger("overlayd.lease")
 
 RACE_RETRIES = 8
-RESTORE_RETRY = 1.0  # seconds before retrying a restore the store failed
+RESTORE_RETRY = 1.0  # seconds before retrying a restore the store failed (doubling to 30)
 FOREIGN_WARN_INTERVAL = 1.0  # seconds: at most one "rewritten" warning per interval
 
 
@@ -86,6 +86,7 @@ class LeaseKeeper:
         self._foreign: StoredLease | None = None  # a value in our key we did not write
         self._writing: tuple[LeaseRecord, int] | None = None  # (record, etcd lease) in flight
         self._foreign_log = Throttle(FOREIGN_WARN_INTERVAL)
+        self._restore_delay = RESTORE_RETRY  # doubles while the store fails a restore
         self.held: HeldLease | None = None
         self.snapshot: Snapshot | None = None  # the leases as last listed to claim one
 
@@ -296,14 +297,18 @@ class LeaseKeeper:
         try:
             revision = await self._store.rebind_lease(record, held.lease_id, seen.mod_revision)
         except StoreError as exc:
-            log.warning("cannot restore lease %s yet: %s; retrying", seen.subnet, exc)
-            await asyncio.sleep(RESTORE_RETRY)
+            delay, self._restore_delay = self._restore_delay, min(self._restore_delay * 2, 30.0)
+            log.warning("cannot restore lease %s yet: %s; retrying in %.0fs", seen.subnet, exc,
+                        delay)  # fmt: skip
+            await self._renew(held)  # our etcd lease itself may be gone: then re-acquire
+            await asyncio.sleep(delay)
             if self._foreign is None:
                 self._foreign = seen  # nothing newer came in: try again with what we saw
             self._wake.set()
             return
         finally:
             self._writing = None
+        self._restore_delay = RESTORE_RETRY
         if revision and self.held == held:
             if record == held.record:
                 self.held = replace(held, revision=revision)

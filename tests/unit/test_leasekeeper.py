@@ -326,3 +326,23 @@ def test_republish_meeting_a_foreign_value_restores_instead_of_moving(
 
     run(body)
     assert len([w for w in warnings(caplog) if "rewritten" in w]) == 1
+
+
+def test_restore_under_a_lost_etcd_lease_reacquires(tmp_path: Path) -> None:
+    """Our etcd lease expired and someone wrote our key: the restore fails (no such lease),
+    the keeper notices the lease is gone and claims again instead of retrying forever."""
+    store = FakeLeaseStore()
+    node = Node(store, tmp_path / "s")
+
+    async def body() -> None:
+        held = await node.keeper.acquire()
+        store.alive.pop(held.lease_id)  # expired; in this fake its key stays
+
+        async def rewrite() -> None:
+            store.put_outside(replace(held.record, public_ip=OTHER_HOST))
+            await until(lambda: len(node.changes) == 2, 5.0)
+            assert node.changes[1].lease_id != held.lease_id
+
+        await keeping(node, rewrite)
+
+    run(body)
