@@ -48,11 +48,11 @@ def sets_inner(n: int) -> dict[str, float]:
     from overlayd.ingress import IngressPlanner
     from overlayd.ingress_nft import IngressTable
     from overlayd.lease import LeaseRecord
-    from overlayd.paths import guess_path
+    from tests.builders import guessed_paths
 
     me: LeaseRecord = lease_for(n + 1)
     leases = {r.subnet: r for r in (lease_for(i) for i in range(1, n + 1))}
-    paths = {s: guess_path(me, r) for s, r in leases.items()}
+    paths = guessed_paths(me, leases)
     planner, table = IngressPlanner(), IngressTable()
     out: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,13 @@ class OverlaydProc:
         )
         out = ns_python(self.ns, code).strip()
         return json.loads(out) if out else None
+
+    def require_status(self) -> dict[str, Any]:
+        """``status()`` of a daemon that must be answering (AssertionError if it is not)."""
+        st = self.status()
+        if st is None:
+            raise AssertionError(f"overlayd {self.node} does not answer /status:\n{self.log()}")
+        return st
 
     def wait_ready(self, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -206,6 +214,6 @@ def full_matrix(daemons: dict[str, OverlaydProc], timeout: float = 15) -> None:
             if src == dst:
                 continue
             try:
-                wait_until(lambda a=a, b=b: a.pings(b), timeout, f"{src} -> {dst}")
+                wait_until(partial(a.pings, b), timeout, f"{src} -> {dst}")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n--- log of {src}:\n{a.log()}") from None

@@ -18,7 +18,7 @@ from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.memstore import ManualClock, MemStore
-from tests.component.builders import config
+from tests.builders import config
 
 T = TypeVar("T")
 TTL = 3  # renewal every second (the keeper's minimum)

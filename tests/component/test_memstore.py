@@ -7,7 +7,7 @@ from ipaddress import IPv4Network
 
 from overlayd.memstore import ManualClock, MemStore
 from overlayd.store_api import EventKind
-from tests.component.builders import record
+from tests.builders import record
 
 
 def test_expiry_is_noticed_by_the_next_call() -> None:

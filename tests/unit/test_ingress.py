@@ -18,10 +18,11 @@ from overlayd.ingress import (
 from overlayd.kernel_state import MacAddress
 from overlayd.keys import PrivateKey
 from overlayd.lease import LeaseRecord
-from overlayd.paths import PeerPath, guess_path
+from overlayd.paths import PeerPath
 from overlayd.plan import Planner
 from overlayd.plan_gateway import plan_gateway
 from overlayd.plan_wireguard import plan_wireguard
+from tests.builders import guessed_paths
 
 PORT, DEV = 8472, "overlay.1"
 N = IPv4Network
@@ -45,7 +46,7 @@ def peer(n: int, site: str = "a", *, backend: str = "vxlan") -> LeaseRecord:
 
 
 def paths_of(me: LeaseRecord, leases: dict[N, LeaseRecord]) -> dict[N, PeerPath]:
-    return {s: guess_path(me, r) for s, r in leases.items() if s != me.subnet}
+    return guessed_paths(me, leases)
 
 
 ME = peer(250)

@@ -22,7 +22,8 @@ from overlayd.ingress_nft import (
 )
 from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord
-from overlayd.paths import PeerPath, guess_path
+from overlayd.paths import PeerPath
+from tests.builders import guessed_paths
 from tests.lab.netns import Namespace, create_namespace
 
 N = IPv4Network
@@ -47,7 +48,7 @@ ME = peer(200)
 
 def vxlan_peers(*ns: int, changed: set[N] | None = None) -> VxlanPeers:
     leases = {r.subnet: r for r in map(peer, ns)}
-    paths: dict[N, PeerPath] = {s: guess_path(ME, r) for s, r in leases.items()}
+    paths: dict[N, PeerPath] = guessed_paths(ME, leases)
     return VxlanPeers(leases, paths, changed)
 
 

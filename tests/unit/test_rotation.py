@@ -140,6 +140,13 @@ class FakeControl:
         for value in self.values:
             yield value
 
+    async def get_control(self, node: str, verb: str) -> ControlValue | None:
+        return self.current
+
+    async def put_control(self, node: str, verb: str, value: str) -> None:
+        revision = self.current.mod_revision + 1 if self.current is not None else 1
+        self.current = ControlValue(revision, value)
+
     async def delete_control(self, node: str, verb: str, mod_revision: int) -> bool:
         if self.current is None or self.current.mod_revision != mod_revision:
             return False
