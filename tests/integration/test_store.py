@@ -366,9 +366,16 @@ class Keeper:
     """A LeaseKeeper with its own store connection, state dir and change log."""
 
     def __init__(
-        self, etcd: Etcd, prefix: str, c: NetworkConfig, state: Path, node: str, node_id: str
+        self,
+        etcd: Etcd,
+        prefix: str,
+        c: NetworkConfig,
+        state: Path,
+        node: str,
+        node_id: str,
+        ttl: int = TTL,
     ) -> None:
-        self.etcd, self.prefix, self.cfg, self.state = etcd, prefix, c, state
+        self.etcd, self.prefix, self.cfg, self.state, self.ttl = etcd, prefix, c, state, ttl
         self.node, self.node_id = node, node_id
         self.changes: list[HeldLease] = []
         self.store: EtcdStore | None = None
@@ -385,7 +392,7 @@ class Keeper:
             vni=self.cfg.backend.vni,
         )
         self.keeper = LeaseKeeper(
-            self.store, self.cfg, template, StateDir(self.state), TTL, self.changes.append
+            self.store, self.cfg, template, StateDir(self.state), self.ttl, self.changes.append
         )
         return self.keeper
 
@@ -476,7 +483,7 @@ def test_keeper_honours_reservations(etcd: Etcd, prefix: str, tmp_path: Path) ->
         # the pool is full for everyone but the reserved node
         async with Keeper(etcd, prefix, c, tmp_path / "x", "late", "ix") as k:
             with pytest.raises(PoolExhaustedError):
-                await k._acquire_once()
+                await k.acquire_once()
         async with Keeper(etcd, prefix, c, tmp_path / "sp", "special", "isp") as k:
             assert (await k.acquire()).record.subnet == reserved
 
@@ -492,12 +499,13 @@ def test_keepers_race_for_last_subnet(etcd: Etcd, tmp_path: Path) -> None:
         assert store is not None
         real = store.create_lease
 
-        async def create_lease(rec: LeaseRecord, lease_id: int) -> bool:
-            ok = await real(rec, lease_id)
+        async def create_lease(record: LeaseRecord, lease_id: int) -> bool:
+            ok = await real(record, lease_id)
             create_results.append(ok)
             return ok
 
-        store.create_lease = create_lease  # type: ignore[method-assign,assignment]
+        # a spy on the public create transaction: the race must really reach it on both sides
+        store.create_lease = create_lease  # type: ignore[method-assign]
 
     async def one_round(prefix: str, n: int) -> None:
         ka = Keeper(etcd, prefix, c, tmp_path / f"a{n}", f"a{n}", f"ia{n}")
@@ -506,7 +514,7 @@ def test_keepers_race_for_last_subnet(etcd: Etcd, tmp_path: Path) -> None:
             spy(ka.store)
             spy(kb.store)
             results = await asyncio.gather(
-                a._acquire_once(), b._acquire_once(), return_exceptions=True
+                a.acquire_once(), b.acquire_once(), return_exceptions=True
             )
         wins = [r for r in results if isinstance(r, HeldLease)]
         losses = [r for r in results if isinstance(r, PoolExhaustedError)]
@@ -534,7 +542,8 @@ def test_acquire_keeps_retrying_when_exhausted(
     caplog.set_level(logging.ERROR, logger="overlayd.lease")
 
     async def body() -> None:
-        async with Keeper(etcd, prefix, c, tmp_path / "w", "winner", "iw") as winner:
+        kw = Keeper(etcd, prefix, c, tmp_path / "w", "winner", "iw")
+        async with kw as winner:
             won = await winner.acquire()
             async with Keeper(etcd, prefix, c, tmp_path / "l", "loser", "il") as loser:
                 # does not crash, does not return: it waits for a subnet
@@ -548,7 +557,8 @@ def test_acquire_keeps_retrying_when_exhausted(
                 await asyncio.sleep(0.2)
                 assert not task.done()
                 assert winner.held is not None
-                await winner._store.revoke(won.lease_id)
+                assert kw.store is not None
+                await kw.store.revoke(won.lease_id)
                 got = await asyncio.wait_for(task, timeout=5)
                 assert got.record.subnet == won.record.subnet
                 assert got.record.node == "loser"
@@ -626,9 +636,8 @@ def test_expired_etcd_lease_is_reacquired_by_keep(etcd: Etcd, prefix: str, tmp_p
     c = cfg(Network="10.244.0.0/16")
 
     async def body() -> None:
-        k = Keeper(etcd, prefix, c, tmp_path / "s", "node-a", "id-a")
+        k = Keeper(etcd, prefix, c, tmp_path / "s", "node-a", "id-a", ttl=3)  # renews every second
         async with k as keeper:
-            keeper._ttl = 3  # renew every second
             held = await keeper.acquire()
             keep = asyncio.create_task(keeper.keep())
             try:

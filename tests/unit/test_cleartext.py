@@ -140,15 +140,15 @@ def test_daemon_warns_once_per_run_and_again_only_after_it_stopped(
     caplog.set_level(logging.INFO, logger="overlayd")
     in_site, cross = leases(rec(2, "a")), leases(rec(2, "a"), rec(3, "b"))
     for records in (in_site, cross, cross, leases(rec(2, "a"), rec(3, "b"), rec(4, "c")), cross):
-        daemon._warn_plain_cross_site(ME, records, ())
+        daemon.warn_plain_cross_site(ME, records, ())
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "plain VXLAN" in warnings[0].getMessage()
     caplog.clear()
-    daemon._warn_plain_cross_site(ME, cross, ((IPv4Network("10.244.3.0/24"), "VNI differs"),))
-    daemon._warn_plain_cross_site(ME, in_site, ())
+    daemon.warn_plain_cross_site(ME, cross, ((IPv4Network("10.244.3.0/24"), "VNI differs"),))
+    daemon.warn_plain_cross_site(ME, in_site, ())
     assert [r.getMessage() for r in caplog.records] == [
         "no peer of another site is reached over plain VXLAN any more"
     ]
     caplog.clear()
-    daemon._warn_plain_cross_site(ME, cross, ())
+    daemon.warn_plain_cross_site(ME, cross, ())
     assert [r.levelno for r in caplog.records] == [logging.WARNING]

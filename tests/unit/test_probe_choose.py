@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 
@@ -186,14 +187,14 @@ def obs(
     return Observation(A(addr), port, observer, site, count, 0.0, last)
 
 
-def confirm(*observations: Observation[str], **kw: object) -> tuple[A, ...]:
+def confirm(*observations: Observation[str], **kw: Any) -> tuple[A, ...]:
     return confirmed_public(
         "aws",
         observations,
         exclude={A("10.0.0.1")},
         probe_port=8473,
         now=100.0,
-        params=ReflexiveParams(**kw),  # type: ignore[arg-type]
+        params=ReflexiveParams(**kw),
     )
 
 

@@ -257,19 +257,22 @@ def test_watch_serves_a_request_left_while_down_and_survives_store_errors() -> N
 # -- the prober ----------------------------------------------------------------------------
 
 
-class Transport:
+class Transport(asyncio.DatagramTransport):
+    """A UDP transport that records what is sent."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.sent: list[tuple[bytes, Any]] = []
 
-    def sendto(self, data: bytes, addr: Any) -> None:
-        self.sent.append((data, addr))
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        self.sent.append((bytes(data), addr))
 
 
 def test_prober_answers_only_the_new_key() -> None:
     old, new, peer = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
     prober: Prober[str] = Prober(old)
     transport = Transport()
-    prober.connection_made(transport)  # type: ignore[arg-type]
+    prober.connection_made(transport)
     prober.set_peers({"p": PeerTarget(peer.public_key(), (IPv4Address("192.0.2.9"),))})
     them = ProbeCodec(peer)
     source = ("192.0.2.9", 8473)
