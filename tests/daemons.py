@@ -16,6 +16,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any
 
+from tests.lab.netns import tool
 from tests.lab.world import Host, World, ping
 
 BIN = Path(sys.executable).parent
@@ -31,10 +32,6 @@ def ns_run(
         timeout=timeout,
         check=check,
     )
-
-
-def ns_python(ns: str, code: str, timeout: float = 30) -> str:
-    return ns_run(ns, str(BIN / "python"), "-c", code, timeout=timeout).stdout
 
 
 @dataclass
@@ -81,13 +78,9 @@ class OverlaydProc:
         return self
 
     def status(self) -> dict[str, Any] | None:
-        code = (
-            "import urllib.request,sys\n"
-            "try:\n"
-            f"  print(urllib.request.urlopen('http://127.0.0.1:{self.healthz_port}/status',timeout=2).read().decode())\n"
-            "except Exception: pass\n"
-        )
-        out = ns_python(self.ns, code).strip()
+        """The daemon's status document, from inside its namespace (None: not answering)."""
+        url = f"http://127.0.0.1:{self.healthz_port}/status"
+        out = ns_run(self.ns, *tool("http_get", url, "2", "--or-nothing")).stdout.strip()
         return json.loads(out) if out else None
 
     def require_status(self) -> dict[str, Any]:
