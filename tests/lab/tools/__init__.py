@@ -5,3 +5,16 @@ through ``tests.lab.netns.tool(name, *args)`` (the repo's venv interpreter, the 
 the module path). They are real modules so that ruff and mypy check them like the tests; a
 test must not embed a program in a string. Each prints what the test reads on stdout.
 """
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def write_json(path: Path, document: object) -> None:
+    """Replace ``path`` with ``document`` as JSON, atomically (readers never see half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document))
+    os.replace(tmp, path)

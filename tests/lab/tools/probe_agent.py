@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Iterable
@@ -33,17 +32,11 @@ from overlayd.probe import (
     confirmed_public,
     probe_targets,
 )
+from tests.lab.tools import write_json
 
 
 def addrs(xs: Iterable[str]) -> tuple[IPv4Address, ...]:
     return tuple(IPv4Address(x) for x in xs)
-
-
-def write_json(path: Path, document: object) -> None:
-    """Replace ``path`` with ``document`` atomically (readers never see half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document))
-    os.replace(tmp, path)
 
 
 def status_of(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from overlayd.keys import PrivateKey, PublicKey
 from overlayd.probe.wire import Probe, ProbeCodec, ProbeError
-from tests.lab.tools.probe_agent import write_json
+from tests.lab.tools import write_json
 
 PORT = 8473
 
