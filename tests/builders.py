@@ -6,6 +6,7 @@ usual "node n" record), so a new field or rule of the lease changes one file.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network
@@ -46,6 +47,46 @@ def lease(
         public_ips=tuple(IPv4Address(a) for a in public_ips),
         **fields,
     )
+
+
+def node_lease(
+    n: int,
+    public_ip: str | IPv4Address,
+    *,
+    node: str | None = None,
+    node_id: str | None = None,
+    subnet: str | IPv4Network | None = None,
+    mac_n: int | None = None,
+    **fields: Any,
+) -> LeaseRecord:
+    """The lease of synthetic node ``n``: subnet 10.244.<n>.0/24 (past 10.244 for n > 255),
+    node ``node<n>``, id ``id<n>``, VTEP MAC ``mac(n)`` (``mac_n``: another node's); any
+    other field as ``lease`` takes it."""
+    return lease(
+        IPv4Network((0x0AF40000 + (n << 8), 24)) if subnet is None else subnet,
+        public_ip,
+        node=f"node{n}" if node is None else node,
+        node_id=f"id{n}" if node_id is None else node_id,
+        vtep_mac=mac(n if mac_n is None else mac_n),
+        **fields,
+    )
+
+
+def keeper_template(node: str, node_id: str, vni: int = 1) -> LeaseRecord:
+    """A lease keeper's template: this node's record with a placeholder subnet."""
+    return lease(
+        "0.0.0.0/32",
+        "192.0.2.10",
+        node=node,
+        node_id=node_id,
+        vtep_mac="02:00:00:00:00:aa",
+        vni=vni,
+    )
+
+
+def wg_key(n: int) -> str:
+    """A fixed, well-formed WireGuard public key for node ``n`` (n < 65536)."""
+    return base64.b64encode(bytes([n & 0xFF, n >> 8]) + bytes(30)).decode()
 
 
 def record(

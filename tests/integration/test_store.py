@@ -9,7 +9,7 @@ import logging
 import os
 import subprocess
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from itertools import count
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,10 +19,10 @@ import pytest
 from overlayd.config import NetworkConfig, parse_config
 from overlayd.errors import ConfigError, ConfigMissingError, PoolExhaustedError
 from overlayd.identity import StateDir
-from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord, decode_lease, subnet_key_name
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.store import EtcdSettings, EtcdStore, EventKind, StoredLease, WatchBatch
+from tests.builders import keeper_template, record
 from tests.lab.etcd import ETCDCTL, EtcdServer
 
 pytestmark = [
@@ -93,18 +93,6 @@ def run_with_store(etcd: Etcd, prefix: str, body: Callable[[EtcdStore], Awaitabl
             await store.close()
 
     run(main)
-
-
-def record(subnet: str, node: str = "node-a", node_id: str = "id-a", n: int = 1) -> LeaseRecord:
-    return LeaseRecord(
-        subnet=IPv4Network(subnet),
-        node=node,
-        node_id=node_id,
-        public_ip=IPv4Address(f"192.0.2.{n}"),
-        vtep_mac=MacAddress.from_bytes(bytes([2, 0, 0, 0, 0, n])),
-        vni=1,
-        private_ips=(IPv4Address(f"10.0.0.{n}"),),
-    )
 
 
 def cfg(**fields: Any) -> NetworkConfig:
@@ -383,14 +371,7 @@ class Keeper:
 
     async def __aenter__(self) -> LeaseKeeper:
         self.store = await open_store(self.etcd, self.prefix)
-        template = LeaseRecord(
-            subnet=IPv4Network("0.0.0.0/32"),
-            node=self.node,
-            node_id=self.node_id,
-            public_ip=IPv4Address("192.0.2.10"),
-            vtep_mac=MacAddress("02:00:00:00:00:aa"),
-            vni=self.cfg.backend.vni,
-        )
+        template = keeper_template(self.node, self.node_id, self.cfg.backend.vni)
         self.keeper = LeaseKeeper(
             self.store, self.cfg, template, StateDir(self.state), self.ttl, self.changes.append
         )

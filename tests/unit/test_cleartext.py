@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -14,11 +14,11 @@ from overlayd.cleartext import SITES_SHOWN, PlainCrossSite, plain_cross_site
 from overlayd.config import VXLAN, VXLAN_WIREGUARD, BackendConfig
 from overlayd.daemon import Daemon, DaemonOptions
 from overlayd.dataplane import DataPlane
-from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord
 from overlayd.plan import Planner
 from overlayd.plan_wireguard import plan_wireguard
 from overlayd.store import EtcdSettings
+from tests.builders import node_lease
 
 NETWORK = IPv4Network("10.244.0.0/16")
 
@@ -26,15 +26,14 @@ NETWORK = IPv4Network("10.244.0.0/16")
 def rec(n: int, site: str, *, vni: int = 1, node: str | None = None, subnet: int | None = None,
         backend: str = VXLAN) -> LeaseRecord:  # fmt: skip
     """Node ``n``: subnet 10.244.n.0/24 (or ``subnet``), underlay 10.0.0.n."""
-    return LeaseRecord(
-        subnet=IPv4Network(f"10.244.{n if subnet is None else subnet}.0/24"),
+    return node_lease(
+        n,
+        f"10.0.0.{n}",
         node=node or f"node{n}",
-        node_id=f"id{n}",
-        public_ip=IPv4Address(f"10.0.0.{n}"),
-        vtep_mac=MacAddress.from_bytes(bytes([2, 0, 0, 0, 0, n])),
+        subnet=None if subnet is None else f"10.244.{subnet}.0/24",
         vni=vni,
         site=site,
-        private_ips=(IPv4Address(f"10.0.0.{n}"),),
+        private_ips=(f"10.0.0.{n}",),
         backend_type=backend,
         public_key="AQ" + "A" * 41 + "=",
         wireguard_port=51820,

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from overlayd.errors import StoreError
-from overlayd.kernel_state import MacAddress
 from overlayd.keys import KEY_FILE, NodeKey, NodeKeyError, PrivateKey, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.probe.prober import PeerTarget, Prober
@@ -45,6 +44,7 @@ from overlayd.wireguard.model import (
     device_update,
     diff_peers,
 )
+from tests import builders
 
 # -- the key file ------------------------------------------------------------------------
 
@@ -109,13 +109,12 @@ def test_key_change_line_shows_only_short_public_keys() -> None:
 
 
 def lease(node: str, key: PublicKey) -> LeaseRecord:
-    return LeaseRecord(
-        subnet=IPv4Network("10.244.1.0/24"),
+    return builders.lease(
+        "10.244.1.0/24",
+        "192.0.2.1",
         node=node,
         node_id="0" * 32,
-        public_ip=IPv4Address("192.0.2.1"),
-        vtep_mac=MacAddress.parse("6a:0c:2f:9e:41:d3"),
-        vni=1,
+        vtep_mac="6a:0c:2f:9e:41:d3",
         public_key=key.base64,
     )
 
