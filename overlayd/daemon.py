@@ -19,6 +19,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from overlayd.churnlog import activity_churn, change_counts, lease_counts, wireguard_counts
 from overlayd.cleartext import plain_cross_site
 from overlayd.config import NetworkConfig
 from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
@@ -40,6 +41,7 @@ from overlayd.keys import NodeKey, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.lease_rules import check_own_record, check_scope, publishable
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
+from overlayd.logs import quote
 from overlayd.masq import apply_masq
 from overlayd.mirror import KernelMirror
 from overlayd.netlink.rtnl import KernelEvent
@@ -136,9 +138,10 @@ class Daemon:
         self._cfg: NetworkConfig | None = None
         self._underlay: Underlay | None = None
         self._identity: NodeIdentity | None = None
+        self._churn = activity_churn(log)  # a line per change; a summary per second under churn
         self._plain_cross_site = False  # warned: peers of other sites over plain VXLAN
         self._health: HealthServer | None = None
-        self._ingress = IngressFilter()  # who may send us VXLAN (docs/backends.md)
+        self._ingress = IngressFilter(churn=self._churn)  # who may send us VXLAN (backends.md)
         self._vxlan_spec: VxlanSpec | None = None
 
     # -- wiring ------------------------------------------------------------------------
@@ -371,7 +374,7 @@ class Daemon:
         if batch.snapshot is not None:
             fresh = {s.subnet: s for s in batch.snapshot.leases}
             for subnet in self.leases.keys() - fresh.keys():
-                self._forget(subnet)
+                self._forget(subnet, batch.snapshot.revision)
             for stored in fresh.values():
                 self._remember(stored, quiet=True)
             if not self.status.snapshot_loaded:
@@ -380,19 +383,19 @@ class Daemon:
             self._full = True
         for event in batch.events:
             if event.kind is EventKind.DELETE:
-                self._forget(event.lease.subnet)
+                self._forget(event.lease.subnet, event.lease.mod_revision)
             else:
                 self._remember(event.lease)
         self.mark_dirty()
 
     def _remember(self, stored: StoredLease, *, quiet: bool = False) -> None:
         """Take a lease as current; ``quiet``: part of a snapshot, summarised by the caller."""
+        assert self._keeper is not None and self._keeper.held is not None
+        assert self._paths is not None
+        self._keeper.notice(stored, stored.subnet)  # as written: scope is about peers, not us
         stored = self._scoped(stored)
         old = self.leases.get(stored.subnet)
         self.leases[stored.subnet] = stored
-        assert self._keeper is not None and self._keeper.held is not None
-        assert self._paths is not None
-        self._keeper.notice(stored, stored.subnet)
         if old is not None and old.mod_revision == stored.mod_revision:
             return  # unchanged: keep the old record object (the planner memoises by identity)
         self._changed.add(stored.subnet)
@@ -407,12 +410,17 @@ class Daemon:
         self.records[stored.subnet] = stored.record
         self.created[stored.subnet] = stored.create_revision
         is_me = self._identity is not None and stored.record.node_id == self._identity.node_id
-        joined = old is None or old.record is None or old.record.node != stored.record.node
-        previous = old.record if old is not None else None
-        if joined and not is_me and not quiet:
-            log.info("peer %s joined with %s", stored.record.node, stored.subnet)
-        elif not (is_me or quiet) and (rotated := key_change(previous, stored.record)):
-            log.info("%s", rotated)  # the peer rotated its key (overlayd/rotation.py)
+        if is_me or quiet:
+            return
+        node = quote(stored.record.node)
+        if old is None or old.record is None or old.record.node != stored.record.node:
+            self._churn.note(lease_counts("joined"), f"peer {node} joined with {stored.subnet}")
+        elif rotated := key_change(old.record, stored.record):
+            self._churn.note(lease_counts("changed"), rotated)  # overlayd/rotation.py
+        elif old.record != stored.record:
+            self._churn.note(
+                lease_counts("changed"), f"peer {node} changed its lease {stored.subnet}"
+            )
 
     def _scoped(self, stored: StoredLease) -> StoredLease:
         """``stored``, refused (as malformed) if its addresses are out of scope here."""
@@ -423,17 +431,18 @@ class Daemon:
             return stored
         return replace(stored, record=None, error=f"lease {stored.subnet}: {why}")
 
-    def _forget(self, subnet: IPv4Network) -> None:
+    def _forget(self, subnet: IPv4Network, revision: int = 0) -> None:
+        """Drop a lease deleted at store ``revision`` (0: unknown)."""
         old = self.leases.pop(subnet, None)
         self.records.pop(subnet, None)
         self.created.pop(subnet, None)
         self._changed.add(subnet)
         assert self._keeper is not None and self._keeper.held is not None
         assert self._paths is not None
-        self._keeper.notice(None, subnet)
+        self._keeper.notice(None, subnet, revision)
         self._paths.lease_changed(self._keeper.held.record, subnet, None)
         if old is not None and old.record is not None:
-            log.info("peer %s left (%s)", old.record.node, subnet)
+            self._churn.note(lease_counts("left"), f"peer {quote(old.record.node)} left ({subnet})")
 
     def _on_kernel_events(self, dev: _Device, events: list[KernelEvent] | None) -> None:
         """Called on the event loop with kernel notifications for ``dev``.
@@ -653,13 +662,11 @@ class Daemon:
             return
         t0 = time.monotonic()
         outcome = await self.dp.apply(dev.ifindex, changes)
-        log.info(
-            "reconciled %d peers on %s: %s in %.1f ms%s",
-            peers,
-            dev.name,
-            changes.summary(),
-            (time.monotonic() - t0) * 1000,
-            f", {len(outcome.errors)} failed" if outcome.errors else "",
+        ms = (time.monotonic() - t0) * 1000
+        failed = f", {len(outcome.errors)} failed" if outcome.errors else ""
+        self._churn.note(
+            change_counts(dev.name, changes, len(outcome.errors)),
+            f"reconciled {peers} peers on {dev.name}: {changes.summary()} in {ms:.1f} ms{failed}",
         )
         outcome.raise_for_errors()
 
@@ -669,8 +676,10 @@ class Daemon:
             plan.peers.values(), allow_delete=self._may_delete
         )
         if done.add or done.update or done.remove:
-            log.info(
-                "WireGuard peers: +%d ~%d -%d", len(done.add), len(done.update), len(done.remove)
+            add, update, remove = len(done.add), len(done.update), len(done.remove)
+            self._churn.note(
+                wireguard_counts(add, update, remove),
+                f"WireGuard peers: +{add} ~{update} -{remove}",
             )
         self.wg.desired = KernelState(routes=dict(plan.routes))
         routes = diff(self.wg.desired, self.wg.mirror.state, allow_delete=self._may_delete)

@@ -290,7 +290,10 @@ class IngressPlanner:
             old, fresh = IngressPolicy(port, device), True
         changes: dict[IPv4Network, PeerIngress | None] = {}
         for subnet, path in paths.items():
-            entry, memoised = self._entry(subnet, leases[subnet], path)
+            peer = leases.get(subnet)
+            if peer is None:  # deleted while the kernel was written: the next pass drops it
+                continue
+            entry, memoised = self._entry(subnet, peer, path)
             # dict lookups hash IPv4Network in Python: skip them for memoised entries
             if (fresh or not memoised) and old.peers.get(subnet) is not entry:
                 changes[subnet] = entry
@@ -322,13 +325,13 @@ class IngressPlanner:
             return None
         changes: dict[IPv4Network, PeerIngress | None] = {}
         for subnet in changed:
-            path = paths.get(subnet)
-            if path is None:
+            path, peer = paths.get(subnet), leases.get(subnet)
+            if path is None or peer is None:  # gone (perhaps while the kernel was written)
                 self._memo.pop(subnet, None)
                 if subnet in old.peers:
                     changes[subnet] = None
                 continue
-            entry, memoised = self._entry(subnet, leases[subnet], path)
+            entry, memoised = self._entry(subnet, peer, path)
             if not memoised and old.peers.get(subnet) is not entry:
                 changes[subnet] = entry
         self.policy, delta = change_policy(old, changes)

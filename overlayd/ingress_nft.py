@@ -33,6 +33,7 @@ from overlayd.ingress import (
     VxlanPeers,
     carried_prefixes,
 )
+from overlayd.logs import Churn
 from overlayd.nft import delete_table, list_table, replace_table, run_nft
 
 log = logging.getLogger("overlayd.ingress")
@@ -171,9 +172,11 @@ class IngressTable:
 class IngressFilter:
     """The daemon's side: plans on the event loop, runs nft on a worker thread."""
 
-    def __init__(self, table: IngressTable | None = None) -> None:
+    def __init__(self, table: IngressTable | None = None, churn: Churn | None = None) -> None:
+        """``churn``: the daemon's churn log, which summarises update lines under churn."""
         self.planner = IngressPlanner()
         self.table = table or IngressTable()
+        self._churn = churn
         self._stale = False
 
     def mark_stale(self) -> None:
@@ -204,9 +207,11 @@ class IngressFilter:
             raise KernelError(f"VXLAN ingress filter: {exc}") from None
         if done is not None:
             ms = (time.monotonic() - t0) * 1000
-            log.info(
-                "ingress filter for %d VXLAN peers: %s in %.1f ms", len(policy.peers), done, ms
-            )
+            line = f"ingress filter for {len(policy.peers)} VXLAN peers: {done} in {ms:.1f} ms"
+            if self._churn is None:
+                log.info("%s", line)
+            else:
+                self._churn.note({"ingress passes": 1}, line)
 
     async def remove(self) -> None:
         """Remove the table: this node does not use VXLAN."""

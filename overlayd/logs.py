@@ -6,7 +6,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 
 QUOTE_LIMIT = 64
 """How many characters of a value from outside (etcd, the network) a message quotes."""
@@ -51,6 +52,88 @@ class Throttle:
             return None
         self._last[key] = now
         return self._dropped.pop(key, 0)
+
+
+Schedule = Callable[[float, Callable[[], None]], object]
+"""``schedule(delay, callback)``: call back later (the event loop's ``call_later``)."""
+
+
+class Churn:
+    """Events of the daemon's churn (leases joining and leaving, kernel passes, …) as lines.
+
+    On a quiet log each event gets its own line (``note``'s ``message``), up to ``burst``
+    lines per ``interval`` (a lease change and the kernel pass it causes). Past that, and
+    for as long as events keep coming, they are counted by key and one summary line per
+    interval (``summary(counts, seconds)``) says how many there were. ``schedule``
+    arranges for that summary even if no further event comes; without it the next
+    ``note`` or ``flush()`` writes it. The log stays readable at thousands of events a
+    second.
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[str], None],
+        summary: Callable[[Mapping[str, int], float], str],
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        schedule: Schedule | None = None,
+        burst: int = 3,
+    ) -> None:
+        self._emit = emit
+        self._summary = summary
+        self._interval = interval
+        self._clock = clock
+        self._schedule = schedule
+        self._burst = burst
+        self._counts: Counter[str] = Counter()
+        self._noted = 0  # events counted, not yet summarised
+        self._window: float | None = None  # when the current interval began
+        self._lines = 0  # own lines in the current interval
+        self._summarised: float | None = None  # when the last summary went out
+        self._pending = False  # a flush is scheduled
+
+    def note(self, counts: Mapping[str, int], message: str | Callable[[], str]) -> None:
+        """One event, adding ``counts`` to the summary; ``message``: its own line, if quiet
+        (a callable is only rendered when used)."""
+        now = self._clock()
+        self._roll(now)
+        if self._window is None:
+            self._window, self._lines = now, 0
+        quiet = self._summarised is None or now - self._summarised >= self._interval
+        if quiet and not self._noted and self._lines < self._burst:
+            self._lines += 1
+            self._emit(message if isinstance(message, str) else message())
+            return
+        self._counts.update(counts)
+        self._noted += 1
+        self._arrange(now)
+
+    def flush(self) -> None:
+        """Write the summary if its interval is over; else make sure it comes when it is."""
+        now = self._clock()
+        self._roll(now)
+        if self._noted:
+            self._arrange(now)
+
+    def _roll(self, now: float) -> None:
+        if self._window is None or now - self._window < self._interval:
+            return
+        if self._noted:
+            self._emit(self._summary(dict(self._counts), now - self._window))
+            self._counts.clear()
+            self._noted = 0
+            self._summarised = now
+        self._window = None
+
+    def _arrange(self, now: float) -> None:
+        if self._schedule is None or self._pending or self._window is None:
+            return
+        self._pending = True
+        self._schedule(max(0.0, self._window + self._interval - now), self._scheduled)
+
+    def _scheduled(self) -> None:
+        self._pending = False
+        self.flush()
 
 
 class _JsonFormatter(logging.Formatter):

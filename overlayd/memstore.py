@@ -167,7 +167,8 @@ class MemStore:
         version: int | None = None,
         mod_revision: int | None = None,
         value_was: str | None = None,
-    ) -> bool:
+    ) -> int:
+        """The revision written, 0 if the compare failed (as ``EtcdStore._txn_put``)."""
         self.expire_leases()
         kv = self._kvs.get(key)
         if value_was is not None:
@@ -176,9 +177,10 @@ class MemStore:
             ok = (kv.version if kv is not None else 0) == version
         else:
             ok = (kv.mod_revision if kv is not None else 0) == mod_revision
-        if ok:
-            self._put(key, value, lease)
-        return ok
+        if not ok:
+            return 0
+        self._put(key, value, lease)
+        return self.revision
 
     # -- test hooks ------------------------------------------------------------------------
 
@@ -267,15 +269,15 @@ class MemStore:
         self.expire_leases()
         return self._snapshot()
 
-    async def create_lease(self, record: LeaseRecord, lease_id: int) -> bool:
+    async def create_lease(self, record: LeaseRecord, lease_id: int) -> int:
         key = self._keys.lease(record.subnet)
         return self._txn_put(key, record.to_json(), lease_id, version=0)
 
-    async def rebind_lease(self, record: LeaseRecord, lease_id: int, mod_revision: int) -> bool:
+    async def rebind_lease(self, record: LeaseRecord, lease_id: int, mod_revision: int) -> int:
         key = self._keys.lease(record.subnet)
         return self._txn_put(key, record.to_json(), lease_id, mod_revision=mod_revision)
 
-    async def replace_lease(self, old: LeaseRecord, new: LeaseRecord, lease_id: int) -> bool:
+    async def replace_lease(self, old: LeaseRecord, new: LeaseRecord, lease_id: int) -> int:
         key = self._keys.lease(new.subnet)
         return self._txn_put(key, new.to_json(), lease_id, value_was=old.to_json())
 
@@ -342,7 +344,7 @@ class MemStore:
     # -- gateways --------------------------------------------------------------------------
 
     async def claim_gateway(self, site: str, claim: GatewayClaim, lease_id: int) -> bool:
-        return self._txn_put(self._keys.gateway(site), claim.to_json(), lease_id, version=0)
+        return self._txn_put(self._keys.gateway(site), claim.to_json(), lease_id, version=0) > 0
 
     async def resign_gateway(self, site: str, claim: GatewayClaim) -> bool:
         self.expire_leases()

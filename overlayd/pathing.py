@@ -17,6 +17,7 @@ from overlayd.errors import ConfigError
 from overlayd.keys import NodeKey, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.paths import PeerCandidates, PeerPath
+from overlayd.plan import is_me
 from overlayd.probe.choose import (
     ChooseParams,
     choose_path,
@@ -86,9 +87,15 @@ class PathKeeper:
         await self.prober.close()
 
     def lease_changed(self, me: LeaseRecord, subnet: IPv4Network, peer: LeaseRecord | None) -> None:
-        """Keep the probe target of ``subnet`` in step with its lease (None: gone)."""
+        """Keep the probe target of ``subnet`` in step with its lease (None: gone).
+
+        A record of ours under another subnet (our old one, after we moved) is us, not a
+        peer: never probed nor reported.
+        """
+        if peer is not None and is_me(me, subnet, peer):
+            peer = None
         target = None
-        if peer is not None and peer.public_key and peer.probe_port and subnet != me.subnet:
+        if peer is not None and peer.public_key and peer.probe_port:
             target = PeerTarget(
                 PublicKey.from_base64(peer.public_key),
                 probe_targets(me.site, PeerCandidates.from_lease(peer)),
@@ -118,7 +125,8 @@ class PathKeeper:
         changed: set[IPv4Network] = set()
         for subnet in which:
             peer = peers.get(subnet)
-            if peer is None or subnet == me.subnet:
+            if peer is None or is_me(me, subnet, peer):
+                self.paths.pop(subnet, None)
                 continue
             current = self.paths.get(subnet)
             stats = self.prober.stats(subnet)

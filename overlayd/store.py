@@ -13,9 +13,10 @@ Only this module imports the etcd client; every client or gRPC error leaves it a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -23,7 +24,13 @@ from typing import Any, TypeVar
 
 import grpc
 from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
-from etcd3aio._protobuf import Compare  # the client has no mod-revision helper
+from etcd3aio._protobuf import (  # the client has no mod-revision helper, nor a clean watch
+    Compare,
+    WatchCreateRequest,
+    WatchRequest,
+    WatchStub,
+)
+from etcd3aio.base import TRANSIENT_CODES
 
 from overlayd.config import NetworkConfig, parse_config
 from overlayd.errors import (
@@ -56,6 +63,8 @@ from overlayd.store_api import WatchBatch as WatchBatch
 T = TypeVar("T")
 RPC_TIMEOUT = 5.0
 LIST_PAGE = 500
+WATCH_BACKOFF = 0.25  # seconds before a watch reconnects after a transient error; doubles
+WATCH_BACKOFF_MAX = 2.0
 
 
 @dataclass(frozen=True)
@@ -232,17 +241,20 @@ class EtcdStore:
     async def revoke(self, lease_id: int) -> None:
         await self._call("lease revoke", lambda c: _lease(c).revoke(lease_id, timeout=RPC_TIMEOUT))
 
-    async def create_lease(self, record: LeaseRecord, lease_id: int) -> bool:
-        """Atomically write ``record`` if its subnet key does not exist; False if it does."""
+    # The lease writes return the store revision of the write (0: the guard failed, nothing
+    # written): the keeper tells its own writes from others' by it.
+
+    async def create_lease(self, record: LeaseRecord, lease_id: int) -> int:
+        """Atomically write ``record`` if its subnet key does not exist; 0 if it does."""
         key = self._subnets + subnet_key_name(record.subnet)
         return await self._txn_put(key, record.to_json(), lease_id, version=0)
 
-    async def rebind_lease(self, record: LeaseRecord, lease_id: int, mod_revision: int) -> bool:
+    async def rebind_lease(self, record: LeaseRecord, lease_id: int, mod_revision: int) -> int:
         """Overwrite our own lease key if nobody changed it since ``mod_revision``."""
         key = self._subnets + subnet_key_name(record.subnet)
         return await self._txn_put(key, record.to_json(), lease_id, mod_revision=mod_revision)
 
-    async def replace_lease(self, old: LeaseRecord, new: LeaseRecord, lease_id: int) -> bool:
+    async def replace_lease(self, old: LeaseRecord, new: LeaseRecord, lease_id: int) -> int:
         """Overwrite our lease with ``new`` if it still holds exactly ``old``."""
         key = self._subnets + subnet_key_name(new.subnet)
         return await self._txn_put(key, new.to_json(), lease_id, value_was=old.to_json())
@@ -256,8 +268,10 @@ class EtcdStore:
         version: int = -1,
         mod_revision: int = -1,
         value_was: str | None = None,
-    ) -> bool:
-        async def run(c: Etcd3Client) -> bool:
+    ) -> int:
+        """Put ``value`` under the compare; the revision written, 0 if the compare failed."""
+
+        async def run(c: Etcd3Client) -> int:
             kv = _kv(c)
             if value_was is not None:
                 compare = kv.txn_compare_value(key, value_was)
@@ -273,7 +287,7 @@ class EtcdStore:
             resp = await kv.txn(
                 [compare], [kv.txn_op_put(key, value, lease=lease_id)], timeout=RPC_TIMEOUT
             )
-            return bool(resp.succeeded)
+            return int(resp.header.revision) if resp.succeeded else 0
 
         return await self._call("lease transaction", run)
 
@@ -301,18 +315,18 @@ class EtcdStore:
             revision, listing = first or await relist()
             first = None
             yield listing, []
-            stream = client.watch
-            assert stream is not None
+            stream = _watch_stream(client, prefix.encode(), end, revision + 1)
             try:
-                async for resp in stream.watch(prefix, end, start_revision=revision + 1):
-                    if resp.compact_revision > 0 or resp.canceled:
-                        break  # events were lost: list again
-                    events = [
-                        (EventKind.DELETE if ev.type == 1 else EventKind.PUT, ev.kv)
-                        for ev in resp.events
-                    ]
-                    if events:
-                        yield None, events
+                async with contextlib.aclosing(stream):
+                    async for resp in stream:
+                        if resp.compact_revision > 0 or resp.canceled:
+                            break  # events were lost: list again
+                        events = [
+                            (EventKind.DELETE if ev.type == 1 else EventKind.PUT, ev.kv)
+                            for ev in resp.events
+                        ]
+                        if events:
+                            yield None, events
             except (EtcdError, grpc.RpcError) as exc:
                 raise self._error("watch", exc) from None
 
@@ -351,7 +365,8 @@ class EtcdStore:
 
     async def claim_gateway(self, site: str, claim: GatewayClaim, lease_id: int) -> bool:
         """Become ``site``'s gateway if it has none (atomic); bound to ``lease_id``."""
-        return await self._txn_put(self._gateway_key(site), claim.to_json(), lease_id, version=0)
+        key = self._gateway_key(site)
+        return await self._txn_put(key, claim.to_json(), lease_id, version=0) > 0
 
     async def resign_gateway(self, site: str, claim: GatewayClaim) -> bool:
         """Give up ``site``'s gateway key if it is still ``claim``."""
@@ -484,6 +499,66 @@ class EtcdStore:
 
 def _control_value(kv: Any) -> ControlValue:
     return ControlValue(int(kv.mod_revision), bytes(kv.value).decode("utf-8", "replace"))
+
+
+class _WatchRequests:
+    """The request side of one etcd Watch call: the create request, then nothing until
+    ``close()`` ends it.
+
+    etcd3aio's own watch feeds grpc a generator that waits forever; when the call fails by
+    itself (an etcd member died) grpc does not cancel the task consuming it, which is later
+    destroyed while pending and its generator closed while running ("Task was destroyed but
+    it is pending", "aclose(): asynchronous generator is already running" in the log).
+    Ending this iterator lets that task finish.
+    """
+
+    def __init__(self, request: Any) -> None:
+        self._request: Any = request
+        self._closed = asyncio.Event()
+
+    def __aiter__(self) -> _WatchRequests:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._request is not None:
+            request, self._request = self._request, None
+            return request
+        await self._closed.wait()
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+async def _watch_stream(
+    client: Etcd3Client, key: bytes, end: bytes, revision: int
+) -> AsyncGenerator[Any, None]:
+    """etcd watch responses for [key, end) from ``revision`` on, across reconnects.
+
+    A transient error (member gone, deadline) reconnects after a backoff, from the revision
+    after the last event seen; any other error is raised.
+    """
+    backoff = WATCH_BACKOFF
+    stub = WatchStub(client._channel)  # the client's own watch leaks tasks; see _WatchRequests
+    while True:
+        create = WatchCreateRequest(key=key, range_end=end, start_revision=revision)
+        requests = _WatchRequests(WatchRequest(create_request=create))
+        call = stub.Watch(requests)
+        try:
+            async for resp in call:
+                for ev in resp.events:
+                    revision = max(revision, int(ev.kv.mod_revision) + 1)
+                backoff = WATCH_BACKOFF
+                yield resp
+            return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in TRANSIENT_CODES:
+                raise
+        finally:
+            requests.close()
+            call.cancel()
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
 
 
 def _kv(c: Etcd3Client) -> Any:

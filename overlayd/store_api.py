@@ -194,19 +194,20 @@ class ConfigStore(Protocol):
 
 
 class LeaseStore(Protocol):
-    """Subnet leases: one atomic transaction per claim."""
+    """Subnet leases: one atomic transaction per claim. The writes return the store
+    revision of the write, 0 when its guard failed (nothing written)."""
 
     async def list_leases(self) -> Snapshot: ...
 
-    async def create_lease(self, record: LeaseRecord, lease_id: int) -> bool:
+    async def create_lease(self, record: LeaseRecord, lease_id: int) -> int:
         """Write ``record`` if its key does not exist (version == 0)."""
         ...
 
-    async def rebind_lease(self, record: LeaseRecord, lease_id: int, mod_revision: int) -> bool:
+    async def rebind_lease(self, record: LeaseRecord, lease_id: int, mod_revision: int) -> int:
         """Overwrite the key if its mod revision is still ``mod_revision``."""
         ...
 
-    async def replace_lease(self, old: LeaseRecord, new: LeaseRecord, lease_id: int) -> bool:
+    async def replace_lease(self, old: LeaseRecord, new: LeaseRecord, lease_id: int) -> int:
         """Overwrite the key if it still holds exactly ``old``."""
         ...
 

@@ -1,9 +1,11 @@
-"""A real single-member etcd (``/usr/bin/etcd``, v3.4) run as a subprocess for tests.
+"""A real etcd (``/usr/bin/etcd``, v3.4) run as subprocesses for tests.
 
-Either on 127.0.0.1 with free ports (tests that only need a store) or inside a network
-namespace on a given address. ``stop()`` then ``start()`` again restarts it on the same data
-directory and ports, for outage tests. With ``tls`` (an ``EtcdTls``) the client listener
-speaks only TLS (``https://``), optionally requiring client certificates.
+One member either on 127.0.0.1 with free ports (tests that only need a store) or inside a
+network namespace on a given address. ``stop()`` then ``start()`` again restarts it on the
+same data directory and ports, for outage tests. With ``tls`` (an ``EtcdTls``) the client
+listener speaks only TLS (``https://``), optionally requiring client certificates.
+``EtcdCluster``: several members on one address, each with its own ports, data directory and
+log, for member-failure tests.
 """
 
 from __future__ import annotations
@@ -70,10 +72,12 @@ class EtcdServer:
         client_port: int | None = None,
         peer_port: int | None = None,
         name: str = "lab",
+        initial_cluster: str | None = None,
         tls: EtcdTls | None = None,
     ) -> None:
         """Describe (not start) a member. Without ``namespace`` it runs in the root namespace
-        and ports default to free ones; inside a namespace they default to 2379/2380."""
+        and ports default to free ones; inside a namespace they default to 2379/2380.
+        ``initial_cluster`` (etcd's ``name=peer-url,…``) makes it one member of several."""
         self.workdir = workdir
         self.namespace = namespace
         self.host = host
@@ -81,8 +85,14 @@ class EtcdServer:
         self.client_port = client_port or free[0]
         self.peer_port = peer_port or free[1]
         self.name = name
+        self.initial_cluster = initial_cluster
         self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def peer_url(self) -> str:
+        """``http://ip:port`` of the peer listener."""
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -129,7 +139,7 @@ class EtcdServer:
         return self.proc is not None and self.proc.poll() is None
 
     def _argv(self) -> list[str]:
-        peer = f"http://{self.host}:{self.peer_port}"
+        peer = self.peer_url
         argv = [
             ETCD,
             f"--name={self.name}",
@@ -138,7 +148,7 @@ class EtcdServer:
             f"--advertise-client-urls={self.url}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster={self.name}={peer}",
+            f"--initial-cluster={self.initial_cluster or f'{self.name}={peer}'}",
             "--initial-cluster-state=new",
             "--logger=zap",
             "--log-outputs=stderr",
@@ -233,3 +243,73 @@ class EtcdServer:
     def __repr__(self) -> str:
         where = "root" if self.namespace is None else self.namespace.name
         return f"EtcdServer({self.endpoint} in {where}, {self.workdir})"
+
+
+class EtcdCluster:
+    """``size`` etcd members on one address, data and logs under ``workdir``.
+
+    Members are started and stopped by PID (``EtcdServer``); ``kill(i)`` crashes one.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        size: int = 3,
+        *,
+        namespace: Namespace | None = None,
+        host: IPv4Address = LOOPBACK,
+        base_port: int = 22379,
+    ) -> None:
+        """Describe (not start) the members: in the root namespace on free ports, or in
+        ``namespace`` on ``host`` with ports ``base_port``, ``base_port + 1``, … (client,
+        peer, next member's client, …)."""
+        if namespace is None:
+            ports = free_ports(2 * size, str(host))
+        else:
+            ports = list(range(base_port, base_port + 2 * size))
+        urls = [f"m{i}=http://{host}:{ports[2 * i + 1]}" for i in range(size)]
+        self.members = [
+            EtcdServer(
+                workdir / f"m{i}",
+                namespace=namespace,
+                host=host,
+                client_port=ports[2 * i],
+                peer_port=ports[2 * i + 1],
+                name=f"m{i}",
+                initial_cluster=",".join(urls),
+            )
+            for i in range(size)
+        ]
+
+    @property
+    def endpoints(self) -> str:
+        """Comma list of every member's ``ip:port`` (``--etcd-endpoints``)."""
+        return ",".join(m.endpoint for m in self.members)
+
+    def start(self) -> EtcdCluster:
+        """Start every member (they need each other to elect a leader), wait until healthy."""
+        for member in self.members:
+            member.start()
+        for member in self.members:
+            member.wait_healthy(timeout=30)
+        return self
+
+    def stop(self) -> None:
+        """Stop every member still running."""
+        for member in self.members:
+            member.stop()
+
+    def __enter__(self) -> EtcdCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
