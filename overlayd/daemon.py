@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -259,7 +259,7 @@ class Daemon:
             tasks.create_task(self._rotation.watch())
             tasks.create_task(self._watch())
             tasks.create_task(self._resync_timer())
-            tasks.create_task(self._reconcile_loop())
+            tasks.create_task(self.reconcile_loop())
 
     async def _wait_config(self) -> NetworkConfig:
         delay = 1.0
@@ -473,12 +473,15 @@ class Daemon:
 
     # -- the loop ----------------------------------------------------------------------
 
-    async def _reconcile_loop(self) -> None:
+    async def reconcile_loop(self, reconcile: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run a reconcile pass each time the daemon is marked dirty, forever; a failed pass
+        is retried. ``reconcile``: what a pass runs (default: the daemon's own pass)."""
+        one_pass = reconcile or self._reconcile
         while True:
             await self._dirty.wait()
             self._dirty.clear()
             try:
-                await self._reconcile()
+                await one_pass()
                 self.status.last_error = None
             except OverlaydError as exc:
                 # any of our own errors (kernel, store, WireGuard driver, …) is retried:
@@ -534,7 +537,7 @@ class Daemon:
             else:
                 changes = diff(plan.state, self.vxlan.mirror.state, allow_delete=self._may_delete)
             self.vxlan.desired = plan.state
-            self._warn_plain_cross_site(me, found.vxlan_leases, plan.skipped)
+            self.warn_plain_cross_site(me, found.vxlan_leases, plan.skipped)
             await self._apply(self.vxlan, changes, found.peers)
             ingress = VxlanPeers(
                 found.vxlan_leases,
@@ -555,7 +558,7 @@ class Daemon:
         self.status.reconciles += 1
         self.status.last_reconcile = time.time()
 
-    def _warn_plain_cross_site(
+    def warn_plain_cross_site(
         self,
         me: LeaseRecord,
         leases: Mapping[IPv4Network, LeaseRecord],

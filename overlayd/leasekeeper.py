@@ -141,7 +141,7 @@ class LeaseKeeper:
         delay = 1.0
         while True:
             try:
-                held = await self._acquire_once()
+                held = await self.acquire_once()
             except PoolExhaustedError as exc:
                 log.error("%s; retrying in %.0fs (hint: %s)", exc, delay, exc.hint)
             except StoreError as exc:
@@ -152,7 +152,9 @@ class LeaseKeeper:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
-    async def _acquire_once(self) -> HeldLease:
+    async def acquire_once(self) -> HeldLease:
+        """One attempt to claim a subnet (``acquire`` retries it): raises PoolExhaustedError
+        or StoreError; on success the lease is not yet taken as held (``acquire`` does that)."""
         granted: list[int] = []
         try:
             return await self._claim(granted)

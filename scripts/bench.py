@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,13 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernel import peer_entries, peer_state, write_batch_files
 
 from tests.daemons import BIN, ns_run
+
+if TYPE_CHECKING:
+    from overlayd.lease import LeaseRecord
+    from overlayd.netlink.rtnl import MonitorEvent
 from tests.lab.world import build_lan_world, destroy
 
 PREFIX = "ovbench-"
 EVENTS = 200
 
 
-def lease_for(n: int):  # type: ignore[no-untyped-def]
+def lease_for(n: int) -> LeaseRecord:
     from overlayd.lease import LeaseRecord
 
     route, _neigh, fdb = peer_entries(n)
@@ -103,7 +108,7 @@ async def inner(n: int, etcd: str, workdir: Path) -> dict[str, float]:
     seen: dict[object, float] = {}
     cond = threading.Condition()
 
-    def on_events(events: list[object]) -> None:
+    def on_events(events: list[MonitorEvent]) -> None:
         now = time.perf_counter()
         with cond:
             for ev in events:
@@ -113,7 +118,7 @@ async def inner(n: int, etcd: str, workdir: Path) -> dict[str, float]:
 
     latencies = []
     acked: list[float] = []
-    with Monitor(ifindex, on_events):  # type: ignore[arg-type]
+    with Monitor(ifindex, on_events):
         for i in range(EVENTS):
             rec = lease_for(n + 1 + i)
             t0 = time.perf_counter()

@@ -83,7 +83,7 @@ def planner_counts(hosts: int, sites: int) -> None:
     mesh_cfg = parse_config(base + "}")
     records = simulated_network(hosts, sites)
     leases = {r.subnet: r for r in records}
-    claims = {}
+    claims: dict[str, GatewayClaim] = {}
     for r in records:  # the first host of each site is its gateway
         claims.setdefault(r.site, GatewayClaim(r.site, r.node, r.node_id, r.subnet))
     for label, cfg in (("gateway", gateway_cfg), ("full mesh", mesh_cfg)):

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import lease_for
 
 from tests.daemons import BIN, ns_run
-from tests.lab.netns import PYTHON, cleanup, create_namespace
+from tests.lab.netns import PYTHON, cleanup, create_namespace, tool
 from tests.lab.world import build_lan_world, destroy
 
 PREFIX = "ovbench-ing-"
@@ -48,11 +48,11 @@ def sets_inner(n: int) -> dict[str, float]:
     from overlayd.ingress import IngressPlanner
     from overlayd.ingress_nft import IngressTable
     from overlayd.lease import LeaseRecord
-    from overlayd.paths import guess_path
+    from tests.builders import guessed_paths
 
     me: LeaseRecord = lease_for(n + 1)
     leases = {r.subnet: r for r in (lease_for(i) for i in range(1, n + 1))}
-    paths = {s: guess_path(me, r) for s, r in leases.items()}
+    paths = guessed_paths(me, leases)
     planner, table = IngressPlanner(), IngressTable()
     out: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -103,25 +103,6 @@ def bench_sets(n: int) -> dict[str, float]:
 
 # -- (b) a daemon under a forged VXLAN flood ----------------------------------------------
 
-_FLOOD = """
-import socket, sys, time
-from scapy.all import IP, UDP, Ether, Raw
-from scapy.layers.vxlan import VXLAN
-dst, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-frame = bytes(VXLAN(vni=1, flags=0x08) / Ether(dst="02:00:00:00:00:01") /
-              IP(src="10.244.9.9", dst="10.244.1.0") / UDP(dport=9) / Raw(b"x" * 64))
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sent, start, batch = 0, time.monotonic(), max(1, rate // 100)
-while (elapsed := time.monotonic() - start) < seconds:
-    if sent < rate * elapsed:
-        for _ in range(batch):
-            sock.sendto(frame, (dst, 8472))
-        sent += batch
-    else:
-        time.sleep(0.002)
-print(sent)
-"""
-
 
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -156,7 +137,7 @@ def bench_flood(rate: int, seconds: float) -> dict[str, float]:
         out["idle_cpu_pct"] = _daemon_cpu(pid, seconds)
         rx0 = int(ns_run(h1.ns.name, "cat", "/sys/class/net/overlay.1/statistics/rx_packets")
                   .stdout)  # fmt: skip
-        flood = h2.ns.popen([PYTHON, "-c", _FLOOD, str(h1.ip), str(rate), str(seconds)],
+        flood = h2.ns.popen(tool("vxlan_flood", str(h1.ip), str(rate), str(seconds)),
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
         out["flood_cpu_pct"] = _daemon_cpu(pid, seconds)
         sent, _ = flood.communicate(timeout=seconds + 30)

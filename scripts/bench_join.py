@@ -14,6 +14,7 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -24,6 +25,14 @@ from tests.lab.world import build_multicloud_world, destroy
 
 def verified_peers(d: OverlaydProc) -> int:
     return sum(p["address"] in p["verified"] for p in d.peers().values())
+
+
+def _settled(d: OverlaydProc, expect: int) -> bool:
+    return verified_peers(d) == expect
+
+
+def _publishes(d: OverlaydProc, public: str) -> bool:
+    return public in d.require_status()["public_ips"]
 
 
 def one_run(newcomer: str, index: int) -> dict[str, float]:
@@ -37,7 +46,7 @@ def one_run(newcomer: str, index: int) -> dict[str, float]:
         for d in daemons:
             d.wait_ready()
         for d in daemons:
-            wait_until(lambda d=d: verified_peers(d) == len(others) - 1, 60, f"{d.node} settled")
+            wait_until(partial(_settled, d, len(others) - 1), 60, f"{d.node} settled")
         new = OverlaydProc(world, world.host(newcomer), public_ip=False)
         t0 = time.monotonic()
         new.start()
@@ -46,7 +55,7 @@ def one_run(newcomer: str, index: int) -> dict[str, float]:
         wait_until(lambda: verified_peers(new) == len(others), 60, "all paths verified")
         verified = time.monotonic() - t0
         public = str(world.host(newcomer).public)
-        wait_until(lambda: public in new.status()["public_ips"], 60, "public address confirmed")
+        wait_until(partial(_publishes, new, public), 60, "public address confirmed")
         discovered = time.monotonic() - t0
         return {"ready_s": ready, "verified_s": verified, "public_ip_s": discovered}
     finally:

@@ -98,7 +98,7 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
         now = time.monotonic()
         for i, pc in cands.items():
             path = choose_path(SITE, pc, prober.stats(i), current.get(i), now)
-            if current.get(i) != path:
+            if path is not None and current.get(i) != path:
                 current[i] = path
                 prober.set_chosen(i, path.address)
 

@@ -11,10 +11,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any
 
+from tests.lab.netns import tool
 from tests.lab.world import Host, World, ping
 
 BIN = Path(sys.executable).parent
@@ -30,10 +32,6 @@ def ns_run(
         timeout=timeout,
         check=check,
     )
-
-
-def ns_python(ns: str, code: str, timeout: float = 30) -> str:
-    return ns_run(ns, str(BIN / "python"), "-c", code, timeout=timeout).stdout
 
 
 @dataclass
@@ -80,14 +78,17 @@ class OverlaydProc:
         return self
 
     def status(self) -> dict[str, Any] | None:
-        code = (
-            "import urllib.request,sys\n"
-            "try:\n"
-            f"  print(urllib.request.urlopen('http://127.0.0.1:{self.healthz_port}/status',timeout=2).read().decode())\n"
-            "except Exception: pass\n"
-        )
-        out = ns_python(self.ns, code).strip()
+        """The daemon's status document, from inside its namespace (None: not answering)."""
+        url = f"http://127.0.0.1:{self.healthz_port}/status"
+        out = ns_run(self.ns, *tool("http_get", url, "2", "--or-nothing")).stdout.strip()
         return json.loads(out) if out else None
+
+    def require_status(self) -> dict[str, Any]:
+        """``status()`` of a daemon that must be answering (AssertionError if it is not)."""
+        st = self.status()
+        if st is None:
+            raise AssertionError(f"overlayd {self.node} does not answer /status:\n{self.log()}")
+        return st
 
     def wait_ready(self, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -206,6 +207,6 @@ def full_matrix(daemons: dict[str, OverlaydProc], timeout: float = 15) -> None:
             if src == dst:
                 continue
             try:
-                wait_until(lambda a=a, b=b: a.pings(b), timeout, f"{src} -> {dst}")
+                wait_until(partial(a.pings, b), timeout, f"{src} -> {dst}")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n--- log of {src}:\n{a.log()}") from None

@@ -52,6 +52,10 @@ class FakeLeaseStore(KeeperStore):
         """Call ``watcher(subnet, stored or None, revision)`` on every change."""
         self._watchers.append(watcher)
 
+    def unwatch_all(self) -> None:
+        """Tell no watcher of any later change (a watch that lags behind the writes)."""
+        self._watchers.clear()
+
     def put_outside(
         self, record: LeaseRecord, lease_id: int = 0, by: str = "outside"
     ) -> StoredLease:

@@ -188,6 +188,15 @@ class ProbeCodec:
             for gone in [k for k in table if k not in peers]:
                 del table[gone]
 
+    def cached_peers(self) -> tuple[frozenset[PublicKey], frozenset[PublicKey]]:
+        """The peers whose MAC key, and whose replay cache, this codec holds now."""
+        return frozenset(self._keys), frozenset(self._replay)
+
+    def replay_entries(self, peer: PublicKey) -> int:
+        """How many of ``peer``'s nonces the replay cache remembers (bounded by its capacity)."""
+        cache = self._replay.get(peer)
+        return 0 if cache is None else len(cache.seen)
+
     # -- encoding --------------------------------------------------------------------
 
     def _now_ms(self) -> int:

@@ -11,7 +11,7 @@ import pytest
 from overlayd.config import parse_config
 from overlayd.errors import ConfigMissingError
 from overlayd.gateway_state import GatewayClaim, HealthReport
-from tests.component.builders import record
+from tests.builders import record
 from tests.component.ctl import Ctl, sync
 
 LEASES_HEADER = ["SUBNET", "NODE", "SITE", "PUBLIC/UNDERLAY", "BACKEND", "TTL"]

@@ -9,16 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TypeVar
 
 from overlayd.identity import StateDir
-from overlayd.kernel_state import MacAddress
-from overlayd.lease import LeaseRecord
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.memstore import ManualClock, MemStore
-from tests.component.builders import config
+from tests.builders import config, keeper_template
 
 T = TypeVar("T")
 TTL = 3  # renewal every second (the keeper's minimum)
@@ -28,14 +25,7 @@ POOL3 = config(Network="10.244.0.0/22")  # three allocatable /24s
 def keeper(
     store: MemStore, state: Path, node: str = "node-a", node_id: str = "id-1"
 ) -> LeaseKeeper:
-    template = LeaseRecord(
-        subnet=IPv4Network("0.0.0.0/32"),
-        node=node,
-        node_id=node_id,
-        public_ip=IPv4Address("192.0.2.10"),
-        vtep_mac=MacAddress("02:00:00:00:00:aa"),
-        vni=POOL3.backend.vni,
-    )
+    template = keeper_template(node, node_id, POOL3.backend.vni)
     changes: list[HeldLease] = []
     return LeaseKeeper(store, POOL3, template, StateDir(state), TTL, changes.append)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from ipaddress import IPv4Network
 
 from overlayd.memstore import ManualClock, MemStore
 from overlayd.store_api import EventKind
-from tests.component.builders import record
+from tests.builders import record
 
 
 def test_expiry_is_noticed_by_the_next_call() -> None:
@@ -39,7 +40,8 @@ def test_a_waiting_watch_wakes_for_an_expiry_on_the_real_clock() -> None:
         assert [(e.kind, e.lease.subnet) for e in batch.events] == [
             (EventKind.DELETE, IPv4Network("10.244.1.0/24"))
         ]
-        await gen.aclose()  # type: ignore[attr-defined]
+        assert isinstance(gen, AsyncGenerator)  # MemStore's watch is an async generator
+        await gen.aclose()
 
     asyncio.run(body())
 

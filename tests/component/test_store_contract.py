@@ -24,7 +24,7 @@ from overlayd.gateway_state import GatewayClaim, GatewayState, HealthReport
 from overlayd.memstore import ManualClock, MemStore
 from overlayd.store import EtcdSettings, EtcdStore
 from overlayd.store_api import EventKind, LeaseEvent, Store, WatchBatch
-from tests.component.builders import config, record
+from tests.builders import config, record
 from tests.lab.etcd import ETCD, ETCDCTL, EtcdServer
 
 T = TypeVar("T")

@@ -53,7 +53,7 @@ def test_every_pair_pings_over_the_overlay(daemons: dict[str, OverlaydProc]) -> 
 
 def test_route_and_neighbour_deleted_by_hand_come_back(daemons: dict[str, OverlaydProc]) -> None:
     h1, h2 = daemons["h1"], daemons["h2"]
-    subnet = h2.status()["subnet"]
+    subnet = h2.require_status()["subnet"]
     ns_run(h1.ns, "ip", "route", "del", subnet)
     ns_run(h1.ns, "ip", "neigh", "del", str(h2.overlay_ip()), "dev", "overlay.1")
     took = wait_until(lambda: subnet in routes(h1.ns), 5, "route restored")
@@ -65,7 +65,7 @@ def test_malformed_lease_is_logged_and_ignored(
     world: World, daemons: dict[str, OverlaydProc]
 ) -> None:
     h1 = daemons["h1"]
-    before = h1.status()["reconciles"]
+    before = h1.require_status()["reconciles"]
     etcdctl(world, "put", "/overlayd/network/subnets/10.244.250.0-24", "{not json")
     etcdctl(world, "put", "/overlayd/network/subnets/10.244.251.0-24", '{"PublicIP": 7}')
     try:
@@ -75,7 +75,7 @@ def test_malformed_lease_is_logged_and_ignored(
         assert "10.244.250.0" not in routes(h1.ns)
         assert h1.pings(daemons["h3"])
         etcdctl(world, "put", "/overlayd/network/subnets/10.244.252.0-24", "[]")
-        wait_until(lambda: h1.status()["reconciles"] > before, 10, "reconciles go on")
+        wait_until(lambda: h1.require_status()["reconciles"] > before, 10, "reconciles go on")
         assert "(malformed)" in ctl(world, "leases", "list")
     finally:
         etcdctl(world, "del", "--prefix", "/overlayd/network/subnets/10.244.25")
@@ -102,7 +102,7 @@ def test_peer_removed_while_daemon_stopped_disappears_after_restart(
     world: World, daemons: dict[str, OverlaydProc]
 ) -> None:
     h1, h3 = daemons["h1"], daemons["h3"]
-    h3_subnet = h3.status()["subnet"]
+    h3_subnet = h3.require_status()["subnet"]
     h3_ip = str(h3.overlay_ip())
     h1.terminate()
     # SIGTERM leaves the data plane in place
@@ -117,7 +117,7 @@ def test_peer_removed_while_daemon_stopped_disappears_after_restart(
     fdb = ns_run(h1.ns, "bridge", "fdb", "show", "dev", "overlay.1").stdout
     assert f"dst {world.host('h3').ip} " not in fdb
     h3.start().wait_ready()
-    assert h3.status()["subnet"] == h3_subnet  # its remembered subnet was still free
+    assert h3.require_status()["subnet"] == h3_subnet  # its remembered subnet was still free
     wait_until(lambda: h1.pings(h3), 10, "h3 back")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -41,11 +42,15 @@ def world(
         destroy(w)
 
 
+def _has_gateway(world: World, site: str) -> bool:
+    return gateway_of(world, site) is not None
+
+
 @pytest.fixture(scope="module")
 def daemons(world: World) -> Iterator[dict[str, OverlaydProc]]:
     with running(world, HOSTS) as procs:
         for site in ("cloud-a", "cloud-b", "bare"):
-            wait_until(lambda s=site: gateway_of(world, s) is not None, 10, f"{site} gateway")
+            wait_until(partial(_has_gateway, world, site), 10, f"{site} gateway")
         yield procs
 
 
@@ -61,7 +66,7 @@ def test_only_gateways_hold_wireguard_peers(world: World, daemons: dict[str, Ove
             assert len(peers) == 2, f"gateway {name}: {peers}"  # the two other sites' gateways
         else:
             assert peers == [], f"member {name} holds WireGuard peers {peers}"
-        assert d.status()["role"] == ("gateway" if name in gateways else "member")
+        assert d.require_status()["role"] == ("gateway" if name in gateways else "member")
 
 
 def test_inspection_shows_gateways_candidates_and_via(

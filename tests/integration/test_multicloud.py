@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from ipaddress import IPv4Address
 
 import pytest
@@ -57,12 +58,17 @@ def all_verified(d: OverlaydProc, expect: int) -> bool:
     return len(found) == expect and all(p["address"] in p["verified"] for p in found.values())
 
 
+def _publishes(d: OverlaydProc, public: str) -> bool:
+    """Whether ``public`` appears anywhere in ``d``'s status document."""
+    return public in json.dumps(d.status())
+
+
 def test_nat_hosts_discover_their_public_addresses(
     world: World, daemons: dict[str, OverlaydProc]
 ) -> None:
     for name in ("a1", "a2", "a3", "b1", "b2"):
         public = str(world.host(name).public)
-        wait_until(lambda d=daemons[name], p=public: p in json.dumps(d.status()), 30,
+        wait_until(partial(_publishes, daemons[name], public), 30,
                    f"{name} publishes {public}")  # fmt: skip
         listing = ns_run(daemons[name].ns, str(BIN / "overlayctl"), "--etcd-endpoints",
                          world.etcd_endpoint, "leases", "show", name).stdout  # fmt: skip
@@ -71,7 +77,7 @@ def test_nat_hosts_discover_their_public_addresses(
 
 def test_every_host_verifies_and_reaches_every_other(daemons: dict[str, OverlaydProc]) -> None:
     for name, d in daemons.items():
-        wait_until(lambda d=d: all_verified(d, len(HOSTS) - 1), 30, f"{name}: verified paths")
+        wait_until(partial(all_verified, d, len(HOSTS) - 1), 30, f"{name}: verified paths")
     full_matrix(daemons)
 
 

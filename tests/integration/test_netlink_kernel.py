@@ -1,8 +1,9 @@
 """The netlink adapter against the real kernel, inside throwaway network namespaces.
 
 The test process stays in the root namespace; the code under test runs in a child
-``ip netns exec <ns> python`` process and reports back as JSON. Results are checked
-with iproute2/ethtool's own view of the kernel, not only with our own dump.
+``ip netns exec <ns> python -m tests.lab.tools.netlink_child`` process and reports back as
+JSON. Results are checked with iproute2/ethtool's own view of the kernel, not only with our
+own dump.
 """
 
 from __future__ import annotations
@@ -11,76 +12,32 @@ import json
 import os
 import select
 import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from itertools import count
-from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.lab.netns import tool
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
 ]
 
-PYTHON = sys.executable
-REPO = Path(__file__).resolve().parents[2]
 _ids = count()
-
-# Prelude of every child script: builds entries for peer i the same way in all tests.
-PRELUDE = textwrap.dedent(
-    """
-    import json, socket, sys
-    from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-    from overlayd.kernel_state import (
-        Changes, FdbEntry, KernelState, MacAddress, NeighEntry, RouteEntry, diff)
-    from overlayd.netlink.link import Links, VxlanSpec, tx_checksum_offload
-    from overlayd.netlink.codec import RouteMessage, NeighMessage
-    from overlayd.netlink.rtnl import KernelEvent, Monitor, ResyncNeeded, Rtnl
-
-    def peer(i, underlay="192.0.2"):
-        net = IPv4Network(f"10.{100 + i // 250}.{i % 250}.0/24")
-        mac = MacAddress.from_bytes(bytes([2, 0xAA, 0, 0, i // 256, i % 256]))
-        return (RouteEntry(net, net.network_address),
-                NeighEntry(net.network_address, mac),
-                FdbEntry(mac, IPv4Address(f"{underlay}.{1 + i % 250}")))
-
-    def desired(ids, underlay="192.0.2"):
-        peers = [peer(i, underlay) for i in ids]
-        return KernelState.of([p[0] for p in peers], [p[1] for p in peers],
-                              [p[2] for p in peers])
-
-    def state_json(state):
-        return {"routes": sorted(f"{r.dst} via {r.via}" for r in state.routes.values()),
-                "neighs": sorted(f"{n.ip} {n.mac}" for n in state.neighs.values()),
-                "fdbs": sorted(f"{f.mac} {f.dst}" for f in state.fdbs.values())}
-
-    def key(msg):
-        if isinstance(msg, RouteMessage):
-            return str(msg.dst)
-        return str(msg.ip if isinstance(msg, NeighMessage) else msg.mac)
-    """
-)
-WITH_VXLAN = 'IFINDEX = socket.if_nametoindex("vx0")\n'
 
 
 def sh(*args: str) -> str:
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout
 
 
-def run_py(ns: str, body: str, *, vxlan: bool = True) -> Any:
-    """Run PRELUDE + ``body`` in namespace ``ns``; the body prints one JSON line last.
-
-    With ``vxlan`` the body finds the index of vx0 in ``IFINDEX``.
-    """
-    script = PRELUDE + (WITH_VXLAN if vxlan else "") + textwrap.dedent(body)
+def run_child(ns: str, *args: str) -> Any:
+    """Run ``tests.lab.tools.netlink_child ARGS`` in namespace ``ns``; its last JSON line."""
     proc = subprocess.run(
-        ["ip", "netns", "exec", ns, PYTHON, "-c", script],
+        ["ip", "netns", "exec", ns, *tool("netlink_child", *args)],
         capture_output=True,
         text=True,
-        cwd=REPO,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
@@ -100,21 +57,7 @@ def state_json(ids: range, underlay: str = "192.0.2") -> dict[str, list[str]]:
 
 
 def create_vxlan(ns: str, *, vni: int = 1, mtu: int = 1450) -> Any:
-    return run_py(
-        ns,
-        f"""
-        with Links() as links:
-            u = links.resolve_underlay("veth0")
-            spec = VxlanSpec("vx0", {vni}, 8472, u.address, u.link.index,
-                             MacAddress("02:42:00:00:00:01"), {mtu})
-            r = links.ensure_vxlan(spec)
-            changed = links.set_address("vx0", IPv4Interface("10.99.0.0/32"))
-            print(json.dumps({{"action": r.action.value, "fixed": list(r.fixed),
-                               "index": r.link.index, "address_changed": changed,
-                               "addresses": [str(a) for a in links.get("vx0").addresses]}}))
-        """,
-        vxlan=False,
-    )
+    return run_child(ns, "create-vxlan", str(vni), str(mtu))
 
 
 @pytest.fixture
@@ -205,19 +148,7 @@ def test_vxlan_drift_is_fixed_in_place_or_by_recreating(vxns: str) -> None:
 
 
 def test_apply_and_dump_round_trip(vxns: str) -> None:
-    out = run_py(
-        vxns,
-        """
-        want = desired(range(300))
-        with Rtnl() as rtnl:
-            rtnl.batch_size = 97  # several sends, ACKs matched across them
-            result = rtnl.apply(IFINDEX, diff(want, KernelState()))
-            got = rtnl.dump(IFINDEX)
-            again = diff(want, got)
-        print(json.dumps({"ok": result.ok, "errors": [str(e) for e in result.errors],
-                          "dump": state_json(got), "rediff": len(again)}))
-        """,
-    )
+    out = run_child(vxns, "round-trip")
     assert out["errors"] == []
     assert out["ok"] == 900
     assert out["dump"] == state_json(range(300))
@@ -228,23 +159,7 @@ def test_apply_and_dump_round_trip(vxns: str) -> None:
 
 
 def test_changes_replace_and_delete(vxns: str) -> None:
-    out = run_py(
-        vxns,
-        """
-        with Rtnl() as rtnl:
-            rtnl.apply(IFINDEX, diff(desired(range(50)), KernelState()))
-            # Peers 0-9 move to another underlay, 40-49 leave, 50-59 join.
-            want = desired(range(10), "198.51.100")
-            for section in ("routes", "neighs", "fdbs"):
-                getattr(want, section).update(getattr(desired(range(10, 40)), section))
-                getattr(want, section).update(getattr(desired(range(50, 60)), section))
-            changes = diff(want, rtnl.dump(IFINDEX))
-            result = rtnl.apply(IFINDEX, changes)
-            got = rtnl.dump(IFINDEX)
-        print(json.dumps({"summary": changes.summary(), "errors": len(result.errors),
-                          "dump": state_json(got)}))
-        """,
-    )
+    out = run_child(vxns, "replace-delete")
     assert out["summary"] == "+10/-10 routes, +10/-10 neigh, +20/-10 fdb"
     assert out["errors"] == 0
     expected = state_json(range(10), "198.51.100")
@@ -273,22 +188,7 @@ def test_foreign_entries_are_not_dumped_or_touched(vxns: str) -> None:
        "dev", "vx0", "nud", "reachable")  # fmt: skip
     # IPv4 only: IPv6 link-local routes of the new links still come and go meanwhile
     before = sh("ip", "-4", "-n", ns, "-d", "route", "show", "table", "all")
-    out = run_py(
-        ns,
-        """
-        with Rtnl() as rtnl:
-            empty = rtnl.dump(IFINDEX)
-            rtnl.apply(IFINDEX, diff(desired(range(5)), KernelState()))
-            full = rtnl.dump(IFINDEX)
-            result = rtnl.apply(IFINDEX, diff(KernelState(), full))
-            # Deleting what is already gone is not an error.
-            twice = rtnl.apply(IFINDEX, diff(KernelState(), full))
-            final = rtnl.dump(IFINDEX)
-        print(json.dumps({"empty": empty.size(), "full": state_json(full),
-                          "errors": [str(e) for e in result.errors + twice.errors],
-                          "final": final.size()}))
-        """,
-    )
+    out = run_child(ns, "foreign")
     assert out["empty"] == 0
     assert out["full"] == state_json(range(5))
     assert out["errors"] == []
@@ -299,21 +199,7 @@ def test_foreign_entries_are_not_dumped_or_touched(vxns: str) -> None:
 
 
 def test_failures_are_reported_per_entry_without_stopping_the_batch(vxns: str) -> None:
-    out = run_py(
-        vxns,
-        """
-        want = desired(range(40))
-        bad = RouteEntry(IPv4Network("10.250.0.0/24"), IPv4Address("224.0.0.5"))
-        routes = sorted(want.routes.values())
-        changes = Changes(set_routes=tuple(routes[:20] + [bad] + routes[20:]))
-        with Rtnl() as rtnl:
-            result = rtnl.apply(IFINDEX, changes)
-            got = rtnl.dump(IFINDEX)
-        print(json.dumps({"ok": result.ok, "errors": [
-            {"entry": str(e.entry.dst), "errno": e.errno, "message": e.message}
-            for e in result.errors], "routes": len(got.routes)}))
-        """,
-    )
+    out = run_child(vxns, "failures")
     assert out["ok"] == 40
     assert len(out["errors"]) == 1
     assert out["errors"][0]["entry"] == "10.250.0.0/24"
@@ -323,47 +209,11 @@ def test_failures_are_reported_per_entry_without_stopping_the_batch(vxns: str) -
 
 
 def test_monitor_reports_entries_deleted_by_hand(vxns: str) -> None:
-    script = (
-        PRELUDE
-        + WITH_VXLAN
-        + textwrap.dedent(
-            """
-        import queue
-        events = queue.Queue()
-        with Rtnl() as rtnl:
-            monitor = Monitor(IFINDEX, lambda batch: [events.put(e) for e in batch])
-            monitor.start()
-            rtnl.apply(IFINDEX, diff(desired(range(20)), KernelState()))
-            picture = rtnl.dump(IFINDEX)
-        # Drain our own notifications, then tell the test to act.
-        while True:
-            try:
-                events.get(timeout=0.5)
-            except queue.Empty:
-                break
-        print("ready", flush=True)
-        seen = []
-        while True:
-            try:
-                event = events.get(timeout=2 if seen else 20)
-            except queue.Empty:
-                break
-            if isinstance(event, KernelEvent):
-                changed = event.apply_to(picture)
-                m = event.message
-                seen.append({"kind": type(m).__name__, "action": m.action.value,
-                             "owned": event.owned, "changed": changed, "key": key(m)})
-        monitor.stop()
-        print(json.dumps({"seen": seen, "picture": state_json(picture)}))
-        """
-        )
-    )
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", vxns, PYTHON, "-c", script],
+        ["ip", "netns", "exec", vxns, *tool("netlink_child", "monitor-deleted")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=REPO,
     )
     try:
         assert proc.stdout is not None
@@ -395,25 +245,6 @@ def test_monitor_reports_entries_deleted_by_hand(vxns: str) -> None:
 
 
 def test_monitor_reports_lost_notifications(vxns: str) -> None:
-    out = run_py(
-        vxns,
-        """
-        import threading
-        got = []
-        done = threading.Event()
-        def on_events(batch):
-            got.extend(batch)
-            if any(isinstance(e, ResyncNeeded) for e in batch):
-                done.set()
-        monitor = Monitor(IFINDEX, on_events, rcvbuf=4096)
-        # Block the monitor's reader by not starting it until the burst is queued.
-        with Rtnl() as rtnl:
-            rtnl.apply(IFINDEX, diff(desired(range(200)), KernelState()))
-        monitor.start()
-        done.wait(10)
-        monitor.stop()
-        print(json.dumps({"resync": [e.reason for e in got if isinstance(e, ResyncNeeded)]}))
-        """,
-    )
+    out = run_child(vxns, "monitor-lost")
     assert len(out["resync"]) == 1
     assert "ENOBUFS" in out["resync"][0]

@@ -31,6 +31,7 @@ import json
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
@@ -74,8 +75,12 @@ def daemons(world: tuple[str, World]) -> Iterator[dict[str, OverlaydProc]]:
     with running(w, HOSTS) as procs:
         if kind == "gateway":
             for site in ("cloud-a", "cloud-b"):
-                wait_until(lambda s=site: gateway_of(w, s) is not None, 20, f"{site} gateway")
+                wait_until(partial(has_gateway, w, site), 20, f"{site} gateway")
         yield procs
+
+
+def has_gateway(w: World, site: str) -> bool:
+    return gateway_of(w, site) is not None
 
 
 # -- reading back ------------------------------------------------------------------------

@@ -11,8 +11,9 @@ address -- but from A that address is D, a real peer with a valid key of its own
 another LAN (overlapping private ranges). D runs a hostile responder that answers every
 probe it sees, for whoever it was meant, as itself and as B.
 
-Every honest node runs an agent (``AGENT``, in its namespace, under uvloop) that plays the
-daemon: a ``Prober`` plus ``choose_path`` on every change, writing its view to a JSON file.
+Every honest node runs an agent (tests/lab/tools/probe_agent.py, in its namespace, under
+uvloop) that plays the daemon: a ``Prober`` plus ``choose_path`` on every change, writing
+its view to a JSON file; D runs tests/lab/tools/probe_hostile.py.
 The test process stays in the root namespace.
 """
 
@@ -23,7 +24,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,146 +34,14 @@ import pytest
 
 from overlayd.keys import PrivateKey
 from tests.daemons import wait_until
+from tests.lab.netns import tool
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
-PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
 HOLD = 4.0  # move-back hold, shortened from the default 10 s to keep the test quick
-
-AGENT = r"""
-import asyncio, json, os, sys, time
-from ipaddress import IPv4Address
-import uvloop
-from overlayd.keys import PrivateKey, PublicKey
-from overlayd.probe import (ChooseParams, PeerCandidates, PeerTarget, ProbeConfig, Prober,
-                            choose_path, confirmed_public, probe_targets)
-
-cfg = json.loads(open(sys.argv[1]).read())
-status_path = sys.argv[2]
-addrs = lambda xs: tuple(IPv4Address(x) for x in xs)
-
-async def main():
-    changed = asyncio.Event()
-    prober = Prober(PrivateKey.from_base64(cfg["key"]), ProbeConfig(stable_after=cfg["hold"]),
-                    lambda _peer: changed.set())
-    await prober.start()
-    cands = {n: PeerCandidates(p["site"], addrs(p["private"]), addrs(p["public"]))
-             for n, p in cfg["peers"].items()}
-    prober.set_peers({n: PeerTarget(PublicKey.from_base64(p["key"]),
-                                    probe_targets(cfg["site"], cands[n]), p["site"])
-                      for n, p in cfg["peers"].items()})
-    params = ChooseParams(hold=cfg["hold"])
-    current, history, wakes = {}, [], 0
-    while True:
-        try:
-            await asyncio.wait_for(changed.wait(), 0.1)
-            wakes += 1
-        except TimeoutError:
-            pass
-        changed.clear()
-        now = time.monotonic()
-        for name, pc in cands.items():
-            path = choose_path(cfg["site"], pc, prober.stats(name), current.get(name), now,
-                               params)
-            if path != current.get(name):
-                if current.get(name) is None or path.address != current[name].address:
-                    history.append([time.time(), name, str(path.address), path.kind,
-                                    path.reason])
-                current[name] = path
-                prober.set_chosen(name, path.address)
-        c = prober.counters
-        status = {
-            "time": time.time(),
-            "wakes": wakes,
-            "chosen": {n: [str(p.address), p.kind, p.reason] for n, p in current.items()},
-            "stats": {n: {str(a): {"verified": s.verified, "losses": s.losses,
-                                   "received": s.received, "sent": s.sent, "rtt": s.rtt,
-                                   "downs": s.downs}
-                          for a, s in prober.stats(n).items()} for n in cands},
-            "history": history,
-            "counters": {"probes_sent": c.probes_sent, "replies_received": c.replies_received,
-                         "probes_received": c.probes_received, "replies_sent": c.replies_sent,
-                         "rejected": dict(c.rejected)},
-            "public": [str(a) for a in confirmed_public(
-                cfg["site"], prober.observations(), exclude=set(addrs(cfg["private"])),
-                probe_port=prober.port, now=now)],
-        }
-        tmp = status_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(status, f)
-        os.replace(tmp, status_path)
-
-uvloop.run(main())
-"""
-
-# D: answers its own probes honestly, and every probe meant for someone else twice: as
-# itself (valid D-A MAC, echoing the nonce) and claiming to be the intended recipient.
-HOSTILE = r"""
-import json, os, socket, sys
-from ipaddress import IPv4Address
-from overlayd.keys import PrivateKey, PublicKey
-from overlayd.probe.wire import Probe, ProbeCodec, ProbeError
-
-cfg = json.loads(open(sys.argv[1]).read())
-codec = ProbeCodec(PrivateKey.from_base64(cfg["key"]))
-known = {PublicKey.from_base64(k) for k in cfg["known"]}
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind(("0.0.0.0", 8473))
-counts = {"honest": 0, "hostile": 0}
-while True:
-    data, src = sock.recvfrom(2048)
-    observed = (IPv4Address(src[0]), src[1])
-    try:
-        msg = codec.decode(data, known=known.__contains__, expects_reply=lambda k, n: False)
-    except ProbeError:
-        sender = PublicKey(data[8:40])
-        if sender not in known:
-            continue
-        probe = Probe(sender, data[72:88], int.from_bytes(data[88:96], "big"))
-        as_me = codec.encode_reply(probe, observed)
-        sock.sendto(as_me, src)
-        as_them = bytearray(as_me)
-        as_them[8:40] = data[40:72]  # claim to be the intended recipient
-        sock.sendto(bytes(as_them), src)
-        counts["hostile"] += 1
-    else:
-        if isinstance(msg, Probe):
-            sock.sendto(codec.encode_reply(msg, observed), src)
-            counts["honest"] += 1
-    with open(sys.argv[2] + ".tmp", "w") as f:
-        json.dump(counts, f)
-    os.replace(sys.argv[2] + ".tmp", sys.argv[2])
-"""
-
-# From B's namespace: capture one genuine reply B sent to A, then replay it and send forged
-# variants, spoofing B's address exactly as the genuine one.
-SCAPY = r"""
-import json, sys
-from scapy.all import IP, UDP, Raw, send, sniff, conf
-conf.verb = 0
-pkts = sniff(iface="b0", count=1, timeout=10, lfilter=lambda p: IP in p and UDP in p
-             and p[IP].src == "10.77.0.2" and p[IP].dst == "10.77.0.1"
-             and p[UDP].sport == 8473 and len(bytes(p[UDP].payload)) == 136)
-assert pkts, "no reply from B to A captured"
-p = pkts[0]
-payload = bytes(p[UDP].payload)
-def out(data):
-    send(IP(src=p[IP].src, dst=p[IP].dst) / UDP(sport=p[UDP].sport, dport=p[UDP].dport)
-         / Raw(data), iface="b0")
-for _ in range(3):
-    out(payload)                                       # replayed
-forged = bytearray(payload)
-forged[112:116] = bytes([198, 51, 100, 66])            # observed address rewritten
-out(bytes(forged))
-forged = bytearray(payload)
-forged[72:88] = bytes(16)                              # fresh nonce, old MAC
-out(bytes(forged))
-print(json.dumps({"sent": 5}))
-"""
 
 
 def run(*args: str, check: bool = True, input: str | None = None) -> str:
@@ -250,12 +118,11 @@ def _link(prefix: str, node: str, ifname: str, bridge: str, addrs: list[str]) ->
     run("ip", "-n", ns, "link", "set", ifname, "up")
 
 
-def _spawn(ns: str, code: str, cfg: Path, status: Path, log: Path) -> subprocess.Popen[bytes]:
-    """Run ``code`` with the venv's Python inside ``ns``; output goes to ``log``."""
+def _spawn(ns: str, program: str, cfg: Path, status: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Run the helper ``program`` (tests/lab/tools) inside ``ns``; output goes to ``log``."""
     with log.open("wb") as out:
         return subprocess.Popen(
-            ["ip", "netns", "exec", ns, PYTHON, "-c", code, str(cfg), str(status)],
-            cwd=ROOT,
+            ["ip", "netns", "exec", ns, *tool(program, str(cfg), str(status))],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -319,14 +186,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             }
             cfg_path = directory / f"{name}-cfg.json"
             cfg_path.write_text(json.dumps(cfg))
-            me.proc = _spawn(me.ns, AGENT, cfg_path, me.status_path, directory / f"{name}.log")
+            me.proc = _spawn(
+                me.ns, "probe_agent", cfg_path, me.status_path, directory / f"{name}.log"
+            )
             procs.append(me.proc)
         d = nodes["d"]
         hostile_cfg = directory / "d-cfg.json"
         known = [nodes["a"].key.public_key().base64]
         hostile_cfg.write_text(json.dumps({"key": d.key.reveal_base64(), "known": known}))
         hostile_status = directory / "d.json"
-        d.proc = _spawn(d.ns, HOSTILE, hostile_cfg, hostile_status, directory / "d.log")
+        d.proc = _spawn(d.ns, "probe_hostile", hostile_cfg, hostile_status, directory / "d.log")
         procs.append(d.proc)
         yield World(prefix, directory, nodes, hostile_status)
     finally:
@@ -425,7 +294,7 @@ def test_forged_and_replayed_replies_rejected(world: World) -> None:
     wait_until(lambda: a.chosen("b") == "10.77.0.2", 10.0, "A verifies B privately", interval=0.05)
     replay, mac = a.rejected("replay"), a.rejected("mac")
     received = a.status()["stats"]["b"]["10.77.0.2"]["received"]
-    out = run("ip", "netns", "exec", world.nodes["b"].ns, PYTHON, "-c", SCAPY)
+    out = run("ip", "netns", "exec", world.nodes["b"].ns, *tool("probe_forge"))
     assert json.loads(out) == {"sent": 5}
     wait_until(lambda: a.rejected("replay") >= replay + 3, 10.0, "replays counted", interval=0.05)
     wait_until(lambda: a.rejected("mac") >= mac + 2, 10.0, "forgeries counted", interval=0.05)

@@ -9,7 +9,7 @@ import logging
 import os
 import subprocess
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from itertools import count
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,10 +19,10 @@ import pytest
 from overlayd.config import NetworkConfig, parse_config
 from overlayd.errors import ConfigError, ConfigMissingError, PoolExhaustedError
 from overlayd.identity import StateDir
-from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord, decode_lease, subnet_key_name
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.store import EtcdSettings, EtcdStore, EventKind, StoredLease, WatchBatch
+from tests.builders import keeper_template, record
 from tests.lab.etcd import ETCDCTL, EtcdServer
 
 pytestmark = [
@@ -93,18 +93,6 @@ def run_with_store(etcd: Etcd, prefix: str, body: Callable[[EtcdStore], Awaitabl
             await store.close()
 
     run(main)
-
-
-def record(subnet: str, node: str = "node-a", node_id: str = "id-a", n: int = 1) -> LeaseRecord:
-    return LeaseRecord(
-        subnet=IPv4Network(subnet),
-        node=node,
-        node_id=node_id,
-        public_ip=IPv4Address(f"192.0.2.{n}"),
-        vtep_mac=MacAddress.from_bytes(bytes([2, 0, 0, 0, 0, n])),
-        vni=1,
-        private_ips=(IPv4Address(f"10.0.0.{n}"),),
-    )
 
 
 def cfg(**fields: Any) -> NetworkConfig:
@@ -368,9 +356,16 @@ class Keeper:
     """A LeaseKeeper with its own store connection, state dir and change log."""
 
     def __init__(
-        self, etcd: Etcd, prefix: str, c: NetworkConfig, state: Path, node: str, node_id: str
+        self,
+        etcd: Etcd,
+        prefix: str,
+        c: NetworkConfig,
+        state: Path,
+        node: str,
+        node_id: str,
+        ttl: int = TTL,
     ) -> None:
-        self.etcd, self.prefix, self.cfg, self.state = etcd, prefix, c, state
+        self.etcd, self.prefix, self.cfg, self.state, self.ttl = etcd, prefix, c, state, ttl
         self.node, self.node_id = node, node_id
         self.changes: list[HeldLease] = []
         self.store: EtcdStore | None = None
@@ -378,16 +373,9 @@ class Keeper:
 
     async def __aenter__(self) -> LeaseKeeper:
         self.store = await open_store(self.etcd, self.prefix)
-        template = LeaseRecord(
-            subnet=IPv4Network("0.0.0.0/32"),
-            node=self.node,
-            node_id=self.node_id,
-            public_ip=IPv4Address("192.0.2.10"),
-            vtep_mac=MacAddress("02:00:00:00:00:aa"),
-            vni=self.cfg.backend.vni,
-        )
+        template = keeper_template(self.node, self.node_id, self.cfg.backend.vni)
         self.keeper = LeaseKeeper(
-            self.store, self.cfg, template, StateDir(self.state), TTL, self.changes.append
+            self.store, self.cfg, template, StateDir(self.state), self.ttl, self.changes.append
         )
         return self.keeper
 
@@ -478,7 +466,7 @@ def test_keeper_honours_reservations(etcd: Etcd, prefix: str, tmp_path: Path) ->
         # the pool is full for everyone but the reserved node
         async with Keeper(etcd, prefix, c, tmp_path / "x", "late", "ix") as k:
             with pytest.raises(PoolExhaustedError):
-                await k._acquire_once()
+                await k.acquire_once()
         async with Keeper(etcd, prefix, c, tmp_path / "sp", "special", "isp") as k:
             assert (await k.acquire()).record.subnet == reserved
 
@@ -494,12 +482,13 @@ def test_keepers_race_for_last_subnet(etcd: Etcd, tmp_path: Path) -> None:
         assert store is not None
         real = store.create_lease
 
-        async def create_lease(rec: LeaseRecord, lease_id: int) -> int:
-            ok = await real(rec, lease_id)
+        async def create_lease(record: LeaseRecord, lease_id: int) -> int:
+            ok = await real(record, lease_id)
             create_results.append(ok)
             return ok
 
-        store.create_lease = create_lease  # type: ignore[method-assign,assignment]
+        # a spy on the public create transaction: the race must really reach it on both sides
+        store.create_lease = create_lease  # type: ignore[method-assign]
 
     async def one_round(prefix: str, n: int) -> None:
         ka = Keeper(etcd, prefix, c, tmp_path / f"a{n}", f"a{n}", f"ia{n}")
@@ -508,7 +497,7 @@ def test_keepers_race_for_last_subnet(etcd: Etcd, tmp_path: Path) -> None:
             spy(ka.store)
             spy(kb.store)
             results = await asyncio.gather(
-                a._acquire_once(), b._acquire_once(), return_exceptions=True
+                a.acquire_once(), b.acquire_once(), return_exceptions=True
             )
         wins = [r for r in results if isinstance(r, HeldLease)]
         losses = [r for r in results if isinstance(r, PoolExhaustedError)]
@@ -536,7 +525,8 @@ def test_acquire_keeps_retrying_when_exhausted(
     caplog.set_level(logging.ERROR, logger="overlayd.lease")
 
     async def body() -> None:
-        async with Keeper(etcd, prefix, c, tmp_path / "w", "winner", "iw") as winner:
+        kw = Keeper(etcd, prefix, c, tmp_path / "w", "winner", "iw")
+        async with kw as winner:
             won = await winner.acquire()
             async with Keeper(etcd, prefix, c, tmp_path / "l", "loser", "il") as loser:
                 # does not crash, does not return: it waits for a subnet
@@ -550,7 +540,8 @@ def test_acquire_keeps_retrying_when_exhausted(
                 await asyncio.sleep(0.2)
                 assert not task.done()
                 assert winner.held is not None
-                await winner._store.revoke(won.lease_id)
+                assert kw.store is not None
+                await kw.store.revoke(won.lease_id)
                 got = await asyncio.wait_for(task, timeout=5)
                 assert got.record.subnet == won.record.subnet
                 assert got.record.node == "loser"
@@ -630,9 +621,8 @@ def test_expired_etcd_lease_is_reacquired_by_keep(etcd: Etcd, prefix: str, tmp_p
     c = cfg(Network="10.244.0.0/16")
 
     async def body() -> None:
-        k = Keeper(etcd, prefix, c, tmp_path / "s", "node-a", "id-a")
+        k = Keeper(etcd, prefix, c, tmp_path / "s", "node-a", "id-a", ttl=3)  # renews every second
         async with k as keeper:
-            keeper._ttl = 3  # renew every second
             held = await keeper.acquire()
             keep = asyncio.create_task(keeper.keep())
             try:

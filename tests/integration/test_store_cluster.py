@@ -18,10 +18,15 @@ from pathlib import Path
 import pytest
 
 from overlayd.store import EtcdSettings, EtcdStore
-from tests.lab.etcd import ETCD, EtcdCluster
-from tests.security.lease_churn import synthetic
+from tests.lab.etcd import ETCD, EtcdCluster, EtcdServer
+from tests.lab.tools.lease_churn import synthetic
 
 pytestmark = pytest.mark.skipif(not Path(ETCD).exists(), reason="needs etcd")
+
+
+def restart(member: EtcdServer) -> None:
+    """Start a killed member again and wait until it serves (blocking: run it in a thread)."""
+    member.start().wait_healthy(timeout=30)
 
 
 @pytest.fixture
@@ -65,7 +70,7 @@ def test_member_deaths_leak_no_watch_tasks(
                         break
                     await asyncio.sleep(0.05)
                 assert subnet in seen, f"no event for {subnet} with {member.name} down"
-                await asyncio.to_thread(lambda m=member: m.start().wait_healthy(timeout=30))
+                await asyncio.to_thread(restart, member)
                 gc.collect()  # what the daemon's collector does sooner or later
                 await asyncio.sleep(0.1)
         finally:

@@ -30,6 +30,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,15 @@ def handshakes(d: OverlaydProc) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split("\t") for line in out.splitlines())}
 
 
+def _configures(d: OverlaydProc, key: str) -> bool:
+    """Whether ``d``'s WireGuard device has a peer with public key ``key``."""
+    return key in handshakes(d)
+
+
+def _pings_both_ways(a: OverlaydProc, b: OverlaydProc) -> bool:
+    return a.pings(b) and b.pings(a)
+
+
 def lease(world: World, node: str) -> dict[str, object]:
     out = ns_run(world.host("a1").ns.name, str(BIN / "overlayctl"), "--etcd-endpoints",
                  world.etcd_endpoint, "leases", "show", node).stdout  # fmt: skip
@@ -192,7 +202,7 @@ def full_matrix(procs: dict[str, OverlaydProc], timeout: float = 15) -> None:
     for src, a in procs.items():
         for dst, b in procs.items():
             if src != dst:
-                wait_until(lambda a=a, b=b: a.pings(b), timeout, f"{src} -> {dst} over the overlay")
+                wait_until(partial(a.pings, b), timeout, f"{src} -> {dst} over the overlay")
 
 
 def cross_site(world: World, procs: dict[str, OverlaydProc]) -> list[tuple[str, str]]:
@@ -267,8 +277,8 @@ def test_sixth_host_does_not_reset_existing_handshakes(
     late_key = str(lease(wg_world, LATE)["public_key"])
     for n in watched:
         d = wg_daemons[n]
-        wait_until(lambda d=d: late_key in handshakes(d), 15, f"{n} configures {LATE}")
-        took = wait_until(lambda d=d: d.pings(late) and late.pings(d), 15, f"{n} <-> {LATE}")
+        wait_until(partial(_configures, d, late_key), 15, f"{n} configures {LATE}")
+        took = wait_until(partial(_pings_both_ways, d, late), 15, f"{n} <-> {LATE}")
         print(f"{n} <-> {LATE}: {took:.1f}s after {LATE}'s daemon was ready")
     for n in watched:
         after = handshakes(wg_daemons[n])

@@ -2,9 +2,9 @@
 
 World: a bridge namespace ``ovwg-<id>-br`` and node namespaces ``ovwg-<id>-a/b/c``, each
 with a veth on the bridge (198.51.100.1-3/24 underlay). In every node namespace an agent
-(the driver code, run with ``ip netns exec``) plays the daemon's reconcile loop: it
-re-reads a JSON file with the desired config, runs ``sync`` every 100 ms or when
-wireguard-go exits, re-adds the overlay address when the device was recreated, and
+(tests/lab/tools/wireguard_agent.py, run with ``ip netns exec``) plays the daemon's
+reconcile loop: it re-reads a JSON file with the desired config, runs ``sync`` every 100 ms
+or when wireguard-go exits, re-adds the overlay address when the device was recreated, and
 reports in a status file. The test process itself stays in the root namespace.
 """
 
@@ -16,7 +16,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,68 +29,14 @@ from overlayd.keys import PrivateKey
 from overlayd.wireguard import interface_name
 from overlayd.wireguard.uapi import UapiClient, socket_path
 from tests.daemons import wait_until
+from tests.lab.netns import tool
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
-PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
 PORT = 51820
-
-AGENT = r"""
-import json, os, signal, subprocess, sys, threading, time
-from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
-from overlayd.errors import WireGuardError
-from overlayd.keys import PrivateKey, PublicKey
-from overlayd.wireguard import Endpoint, WgDeviceConfig, WgPeerConfig, open_driver, sync
-
-config_path, status_path = Path(sys.argv[1]), Path(sys.argv[2])
-wake = threading.Event()
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: (stop.set(), wake.set()))
-cfg = json.loads(config_path.read_text())
-driver = open_driver(cfg["ifname"], on_exit=wake.set, log_path=Path(cfg["log"]))
-status = {"kind": driver.kind, "loops": 0, "recreated": 0, "changed": 0, "errors": []}
-
-def write_status():
-    tmp = status_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status))
-    os.replace(tmp, status_path)
-
-while not stop.is_set():
-    cfg = json.loads(config_path.read_text())
-    device = WgDeviceConfig(PrivateKey.from_base64(cfg["private_key"]), cfg["port"], mtu=1420)
-    peers = [
-        WgPeerConfig(
-            PublicKey.from_base64(p["public_key"]),
-            Endpoint.parse(p["endpoint"]) if p["endpoint"] else None,
-            tuple(IPv4Network(n) for n in p["allowed_ips"]),
-            p["keepalive"],
-        )
-        for p in cfg["peers"]
-    ]
-    try:
-        result = sync(driver, device, peers)
-    except WireGuardError as exc:
-        status["errors"].append(str(exc))
-    else:
-        if result.recreated:
-            subprocess.run(["ip", "addr", "replace", cfg["address"], "dev", cfg["ifname"]],
-                           check=True)
-            status["recreated"] += 1
-            status["restored_at"] = time.time()
-        status["changed"] += len(result.changes)
-        status["last_changes"] = len(result.changes)
-        status["starts"] = getattr(driver, "starts", None)
-        status["loops"] += 1
-    write_status()
-    wake.wait(0.1)
-    wake.clear()
-driver.close(stop=cfg.get("stop_on_exit", False))
-"""
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -157,13 +102,8 @@ class Node:
                 "netns",
                 "exec",
                 self.ns,
-                PYTHON,
-                "-c",
-                AGENT,
-                str(self.config_path),
-                str(self.status_path),
+                *tool("wireguard_agent", str(self.config_path), str(self.status_path)),
             ],
-            cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -30,6 +30,16 @@ _VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 PYTHON = str(_VENV_PYTHON) if _VENV_PYTHON.exists() else sys.executable
 """Interpreter for helper processes run inside namespaces (the repo's venv if present)."""
 
+
+def tool(name: str, *args: str) -> list[str]:
+    """argv that runs the helper program ``tests.lab.tools.<name>`` with ``args``.
+
+    The helpers are real modules (checked by ruff and mypy like every test); ``PYTHONPATH``
+    makes the repo root importable whatever the working directory of the caller.
+    """
+    return ["env", f"PYTHONPATH={REPO}", PYTHON, "-m", f"tests.lab.tools.{name}", *args]
+
+
 IFNAMSIZ = 15
 """Longest interface name the kernel accepts."""
 
@@ -277,11 +287,8 @@ def delay_link(
     The frames are relayed by a helper process running in ``a`` (returned; it ends when the
     namespaces are deleted, or terminate it). Slower than a veth (a few hundred Mbit/s).
     """
-    code = "import sys; from tests.lab.netns import serve_delay_link as s; s(*sys.argv[1:3], float(sys.argv[3]))"  # noqa: E501
-    args = [check_ifname(a_if), check_ifname(b_if), str(delay_ms)]
     proc = a.popen(
-        [PYTHON, "-c", code, *args],
-        cwd=REPO,
+        tool("delay_link", check_ifname(a_if), check_ifname(b_if), str(delay_ms)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

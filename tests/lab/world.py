@@ -42,13 +42,13 @@ from typing import Literal
 
 from tests.lab.etcd import EtcdServer
 from tests.lab.netns import (
-    PYTHON,
     REPO,
     Namespace,
     cleanup,
     create_namespace,
     delay_link,
     list_namespaces,
+    tool,
     veth,
 )
 
@@ -547,33 +547,6 @@ class Transfer:
         return self.nbytes * 8 / self.seconds / 1e6
 
 
-_RECEIVER = """
-import socket, sys, time
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", int(sys.argv[1])))
-srv.listen(1)
-srv.settimeout(float(sys.argv[2]))
-print("ready", flush=True)
-conn, peer = srv.accept()
-conn.settimeout(float(sys.argv[2]))
-start, n = time.monotonic(), 0
-while data := conn.recv(1 << 20):
-    n += len(data)
-print(n, time.monotonic() - start, peer[0], flush=True)
-"""
-
-_SENDER = """
-import socket, sys
-conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
-left, chunk = int(sys.argv[3]), memoryview(bytes(1 << 20))
-while left:
-    conn.sendall(chunk[: min(left, len(chunk))])
-    left -= min(left, len(chunk))
-conn.shutdown(socket.SHUT_WR)
-"""
-
-
 class TransferError(AssertionError):
     """A ``tcp_transfer`` did not deliver every byte."""
 
@@ -590,7 +563,7 @@ def tcp_transfer(
     """Send ``nbytes`` over TCP from ``src`` to a receiver in ``dst`` listening on all
     addresses, dialled at ``dst_ip``; raise ``TransferError`` unless all of it arrived."""
     recv = dst.popen(
-        [PYTHON, "-c", _RECEIVER, str(port), str(timeout)],
+        tool("traffic", "tcp-recv", str(port), str(timeout)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -600,7 +573,7 @@ def tcp_transfer(
         if recv.stdout.readline().strip() != "ready":
             raise TransferError(f"receiver in {dst.name} did not start: {recv.communicate()[1]}")
         send = src.run(
-            [PYTHON, "-c", _SENDER, str(dst_ip), str(port), str(nbytes), str(timeout)],
+            tool("traffic", "tcp-send", str(dst_ip), str(port), str(nbytes), str(timeout)),
             check=False,
             timeout=timeout + 5,
         )
@@ -617,34 +590,13 @@ def tcp_transfer(
     return Transfer(int(got), max(float(seconds), 1e-6), IPv4Address(peer))
 
 
-_UDP_RECEIVER = """
-import socket, sys
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind(("0.0.0.0", int(sys.argv[1])))
-sock.settimeout(float(sys.argv[2]))
-print("ready", flush=True)
-try:
-    print(sock.recvfrom(2048)[1][0])
-except TimeoutError:
-    print("none")
-"""
-
-_UDP_SENDER = """
-import socket, sys, time
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for _ in range(int(float(sys.argv[3]) / 0.05)):
-    sock.sendto(b"hello", (sys.argv[1], int(sys.argv[2])))
-    time.sleep(0.05)
-"""
-
-
 def udp_source(
     src: Namespace, dst: Namespace, dst_ip: IPv4Address, *, port: int = 5300, timeout: float = 2.0
 ) -> IPv4Address | None:
     """Send UDP datagrams from ``src`` to ``dst_ip``; return the source address that a
     receiver in ``dst`` (bound to all addresses) saw, or None if nothing arrived."""
     recv = dst.popen(
-        [PYTHON, "-c", _UDP_RECEIVER, str(port), str(timeout)],
+        tool("traffic", "udp-recv", str(port), str(timeout)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -654,7 +606,7 @@ def udp_source(
         assert recv.stdout is not None
         if recv.stdout.readline().strip() != "ready":
             raise RuntimeError(f"UDP receiver in {dst.name} did not start")
-        send = src.popen([PYTHON, "-c", _UDP_SENDER, str(dst_ip), str(port), str(timeout)])
+        send = src.popen(tool("traffic", "udp-send", str(dst_ip), str(port), str(timeout)))
         out, _ = recv.communicate(timeout=timeout + 5)
     finally:
         for proc in (recv, send):

@@ -14,21 +14,21 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.daemons import BIN, OverlaydProc, full_matrix, ns_python, ns_run, running, wait_until
+from tests.daemons import BIN, OverlaydProc, full_matrix, ns_run, running, wait_until
 from tests.lab.etcd import EtcdCluster
+from tests.lab.netns import tool
+from tests.lab.tools.lease_churn import synthetic
 from tests.lab.world import World, build_lan_world, destroy
-from tests.security.lease_churn import churn_code, synthetic
 
 pytestmark = pytest.mark.root
 
 PREFIX = "/overlayd/network"
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,11 @@ def fdb_dst(d: OverlaydProc, mac: str) -> str | None:
 
 def routes(d: OverlaydProc) -> str:
     return ns_run(d.ns, "ip", "route", "show", "proto", "157").stdout
+
+
+def programmed(d: OverlaydProc, subnet: IPv4Network) -> bool:
+    """Whether ``d`` has a route of ours to ``subnet``."""
+    return str(subnet) in routes(d)
 
 
 def log_from(d: OverlaydProc, offset: int) -> str:
@@ -223,8 +228,10 @@ def test_lease_churn_is_summarised(world: World, daemons: dict[str, OverlaydProc
     taken = {IPv4Network(s["subnet"]) for d in daemons.values() if (s := d.status())}
     subnets = [n for i in range(200, 250) if (n := IPv4Network(f"10.244.{i}.0/24")) not in taken]
     offset = log_size(h1)
-    code = churn_code(str(REPO), world.etcd_endpoint, subnets[:40], 200.0, 10.0, "lan")
-    events = int(ns_python(world.host("h4").ns.name, code, timeout=60).strip())
+    churn = tool(
+        "lease_churn", world.etcd_endpoint, "200.0", "10.0", "lan", *map(str, subnets[:40])
+    )
+    events = int(ns_run(world.host("h4").ns.name, *churn, timeout=60).stdout.strip())
     time.sleep(2.5)  # the last summary
     lines = log_from(h1, offset).splitlines()
     print(f"{events} lease events; {len(lines)} log lines:\n" + "\n".join(lines))
@@ -255,7 +262,7 @@ def test_killed_etcd_member_leaves_no_leaked_tasks(world: World) -> None:
                 others = ",".join(m.endpoint for m in cluster.members if m is not member)
                 etcdctl(world, "put", key, record.to_json(), endpoints=others)
                 wait_until(
-                    lambda s=str(subnet): s in routes(d), 20,
+                    partial(programmed, d, subnet), 20,
                     f"{subnet} programmed with member {member.name} down",
                 )  # fmt: skip
                 member.start().wait_healthy(timeout=30)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import BIN, OverlaydProc, full_matrix, ns_python, ns_run
-from tests.lab.netns import Namespace
+from tests.daemons import BIN, OverlaydProc, full_matrix, ns_run
+from tests.lab.netns import Namespace, tool
 from tests.lab.world import World, build_multicloud_world, destroy, ping
 
 pytestmark = pytest.mark.root
@@ -64,29 +64,12 @@ def inet(world: World) -> Namespace:
 
 def connect(ns: str, address: IPv4Address | str, port: int = PORT) -> str:
     """From ``ns``: 'refused', 'timeout', or the first line of a GET /status answer."""
-    code = f"""
-import socket
-s = socket.socket()
-s.settimeout(3)
-try:
-    s.connect(({str(address)!r}, {port}))
-    s.sendall(b"GET /status HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
-    print(s.recv(200).split(b"\\r\\n")[0].decode() or "closed")
-except ConnectionRefusedError:
-    print("refused")
-except OSError:
-    print("timeout")
-"""
-    return ns_python(ns, code, timeout=15).strip()
+    return ns_run(ns, *tool("http_first_line", str(address), str(port)), timeout=15).stdout.strip()
 
 
 def read_status(ns: str, address: IPv4Address) -> dict[str, object]:
-    code = (
-        "import urllib.request\n"
-        f"print(urllib.request.urlopen('http://{address}:{PORT}/status', timeout=3).read()"
-        ".decode())\n"
-    )
-    return dict(json.loads(ns_python(ns, code, timeout=15)))
+    url = f"http://{address}:{PORT}/status"
+    return dict(json.loads(ns_run(ns, *tool("http_get", url, "3"), timeout=15).stdout))
 
 
 @pytest.mark.parametrize("name", ["bare", "a1", "b1"])

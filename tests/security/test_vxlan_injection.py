@@ -31,34 +31,13 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from tests.daemons import BIN, OverlaydProc, full_matrix, ns_run, running
-from tests.lab.netns import PYTHON, Namespace
+from tests.lab.netns import Namespace, tool
 from tests.lab.world import World, build_multicloud_world, destroy
 
 pytestmark = pytest.mark.root
 HOSTS = ("a1", "a2", "b1")
 LISTEN_PORT = 7777
 SPOOFED_NON_PEER = IPv4Address("192.0.2.99")  # an internet address no lease mentions
-
-_FORGE = """
-import sys
-from scapy.all import ICMP, IP, UDP, Ether, Raw, send
-from scapy.layers.vxlan import VXLAN
-src, dst, smac, dmac, isrc, idst, port, tag = sys.argv[1:9]
-outer = IP(src=src, dst=dst) / UDP(sport=47001, dport=8472) / VXLAN(vni=1, flags=0x08)
-inner = Ether(src=smac, dst=dmac) / IP(src=isrc, dst=idst)
-frames = [outer / inner / UDP(sport=40000, dport=int(port)) / Raw(tag.encode()),
-          outer / inner / ICMP(type=8, id=4242, seq=1) / Raw(tag.encode())]
-send(frames * 3, verbose=0, inter=0.05)
-"""
-
-_LISTEN = """
-import socket, sys
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind((sys.argv[1], int(sys.argv[2])))
-print("ready", flush=True)
-while True:
-    print(sock.recv(2048).decode(errors="replace"), flush=True)
-"""
 
 
 @dataclass(frozen=True)
@@ -159,9 +138,9 @@ def _send(s: Setup, case: Case, tag: str) -> None:
         src = SPOOFED_NON_PEER
     claims, inner_from = s.nodes[case.claims], s.nodes[case.inner_from]
     assert src is not None and dst is not None
-    ns.run([PYTHON, "-c", _FORGE, str(src), str(dst), claims.mac, target.mac,
-            str(inner_from.inner_source()), str(target.subnet.network_address),
-            str(LISTEN_PORT), tag])  # fmt: skip
+    ns.run(tool("vxlan_forge", str(src), str(dst), claims.mac, target.mac,
+                str(inner_from.inner_source()), str(target.subnet.network_address),
+                str(LISTEN_PORT), tag))  # fmt: skip
 
 
 def _delivered(s: Setup, case: Case) -> tuple[bool, bool]:
@@ -170,7 +149,7 @@ def _delivered(s: Setup, case: Case) -> tuple[bool, bool]:
     tag = f"forged-{case.name}"
     before = _echoes(target.ns)
     listener = target.ns.popen(
-        [PYTHON, "-c", _LISTEN, str(target.subnet.network_address), str(LISTEN_PORT)],
+        tool("traffic", "udp-print", str(target.subnet.network_address), str(LISTEN_PORT)),
         stdout=subprocess.PIPE,
         text=True,
     )

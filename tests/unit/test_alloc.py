@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import random
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from typing import Any
 
 import pytest
 
 from overlayd.alloc import Claim, ClaimKind, choose_free, plan_claims
 from overlayd.config import NetworkConfig, parse_config
-from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord
+from tests.builders import lease
 
 
 def cfg(**fields: Any) -> NetworkConfig:
@@ -21,14 +21,7 @@ def cfg(**fields: Any) -> NetworkConfig:
 
 
 def rec(subnet: str | IPv4Network, node: str = "other", node_id: str = "id-other") -> LeaseRecord:
-    return LeaseRecord(
-        subnet=IPv4Network(subnet),
-        node=node,
-        node_id=node_id,
-        public_ip=IPv4Address("192.0.2.1"),
-        vtep_mac=MacAddress("02:00:00:00:00:01"),
-        vni=1,
-    )
+    return lease(subnet, "192.0.2.1", node=node, node_id=node_id)
 
 
 def net(text: str) -> IPv4Network:

@@ -9,12 +9,13 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from overlayd.churnlog import change_counts, lease_counts, summary, wireguard_counts
-from overlayd.kernel_state import Changes, MacAddress, RouteEntry
+from overlayd.kernel_state import Changes, RouteEntry
 from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
 from overlayd.logs import Churn
 from overlayd.pathing import PathKeeper
 from overlayd.probe.prober import ProbeConfig
+from tests.builders import lease
 
 
 class Clock:
@@ -112,14 +113,12 @@ def test_summary_names_what_was_counted() -> None:
 
 
 def record(subnet: str, node: str, node_id: str, key: NodeKey) -> LeaseRecord:
-    return LeaseRecord(
-        subnet=IPv4Network(subnet),
+    return lease(
+        subnet,
+        "192.0.2.1",
         node=node,
         node_id=node_id,
-        public_ip=IPv4Address("192.0.2.1"),
-        vtep_mac=MacAddress("02:00:00:00:00:01"),
-        vni=1,
-        private_ips=(IPv4Address("192.0.2.1"),),
+        private_ips=("192.0.2.1",),
         public_key=key.public.base64,
         probe_port=8473,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -14,11 +14,11 @@ from overlayd.cleartext import SITES_SHOWN, PlainCrossSite, plain_cross_site
 from overlayd.config import VXLAN, VXLAN_WIREGUARD, BackendConfig
 from overlayd.daemon import Daemon, DaemonOptions
 from overlayd.dataplane import DataPlane
-from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord
 from overlayd.plan import Planner
 from overlayd.plan_wireguard import plan_wireguard
 from overlayd.store import EtcdSettings
+from tests.builders import node_lease
 
 NETWORK = IPv4Network("10.244.0.0/16")
 
@@ -26,15 +26,14 @@ NETWORK = IPv4Network("10.244.0.0/16")
 def rec(n: int, site: str, *, vni: int = 1, node: str | None = None, subnet: int | None = None,
         backend: str = VXLAN) -> LeaseRecord:  # fmt: skip
     """Node ``n``: subnet 10.244.n.0/24 (or ``subnet``), underlay 10.0.0.n."""
-    return LeaseRecord(
-        subnet=IPv4Network(f"10.244.{n if subnet is None else subnet}.0/24"),
+    return node_lease(
+        n,
+        f"10.0.0.{n}",
         node=node or f"node{n}",
-        node_id=f"id{n}",
-        public_ip=IPv4Address(f"10.0.0.{n}"),
-        vtep_mac=MacAddress.from_bytes(bytes([2, 0, 0, 0, 0, n])),
+        subnet=None if subnet is None else f"10.244.{subnet}.0/24",
         vni=vni,
         site=site,
-        private_ips=(IPv4Address(f"10.0.0.{n}"),),
+        private_ips=(f"10.0.0.{n}",),
         backend_type=backend,
         public_key="AQ" + "A" * 41 + "=",
         wireguard_port=51820,
@@ -140,15 +139,15 @@ def test_daemon_warns_once_per_run_and_again_only_after_it_stopped(
     caplog.set_level(logging.INFO, logger="overlayd")
     in_site, cross = leases(rec(2, "a")), leases(rec(2, "a"), rec(3, "b"))
     for records in (in_site, cross, cross, leases(rec(2, "a"), rec(3, "b"), rec(4, "c")), cross):
-        daemon._warn_plain_cross_site(ME, records, ())
+        daemon.warn_plain_cross_site(ME, records, ())
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "plain VXLAN" in warnings[0].getMessage()
     caplog.clear()
-    daemon._warn_plain_cross_site(ME, cross, ((IPv4Network("10.244.3.0/24"), "VNI differs"),))
-    daemon._warn_plain_cross_site(ME, in_site, ())
+    daemon.warn_plain_cross_site(ME, cross, ((IPv4Network("10.244.3.0/24"), "VNI differs"),))
+    daemon.warn_plain_cross_site(ME, in_site, ())
     assert [r.getMessage() for r in caplog.records] == [
         "no peer of another site is reached over plain VXLAN any more"
     ]
     caplog.clear()
-    daemon._warn_plain_cross_site(ME, cross, ())
+    daemon.warn_plain_cross_site(ME, cross, ())
     assert [r.levelno for r in caplog.records] == [logging.WARNING]

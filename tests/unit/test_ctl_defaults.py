@@ -6,10 +6,8 @@ Run against a real etcd on 127.0.0.1 (the ``etcd_server`` fixture; no root neede
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,8 @@ from click.testing import CliRunner, Result
 
 from overlayd.cli.ctl import main
 from overlayd.config import VXLAN, VXLAN_WIREGUARD, parse_config
-from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord, subnet_key_name
+from tests.builders import node_lease, wg_key
 from tests.lab.etcd import ETCD, ETCDCTL, EtcdServer
 
 pytestmark = pytest.mark.skipif(not Path(ETCD).exists(), reason="needs etcd")
@@ -64,19 +62,15 @@ def test_a_flannel_config_without_backend_keeps_meaning_vxlan(etcd_server: EtcdS
 
 def lease(n: int, site: str, public: str | None = None) -> LeaseRecord:
     """Node ``n`` in ``site``: subnet 10.244.n.0/24, private 10.0.0.n, a WireGuard key."""
-    private = IPv4Address(f"10.0.0.{n}")
-    return LeaseRecord(
-        subnet=IPv4Network(f"10.244.{n}.0/24"),
-        node=f"node{n}",
-        node_id=f"id{n}",
-        public_ip=IPv4Address(public) if public else private,
-        vtep_mac=MacAddress.from_bytes(bytes([2, 0, 0, 0, 0, n])),
-        vni=1,
+    private = f"10.0.0.{n}"
+    return node_lease(
+        n,
+        public or private,
         site=site,
         private_ips=(private,),
-        public_ips=(IPv4Address(public),) if public else (),
+        public_ips=(public,) if public else (),
         backend_type=VXLAN_WIREGUARD,
-        public_key=base64.b64encode(bytes([n]) + bytes(31)).decode(),
+        public_key=wg_key(n),
         wireguard_port=51820,
     )
 

@@ -33,8 +33,7 @@ def test_reconcile_loop_retries_after_any_of_our_errors(tmp_path: Path) -> None:
             raise failures.pop(0)
 
     async def run() -> None:
-        daemon._reconcile = flaky_reconcile  # type: ignore[method-assign]
-        loop = asyncio.create_task(daemon._reconcile_loop())
+        loop = asyncio.create_task(daemon.reconcile_loop(flaky_reconcile))
         daemon.mark_dirty()
         for _ in range(60):  # each failure waits 1 s before the retry
             if len(passes) >= 3 or loop.done():

@@ -15,29 +15,27 @@ from overlayd.ingress import (
     disjoint,
     peer_ingress,
 )
-from overlayd.kernel_state import MacAddress
 from overlayd.keys import PrivateKey
 from overlayd.lease import LeaseRecord
-from overlayd.paths import PeerPath, guess_path
+from overlayd.paths import PeerPath
 from overlayd.plan import Planner
 from overlayd.plan_gateway import plan_gateway
 from overlayd.plan_wireguard import plan_wireguard
+from tests.builders import guessed_paths, node_lease
 
 PORT, DEV = 8472, "overlay.1"
 N = IPv4Network
 
 
 def peer(n: int, site: str = "a", *, backend: str = "vxlan") -> LeaseRecord:
-    return LeaseRecord(
-        subnet=N((0x0AF40000 + (n << 8), 24)),  # 10.244.<n>.0/24 (n > 255: past 10.244)
+    underlay = f"{n // 250}.{n % 250 + 1}"
+    return node_lease(
+        n,
+        f"10.0.{underlay}",
         node=f"h{n}",
-        node_id=f"id{n}",
-        public_ip=IPv4Address(f"10.0.{n // 250}.{n % 250 + 1}"),
-        vtep_mac=MacAddress.from_bytes(bytes([2, 0, 0, 0, n // 256, n % 256])),
-        vni=1,
         site=site,
-        private_ips=(IPv4Address(f"10.0.{n // 250}.{n % 250 + 1}"),),
-        public_ips=(IPv4Address(f"198.51.{n // 250}.{n % 250 + 1}"),),
+        private_ips=(f"10.0.{underlay}",),
+        public_ips=(f"198.51.{underlay}",),
         backend_type=backend,
         public_key=PrivateKey.generate().public_key().base64 if backend != "vxlan" else None,
         wireguard_port=51820 if backend != "vxlan" else None,
@@ -45,7 +43,7 @@ def peer(n: int, site: str = "a", *, backend: str = "vxlan") -> LeaseRecord:
 
 
 def paths_of(me: LeaseRecord, leases: dict[N, LeaseRecord]) -> dict[N, PeerPath]:
-    return {s: guess_path(me, r) for s, r in leases.items() if s != me.subnet}
+    return guessed_paths(me, leases)
 
 
 ME = peer(250)

@@ -22,7 +22,8 @@ from overlayd.ingress_nft import (
 )
 from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord
-from overlayd.paths import PeerPath, guess_path
+from overlayd.paths import PeerPath
+from tests.builders import guessed_paths, node_lease
 from tests.lab.netns import Namespace, create_namespace
 
 N = IPv4Network
@@ -30,15 +31,12 @@ MAC1, MAC2 = MacAddress("02:00:00:00:00:01"), MacAddress("02:00:00:00:00:02")
 
 
 def peer(n: int) -> LeaseRecord:
-    return LeaseRecord(
-        subnet=N(f"10.244.{n}.0/24"),
+    return node_lease(
+        n,
+        f"10.0.0.{n}",
         node=f"h{n}",
-        node_id=f"id{n}",
-        public_ip=IPv4Address(f"10.0.0.{n}"),
-        vtep_mac=MacAddress.from_bytes(bytes([2, 0, 0, 0, 0, n])),
-        vni=1,
-        private_ips=(IPv4Address(f"10.0.0.{n}"),),
-        public_ips=(IPv4Address(f"198.51.100.{n}"),),
+        private_ips=(f"10.0.0.{n}",),
+        public_ips=(f"198.51.100.{n}",),
     )
 
 
@@ -47,7 +45,7 @@ ME = peer(200)
 
 def vxlan_peers(*ns: int, changed: set[N] | None = None) -> VxlanPeers:
     leases = {r.subnet: r for r in map(peer, ns)}
-    paths: dict[N, PeerPath] = {s: guess_path(ME, r) for s, r in leases.items()}
+    paths: dict[N, PeerPath] = guessed_paths(ME, leases)
     return VxlanPeers(leases, paths, changed)
 
 

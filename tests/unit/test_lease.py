@@ -18,21 +18,22 @@ from overlayd.lease import (
     parse_subnet_key_name,
     subnet_key_name,
 )
+from tests.builders import lease
 
 SUBNET = IPv4Network("10.244.3.0/24")
 
 
 def full_record() -> LeaseRecord:
-    return LeaseRecord(
-        subnet=SUBNET,
+    return lease(
+        SUBNET,
+        "198.51.100.7",
         node="node-a",
         node_id="0123abcd",
-        public_ip=IPv4Address("198.51.100.7"),
-        vtep_mac=MacAddress("0a:1b:2c:3d:4e:5f"),
+        vtep_mac="0a:1b:2c:3d:4e:5f",
         vni=42,
         site="eu-1",
-        private_ips=(IPv4Address("10.0.0.7"), IPv4Address("10.1.0.7")),
-        public_ips=(IPv4Address("198.51.100.7"), IPv4Address("203.0.113.9")),
+        private_ips=("10.0.0.7", "10.1.0.7"),
+        public_ips=("198.51.100.7", "203.0.113.9"),
     )
 
 

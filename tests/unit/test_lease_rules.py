@@ -13,7 +13,6 @@ from click.testing import CliRunner
 
 from overlayd.cli.daemon_main import main as overlayd_main
 from overlayd.errors import ConfigError, LeaseFormatError
-from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord, decode_lease
 from overlayd.lease_rules import (
     MAX_ADDRESSES,
@@ -28,6 +27,7 @@ from overlayd.lease_rules import (
     publishable,
     scope_error,
 )
+from tests.builders import lease
 
 SUBNET = IPv4Network("10.244.3.0/24")
 NETWORK = IPv4Network("10.244.0.0/16")
@@ -275,16 +275,14 @@ def test_own_public_addresses() -> None:
 
 
 def own(public: tuple[str, ...] = (), private: str = "10.0.0.7") -> LeaseRecord:
-    publics = tuple(IPv4Address(a) for a in public)
-    return LeaseRecord(
-        subnet=NETWORK,
+    return lease(
+        NETWORK,
+        public[0] if public else private,
         node="me",
         node_id="id",
-        public_ip=publics[0] if publics else IPv4Address(private),
-        vtep_mac=MacAddress("0a:1b:2c:3d:4e:5f"),
-        vni=1,
-        private_ips=(IPv4Address(private),),
-        public_ips=publics,
+        vtep_mac="0a:1b:2c:3d:4e:5f",
+        private_ips=(private,),
+        public_ips=public,
     )
 
 

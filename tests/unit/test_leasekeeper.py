@@ -14,10 +14,10 @@ import pytest
 
 from overlayd.config import NetworkConfig, parse_config
 from overlayd.identity import StateDir
-from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.store import StoredLease
+from tests.builders import keeper_template
 from tests.fake_store import FakeLeaseStore
 
 CFG: NetworkConfig = parse_config('{"Network": "10.244.0.0/22"}')  # .1 .2 .3 allocatable
@@ -26,15 +26,7 @@ OTHER_HOST = IPv4Address("192.0.2.66")
 
 
 def template(node: str = "node-a", node_id: str = "id-a") -> LeaseRecord:
-    return LeaseRecord(
-        subnet=IPv4Network("0.0.0.0/32"),
-        node=node,
-        node_id=node_id,
-        public_ip=IPv4Address("192.0.2.10"),
-        vtep_mac=MacAddress("02:00:00:00:00:aa"),
-        vni=1,
-        private_ips=(IPv4Address("192.0.2.10"),),
-    )
+    return replace(keeper_template(node, node_id), private_ips=(IPv4Address("192.0.2.10"),))
 
 
 class Node:
@@ -310,7 +302,7 @@ def test_republish_meeting_a_foreign_value_restores_instead_of_moving(
 
     async def body() -> None:
         held = await node.keeper.acquire()
-        store._watchers.clear()  # events are late: nobody is told of the foreign write
+        store.unwatch_all()  # events are late: nobody is told of the foreign write
         store.put_outside(replace(held.record, public_ip=OTHER_HOST), held.lease_id)
         newer = replace(template(), public_ips=(OTHER_HOST,))
 

@@ -6,7 +6,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from overlayd.masq import TABLE, masq_ruleset
+from tests.lab.netns import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 NETWORK = IPv4Network("10.244.0.0/16")
@@ -74,11 +74,7 @@ def _in_ns(ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def _apply(ns: str, network: IPv4Network, subnet: IPv4Network) -> None:
-    code = (
-        "from ipaddress import IPv4Network as N; from overlayd.masq import apply_masq; "
-        f"apply_masq(N('{network}'), N('{subnet}'))"
-    )
-    proc = _in_ns(ns, sys.executable, "-c", code)
+    proc = _in_ns(ns, *tool("masq", "apply", str(network), str(subnet)))
     assert proc.returncode == 0, proc.stderr
 
 
@@ -112,11 +108,10 @@ def test_nft_accepts_ruleset_and_reapply_is_idempotent(netns: str) -> None:
 @pytest.mark.root
 def test_remove_masq(netns: str) -> None:
     # removing when absent is fine too
-    code = "from overlayd.masq import remove_masq; remove_masq(); remove_masq()"
-    proc = _in_ns(netns, sys.executable, "-c", code)
+    proc = _in_ns(netns, *tool("masq", "remove"))
     assert proc.returncode == 0, proc.stderr
     _apply(netns, NETWORK, SUBNET)
-    proc = _in_ns(netns, sys.executable, "-c", code)
+    proc = _in_ns(netns, *tool("masq", "remove"))
     assert proc.returncode == 0, proc.stderr
     listed = _in_ns(netns, "nft", "list", "tables").stdout
     assert f"table ip {TABLE}" not in listed

@@ -10,14 +10,11 @@ from typing import Any
 
 import pytest
 
-from overlayd.kernel_state import FdbEntry, MacAddress, NeighEntry, RouteEntry
+from overlayd.kernel_state import FdbEntry, NeighEntry, RouteEntry
 from overlayd.lease import LeaseRecord
 from overlayd.paths import PeerPath, guess_path
 from overlayd.plan import Plan, Planner
-
-
-def mac(n: int) -> MacAddress:
-    return MacAddress.from_bytes(bytes([2, 0, 0, 0, n >> 8, n & 0xFF]))
+from tests.builders import mac, node_lease
 
 
 def rec(
@@ -34,16 +31,17 @@ def rec(
     backend: str = "vxlan",
     mac_n: int | None = None,
 ) -> LeaseRecord:
-    return LeaseRecord(
-        subnet=IPv4Network(subnet),
+    return node_lease(
+        n,
+        public_ip or f"192.0.2.{n}",
         node=node or f"node{n}",
         node_id=node_id or f"id{n}",
-        public_ip=IPv4Address(public_ip or f"192.0.2.{n}"),
-        vtep_mac=mac(n if mac_n is None else mac_n),
+        subnet=subnet,
+        mac_n=mac_n,
         vni=vni,
         site=site,
-        private_ips=tuple(IPv4Address(a) for a in private),
-        public_ips=tuple(IPv4Address(a) for a in public),
+        private_ips=private,
+        public_ips=public,
         backend_type=backend,
     )
 

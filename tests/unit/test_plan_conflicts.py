@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import itertools
 import time
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.config import VXLAN_WIREGUARD, WIREGUARD, BackendConfig
-from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord
 from overlayd.paths import NOT_GUESSED, PeerCandidates, PeerPath, guess
 from overlayd.plan import Planner, conflict_order
 from overlayd.plan_wireguard import plan_wireguard
 from overlayd.probe.choose import PathStats, choose_path
+from tests.builders import node_lease, wg_key
 
 ETCD = IPv4Address("192.0.2.10")
 UNGUESSABLE = frozenset({ETCD})
@@ -31,18 +30,15 @@ def rec(
     backend: str = "vxlan",
 ) -> LeaseRecord:
     """Node ``n`` at 10.244.n.0/24 (another site than ``ME`` unless told)."""
-    return LeaseRecord(
-        subnet=IPv4Network(f"10.244.{n}.0/24"),
-        node=f"node{n}",
-        node_id=f"id{n}",
-        public_ip=IPv4Address(public_ip or f"198.51.100.{n}"),
-        vtep_mac=MacAddress.from_bytes(bytes([2, 0, 0, 0, 0, n if mac_n is None else mac_n])),
-        vni=1,
+    return node_lease(
+        n,
+        public_ip or f"198.51.100.{n}",
+        mac_n=mac_n,
         site=site,
-        private_ips=tuple(IPv4Address(a) for a in private),
-        public_ips=tuple(IPv4Address(a) for a in public),
+        private_ips=private,
+        public_ips=public,
         backend_type=backend,
-        public_key=base64.b64encode(bytes([n if key_n is None else key_n]) + bytes(31)).decode(),
+        public_key=wg_key(n if key_n is None else key_n),
         wireguard_port=51820,
     )
 

@@ -3,33 +3,30 @@
 from __future__ import annotations
 
 import itertools
-from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
 from overlayd.config import parse_config
 from overlayd.errors import ConfigError
 from overlayd.gateway_state import GatewayClaim, GatewayState, HealthReport
-from overlayd.kernel_state import MacAddress, RouteEntry
+from overlayd.kernel_state import RouteEntry
 from overlayd.keys import PrivateKey
 from overlayd.lease import LeaseRecord
 from overlayd.plan_gateway import entry_points, plan_gateway
+from tests.builders import node_lease
 
 BASE = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan+wireguard"}'
 CFG = parse_config(BASE + ', "Topology": {"Mode": "gateway", "Sites": {"lab": "mesh"}}}')
 
 
 def host(n: int, site: str) -> LeaseRecord:
-    return LeaseRecord(
-        subnet=IPv4Network(f"10.244.{n}.0/24"),
+    return node_lease(
+        n,
+        f"198.51.100.{n}",
         node=f"h{n}",
-        node_id=f"id{n}",
-        public_ip=IPv4Address(f"198.51.100.{n}"),
-        vtep_mac=MacAddress.from_bytes(bytes([2, 0, 0, 0, 0, n])),
-        vni=1,
         site=site,
-        private_ips=(IPv4Address(f"10.0.0.{n}"),),
-        public_ips=(IPv4Address(f"198.51.100.{n}"),),
+        private_ips=(f"10.0.0.{n}",),
+        public_ips=(f"198.51.100.{n}",),
         backend_type="vxlan+wireguard",
         public_key=PrivateKey.generate().public_key().base64,
         probe_port=8473,

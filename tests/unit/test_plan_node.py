@@ -18,7 +18,7 @@ from overlayd.gateway_state import GatewayClaim
 from overlayd.kernel_state import RouteEntry
 from overlayd.lease import LeaseRecord
 from overlayd.plan_node import NodePlan, PlanMemo, plan_node
-from tests.component.builders import config, record
+from tests.builders import config, record, wg_key
 
 PSK = base64.b64encode(bytes(range(1, 33))).decode()
 SITES = {1: "a", 2: "a", 3: "b", 4: "b", 5: "lab"}
@@ -38,7 +38,7 @@ def lease(n: int, backend: str) -> LeaseRecord:
     public = (IPv4Address(f"203.0.113.{n}"),) if SITES[n] == "b" else ()
     return record(
         str(net(n)), f"node{n}", f"id{n}", n, site=SITES[n], backend_type=backend,
-        public_ips=public, public_key=base64.b64encode(bytes([n]) + bytes(31)).decode(),
+        public_ips=public, public_key=wg_key(n),
         wireguard_port=51820,
     )  # fmt: skip
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import random
 from ipaddress import IPv4Address, IPv4Network
@@ -10,20 +9,18 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from overlayd.config import VXLAN, VXLAN_WIREGUARD, WIREGUARD, BackendConfig
-from overlayd.kernel_state import MacAddress, RouteEntry
+from overlayd.kernel_state import RouteEntry
 from overlayd.keys import PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.paths import PeerPath
 from overlayd.plan import Planner
 from overlayd.plan_wireguard import WireGuardPlan, plan_wireguard
 from overlayd.wireguard.model import Endpoint, PresharedKey, WgPeerState, diff_peers
+from tests.builders import node_lease
+from tests.builders import wg_key as key
 
 WG = BackendConfig(type=WIREGUARD)
 MIXED = BackendConfig(type=VXLAN_WIREGUARD)
-
-
-def key(n: int) -> str:
-    return base64.b64encode(bytes([n & 0xFF, n >> 8]) + bytes(30)).decode()
 
 
 def rec(
@@ -43,16 +40,15 @@ def rec(
 ) -> LeaseRecord:
     """Node ``n``: subnet 10.244.n.0/24, private address 10.0.0.n, key from ``n``."""
     priv = (f"10.0.0.{n}",) if private is None else private
-    return LeaseRecord(
-        subnet=IPv4Network(subnet or f"10.244.{n}.0/24"),
+    return node_lease(
+        n,
+        public_ip or (public[0] if public else priv[0]),
         node=node or f"node{n}",
-        node_id=f"id{n}",
-        public_ip=IPv4Address(public_ip or (public[0] if public else priv[0])),
-        vtep_mac=MacAddress.from_bytes(bytes([2, 0, 0, 0, 0, n])),
+        subnet=subnet or None,
         vni=vni,
         site=site,
-        private_ips=tuple(IPv4Address(a) for a in priv),
-        public_ips=tuple(IPv4Address(a) for a in public),
+        private_ips=priv,
+        public_ips=public,
         backend_type=backend,
         public_key=key(n if key_n is None else key_n) if has_key else None,
         wireguard_port=wg_port,

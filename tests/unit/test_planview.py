@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import json
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from typing import Any
 
 from overlayd.cli.planview import wireguard_json, wireguard_lines
 from overlayd.config import VXLAN, VXLAN_WIREGUARD, WIREGUARD, NetworkConfig, parse_config
 from overlayd.gateway_state import GatewayClaim
-from overlayd.kernel_state import MacAddress, RouteEntry
+from overlayd.kernel_state import RouteEntry
 from overlayd.lease import LeaseRecord
 from overlayd.plan_node import plan_node
+from tests.builders import node_lease, wg_key
 
 
 def config(backend: str, **extra: Any) -> NetworkConfig:
@@ -22,19 +22,15 @@ def config(backend: str, **extra: Any) -> NetworkConfig:
 
 
 def lease(n: int, site: str, backend: str, public: str | None = None) -> LeaseRecord:
-    private = IPv4Address(f"10.0.0.{n}")
-    return LeaseRecord(
-        subnet=IPv4Network(f"10.244.{n}.0/24"),
-        node=f"node{n}",
-        node_id=f"id{n}",
-        public_ip=IPv4Address(public) if public else private,
-        vtep_mac=MacAddress.from_bytes(bytes([2, 0, 0, 0, 0, n])),
-        vni=1,
+    private = f"10.0.0.{n}"
+    return node_lease(
+        n,
+        public or private,
         site=site,
         private_ips=(private,),
-        public_ips=(IPv4Address(public),) if public else (),
+        public_ips=(public,) if public else (),
         backend_type=backend,
-        public_key=base64.b64encode(bytes([n]) + bytes(31)).decode(),
+        public_key=wg_key(n),
         wireguard_port=51820,
     )
 

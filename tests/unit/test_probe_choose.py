@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,20 @@ OTHER = PeerCandidates("gcp", (PRIV1,), (PUB1, PUB2), PUB1)
 P = ChooseParams(hold=10.0)
 
 
+def chosen(
+    me_site: str,
+    peer: PeerCandidates,
+    stats: Mapping[IPv4Address, PathStats],
+    current: PeerPath | None,
+    now: float,
+    params: ChooseParams,
+) -> PeerPath:
+    """``choose_path`` for a peer that has candidates: it always chooses one."""
+    path = choose_path(me_site, peer, stats, current, now, params)
+    assert path is not None
+    return path
+
+
 def ok(since: float = 0.0, downs: int = 0) -> PathStats:
     return PathStats(
         sent=5, received=5, last_success=since, rtt=0.001, verified_since=since, downs=downs
@@ -37,23 +53,23 @@ def dead(downs: int = 1) -> PathStats:
 
 
 def test_nothing_verified_guesses_by_site() -> None:
-    p = choose_path("aws", SAME, {}, None, 100.0, P)
+    p = chosen("aws", SAME, {}, None, 100.0, P)
     assert (p.address, p.kind) == (PRIV1, "private")
     assert "no verified path" in p.reason
-    p = choose_path("aws", OTHER, {}, None, 100.0, P)
+    p = chosen("aws", OTHER, {}, None, 100.0, P)
     assert (p.address, p.kind) == (PUB1, "public")
 
 
 def test_verified_same_site_private_first() -> None:
     stats = {PUB1: ok(), PRIV2: ok()}
-    p = choose_path("aws", SAME, stats, None, 100.0, P)
+    p = chosen("aws", SAME, stats, None, 100.0, P)
     assert (p.address, p.kind) == (PRIV2, "private")
     assert p.reason == "verified private address, same site"
 
 
 def test_other_site_private_address_is_never_chosen_even_if_verified() -> None:
     stats = {PRIV1: ok(), PUB2: ok()}
-    p = choose_path("aws", OTHER, stats, None, 100.0, P)
+    p = chosen("aws", OTHER, stats, None, 100.0, P)
     assert (p.address, p.kind) == (PUB2, "public")
     assert probe_targets("aws", OTHER) == (PUB1, PUB2)
     assert probe_targets("aws", SAME) == (PRIV1, PRIV2, PUB1, PUB2)
@@ -61,13 +77,13 @@ def test_other_site_private_address_is_never_chosen_even_if_verified() -> None:
 
 def test_verified_public_when_private_does_not_answer() -> None:
     stats = {PRIV1: PathStats(sent=3, losses=3), PUB1: ok()}
-    p = choose_path("aws", SAME, stats, None, 100.0, P)
+    p = chosen("aws", SAME, stats, None, 100.0, P)
     assert (p.address, p.kind) == (PUB1, "public")
 
 
 def test_verified_fallback_only_when_nothing_better() -> None:
     peer = PeerCandidates("gcp", (PRIV1,), (), PRIV1)  # our lease without a public address
-    p = choose_path("aws", peer, {PRIV1: ok()}, None, 100.0, P)
+    p = chosen("aws", peer, {PRIV1: ok()}, None, 100.0, P)
     assert (p.address, p.kind) == (PRIV1, "private")
     assert "lease PublicIP" in p.reason
 
@@ -76,7 +92,7 @@ def test_same_rank_is_sticky() -> None:
     """A faster path of the same rank does not move traffic."""
     stats = {PRIV1: ok(), PRIV2: ok()}
     current = PeerPath(PRIV2, "private", "x")
-    p = choose_path("aws", SAME, stats, current, 100.0, P)
+    p = chosen("aws", SAME, stats, current, 100.0, P)
     assert p.address == PRIV2
 
 
@@ -84,7 +100,7 @@ def test_fresh_better_path_is_taken_at_once() -> None:
     """Start-up: public answered first; the private path, never failed, wins immediately."""
     stats = {PUB1: ok(since=1.0), PRIV1: ok(since=1.2)}
     current = PeerPath(PUB1, "public", "verified public address")
-    p = choose_path("aws", SAME, stats, current, 1.3, P)
+    p = chosen("aws", SAME, stats, current, 1.3, P)
     assert p.address == PRIV1
     assert p.reason.startswith("moved to better path")
 
@@ -92,14 +108,14 @@ def test_fresh_better_path_is_taken_at_once() -> None:
 def test_failover_is_immediate() -> None:
     current = PeerPath(PRIV1, "private", "verified private address, same site")
     stats = {PRIV1: dead(), PRIV2: PathStats(losses=4), PUB1: ok(since=50.0)}
-    p = choose_path("aws", SAME, stats, current, 100.0, P)
+    p = chosen("aws", SAME, stats, current, 100.0, P)
     assert (p.address, p.kind) == (PUB1, "public")
     assert p.reason.startswith(f"failover from {PRIV1}")
 
 
 def test_failover_without_alternative_falls_back_to_guess() -> None:
     current = PeerPath(PUB1, "public", "verified public address")
-    p = choose_path("aws", OTHER, {PUB1: dead(), PUB2: PathStats(losses=9)}, current, 5.0, P)
+    p = chosen("aws", OTHER, {PUB1: dead(), PUB2: PathStats(losses=9)}, current, 5.0, P)
     assert p.address == PUB1
     assert "stopped answering" in p.reason
 
@@ -109,8 +125,8 @@ def test_move_back_waits_for_hold() -> None:
     recovered_at = 200.0
     stats = {PRIV1: ok(since=recovered_at, downs=1), PUB1: ok(since=0.0)}
     for now in (recovered_at, recovered_at + 5.0, recovered_at + 9.9):
-        assert choose_path("aws", SAME, stats, current, now, P).address == PUB1
-    p = choose_path("aws", SAME, stats, current, recovered_at + 10.0, P)
+        assert chosen("aws", SAME, stats, current, now, P).address == PUB1
+    p = chosen("aws", SAME, stats, current, recovered_at + 10.0, P)
     assert p.address == PRIV1
     assert p.reason == "moved to better path: verified private address, same site"
 
@@ -122,9 +138,9 @@ def test_flapping_better_path_never_wins() -> None:
     for cycle in range(1, 6):
         now += 8.0
         stats = {PRIV1: ok(since=now - 7.0, downs=cycle), PUB1: ok()}
-        assert choose_path("aws", SAME, stats, current, now, P).address == PUB1
+        assert chosen("aws", SAME, stats, current, now, P).address == PUB1
         stats = {PRIV1: dead(downs=cycle), PUB1: ok()}
-        assert choose_path("aws", SAME, stats, current, now + 1, P).address == PUB1
+        assert chosen("aws", SAME, stats, current, now + 1, P).address == PUB1
 
 
 def test_failover_timeline_within_budget() -> None:
@@ -138,7 +154,7 @@ def test_failover_timeline_within_budget() -> None:
             losses += 1
         priv = dead() if losses >= threshold else ok()
         stats = {PRIV1: priv, PUB1: ok()}
-        current = choose_path("aws", SAME, stats, current, t + 0.6, P)
+        current = chosen("aws", SAME, stats, current, t + 0.6, P)
         if current.address == PUB1:
             break
     assert t + 0.6 - broke < 3.0
@@ -146,7 +162,7 @@ def test_failover_timeline_within_budget() -> None:
 
 def test_current_address_no_longer_a_candidate() -> None:
     current = PeerPath(A("10.9.9.9"), "private", "old lease")
-    p = choose_path("aws", SAME, {PUB1: ok()}, current, 1.0, P)
+    p = chosen("aws", SAME, {PUB1: ok()}, current, 1.0, P)
     assert p.address == PUB1
     assert p.reason == "verified public address"
 
@@ -171,14 +187,14 @@ def obs(
     return Observation(A(addr), port, observer, site, count, 0.0, last)
 
 
-def confirm(*observations: Observation[str], **kw: object) -> tuple[A, ...]:
+def confirm(*observations: Observation[str], **kw: Any) -> tuple[A, ...]:
     return confirmed_public(
         "aws",
         observations,
         exclude={A("10.0.0.1")},
         probe_port=8473,
         now=100.0,
-        params=ReflexiveParams(**kw),  # type: ignore[arg-type]
+        params=ReflexiveParams(**kw),
     )
 
 

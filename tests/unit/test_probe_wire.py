@@ -5,7 +5,9 @@ from __future__ import annotations
 import hmac
 import struct
 from collections.abc import Callable
+from functools import partial
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 
@@ -38,10 +40,10 @@ class Clock:
 class Node:
     """One identity with the bookkeeping a prober does around its codec."""
 
-    def __init__(self, clock: Clock | None = None, **kwargs: float | int) -> None:
+    def __init__(self, clock: Clock | None = None, **kwargs: Any) -> None:
         self.key = PrivateKey.generate()
         self.clock = clock or Clock()
-        self.codec = ProbeCodec(self.key, clock=self.clock, **kwargs)  # type: ignore[arg-type]
+        self.codec = ProbeCodec(self.key, clock=self.clock, **kwargs)
         self.peers: set[PublicKey] = set()
         self.outstanding: dict[bytes, PublicKey] = {}
 
@@ -280,10 +282,10 @@ def test_replay_cache_is_bounded_and_eviction_does_not_reopen_replays() -> None:
         data = a.probe(b)
         b.decode(data)
         sent.append(data)
-    cache = b.codec._replay[a.public]
-    assert len(cache.seen) == 4
+    assert a.public in b.codec.cached_peers()[1]
+    assert b.codec.replay_entries(a.public) == 4
     for data in sent:  # evicted or not, every one of them is refused
-        rejected(Reject.REPLAY, lambda data=data: b.decode(data))  # type: ignore[misc]
+        rejected(Reject.REPLAY, partial(b.decode, data))
 
 
 def test_replay_cache_expires_old_entries() -> None:
@@ -293,15 +295,17 @@ def test_replay_cache_expires_old_entries() -> None:
     b.decode(a.probe(b))
     a.clock.t = b.clock.t = NOW + 5
     b.decode(a.probe(b))
-    assert len(b.codec._replay[a.public].seen) == 1
+    assert a.public in b.codec.cached_peers()[1]
+    assert b.codec.replay_entries(a.public) == 1
 
 
 def test_retain_forgets_departed_peers(pair: tuple[Node, Node]) -> None:
     a, b = pair
     b.decode(a.probe(b))
-    assert a.public in b.codec._keys and a.public in b.codec._replay
+    keys, replay = b.codec.cached_peers()
+    assert a.public in keys and a.public in replay
     b.codec.retain(set())
-    assert not b.codec._keys and not b.codec._replay
+    assert b.codec.cached_peers() == (frozenset(), frozenset())
 
 
 def test_peek_recipient_ignores_other_traffic() -> None:

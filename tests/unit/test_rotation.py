@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from overlayd.errors import StoreError
-from overlayd.kernel_state import MacAddress
 from overlayd.keys import KEY_FILE, NodeKey, NodeKeyError, PrivateKey, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.probe.prober import PeerTarget, Prober
@@ -45,6 +44,7 @@ from overlayd.wireguard.model import (
     device_update,
     diff_peers,
 )
+from tests import builders
 
 # -- the key file ------------------------------------------------------------------------
 
@@ -109,13 +109,12 @@ def test_key_change_line_shows_only_short_public_keys() -> None:
 
 
 def lease(node: str, key: PublicKey) -> LeaseRecord:
-    return LeaseRecord(
-        subnet=IPv4Network("10.244.1.0/24"),
+    return builders.lease(
+        "10.244.1.0/24",
+        "192.0.2.1",
         node=node,
         node_id="0" * 32,
-        public_ip=IPv4Address("192.0.2.1"),
-        vtep_mac=MacAddress.parse("6a:0c:2f:9e:41:d3"),
-        vni=1,
+        vtep_mac="6a:0c:2f:9e:41:d3",
         public_key=key.base64,
     )
 
@@ -139,6 +138,13 @@ class FakeControl:
             raise StoreError("etcd watch failed: UNAVAILABLE")
         for value in self.values:
             yield value
+
+    async def get_control(self, node: str, verb: str) -> ControlValue | None:
+        return self.current
+
+    async def put_control(self, node: str, verb: str, value: str) -> None:
+        revision = self.current.mod_revision + 1 if self.current is not None else 1
+        self.current = ControlValue(revision, value)
 
     async def delete_control(self, node: str, verb: str, mod_revision: int) -> bool:
         if self.current is None or self.current.mod_revision != mod_revision:
@@ -250,19 +256,22 @@ def test_watch_serves_a_request_left_while_down_and_survives_store_errors() -> N
 # -- the prober ----------------------------------------------------------------------------
 
 
-class Transport:
+class Transport(asyncio.DatagramTransport):
+    """A UDP transport that records what is sent."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.sent: list[tuple[bytes, Any]] = []
 
-    def sendto(self, data: bytes, addr: Any) -> None:
-        self.sent.append((data, addr))
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        self.sent.append((bytes(data), addr))
 
 
 def test_prober_answers_only_the_new_key() -> None:
     old, new, peer = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
     prober: Prober[str] = Prober(old)
     transport = Transport()
-    prober.connection_made(transport)  # type: ignore[arg-type]
+    prober.connection_made(transport)
     prober.set_peers({"p": PeerTarget(peer.public_key(), (IPv4Address("192.0.2.9"),))})
     them = ProbeCodec(peer)
     source = ("192.0.2.9", 8473)

@@ -65,6 +65,8 @@ def test_add_peer_full() -> None:
         25,
         PSK,
     )
+    endpoint = peer.endpoint
+    assert endpoint is not None
     allowed = [
         nla(NESTED, nla(1, b"\2\0") + nla(2, bytes([10, 244, 0, 1])) + nla(3, b"\x20")),
         nla(NESTED, nla(1, b"\2\0") + nla(2, bytes([10, 244, 1, 0])) + nla(3, b"\x18")),
@@ -74,7 +76,7 @@ def test_add_peer_full() -> None:
         nla(1, K1.raw)
         + nla(3, struct.pack("=I", 2))  # REPLACE_ALLOWEDIPS, no UPDATE_ONLY: may create
         + nla(2, PSK.raw)
-        + nla(4, kernel.encode_sockaddr_in(peer.endpoint))  # type: ignore[arg-type]
+        + nla(4, kernel.encode_sockaddr_in(endpoint))
         + nla(5, struct.pack("=H", 25))
         + nla(9 | NESTED, b"".join(allowed)),
     )

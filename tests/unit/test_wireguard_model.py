@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 import pytest
 
@@ -24,14 +25,14 @@ def key(n: int) -> PublicKey:
     return PublicKey(bytes([n]) * 32)
 
 
-def peer(n: int, **kwargs: object) -> WgPeerConfig:
-    defaults: dict[str, object] = {
+def peer(n: int, **kwargs: Any) -> WgPeerConfig:
+    defaults: dict[str, Any] = {
         "endpoint": Endpoint(IPv4Address(f"192.0.2.{n}"), 51820),
         "allowed_ips": (IPv4Network(f"10.244.{n}.0/24"),),
         "persistent_keepalive": 0,
     }
     defaults.update(kwargs)
-    return WgPeerConfig(key(n), **defaults)  # type: ignore[arg-type]
+    return WgPeerConfig(key(n), **defaults)
 
 
 def actual(*configs: WgPeerConfig) -> dict[PublicKey, WgPeerState]:

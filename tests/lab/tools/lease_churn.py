@@ -1,6 +1,7 @@
 """Lease churn for tests: join/change/leave events at a fixed rate, bounded in time.
 
-Run inside a test namespace (``python -c``, see ``churn_code``); each cycle of a synthetic
+Run inside a test namespace (``tool("lease_churn", ENDPOINT, RATE, SECONDS, SITE,
+*SUBNETS)``, see ``main``); each cycle of a synthetic
 peer is three events: it joins, changes its record, leaves. Records carry no probe key, so
 daemons program them without probing anyone.
 """
@@ -8,26 +9,27 @@ daemons program them without probing anyone.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord
 from overlayd.store import EtcdSettings, EtcdStore
+from tests.builders import lease
 
 
 def synthetic(subnet: IPv4Network, n: int, site: str) -> LeaseRecord:
     """A valid peer record that no host serves (its underlay address is unused)."""
-    return LeaseRecord(
-        subnet=subnet,
+    underlay = IPv4Address("10.77.0.200") + n % 50
+    return lease(
+        subnet,
+        underlay,
         node=f"churn-{n}",
         node_id=f"churn{n:08x}",
-        public_ip=IPv4Address("10.77.0.200") + n % 50,
-        vtep_mac=MacAddress(f"02:cc:00:00:{n // 256 % 256:02x}:{n % 256:02x}"),
-        vni=1,
+        vtep_mac=f"02:cc:00:00:{n // 256 % 256:02x}:{n % 256:02x}",
         site=site,
-        private_ips=(IPv4Address("10.77.0.200") + n % 50,),
+        private_ips=(underlay,),
     )
 
 
@@ -73,14 +75,13 @@ async def churn(
         await store.close()
 
 
-def churn_code(repo: str, endpoint: str, subnets: list[IPv4Network], rate: float, seconds: float,
-               site: str) -> str:  # fmt: skip
-    """``python -c`` code running ``churn`` and printing the number of events."""
-    nets = ", ".join(repr(str(s)) for s in subnets)
-    return (
-        f"import sys, asyncio; sys.path.insert(0, {repo!r})\n"
-        "from ipaddress import IPv4Network\n"
-        "from tests.security.lease_churn import churn\n"
-        f"nets = [IPv4Network(s) for s in [{nets}]]\n"
-        f"print(asyncio.run(churn({endpoint!r}, nets, {rate}, {seconds}, {site!r})))\n"
-    )
+def main(argv: list[str]) -> int:
+    """``lease_churn ENDPOINT RATE SECONDS SITE SUBNET...``: print the number of events."""
+    endpoint, rate, seconds, site, *subnets = argv
+    nets = [IPv4Network(s) for s in subnets]
+    print(asyncio.run(churn(endpoint, nets, float(rate), float(seconds), site)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
