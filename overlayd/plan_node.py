@@ -47,9 +47,10 @@ class NodePlan:
     ``touched``: set when the VXLAN side was patched incrementally: the keys that may
     differ from the previous plan (None: planned in full, diff everything).
 
-    The mappings are keyed by subnet (peers), address or MAC; the accessors that render
-    (``skipped``, ``sorted_state``) sort. Kept as mappings, not sorted tuples, so a single
-    lease event among thousands of peers costs no sort.
+    The mappings are keyed by subnet (peers), address or MAC, the same whatever the order
+    of the input; what renders them (``skipped`` here, ``overlayd.cli.planview``) sorts.
+    Kept as mappings, not sorted tuples, so a single lease event among thousands of peers
+    costs no sort. The PSK's repr is redacted (``PresharedKey``).
     """
 
     vxlan: Plan
@@ -125,7 +126,8 @@ class PlanMemo:
         changed: Collection[IPv4Network],
         network: IPv4Network,
     ) -> bool:
-        """Whether no changed record was or is refused (else the refused list changes)."""
+        """Whether a patch keeps ``refused`` as it is: the last full plan refused no record
+        and no changed record is refused now (else a full plan settles the list)."""
         if self._refused:
             return False
         return all((r := records.get(s)) is None or self.scope(r, network) is None for s in changed)
