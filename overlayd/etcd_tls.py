@@ -23,18 +23,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.utils import CryptographyDeprecationWarning
+from typing import TYPE_CHECKING
 
 from overlayd.errors import TLS_HINT, ConfigError
 from overlayd.logs import quote
 
+if TYPE_CHECKING:
+    from cryptography import x509
+
 _HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-_DER = serialization.Encoding.DER
-_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 
 
 class Scheme(enum.Enum):
@@ -140,6 +137,11 @@ def _read(path: Path, flag: str) -> bytes:
 
 
 def _certificates(path: Path, flag: str) -> tuple[bytes, list[x509.Certificate]]:
+    # imported here, not at the top: cryptography.x509 costs ~10 MB of RSS (measured with
+    # ru_maxrss), and a daemon without TLS to etcd never needs it
+    from cryptography import x509
+    from cryptography.utils import CryptographyDeprecationWarning
+
     data = _read(path, flag)
     try:
         with warnings.catch_warnings():
@@ -155,6 +157,10 @@ def _certificates(path: Path, flag: str) -> tuple[bytes, list[x509.Certificate]]
 
 
 def _client_pair(certfile: Path, keyfile: Path) -> tuple[bytes, bytes]:
+    from cryptography.exceptions import UnsupportedAlgorithm  # lazily: see _certificates
+    from cryptography.hazmat.primitives import serialization
+
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     cert_pem, certs = _certificates(certfile, "--etcd-certfile")
     key_pem = _read(keyfile, "--etcd-keyfile")
     try:
@@ -169,9 +175,7 @@ def _client_pair(certfile: Path, keyfile: Path) -> tuple[bytes, bytes]:
         raise ConfigError(
             f"--etcd-keyfile {keyfile} is not a PEM private key", hint=TLS_HINT
         ) from None
-    if key.public_key().public_bytes(_DER, _SPKI) != certs[0].public_key().public_bytes(
-        _DER, _SPKI
-    ):
+    if key.public_key().public_bytes(der, spki) != certs[0].public_key().public_bytes(der, spki):
         raise ConfigError(
             f"--etcd-keyfile {keyfile} does not match the certificate in "
             f"--etcd-certfile {certfile} (their public keys differ)",

@@ -200,7 +200,9 @@ def main() -> int:
     try:
         ctl = [str(BIN / "overlayctl"), "--etcd-endpoints", world.etcd_endpoint]
         # the synthetic leases are VXLAN ones, and the figures compare with earlier runs
-        ns_run(h1, *ctl, "network", "init", "--network", "10.0.0.0/8", "--backend", "vxlan")
+        # /11 holds the synthetic /24s (10.0-10.19.x) but not the world's underlay
+        # 10.77.0.0/24: a node whose underlay is inside the overlay is refused
+        ns_run(h1, *ctl, "network", "init", "--network", "10.0.0.0/11", "--backend", "vxlan")
         for n in sizes:
             world.etcd_ns.run(
                 [
