@@ -36,7 +36,7 @@ from overlayd.health_listen import LOOPBACK, ListenSpec
 from overlayd.identity import NodeIdentity, StateDir
 from overlayd.ingress import VxlanPeers
 from overlayd.ingress_nft import IngressFilter
-from overlayd.kernel_state import Changes, KernelState, RouteEntry, diff, diff_keys
+from overlayd.kernel_state import Changes, KernelState, diff, diff_keys
 from overlayd.keys import NodeKey, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.lease_rules import check_own_record, check_scope, publishable
@@ -46,9 +46,8 @@ from overlayd.masq import apply_masq
 from overlayd.mirror import KernelMirror
 from overlayd.netlink.rtnl import KernelEvent
 from overlayd.pathing import PathKeeper
-from overlayd.plan import Planner
-from overlayd.plan_gateway import plan_gateway
-from overlayd.plan_wireguard import WireGuardPlan, plan_wireguard
+from overlayd.plan_node import PlanMemo, plan_node
+from overlayd.plan_wireguard import WireGuardPlan
 from overlayd.probe.prober import ProbeConfig
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 from overlayd.rotation import KeyRotation, key_change
@@ -113,7 +112,7 @@ class Daemon:
         self.dp = dataplane
         self.store = EtcdStore(opts.etcd)
         self.state_dir = StateDir(opts.state_dir)
-        self.planner = Planner()
+        self.planner = PlanMemo()  # plan_node's memo: the incremental VXLAN fast path
         self.status = _Status()
         self.leases: dict[IPv4Network, StoredLease] = {}
         self.records: dict[IPv4Network, LeaseRecord] = {}
@@ -507,87 +506,55 @@ class Daemon:
         if self._reflexive_changed and self.opts.public_ip_auto:
             self._reflexive_changed = False
             await self._publish_public_ips(keeper)
-        me, network, backend = keeper.held.record, cfg.network, cfg.backend
+        me, backend = keeper.held.record, cfg.backend
         changed, self._changed = self._changed, set()
         probed, self._probed = self._probed, set()
         self._full |= backend.uses_wireguard  # WireGuard peers are always planned in full
         which = self.records.keys() if self._full else changed | probed
         changed |= paths_keeper.recompute(me, self.records, which)
-        paths = paths_keeper.paths
-        skipped: list[tuple[IPv4Network, str]] = []
-        peers = 0
-        vxlan_leases: Mapping[IPv4Network, LeaseRecord] = self.records
-        via_gateway: dict[IPv4Network, RouteEntry] = {}
-        wireguard = None
-        ingress = None
         if self._gateway is not None:
             self._gateway.update(me, self.records)
-            topo = plan_gateway(
-                cfg, me, self.records, self._gateway.state.claims, paths,
-                verified=paths_keeper.verified(), created=self.created,
-                unguessable=self._unguessable,
-            )  # fmt: skip
-            if topo.role != self._role:
-                gw = topo.gateway.node if topo.gateway else "none"
-                log.info("topology role in site %s: %s (gateway %s)", me.site, topo.role, gw)
-                self._role = topo.role
-            wireguard, via_gateway = topo.wireguard, topo.via_gateway
-            gateway_name = topo.gateway.node if topo.role == "member" and topo.gateway else None
-            self._via = dict.fromkeys(via_gateway, gateway_name) if gateway_name else {}
-        elif backend.uses_wireguard:
-            wireguard = plan_wireguard(
-                me, self.records, backend, paths, verified=paths_keeper.verified(),
-                network=network, created=self.created, unguessable=self._unguessable,
-            )  # fmt: skip
-        if wireguard is not None:
-            vxlan_leases = wireguard.vxlan_leases
-            skipped += wireguard.skipped
-            peers += len(wireguard.peers)
+        found = plan_node(
+            cfg, me, self.records, claims=self._gateway.state.claims if self._gateway else None,
+            paths=paths_keeper.paths, verified=paths_keeper.verified(), created=self.created,
+            unguessable=self._unguessable, memo=self.planner,
+            changed=None if self._full else changed,
+        )  # fmt: skip
+        if self._gateway is not None and found.role != self._role:
+            gw = found.gateway.node if found.gateway else "none"
+            log.info("topology role in site %s: %s (gateway %s)", me.site, found.role, gw)
+            self._role = found.role
+        self._via = found.via
+        wireguard = found.wireguard if backend.uses_wireguard else None
+        ingress = None
         if backend.uses_vxlan:
-            incremental = None
-            if not self._full:
-                incremental = self.planner.update(
-                    me, vxlan_leases, changed, paths, network, self._unguessable
-                )
-            if incremental is not None:
-                plan, touched = incremental
+            plan, touched = found.vxlan, found.touched
+            if touched is not None:
                 changes = diff_keys(
-                    plan.state,
-                    self.vxlan.mirror.state,
-                    touched.routes,
-                    touched.neighs,
+                    plan.state, self.vxlan.mirror.state, touched.routes, touched.neighs,
                     touched.fdbs,
-                )
+                )  # fmt: skip
             else:
-                plan = self.planner.plan(
-                    me, vxlan_leases, paths, network, self.created, self._unguessable
-                )
-                if via_gateway:  # other sites' subnets, through our gateway
-                    plan = replace(
-                        plan, state=replace(plan.state, routes={**plan.state.routes, **via_gateway})
-                    )
                 changes = diff(plan.state, self.vxlan.mirror.state, allow_delete=self._may_delete)
             self.vxlan.desired = plan.state
-            self.warn_plain_cross_site(me, vxlan_leases, plan.skipped)
-            skipped += plan.skipped
-            peers += len(plan.paths)
-            await self._apply(self.vxlan, changes, peers)
+            self.warn_plain_cross_site(me, found.vxlan_leases, plan.skipped)
+            await self._apply(self.vxlan, changes, found.peers)
             ingress = VxlanPeers(
-                vxlan_leases,
+                found.vxlan_leases,
                 plan.paths,
-                None if incremental is None else changed,
-                via_gateway,
+                None if touched is None else changed,
+                found.via_gateway,
                 me.site,
             )
         self._full = False
         if wireguard is not None:
-            await self._apply_wireguard(wireguard, peers)
+            await self._apply_wireguard(wireguard, found.peers)
         await self._sync_ingress(ingress)
-        for subnet, reason in skipped:
+        for subnet, reason in (*found.wireguard.skipped, *found.vxlan.skipped, *found.refused):
             if (subnet, -1) not in self._bad_seen:
                 self._bad_seen.add((subnet, -1))
                 log.warning("not programming peer %s: %s", subnet, reason)
-        self.status.peers = peers
+        self.status.peers = found.peers
         self.status.reconciles += 1
         self.status.last_reconcile = time.time()
 

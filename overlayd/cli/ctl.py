@@ -16,7 +16,7 @@ import click
 from overlayd.cleartext import FIX as PLAIN_VXLAN_FIX
 from overlayd.cli.common import FriendlyGroup, etcd_options, etcd_settings, friendly_errors
 from overlayd.cli.context import CtlContext, run_with_store
-from overlayd.cli.planview import node_plan, wireguard_json, wireguard_lines
+from overlayd.cli.planview import plan_json, plan_lines
 from overlayd.config import VXLAN, VXLAN_WIREGUARD, NetworkConfig, parse_backend, parse_config
 from overlayd.errors import (
     ConfigError,
@@ -28,6 +28,7 @@ from overlayd.errors import (
 from overlayd.gateway_state import GatewayState
 from overlayd.lease import parse_subnet_arg
 from overlayd.logs import quote
+from overlayd.plan_node import plan_node
 from overlayd.rotation import request_rotation
 from overlayd.store_api import Snapshot, Store, StoredLease
 
@@ -399,51 +400,19 @@ def plan(ctx: click.Context, node: str, output: str) -> None:
             hint=f"revoke it ('overlayctl leases revoke {me.subnet}'); its daemon claims again",
         )
     records = {s.subnet: s.record for s, _ in rows if s.record is not None}
-    found = node_plan(
+    found = plan_node(
         cfg,
         me.record,
         records,
-        gateway_state.claims,
+        claims=gateway_state.claims,
         created={s.subnet: s.create_revision for s, _ in rows},
         unguessable=unguessable,  # as the daemon: the etcd endpoints are never guessed paths
     )
-    result = found.vxlan
-    state = result.state
     if output == "json":
-        _echo_json(
-            {
-                "node": node,
-                "subnet": str(me.subnet),
-                "routes": [
-                    {"dst": str(r.dst), "via": str(r.via), "onlink": True}
-                    for r in sorted(state.routes.values())
-                ],
-                "neighbours": [
-                    {"ip": str(n.ip), "mac": str(n.mac)} for n in sorted(state.neighs.values())
-                ],
-                "fdb": [
-                    {"mac": str(f.mac), "dst": str(f.dst)} for f in sorted(state.fdbs.values())
-                ],
-                "paths": {
-                    str(k): {"address": str(p.address), "kind": p.kind, "reason": p.reason}
-                    for k, p in sorted(result.paths.items())
-                },
-                "wireguard": wireguard_json(found.wireguard),
-                "skipped": [{"subnet": str(s), "reason": r} for s, r in found.skipped],
-            }
-        )
+        _echo_json(plan_json(node, me.subnet, found))
         return
-    click.echo(f"# plan for {node} ({me.subnet}), backend {cfg.backend.type}: {found.peers} peers")
-    for r in sorted(state.routes.values()):
-        click.echo(f"route {r.dst} via {r.via} onlink")
-    for n in sorted(state.neighs.values()):
-        click.echo(f"neigh {n.ip} lladdr {n.mac} permanent")
-    for f in sorted(state.fdbs.values()):
-        click.echo(f"fdb {f.mac} dst {f.dst} self permanent")
-    for line in wireguard_lines(found.wireguard):
+    for line in plan_lines(node, me.subnet, cfg.backend.type, found):
         click.echo(line)
-    for subnet, reason in found.skipped:
-        click.echo(f"# skipped {subnet}: {reason}")
 
 
 # -- peers (from a running daemon) -------------------------------------------------------

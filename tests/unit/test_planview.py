@@ -6,11 +6,12 @@ import json
 from ipaddress import IPv4Network
 from typing import Any
 
-from overlayd.cli.planview import node_plan, wireguard_json, wireguard_lines
+from overlayd.cli.planview import wireguard_json, wireguard_lines
 from overlayd.config import VXLAN, VXLAN_WIREGUARD, WIREGUARD, NetworkConfig, parse_config
 from overlayd.gateway_state import GatewayClaim
 from overlayd.kernel_state import RouteEntry
 from overlayd.lease import LeaseRecord
+from overlayd.plan_node import plan_node
 from tests.builders import node_lease, wg_key
 
 
@@ -46,7 +47,7 @@ def net(n: int) -> IPv4Network:
 
 def test_vxlan_programs_everyone_over_vxlan() -> None:
     leases = records(VXLAN)
-    found = node_plan(config(VXLAN), leases[net(1)], leases, {})
+    found = plan_node(config(VXLAN), leases[net(1)], leases)
     assert sorted(found.vxlan.paths) == [net(2), net(3), net(4)]
     assert found.wireguard.peers == {} and wireguard_lines(found.wireguard) == []
     assert found.peers == 3 and found.skipped == []
@@ -54,7 +55,7 @@ def test_vxlan_programs_everyone_over_vxlan() -> None:
 
 def test_vxlan_wireguard_splits_by_site() -> None:
     leases = records(VXLAN_WIREGUARD)
-    found = node_plan(config(VXLAN_WIREGUARD), leases[net(1)], leases, {})
+    found = plan_node(config(VXLAN_WIREGUARD), leases[net(1)], leases)
     assert sorted(found.vxlan.paths) == [net(2)]
     assert list(found.wireguard.peers) == [net(3), net(4)]
     assert found.peers == 3
@@ -69,7 +70,7 @@ def test_vxlan_wireguard_splits_by_site() -> None:
 
 def test_wireguard_has_no_vxlan_peer() -> None:
     leases = records(WIREGUARD)
-    found = node_plan(config(WIREGUARD), leases[net(1)], leases, {})
+    found = plan_node(config(WIREGUARD), leases[net(1)], leases)
     assert found.vxlan.paths == {} and list(found.wireguard.peers) == [net(2), net(3), net(4)]
 
 
@@ -80,7 +81,7 @@ def test_gateway_member_routes_other_sites_through_its_gateway() -> None:
         "a": GatewayClaim("a", "node2", "id2", net(2)),
         "b": GatewayClaim("b", "node3", "id3", net(3)),
     }
-    found = node_plan(cfg, leases[net(1)], leases, claims)
+    found = plan_node(cfg, leases[net(1)], leases, claims=claims)
     assert found.wireguard.peers == {}  # a member holds no WireGuard peer
     routes = found.vxlan.state.routes
     gateway = leases[net(2)].overlay_ip
