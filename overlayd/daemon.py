@@ -25,10 +25,8 @@ from overlayd.config import NetworkConfig
 from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
 from overlayd.errors import (
     ConfigMissingError,
-    EtcdTlsError,
     KernelError,
     OverlaydError,
-    StoreError,
 )
 from overlayd.gateway import GatewayAgent, GatewayOptions
 from overlayd.health import HealthServer
@@ -50,6 +48,7 @@ from overlayd.plan_node import PlanMemo, plan_node
 from overlayd.plan_wireguard import WireGuardPlan
 from overlayd.probe.prober import ProbeConfig
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
+from overlayd.retry import FIXED_1S, Backoff, Retry, retry
 from overlayd.rotation import KeyRotation, key_change
 from overlayd.sdnotify import sd_notify
 from overlayd.store import EtcdSettings, EtcdStore, EventKind, StoredLease, WatchBatch
@@ -262,28 +261,24 @@ class Daemon:
             tasks.create_task(self.reconcile_loop())
 
     async def _wait_config(self) -> NetworkConfig:
-        delay = 1.0
-        while True:
-            try:
-                cfg = await self.store.get_config()
-                log.info(
-                    "network %s, /%d subnets, backend %s (VNI %d, port %d)",
-                    cfg.network,
-                    cfg.subnet_len,
-                    cfg.backend.type,
-                    cfg.backend.vni,
-                    cfg.backend.port,
-                )
-                return cfg
-            except ConfigMissingError as exc:
+        def waiting(exc: OverlaydError, _delay: float) -> None:
+            if isinstance(exc, ConfigMissingError):
                 log.warning("%s; waiting (hint: %s)", exc, exc.hint)
-            except EtcdTlsError:
-                raise  # the first contact was refused over certificates: exit 2, not retry
-            except StoreError as exc:
+            else:
                 log.warning("cannot read the network config yet: %s", exc)
-            # an invalid config (ConfigError) is not retried: it needs a person
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+
+        # not retried (exc.retryable false): an invalid config (ConfigError) needs a person,
+        # and a first contact refused over certificates (EtcdTlsError) ends with exit 2
+        cfg = await retry(self.store.get_config, Retry(Backoff(cap=10.0)), waiting)
+        log.info(
+            "network %s, /%d subnets, backend %s (VNI %d, port %d)",
+            cfg.network,
+            cfg.subnet_len,
+            cfg.backend.type,
+            cfg.backend.vni,
+            cfg.backend.port,
+        )
+        return cfg
 
     # -- device and subnet file ----------------------------------------------------------
 
@@ -354,7 +349,7 @@ class Daemon:
     # -- inputs ------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        delay = 1.0
+        backoff = Retry(Backoff(cap=10.0))
         assert self._keeper is not None
         first, self._keeper.snapshot = self._keeper.snapshot, None
         while True:
@@ -362,11 +357,13 @@ class Daemon:
                 async for batch in self.store.watch_leases(first):
                     first = None
                     self._absorb(batch)
-                    delay = 1.0
-            except StoreError as exc:
+                    backoff.reset()
+            except OverlaydError as exc:
+                if not exc.retryable:
+                    raise
+                delay = backoff.next_delay()
                 log.warning("lease watch failed: %s; retrying in %.0fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await backoff.pause(delay)
 
     def _absorb(self, batch: WatchBatch) -> None:
         assert self._keeper is not None
@@ -477,6 +474,7 @@ class Daemon:
         """Run a reconcile pass each time the daemon is marked dirty, forever; a failed pass
         is retried. ``reconcile``: what a pass runs (default: the daemon's own pass)."""
         one_pass = reconcile or self._reconcile
+        backoff = Retry(FIXED_1S)
         while True:
             await self._dirty.wait()
             self._dirty.clear()
@@ -488,7 +486,7 @@ class Daemon:
                 # one failed pass must not end the daemon
                 self.status.last_error = str(exc)
                 log.error("reconcile failed: %s; retrying", exc)
-                await asyncio.sleep(1.0)
+                await backoff.pause()
                 self.mark_dirty(dump=True, device=True)
 
     async def _reconcile(self) -> None:
