@@ -1,5 +1,8 @@
 """The overlayd daemon: wires the store, the lease keeper, the planner and the data plane.
 
+It is given its collaborators (store, data plane, state dir, node key, host effects,
+clock) by the composition root, ``run_daemon``; it constructs none of those itself.
+
 Recompute, don't react: store events, kernel notifications and timers only mark the state
 dirty; one loop replans from the full state and applies the diff against the kernel state
 we own. Nothing is deleted before the first full snapshot of the store has loaded, so a
@@ -12,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -22,25 +24,26 @@ from typing import Any
 from overlayd.churnlog import activity_churn, change_counts, lease_counts, wireguard_counts
 from overlayd.cleartext import plain_cross_site
 from overlayd.config import NetworkConfig
-from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
+from overlayd.dataplane import DataPlane, DataPlaneApi, Underlay, VxlanSpec
 from overlayd.errors import (
     ConfigMissingError,
-    KernelError,
     OverlaydError,
 )
 from overlayd.gateway import GatewayAgent, GatewayOptions
 from overlayd.health import HealthServer
 from overlayd.health_listen import LOOPBACK, ListenSpec
+from overlayd.host import Clock, Host
+from overlayd.host import enable_forwarding as enable_forwarding
 from overlayd.identity import NodeIdentity, StateDir
 from overlayd.ingress import VxlanPeers
-from overlayd.ingress_nft import IngressFilter
+from overlayd.ingress_nft import IngressFilter, IngressTable
 from overlayd.kernel_state import Changes, KernelState, diff, diff_keys
 from overlayd.keys import NodeKey, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.lease_rules import check_own_record, check_scope, publishable
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.logs import quote
-from overlayd.masq import apply_masq
+from overlayd.masq import masq_ruleset
 from overlayd.mirror import KernelMirror
 from overlayd.netlink.rtnl import KernelEvent
 from overlayd.pathing import PathKeeper
@@ -50,13 +53,14 @@ from overlayd.probe.prober import ProbeConfig
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 from overlayd.retry import FIXED_1S, Backoff, Retry, retry
 from overlayd.rotation import KeyRotation, key_change
-from overlayd.sdnotify import sd_notify
 from overlayd.store import EtcdSettings, EtcdStore, EventKind, StoredLease, WatchBatch
+from overlayd.store_api import Store
 from overlayd.subnetfile import SubnetFile, write_subnet_file
 from overlayd.wireguard import WgDeviceConfig, interface_name
 
 log = logging.getLogger("overlayd")
 
+ANY_ADDRESS = IPv4Address("0.0.0.0")
 RESYNC_INTERVAL = 30.0  # full read-back of the kernel state, besides netlink notifications
 
 
@@ -79,6 +83,7 @@ class DaemonOptions:
     probe_port: int = DEFAULT_PROBE_PORT
     public_ip_auto: bool = True  # publish public addresses that peers in other sites confirm
     gateway_candidate: bool = True  # may be elected its site's gateway (gateway topology)
+    probe_bind: IPv4Address = ANY_ADDRESS  # tests: 127.0.0.1 (no flag)
 
 
 @dataclass
@@ -96,7 +101,7 @@ class _Device:
 class _Status:
     """Facts the health endpoints report; mutated only by the daemon's own loop."""
 
-    started: float = field(default_factory=time.monotonic)
+    started: float = 0.0  # the clock's monotonic time at start
     subnet: IPv4Network | None = None
     reconciles: int = 0
     last_reconcile: float | None = None
@@ -106,13 +111,27 @@ class _Status:
 
 
 class Daemon:
-    def __init__(self, opts: DaemonOptions, dataplane: DataPlane) -> None:
+    """One node's agent. ``store`` is connected by the caller, which also closes it and
+    the data plane after ``run``; ``key`` is the node key loaded from ``state_dir``."""
+
+    def __init__(
+        self,
+        opts: DaemonOptions,
+        store: Store,
+        dataplane: DataPlaneApi,
+        state_dir: StateDir,
+        key: NodeKey,
+        host: Host | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.opts = opts
         self.dp = dataplane
-        self.store = EtcdStore(opts.etcd)
-        self.state_dir = StateDir(opts.state_dir)
+        self.store = store
+        self.state_dir = state_dir
+        self.host = host or Host()
+        self.clock = clock or Clock()
         self.planner = PlanMemo()  # plan_node's memo: the incremental VXLAN fast path
-        self.status = _Status()
+        self.status = _Status(started=self.clock.monotonic())
         self.leases: dict[IPv4Network, StoredLease] = {}
         self.records: dict[IPv4Network, LeaseRecord] = {}
         self.created: dict[IPv4Network, int] = {}  # etcd create_revision: older wins conflicts
@@ -120,7 +139,7 @@ class Daemon:
         self._bad_seen: set[tuple[IPv4Network, int]] = set()
         self.vxlan = _Device("vxlan")
         self.wg = _Device("wireguard")
-        self._key: NodeKey | None = None
+        self._key = key
         self._rotation: KeyRotation | None = None  # ``overlayctl node rotate-key``
         self._dirty = asyncio.Event()
         self._changed: set[IPv4Network] = set()  # subnets whose lease changed since the last plan
@@ -139,7 +158,9 @@ class Daemon:
         self._churn = activity_churn(log)  # a line per change; a summary per second under churn
         self._plain_cross_site = False  # warned: peers of other sites over plain VXLAN
         self._health: HealthServer | None = None
-        self._ingress = IngressFilter(churn=self._churn)  # who may send us VXLAN (backends.md)
+        self._ingress = IngressFilter(  # who may send us VXLAN (backends.md)
+            IngressTable(self.host.run_nft, self.host.read_nft), churn=self._churn
+        )
         self._vxlan_spec: VxlanSpec | None = None
 
     # -- wiring ------------------------------------------------------------------------
@@ -176,8 +197,6 @@ class Daemon:
         with contextlib.suppress(asyncio.CancelledError):
             await main
         await health.close()
-        await self.store.close()
-        self.dp.close()
         if self._paths is not None:
             await self._paths.close()
         if main in done and main.exception() is not None:
@@ -186,14 +205,13 @@ class Daemon:
         log.info("stopped; data plane left in place")
 
     async def _main(self) -> None:
-        await self.store.connect()  # first: bad TLS files end the daemon before side effects
         self._identity = self.state_dir.identity()
-        key = self._key = NodeKey.load_or_create(self.opts.state_dir)
+        key = self._key
         # resolving endpoint names may block: not on the event loop
         self._unguessable = await asyncio.to_thread(self.store.endpoint_addresses)
         self._paths = PathKeeper(
             key,
-            ProbeConfig(port=self.opts.probe_port),
+            ProbeConfig(port=self.opts.probe_port, bind=self.opts.probe_bind),
             self._on_probe,
             unguessable=self._unguessable,
         )
@@ -240,10 +258,10 @@ class Daemon:
         )
         held = await self._keeper.acquire()
         await self._configure_devices(held)
-        sd_notify("READY=1")
+        self.host.notify("READY=1")
         if self._cfg.topology.uses_gateways:
             # gateways forward between the in-site VXLAN and WireGuard; any host may become one
-            await asyncio.to_thread(enable_forwarding)
+            await asyncio.to_thread(self.host.enable_forwarding)
             self._gateway = GatewayAgent(
                 self.store,
                 self._cfg,
@@ -285,7 +303,6 @@ class Daemon:
     async def _configure_devices(self, held: HeldLease) -> None:
         cfg, underlay, identity = self._cfg, self._underlay, self._identity
         assert cfg is not None and underlay is not None and identity is not None
-        assert self._key is not None
         backend = cfg.backend
         # flannel puts the subnet's .0 on the device as a /32: routes to peers are onlink
         address = IPv4Interface(f"{held.record.overlay_ip}/32")
@@ -321,7 +338,9 @@ class Daemon:
             )
             self._attach(self.wg, ifindex, created)
         if self.opts.ip_masq:
-            await asyncio.to_thread(apply_masq, cfg.network, held.record.subnet)
+            await asyncio.to_thread(
+                self.host.run_nft, masq_ruleset(cfg.network, held.record.subnet)
+            )
         if self.status.subnet != held.record.subnet:
             mtu = cfg.subnet_mtu(underlay.link.mtu)
             content = SubnetFile(
@@ -554,7 +573,7 @@ class Daemon:
                 log.warning("not programming peer %s: %s", subnet, reason)
         self.status.peers = found.peers
         self.status.reconciles += 1
-        self.status.last_reconcile = time.time()
+        self.status.last_reconcile = self.clock.wall()
 
     def warn_plain_cross_site(
         self,
@@ -586,7 +605,7 @@ class Daemon:
         once, the WireGuard device gets it in this pass, the lease right after."""
         if self._rotation is None or not self._rotation.due:
             return
-        assert self._key is not None and self._paths is not None
+        assert self._paths is not None
         key = self._rotation.rotate(self._key)
         if key is None:
             return  # could not be written: logged, the old key stays in use everywhere
@@ -601,7 +620,7 @@ class Daemon:
         rotation request is acknowledged."""
         if self._rotation is None:
             return
-        assert self._key is not None and keeper.held is not None
+        assert keeper.held is not None
         me, ours = keeper.held.record, self._key.public.base64
         if me.public_key != ours:
             await keeper.republish(replace(me, public_key=ours))
@@ -625,9 +644,9 @@ class Daemon:
     async def _apply(self, dev: _Device, changes: Changes, peers: int) -> None:
         if not changes:
             return
-        t0 = time.monotonic()
+        t0 = self.clock.monotonic()
         outcome = await self.dp.apply(dev.ifindex, changes)
-        ms = (time.monotonic() - t0) * 1000
+        ms = (self.clock.monotonic() - t0) * 1000
         failed = f", {len(outcome.errors)} failed" if outcome.errors else ""
         self._churn.note(
             change_counts(dev.name, changes, len(outcome.errors)),
@@ -668,7 +687,10 @@ class Daemon:
         return keeper is not None and keeper.held is not None and self.status.reconciles > 0
 
     def _healthz(self) -> tuple[int, Any]:
-        return 200, {"status": "ok", "uptime": round(time.monotonic() - self.status.started, 1)}
+        return 200, {
+            "status": "ok",
+            "uptime": round(self.clock.monotonic() - self.status.started, 1),
+        }
 
     def _readyz(self) -> tuple[int, Any]:
         if self._ready():
@@ -697,20 +719,24 @@ class Daemon:
         }
 
 
-def enable_forwarding() -> None:
-    """net.ipv4.ip_forward=1 (gateway topology); ``KernelError`` if it cannot be set."""
+async def _compose_and_run(opts: DaemonOptions, dataplane: DataPlane) -> None:
+    """The composition root: the real store, state dir and node key, given to ``Daemon``."""
+    store = EtcdStore(opts.etcd)
     try:
-        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
-    except OSError as exc:
-        raise KernelError(f"cannot enable IPv4 forwarding: {exc.strerror}") from None
+        await store.connect()  # first: bad TLS files end the daemon before side effects
+        key = NodeKey.load_or_create(opts.state_dir)
+        await Daemon(opts, store, dataplane, StateDir(opts.state_dir), key).run()
+    finally:
+        await store.close()
+        dataplane.close()
 
 
 def run_daemon(opts: DaemonOptions, dataplane: DataPlane) -> None:
-    """Run until SIGTERM/SIGINT; uvloop when available."""
+    """Run until SIGTERM/SIGINT with the real collaborators; uvloop when available."""
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
-    runner(Daemon(opts, dataplane).run())
+    runner(_compose_and_run(opts, dataplane))
