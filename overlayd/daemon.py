@@ -142,6 +142,7 @@ class Daemon:
         self._key = key
         self._rotation: KeyRotation | None = None  # ``overlayctl node rotate-key``
         self._dirty = asyncio.Event()
+        self._stop = asyncio.Event()  # set by SIGTERM/SIGINT or ``stop()``
         self._changed: set[IPv4Network] = set()  # subnets whose lease changed since the last plan
         self._full = True  # replan and diff everything (not just ``_changed``)
         self._device_stale = True
@@ -175,9 +176,8 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, self.stop)
         health = self._health = HealthServer(
             self.opts.healthz_listen,
             self.opts.healthz_port,
@@ -191,7 +191,7 @@ class Daemon:
         if self.opts.healthz_port:
             await health.start()
         main = asyncio.create_task(self._main())
-        stopper = asyncio.create_task(stop.wait())
+        stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
         main.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -203,6 +203,10 @@ class Daemon:
             raise main.exception()  # type: ignore[misc]
         # SIGTERM leaves the data plane in place: peers keep working while we restart
         log.info("stopped; data plane left in place")
+
+    def stop(self) -> None:
+        """End ``run`` as SIGTERM does: the data plane stays in place."""
+        self._stop.set()
 
     async def _main(self) -> None:
         self._identity = self.state_dir.identity()

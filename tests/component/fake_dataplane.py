@@ -1,20 +1,24 @@
 """A stateful in-memory data plane for component tests of the daemon (no root, no netlink).
 
 It implements overlayd.dataplane.DataPlaneApi: each device (by ifindex) keeps its routes,
-neighbours and FDB entries; ``dump`` answers from that state, ``apply`` changes it and is
-recorded. Tests may put entries in beforehand (what a previous run left) with ``preload``.
+neighbours and FDB entries; ``dump`` answers from that state, ``apply`` changes it, is
+recorded, and notifies the device's monitor as the kernel does (the daemon's mirror is
+kept from notifications, not from what it asked for). Tests may put entries in beforehand
+(what a previous run left) with ``preload``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 from overlayd.dataplane import Underlay, VxlanSpec
-from overlayd.kernel_state import Changes, KernelState
+from overlayd.kernel_state import Changes, FdbEntry, KernelState, NeighEntry, RouteEntry
 from overlayd.keys import PublicKey
+from overlayd.netlink.codec import Action, FdbMessage, NeighMessage, RouteMessage
 from overlayd.netlink.link import LinkInfo
 from overlayd.netlink.rtnl import ApplyResult, KernelEvent
 from overlayd.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig
@@ -36,7 +40,7 @@ class FakeDataPlane:
     specs: dict[int, VxlanSpec] = field(default_factory=dict)
     wg_peers: dict[PublicKey, WgPeerConfig] = field(default_factory=dict)
     applied: list[tuple[int, Changes]] = field(default_factory=list)
-    monitored: set[int] = field(default_factory=set)
+    monitors: dict[int, Callable[[list[KernelEvent] | None], None]] = field(default_factory=dict)
 
     def preload(self, ifindex: int, state: KernelState) -> None:
         """Entries a device holds before the daemon starts (a previous run's)."""
@@ -107,9 +111,39 @@ class FakeDataPlane:
         s.neighs.update((n.ip, n) for n in changes.set_neighs)
         s.fdbs.update((f.mac, f) for f in changes.set_fdbs)
         self.applied.append((ifindex, changes))
+        self._notify(ifindex, changes)
         return ApplyResult(ok=len(changes))
+
+    def _notify(self, ifindex: int, changes: Changes) -> None:
+        on_events = self.monitors.get(ifindex)
+        if on_events is None:
+            return
+        events = [
+            *(_event(ifindex, Action.DEL, e) for e in changes.del_routes),
+            *(_event(ifindex, Action.DEL, e) for e in changes.del_neighs),
+            *(_event(ifindex, Action.DEL, e) for e in changes.del_fdbs),
+            *(_event(ifindex, Action.NEW, e) for e in changes.set_routes),
+            *(_event(ifindex, Action.NEW, e) for e in changes.set_neighs),
+            *(_event(ifindex, Action.NEW, e) for e in changes.set_fdbs),
+        ]
+        if events:  # delivered later on the loop, as the monitor thread's bursts are
+            asyncio.get_running_loop().call_soon(on_events, events)
 
     def start_monitor(
         self, ifindex: int, on_events: Callable[[list[KernelEvent] | None], None]
     ) -> None:
-        self.monitored.add(ifindex)
+        self.monitors[ifindex] = on_events
+
+
+def _event(ifindex: int, action: Action, entry: RouteEntry | NeighEntry | FdbEntry) -> KernelEvent:
+    """The notification the kernel sends for one of our entries."""
+    if isinstance(entry, RouteEntry):
+        msg: RouteMessage | NeighMessage | FdbMessage = RouteMessage(
+            action, entry.dst, entry.via, ifindex, table=254, protocol=0, scope=0, type=1,
+            flags=0, priority=0,
+        )  # fmt: skip
+    elif isinstance(entry, NeighEntry):
+        msg = NeighMessage(action, ifindex, entry.ip, entry.mac, state=0x80, flags=0)
+    else:
+        msg = FdbMessage(action, ifindex, entry.mac, entry.dst, state=0x80, flags=0x02)
+    return KernelEvent(msg, owned=True)
