@@ -372,7 +372,7 @@ class Daemon:
     # -- inputs ------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        backoff = Retry(Backoff(cap=10.0))
+        backoff = Retry(Backoff(cap=10.0), running=True)
         assert self._keeper is not None
         first, self._keeper.snapshot = self._keeper.snapshot, None
         while True:
@@ -382,7 +382,7 @@ class Daemon:
                     self._absorb(batch)
                     backoff.reset()
             except OverlaydError as exc:
-                if not exc.retryable:
+                if not backoff.retries(exc):
                     raise
                 delay = backoff.next_delay()
                 log.warning("lease watch failed: %s; retrying in %.0fs", exc, delay)

@@ -96,7 +96,7 @@ class GatewayAgent:
             await self.through.close()
 
     async def _watch(self) -> None:
-        backoff = Retry(FIXED_1S)
+        backoff = Retry(FIXED_1S, running=True)
         while True:
             try:
                 async for state in self._store.watch_gateways():
@@ -104,7 +104,7 @@ class GatewayAgent:
                     self._wake.set()
                     self._on_change()
             except StoreError as exc:
-                if not exc.retryable:
+                if not backoff.retries(exc):
                     raise
                 log.warning("gateway watch failed: %s; retrying", exc)
                 await backoff.pause()

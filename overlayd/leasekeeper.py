@@ -89,7 +89,7 @@ class LeaseKeeper:
         self._writing: tuple[LeaseRecord, int] | None = None  # (record, etcd lease) in flight
         self._foreign_log = Throttle(FOREIGN_WARN_INTERVAL)
         # doubles while the store fails a restore
-        self._restore_backoff = Retry(Backoff(first=RESTORE_RETRY, cap=30.0))
+        self._restore_backoff = Retry(Backoff(first=RESTORE_RETRY, cap=30.0), running=True)
         self.held: HeldLease | None = None
         self.snapshot: Snapshot | None = None  # the leases as last listed to claim one
 
@@ -147,7 +147,7 @@ class LeaseKeeper:
             else:
                 log.warning("cannot acquire a lease yet: %s; retrying in %.0fs", exc, delay)
 
-        held = await retry(self.acquire_once, Retry(Backoff(cap=30.0)), failed)
+        held = await retry(self.acquire_once, Retry(Backoff(cap=30.0), running=True), failed)
         self._set(held)
         return held
 
@@ -299,7 +299,7 @@ class LeaseKeeper:
         try:
             revision = await self._store.rebind_lease(record, held.lease_id, seen.mod_revision)
         except StoreError as exc:
-            if not exc.retryable:
+            if not self._restore_backoff.retries(exc):
                 raise
             delay = self._restore_backoff.next_delay()
             log.warning("cannot restore lease %s yet: %s; retrying in %.0fs", seen.subnet, exc,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from overlayd.errors import OverlaydError
+from overlayd.errors import OverlaydError, StoreError
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -43,19 +43,32 @@ class Backoff:
 FIXED_1S = Backoff(first=1.0, cap=1.0)  # a loop that must come back soon, whatever failed
 
 
-def retryable(exc: BaseException) -> bool:
-    """Whether a control loop should try again after ``exc`` (our errors say so)."""
-    return isinstance(exc, OverlaydError) and exc.retryable
+def retryable(exc: BaseException, *, running: bool = False) -> bool:
+    """Whether a control loop should try again after ``exc`` (our errors say so).
+
+    ``running``: a loop of a daemon that is up also retries store errors that need a person
+    (``EtcdTlsError``): exiting would fix nothing and the data plane keeps working, so it
+    logs and keeps trying (docs/etcd-access.md); only at the first contact do they end it.
+    """
+    if not isinstance(exc, OverlaydError):
+        return False
+    return exc.retryable or (running and isinstance(exc, StoreError))
 
 
 class Retry:
     """The state of one loop's backoff: ``pause()`` after a failure, ``reset()`` after a
-    success."""
+    success; ``running``: see ``retryable``."""
 
     def __init__(
-        self, policy: Backoff, *, sleep: Sleep = asyncio.sleep, rng: Rng | None = None
+        self,
+        policy: Backoff,
+        *,
+        running: bool = False,
+        sleep: Sleep = asyncio.sleep,
+        rng: Rng | None = None,
     ) -> None:
         self.policy = policy
+        self.running = running
         self._sleep = sleep
         self._rng = rng or random.Random().random
         self.attempt = 0
@@ -73,6 +86,10 @@ class Retry:
     def reset(self) -> None:
         self.attempt = 0
 
+    def retries(self, exc: BaseException) -> bool:
+        """Whether this loop tries again after ``exc``."""
+        return retryable(exc, running=self.running)
+
 
 async def retry(
     op: Callable[[], Awaitable[T]],
@@ -85,7 +102,7 @@ async def retry(
         try:
             return await op()
         except OverlaydError as exc:
-            if not exc.retryable:
+            if not backoff.retries(exc):
                 raise
             delay = backoff.next_delay()
             on_error(exc, delay)

@@ -129,14 +129,14 @@ class KeyRotation:
 
     async def watch(self) -> None:
         """Follow the request key forever; store failures are retried with backoff."""
-        backoff = Retry(Backoff(cap=10.0))
+        backoff = Retry(Backoff(cap=10.0), running=True)
         while True:
             try:
                 async for value in self._store.watch_control(self._node, VERB):
                     self.seen(value)
                     backoff.reset()
             except StoreError as exc:
-                if not exc.retryable:
+                if not backoff.retries(exc):
                     raise
                 log.warning("watch of key rotation requests failed: %s; retrying", exc)
             # ended, with an error or (it should not) without: never spin, pause first

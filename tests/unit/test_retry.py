@@ -60,6 +60,15 @@ def test_errors_say_whether_they_are_retried() -> None:
     assert EtcdTlsError.exit_code == 2 and StoreError.exit_code == 1
 
 
+def test_a_running_daemon_retries_every_store_error() -> None:
+    """Certificates refused at the first contact end the daemon (exit 2); once it runs,
+    they are logged and retried like any store failure (docs/etcd-access.md)."""
+    assert retryable(EtcdTlsError("x"), running=True)
+    assert not retryable(ConfigError("x"), running=True)
+    assert Retry(Backoff(), running=True).retries(EtcdTlsError("x"))
+    assert not Retry(Backoff()).retries(EtcdTlsError("x"))
+
+
 def test_retry_until_success_with_growing_delays_then_reset() -> None:
     sleeps = Sleeps()
     failures: list[OverlaydError] = [StoreError("a"), KernelError("b"), StoreError("c")]
