@@ -33,7 +33,6 @@ from overlayd.gateway import GatewayAgent, GatewayOptions
 from overlayd.health import HealthServer
 from overlayd.health_listen import LOOPBACK, ListenSpec
 from overlayd.host import Clock, Host
-from overlayd.host import enable_forwarding as enable_forwarding
 from overlayd.identity import NodeIdentity, StateDir
 from overlayd.ingress import VxlanPeers
 from overlayd.ingress_nft import IngressFilter, IngressTable
