@@ -1,5 +1,8 @@
 """The overlayd daemon: wires the store, the lease keeper, the planner and the data plane.
 
+It is given its collaborators (store, data plane, state dir, node key, host effects,
+clock) by the composition root, ``run_daemon``; it constructs none of those itself.
+
 Recompute, don't react: store events, kernel notifications and timers only mark the state
 dirty; one loop replans from the full state and applies the diff against the kernel state
 we own. Nothing is deleted before the first full snapshot of the store has loaded, so a
@@ -12,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -22,27 +24,25 @@ from typing import Any
 from overlayd.churnlog import activity_churn, change_counts, lease_counts, wireguard_counts
 from overlayd.cleartext import plain_cross_site
 from overlayd.config import NetworkConfig
-from overlayd.dataplane import DataPlane, Underlay, VxlanSpec
+from overlayd.dataplane import DataPlane, DataPlaneApi, Underlay, VxlanSpec
 from overlayd.errors import (
     ConfigMissingError,
-    EtcdTlsError,
-    KernelError,
     OverlaydError,
-    StoreError,
 )
 from overlayd.gateway import GatewayAgent, GatewayOptions
 from overlayd.health import HealthServer
 from overlayd.health_listen import LOOPBACK, ListenSpec
+from overlayd.host import Clock, Host
 from overlayd.identity import NodeIdentity, StateDir
 from overlayd.ingress import VxlanPeers
-from overlayd.ingress_nft import IngressFilter
+from overlayd.ingress_nft import IngressFilter, IngressTable
 from overlayd.kernel_state import Changes, KernelState, diff, diff_keys
 from overlayd.keys import NodeKey, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.lease_rules import check_own_record, check_scope, publishable
 from overlayd.leasekeeper import HeldLease, LeaseKeeper
 from overlayd.logs import quote
-from overlayd.masq import apply_masq
+from overlayd.masq import masq_ruleset
 from overlayd.mirror import KernelMirror
 from overlayd.netlink.rtnl import KernelEvent
 from overlayd.pathing import PathKeeper
@@ -50,14 +50,16 @@ from overlayd.plan_node import PlanMemo, plan_node
 from overlayd.plan_wireguard import WireGuardPlan
 from overlayd.probe.prober import ProbeConfig
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
+from overlayd.retry import FIXED_1S, Backoff, Retry, retry
 from overlayd.rotation import KeyRotation, key_change
-from overlayd.sdnotify import sd_notify
 from overlayd.store import EtcdSettings, EtcdStore, EventKind, StoredLease, WatchBatch
+from overlayd.store_api import Store
 from overlayd.subnetfile import SubnetFile, write_subnet_file
 from overlayd.wireguard import WgDeviceConfig, interface_name
 
 log = logging.getLogger("overlayd")
 
+ANY_ADDRESS = IPv4Address("0.0.0.0")
 RESYNC_INTERVAL = 30.0  # full read-back of the kernel state, besides netlink notifications
 
 
@@ -80,6 +82,7 @@ class DaemonOptions:
     probe_port: int = DEFAULT_PROBE_PORT
     public_ip_auto: bool = True  # publish public addresses that peers in other sites confirm
     gateway_candidate: bool = True  # may be elected its site's gateway (gateway topology)
+    probe_bind: IPv4Address = ANY_ADDRESS  # tests: 127.0.0.1 (no flag)
 
 
 @dataclass
@@ -97,7 +100,7 @@ class _Device:
 class _Status:
     """Facts the health endpoints report; mutated only by the daemon's own loop."""
 
-    started: float = field(default_factory=time.monotonic)
+    started: float = 0.0  # the clock's monotonic time at start
     subnet: IPv4Network | None = None
     reconciles: int = 0
     last_reconcile: float | None = None
@@ -107,13 +110,27 @@ class _Status:
 
 
 class Daemon:
-    def __init__(self, opts: DaemonOptions, dataplane: DataPlane) -> None:
+    """One node's agent. ``store`` is connected by the caller, which also closes it and
+    the data plane after ``run``; ``key`` is the node key loaded from ``state_dir``."""
+
+    def __init__(
+        self,
+        opts: DaemonOptions,
+        store: Store,
+        dataplane: DataPlaneApi,
+        state_dir: StateDir,
+        key: NodeKey,
+        host: Host | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.opts = opts
         self.dp = dataplane
-        self.store = EtcdStore(opts.etcd)
-        self.state_dir = StateDir(opts.state_dir)
+        self.store = store
+        self.state_dir = state_dir
+        self.host = host or Host()
+        self.clock = clock or Clock()
         self.planner = PlanMemo()  # plan_node's memo: the incremental VXLAN fast path
-        self.status = _Status()
+        self.status = _Status(started=self.clock.monotonic())
         self.leases: dict[IPv4Network, StoredLease] = {}
         self.records: dict[IPv4Network, LeaseRecord] = {}
         self.created: dict[IPv4Network, int] = {}  # etcd create_revision: older wins conflicts
@@ -121,9 +138,10 @@ class Daemon:
         self._bad_seen: set[tuple[IPv4Network, int]] = set()
         self.vxlan = _Device("vxlan")
         self.wg = _Device("wireguard")
-        self._key: NodeKey | None = None
+        self._key = key
         self._rotation: KeyRotation | None = None  # ``overlayctl node rotate-key``
         self._dirty = asyncio.Event()
+        self._stop = asyncio.Event()  # set by SIGTERM/SIGINT or ``stop()``
         self._changed: set[IPv4Network] = set()  # subnets whose lease changed since the last plan
         self._full = True  # replan and diff everything (not just ``_changed``)
         self._device_stale = True
@@ -140,7 +158,9 @@ class Daemon:
         self._churn = activity_churn(log)  # a line per change; a summary per second under churn
         self._plain_cross_site = False  # warned: peers of other sites over plain VXLAN
         self._health: HealthServer | None = None
-        self._ingress = IngressFilter(churn=self._churn)  # who may send us VXLAN (backends.md)
+        self._ingress = IngressFilter(  # who may send us VXLAN (backends.md)
+            IngressTable(self.host.run_nft, self.host.read_nft), churn=self._churn
+        )
         self._vxlan_spec: VxlanSpec | None = None
 
     # -- wiring ------------------------------------------------------------------------
@@ -155,9 +175,8 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, self.stop)
         health = self._health = HealthServer(
             self.opts.healthz_listen,
             self.opts.healthz_port,
@@ -171,14 +190,12 @@ class Daemon:
         if self.opts.healthz_port:
             await health.start()
         main = asyncio.create_task(self._main())
-        stopper = asyncio.create_task(stop.wait())
+        stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
         main.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await main
         await health.close()
-        await self.store.close()
-        self.dp.close()
         if self._paths is not None:
             await self._paths.close()
         if main in done and main.exception() is not None:
@@ -186,15 +203,18 @@ class Daemon:
         # SIGTERM leaves the data plane in place: peers keep working while we restart
         log.info("stopped; data plane left in place")
 
+    def stop(self) -> None:
+        """End ``run`` as SIGTERM does: the data plane stays in place."""
+        self._stop.set()
+
     async def _main(self) -> None:
-        await self.store.connect()  # first: bad TLS files end the daemon before side effects
         self._identity = self.state_dir.identity()
-        key = self._key = NodeKey.load_or_create(self.opts.state_dir)
+        key = self._key
         # resolving endpoint names may block: not on the event loop
         self._unguessable = await asyncio.to_thread(self.store.endpoint_addresses)
         self._paths = PathKeeper(
             key,
-            ProbeConfig(port=self.opts.probe_port),
+            ProbeConfig(port=self.opts.probe_port, bind=self.opts.probe_bind),
             self._on_probe,
             unguessable=self._unguessable,
         )
@@ -241,10 +261,10 @@ class Daemon:
         )
         held = await self._keeper.acquire()
         await self._configure_devices(held)
-        sd_notify("READY=1")
+        self.host.notify("READY=1")
         if self._cfg.topology.uses_gateways:
             # gateways forward between the in-site VXLAN and WireGuard; any host may become one
-            await asyncio.to_thread(enable_forwarding)
+            await asyncio.to_thread(self.host.enable_forwarding)
             self._gateway = GatewayAgent(
                 self.store,
                 self._cfg,
@@ -262,35 +282,30 @@ class Daemon:
             tasks.create_task(self.reconcile_loop())
 
     async def _wait_config(self) -> NetworkConfig:
-        delay = 1.0
-        while True:
-            try:
-                cfg = await self.store.get_config()
-                log.info(
-                    "network %s, /%d subnets, backend %s (VNI %d, port %d)",
-                    cfg.network,
-                    cfg.subnet_len,
-                    cfg.backend.type,
-                    cfg.backend.vni,
-                    cfg.backend.port,
-                )
-                return cfg
-            except ConfigMissingError as exc:
+        def waiting(exc: OverlaydError, _delay: float) -> None:
+            if isinstance(exc, ConfigMissingError):
                 log.warning("%s; waiting (hint: %s)", exc, exc.hint)
-            except EtcdTlsError:
-                raise  # the first contact was refused over certificates: exit 2, not retry
-            except StoreError as exc:
+            else:
                 log.warning("cannot read the network config yet: %s", exc)
-            # an invalid config (ConfigError) is not retried: it needs a person
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+
+        # not retried (exc.retryable false): an invalid config (ConfigError) needs a person,
+        # and a first contact refused over certificates (EtcdTlsError) ends with exit 2
+        cfg = await retry(self.store.get_config, Retry(Backoff(cap=10.0)), waiting)
+        log.info(
+            "network %s, /%d subnets, backend %s (VNI %d, port %d)",
+            cfg.network,
+            cfg.subnet_len,
+            cfg.backend.type,
+            cfg.backend.vni,
+            cfg.backend.port,
+        )
+        return cfg
 
     # -- device and subnet file ----------------------------------------------------------
 
     async def _configure_devices(self, held: HeldLease) -> None:
         cfg, underlay, identity = self._cfg, self._underlay, self._identity
         assert cfg is not None and underlay is not None and identity is not None
-        assert self._key is not None
         backend = cfg.backend
         # flannel puts the subnet's .0 on the device as a /32: routes to peers are onlink
         address = IPv4Interface(f"{held.record.overlay_ip}/32")
@@ -326,7 +341,9 @@ class Daemon:
             )
             self._attach(self.wg, ifindex, created)
         if self.opts.ip_masq:
-            await asyncio.to_thread(apply_masq, cfg.network, held.record.subnet)
+            await asyncio.to_thread(
+                self.host.run_nft, masq_ruleset(cfg.network, held.record.subnet)
+            )
         if self.status.subnet != held.record.subnet:
             mtu = cfg.subnet_mtu(underlay.link.mtu)
             content = SubnetFile(
@@ -354,7 +371,7 @@ class Daemon:
     # -- inputs ------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        delay = 1.0
+        backoff = Retry(Backoff(cap=10.0), running=True)
         assert self._keeper is not None
         first, self._keeper.snapshot = self._keeper.snapshot, None
         while True:
@@ -362,11 +379,13 @@ class Daemon:
                 async for batch in self.store.watch_leases(first):
                     first = None
                     self._absorb(batch)
-                    delay = 1.0
-            except StoreError as exc:
+                    backoff.reset()
+            except OverlaydError as exc:
+                if not backoff.retries(exc):
+                    raise
+                delay = backoff.next_delay()
                 log.warning("lease watch failed: %s; retrying in %.0fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await backoff.pause(delay)
 
     def _absorb(self, batch: WatchBatch) -> None:
         assert self._keeper is not None
@@ -477,6 +496,7 @@ class Daemon:
         """Run a reconcile pass each time the daemon is marked dirty, forever; a failed pass
         is retried. ``reconcile``: what a pass runs (default: the daemon's own pass)."""
         one_pass = reconcile or self._reconcile
+        backoff = Retry(FIXED_1S)
         while True:
             await self._dirty.wait()
             self._dirty.clear()
@@ -488,7 +508,7 @@ class Daemon:
                 # one failed pass must not end the daemon
                 self.status.last_error = str(exc)
                 log.error("reconcile failed: %s; retrying", exc)
-                await asyncio.sleep(1.0)
+                await backoff.pause()
                 self.mark_dirty(dump=True, device=True)
 
     async def _reconcile(self) -> None:
@@ -556,7 +576,7 @@ class Daemon:
                 log.warning("not programming peer %s: %s", subnet, reason)
         self.status.peers = found.peers
         self.status.reconciles += 1
-        self.status.last_reconcile = time.time()
+        self.status.last_reconcile = self.clock.wall()
 
     def warn_plain_cross_site(
         self,
@@ -588,7 +608,7 @@ class Daemon:
         once, the WireGuard device gets it in this pass, the lease right after."""
         if self._rotation is None or not self._rotation.due:
             return
-        assert self._key is not None and self._paths is not None
+        assert self._paths is not None
         key = self._rotation.rotate(self._key)
         if key is None:
             return  # could not be written: logged, the old key stays in use everywhere
@@ -603,7 +623,7 @@ class Daemon:
         rotation request is acknowledged."""
         if self._rotation is None:
             return
-        assert self._key is not None and keeper.held is not None
+        assert keeper.held is not None
         me, ours = keeper.held.record, self._key.public.base64
         if me.public_key != ours:
             await keeper.republish(replace(me, public_key=ours))
@@ -627,9 +647,9 @@ class Daemon:
     async def _apply(self, dev: _Device, changes: Changes, peers: int) -> None:
         if not changes:
             return
-        t0 = time.monotonic()
+        t0 = self.clock.monotonic()
         outcome = await self.dp.apply(dev.ifindex, changes)
-        ms = (time.monotonic() - t0) * 1000
+        ms = (self.clock.monotonic() - t0) * 1000
         failed = f", {len(outcome.errors)} failed" if outcome.errors else ""
         self._churn.note(
             change_counts(dev.name, changes, len(outcome.errors)),
@@ -670,7 +690,10 @@ class Daemon:
         return keeper is not None and keeper.held is not None and self.status.reconciles > 0
 
     def _healthz(self) -> tuple[int, Any]:
-        return 200, {"status": "ok", "uptime": round(time.monotonic() - self.status.started, 1)}
+        return 200, {
+            "status": "ok",
+            "uptime": round(self.clock.monotonic() - self.status.started, 1),
+        }
 
     def _readyz(self) -> tuple[int, Any]:
         if self._ready():
@@ -699,20 +722,24 @@ class Daemon:
         }
 
 
-def enable_forwarding() -> None:
-    """net.ipv4.ip_forward=1 (gateway topology); ``KernelError`` if it cannot be set."""
+async def _compose_and_run(opts: DaemonOptions, dataplane: DataPlane) -> None:
+    """The composition root: the real store, state dir and node key, given to ``Daemon``."""
+    store = EtcdStore(opts.etcd)
     try:
-        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
-    except OSError as exc:
-        raise KernelError(f"cannot enable IPv4 forwarding: {exc.strerror}") from None
+        await store.connect()  # first: bad TLS files end the daemon before side effects
+        key = NodeKey.load_or_create(opts.state_dir)
+        await Daemon(opts, store, dataplane, StateDir(opts.state_dir), key).run()
+    finally:
+        await store.close()
+        dataplane.close()
 
 
 def run_daemon(opts: DaemonOptions, dataplane: DataPlane) -> None:
-    """Run until SIGTERM/SIGINT; uvloop when available."""
+    """Run until SIGTERM/SIGINT with the real collaborators; uvloop when available."""
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
-    runner(Daemon(opts, dataplane).run())
+    runner(_compose_and_run(opts, dataplane))

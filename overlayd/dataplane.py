@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Interface
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from overlayd.errors import WireGuardError
 from overlayd.kernel_state import Changes, KernelState
@@ -24,7 +24,42 @@ from overlayd.wireguard import Driver, PeerChanges, WgDeviceConfig, WgPeerConfig
 log = logging.getLogger("overlayd.dataplane")
 T = TypeVar("T")
 
-__all__ = ["DataPlane", "Underlay", "VxlanSpec"]
+__all__ = ["DataPlane", "DataPlaneApi", "Underlay", "VxlanSpec"]
+
+
+class DataPlaneApi(Protocol):
+    """Exactly what the daemon calls on its data plane: ``DataPlane`` below, or a fake in
+    component tests (tests/component/fake_dataplane.py). Closing is the owner's business
+    (the composition root), not the daemon's."""
+
+    async def underlay(self, iface: str | None) -> Underlay:
+        """The underlay interface (name or address; None: the default route's)."""
+        ...
+
+    async def ensure_device(self, spec: VxlanSpec, address: IPv4Interface) -> int: ...
+
+    async def ensure_wireguard(
+        self,
+        ifname: str,
+        device: WgDeviceConfig,
+        address: IPv4Interface,
+        log_path: Path,
+        on_exit: Callable[[], None],
+    ) -> tuple[int, bool]: ...
+
+    async def apply_wireguard_peers(
+        self, peers: Iterable[WgPeerConfig], *, allow_delete: bool
+    ) -> PeerChanges: ...
+
+    async def dump(self, ifindex: int) -> KernelState:
+        """What the device ``ifindex`` holds of the kinds we own."""
+        ...
+
+    async def apply(self, ifindex: int, changes: Changes) -> ApplyResult: ...
+
+    def start_monitor(
+        self, ifindex: int, on_events: Callable[[list[KernelEvent] | None], None]
+    ) -> None: ...
 
 
 class DataPlane:

@@ -7,11 +7,15 @@ class OverlaydError(Exception):
     """Base of every error overlayd raises on purpose.
 
     ``hint`` is a short suggestion shown to a person by the CLI; ``exit_code`` is what
-    a command ends with on this error (2: usage or configuration, 1: runtime).
+    a command ends with on this error (2: usage or configuration, 1: runtime);
+    ``retryable`` says whether a control loop tries again after it (overlayd/retry.py):
+    true for failures that may pass by themselves (etcd away, netlink busy), false for
+    what needs a person (a bad config, certificates etcd refuses).
     """
 
     hint: str = ""
     exit_code: int = 1
+    retryable: bool = False
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -33,6 +37,7 @@ class LeaseFormatError(OverlaydError):
 class StoreError(OverlaydError):
     """The store (etcd) failed or is unreachable."""
 
+    retryable = True
     hint = "check --etcd-endpoints and that etcd is running"
 
 
@@ -42,6 +47,7 @@ TLS_HINT = "check --etcd-endpoints, --etcd-cafile, --etcd-certfile and --etcd-ke
 class EtcdTlsError(StoreError):
     """etcd and overlayd do not agree on TLS: a certificate problem, which needs a person."""
 
+    retryable = False
     hint = TLS_HINT
     exit_code = 2
 
@@ -55,6 +61,7 @@ class ConfigMissingError(StoreError):
 class PoolExhaustedError(OverlaydError):
     """No free subnet is left in the network."""
 
+    retryable = True
     hint = "revoke stale leases ('overlayctl leases revoke') or enlarge the network"
 
 
@@ -65,10 +72,16 @@ class NotFoundError(OverlaydError):
 class DaemonUnreachableError(OverlaydError):
     """A running daemon's health port could not be read."""
 
+    retryable = True
+
 
 class KernelError(OverlaydError):
     """A netlink/nftables/ethtool operation failed."""
 
+    retryable = True
+
 
 class WireGuardError(OverlaydError):
     """Driving WireGuard (kernel or wireguard-go) failed."""
+
+    retryable = True

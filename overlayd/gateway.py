@@ -30,6 +30,7 @@ from overlayd.keys import NodeKey, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.plan_gateway import entry_points
 from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober
+from overlayd.retry import FIXED_1S, Retry
 from overlayd.store_api import Store
 
 log = logging.getLogger("overlayd.gateway")
@@ -95,6 +96,7 @@ class GatewayAgent:
             await self.through.close()
 
     async def _watch(self) -> None:
+        backoff = Retry(FIXED_1S, running=True)
         while True:
             try:
                 async for state in self._store.watch_gateways():
@@ -102,8 +104,10 @@ class GatewayAgent:
                     self._wake.set()
                     self._on_change()
             except StoreError as exc:
+                if not backoff.retries(exc):
+                    raise
                 log.warning("gateway watch failed: %s; retrying", exc)
-                await asyncio.sleep(1.0)
+                await backoff.pause()
 
     async def _keep_lease(self) -> None:
         while True:

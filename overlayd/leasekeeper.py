@@ -24,10 +24,11 @@ from typing import Protocol
 
 from overlayd.alloc import ClaimKind, plan_claims
 from overlayd.config import NetworkConfig
-from overlayd.errors import PoolExhaustedError, StoreError
+from overlayd.errors import OverlaydError, PoolExhaustedError, StoreError
 from overlayd.identity import StateDir
 from overlayd.lease import LeaseRecord, subnet_key_name
 from overlayd.logs import Throttle, quote
+from overlayd.retry import Backoff, Retry, retry
 from overlayd.store_api import Snapshot, StoredLease
 
 log = logging.getLogger("overlayd.lease")
@@ -87,7 +88,8 @@ class LeaseKeeper:
         self._foreign: StoredLease | None = None  # a value in our key we did not write
         self._writing: tuple[LeaseRecord, int] | None = None  # (record, etcd lease) in flight
         self._foreign_log = Throttle(FOREIGN_WARN_INTERVAL)
-        self._restore_delay = RESTORE_RETRY  # doubles while the store fails a restore
+        # doubles while the store fails a restore
+        self._restore_backoff = Retry(Backoff(first=RESTORE_RETRY, cap=30.0), running=True)
         self.held: HeldLease | None = None
         self.snapshot: Snapshot | None = None  # the leases as last listed to claim one
 
@@ -138,19 +140,16 @@ class LeaseKeeper:
 
     async def acquire(self) -> HeldLease:
         """Claim a subnet, retrying store errors and exhaustion until one is held."""
-        delay = 1.0
-        while True:
-            try:
-                held = await self.acquire_once()
-            except PoolExhaustedError as exc:
+
+        def failed(exc: OverlaydError, delay: float) -> None:
+            if isinstance(exc, PoolExhaustedError):
                 log.error("%s; retrying in %.0fs (hint: %s)", exc, delay, exc.hint)
-            except StoreError as exc:
-                log.warning("cannot acquire a lease yet: %s; retrying in %.0fs", exc, delay)
             else:
-                self._set(held)
-                return held
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+                log.warning("cannot acquire a lease yet: %s; retrying in %.0fs", exc, delay)
+
+        held = await retry(self.acquire_once, Retry(Backoff(cap=30.0), running=True), failed)
+        self._set(held)
+        return held
 
     async def acquire_once(self) -> HeldLease:
         """One attempt to claim a subnet (``acquire`` retries it): raises PoolExhaustedError
@@ -300,18 +299,20 @@ class LeaseKeeper:
         try:
             revision = await self._store.rebind_lease(record, held.lease_id, seen.mod_revision)
         except StoreError as exc:
-            delay, self._restore_delay = self._restore_delay, min(self._restore_delay * 2, 30.0)
+            if not self._restore_backoff.retries(exc):
+                raise
+            delay = self._restore_backoff.next_delay()
             log.warning("cannot restore lease %s yet: %s; retrying in %.0fs", seen.subnet, exc,
                         delay)  # fmt: skip
             await self._renew(held)  # our etcd lease itself may be gone: then re-acquire
-            await asyncio.sleep(delay)
+            await self._restore_backoff.pause(delay)
             if self._foreign is None:
                 self._foreign = seen  # nothing newer came in: try again with what we saw
             self._wake.set()
             return
         finally:
             self._writing = None
-        self._restore_delay = RESTORE_RETRY
+        self._restore_backoff.reset()
         if revision and self.held == held:
             if record == held.record:
                 self.held = replace(held, revision=revision)

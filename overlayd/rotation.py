@@ -41,6 +41,7 @@ from overlayd.errors import NotFoundError, OverlaydError, StoreError
 from overlayd.keys import NodeKey, NodeKeyError, PublicKey
 from overlayd.lease import LeaseRecord
 from overlayd.logs import quote
+from overlayd.retry import Backoff, Retry
 from overlayd.store_api import ControlStore, ControlValue, LeaseStore
 
 log = logging.getLogger("overlayd.rotation")
@@ -128,17 +129,18 @@ class KeyRotation:
 
     async def watch(self) -> None:
         """Follow the request key forever; store failures are retried with backoff."""
-        delay = 1.0
+        backoff = Retry(Backoff(cap=10.0), running=True)
         while True:
             try:
                 async for value in self._store.watch_control(self._node, VERB):
                     self.seen(value)
-                    delay = 1.0
+                    backoff.reset()
             except StoreError as exc:
+                if not backoff.retries(exc):
+                    raise
                 log.warning("watch of key rotation requests failed: %s; retrying", exc)
             # ended, with an error or (it should not) without: never spin, pause first
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            await backoff.pause()
 
     def rotate(self, key: NodeKey) -> NodeKey | None:
         """Serve the pending request: a new key persisted in place of ``key``.

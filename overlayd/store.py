@@ -49,6 +49,7 @@ from overlayd.etcd_tls import (
 )
 from overlayd.gateway_state import GatewayClaim, GatewayState, HealthReport
 from overlayd.lease import LeaseRecord, subnet_key_name
+from overlayd.retry import Backoff, Retry
 
 # the values live in store_api; re-exported here for the modules that import them from here
 from overlayd.store_api import DEFAULT_PREFIX as DEFAULT_PREFIX
@@ -538,7 +539,7 @@ async def _watch_stream(
     A transient error (member gone, deadline) reconnects after a backoff, from the revision
     after the last event seen; any other error is raised.
     """
-    backoff = WATCH_BACKOFF
+    backoff = Retry(Backoff(first=WATCH_BACKOFF, cap=WATCH_BACKOFF_MAX))
     stub = WatchStub(client._channel)  # the client's own watch leaks tasks; see _WatchRequests
     while True:
         create = WatchCreateRequest(key=key, range_end=end, start_revision=revision)
@@ -548,7 +549,7 @@ async def _watch_stream(
             async for resp in call:
                 for ev in resp.events:
                     revision = max(revision, int(ev.kv.mod_revision) + 1)
-                backoff = WATCH_BACKOFF
+                backoff.reset()
                 yield resp
             return
         except grpc.aio.AioRpcError as exc:
@@ -557,8 +558,7 @@ async def _watch_stream(
         finally:
             requests.close()
             call.cancel()
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
+        await backoff.pause()
 
 
 def _kv(c: Etcd3Client) -> Any:

@@ -13,12 +13,15 @@ import pytest
 from overlayd.cleartext import SITES_SHOWN, PlainCrossSite, plain_cross_site
 from overlayd.config import VXLAN, VXLAN_WIREGUARD, BackendConfig
 from overlayd.daemon import Daemon, DaemonOptions
-from overlayd.dataplane import DataPlane
+from overlayd.identity import StateDir
+from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
+from overlayd.memstore import MemStore
 from overlayd.plan import Planner
 from overlayd.plan_wireguard import plan_wireguard
 from overlayd.store import EtcdSettings
 from tests.builders import node_lease
+from tests.component.fake_dataplane import FakeDataPlane
 
 NETWORK = IPv4Network("10.244.0.0/16")
 
@@ -128,9 +131,9 @@ def daemon(tmp_path: Path) -> Daemon:
         state_dir=tmp_path / "state",
         healthz_port=0,
     )
-    dataplane = DataPlane()
-    dataplane.close()  # only the logging method is used
-    return Daemon(opts, dataplane)
+    state = StateDir(opts.state_dir)
+    key = NodeKey.load_or_create(opts.state_dir)
+    return Daemon(opts, MemStore(), FakeDataPlane(), state, key)  # only the logging is used
 
 
 def test_daemon_warns_once_per_run_and_again_only_after_it_stopped(

@@ -6,9 +6,12 @@ import asyncio
 from pathlib import Path
 
 from overlayd.daemon import Daemon, DaemonOptions
-from overlayd.dataplane import DataPlane
 from overlayd.errors import KernelError, WireGuardError
+from overlayd.identity import StateDir
+from overlayd.keys import NodeKey
+from overlayd.memstore import MemStore
 from overlayd.store import EtcdSettings
+from tests.component.fake_dataplane import FakeDataPlane
 
 
 def test_reconcile_loop_retries_after_any_of_our_errors(tmp_path: Path) -> None:
@@ -22,8 +25,8 @@ def test_reconcile_loop_retries_after_any_of_our_errors(tmp_path: Path) -> None:
         state_dir=tmp_path / "state",
         healthz_port=0,
     )
-    dataplane = DataPlane()
-    daemon = Daemon(opts, dataplane)
+    state, key = StateDir(opts.state_dir), NodeKey.load_or_create(opts.state_dir)
+    daemon = Daemon(opts, MemStore(), FakeDataPlane(), state, key)
     failures = [WireGuardError("wireguard-go did not come up"), KernelError("netlink refused")]
     passes: list[int] = []
 
@@ -42,9 +45,6 @@ def test_reconcile_loop_retries_after_any_of_our_errors(tmp_path: Path) -> None:
         assert not loop.done(), loop.exception()
         loop.cancel()
 
-    try:
-        asyncio.run(run())
-    finally:
-        dataplane.close()
+    asyncio.run(run())
     assert passes == [0, 1, 2]
     assert daemon.status.last_error is None  # the third pass succeeded
