@@ -534,9 +534,12 @@ class Daemon:
         changed |= paths_keeper.recompute(me, self.records, which)
         if self._gateway is not None:
             self._gateway.update(me, self.records)
+        # which paths verified matters to WireGuard endpoints only: O(peers), so not per
+        # event of a plain VXLAN network
+        verified = paths_keeper.verified() if backend.uses_wireguard else frozenset()
         found = plan_node(
             cfg, me, self.records, claims=self._gateway.state.claims if self._gateway else None,
-            paths=paths_keeper.paths, verified=paths_keeper.verified(), created=self.created,
+            paths=paths_keeper.paths, verified=verified, created=self.created,
             unguessable=self._unguessable, memo=self.planner,
             changed=None if self._full else changed,
         )  # fmt: skip

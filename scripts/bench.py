@@ -200,9 +200,11 @@ def main() -> int:
     try:
         ctl = [str(BIN / "overlayctl"), "--etcd-endpoints", world.etcd_endpoint]
         # the synthetic leases are VXLAN ones, and the figures compare with earlier runs
-        # /11 holds the synthetic /24s (10.0-10.19.x) but not the world's underlay
-        # 10.77.0.0/24: a node whose underlay is inside the overlay is refused
-        ns_run(h1, *ctl, "network", "init", "--network", "10.0.0.0/11", "--backend", "vxlan")
+        # /10 holds the synthetic /24s (10.0-10.20.x) but not the world's underlay
+        # 10.77.0.0/24 (a node whose underlay is inside the overlay is refused); the daemon's
+        # own subnet comes from above them (--subnet-min), never one a synthetic lease takes
+        ns_run(h1, *ctl, "network", "init", "--network", "10.0.0.0/10",
+               "--subnet-min", "10.32.0.0", "--backend", "vxlan")  # fmt: skip
         for n in sizes:
             world.etcd_ns.run(
                 [
