@@ -10,12 +10,15 @@ import base64
 import json
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Any
 
 from overlayd.config import NetworkConfig, parse_config
+from overlayd.daemon import DaemonOptions
 from overlayd.kernel_state import MacAddress
 from overlayd.lease import LeaseRecord
 from overlayd.paths import PeerPath, guess_path
+from overlayd.store import EtcdSettings
 
 
 def mac(n: int) -> MacAddress:
@@ -121,3 +124,19 @@ def guessed_paths(
         assert path is not None, "a lease always has its PublicIP to fall back on"
         paths[subnet] = path
     return paths
+
+
+def daemon_options(tmp_path: Path, **overrides: Any) -> DaemonOptions:
+    """A daemon's options for tests without root: files under ``tmp_path``, no status port,
+    no --public-ip; ``overrides`` replace any field."""
+    fields: dict[str, Any] = {
+        "etcd": EtcdSettings(),
+        "node_name": "n1",
+        "iface": None,
+        "public_ips": (),
+        "site": "default",
+        "subnet_file": tmp_path / "subnet.env",
+        "state_dir": tmp_path / "state",
+        "healthz_port": 0,
+    }
+    return DaemonOptions(**{**fields, **overrides})

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from overlayd.config import NetworkConfig
-from overlayd.daemon import Daemon, DaemonOptions
+from overlayd.daemon import Daemon
 from overlayd.host import Host
 from overlayd.identity import StateDir
 from overlayd.kernel_state import KernelState, RouteEntry
@@ -26,9 +26,8 @@ from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
 from overlayd.memstore import MemStore
 from overlayd.plan_node import plan_node
-from overlayd.store import EtcdSettings
 from overlayd.store_api import DEFAULT_PREFIX, Snapshot, StoreKeys, WatchBatch
-from tests.builders import config, record
+from tests.builders import config, daemon_options, record
 from tests.component.fake_dataplane import VXLAN_INDEX, FakeDataPlane
 
 NETWORK = "10.244.0.0/16"
@@ -116,18 +115,8 @@ async def agent(
     await store.put_config(cfg)
     for n in range(2, 2 + peers):
         await add_peer(store, n)
-    opts = DaemonOptions(
-        etcd=EtcdSettings(),
-        node_name="self",
-        iface=None,
-        public_ips=(),
-        site="default",
-        subnet_file=tmp_path / "subnet.env",
-        state_dir=tmp_path / "state",
-        healthz_port=0,
-        probe_port=0,
-        probe_bind=IPv4Address("127.0.0.1"),
-        lease_ttl=60,
+    opts = daemon_options(
+        tmp_path, node_name="self", probe_port=0, probe_bind=IPv4Address("127.0.0.1"), lease_ttl=60
     )
     dp = dp or FakeDataPlane()
     fake_host = FakeHost()

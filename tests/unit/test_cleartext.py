@@ -12,15 +12,14 @@ import pytest
 
 from overlayd.cleartext import SITES_SHOWN, PlainCrossSite, plain_cross_site
 from overlayd.config import VXLAN, VXLAN_WIREGUARD, BackendConfig
-from overlayd.daemon import Daemon, DaemonOptions
+from overlayd.daemon import Daemon
 from overlayd.identity import StateDir
 from overlayd.keys import NodeKey
 from overlayd.lease import LeaseRecord
 from overlayd.memstore import MemStore
 from overlayd.plan import Planner
 from overlayd.plan_wireguard import plan_wireguard
-from overlayd.store import EtcdSettings
-from tests.builders import node_lease
+from tests.builders import daemon_options, node_lease
 from tests.component.fake_dataplane import FakeDataPlane
 
 NETWORK = IPv4Network("10.244.0.0/16")
@@ -121,16 +120,7 @@ def test_vxlan_wireguard_never_carries_other_sites_over_vxlan() -> None:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Daemon:
-    opts = DaemonOptions(
-        etcd=EtcdSettings(),
-        node_name="node1",
-        iface=None,
-        public_ips=(),
-        site="a",
-        subnet_file=tmp_path / "subnet.env",
-        state_dir=tmp_path / "state",
-        healthz_port=0,
-    )
+    opts = daemon_options(tmp_path, node_name="node1", site="a")
     state = StateDir(opts.state_dir)
     key = NodeKey.load_or_create(opts.state_dir)
     return Daemon(opts, MemStore(), FakeDataPlane(), state, key)  # only the logging is used

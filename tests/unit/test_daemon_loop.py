@@ -5,26 +5,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from overlayd.daemon import Daemon, DaemonOptions
+from overlayd.daemon import Daemon
 from overlayd.errors import KernelError, WireGuardError
 from overlayd.identity import StateDir
 from overlayd.keys import NodeKey
 from overlayd.memstore import MemStore
-from overlayd.store import EtcdSettings
+from tests.builders import daemon_options
 from tests.component.fake_dataplane import FakeDataPlane
 
 
 def test_reconcile_loop_retries_after_any_of_our_errors(tmp_path: Path) -> None:
-    opts = DaemonOptions(
-        etcd=EtcdSettings(),
-        node_name="n1",
-        iface=None,
-        public_ips=(),
-        site="default",
-        subnet_file=tmp_path / "subnet.env",
-        state_dir=tmp_path / "state",
-        healthz_port=0,
-    )
+    opts = daemon_options(tmp_path)
     state, key = StateDir(opts.state_dir), NodeKey.load_or_create(opts.state_dir)
     daemon = Daemon(opts, MemStore(), FakeDataPlane(), state, key)
     failures = [WireGuardError("wireguard-go did not come up"), KernelError("netlink refused")]
