@@ -140,3 +140,19 @@ def daemon_options(tmp_path: Path, **overrides: Any) -> DaemonOptions:
         "healthz_port": 0,
     }
     return DaemonOptions(**{**fields, **overrides})
+
+
+def site_lease(n: int, site: str, backend: str, public: str | None = None) -> LeaseRecord:
+    """Node ``n`` in ``site`` on ``backend``: subnet 10.244.n.0/24, private 10.0.0.n, a
+    WireGuard key and port, and ``public`` as its public address if given."""
+    private = f"10.0.0.{n}"
+    return node_lease(
+        n,
+        public or private,
+        site=site,
+        private_ips=(private,),
+        public_ips=(public,) if public else (),
+        backend_type=backend,
+        public_key=wg_key(n),
+        wireguard_port=51820,
+    )

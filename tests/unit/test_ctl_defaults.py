@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from overlayd.cli.ctl import main
 from overlayd.config import VXLAN, VXLAN_WIREGUARD, parse_config
 from overlayd.lease import LeaseRecord, subnet_key_name
-from tests.builders import node_lease, wg_key
+from tests.builders import site_lease
 from tests.lab.etcd import ETCD, ETCDCTL, EtcdServer
 
 pytestmark = pytest.mark.skipif(not Path(ETCD).exists(), reason="needs etcd")
@@ -62,17 +62,7 @@ def test_a_flannel_config_without_backend_keeps_meaning_vxlan(etcd_server: EtcdS
 
 def lease(n: int, site: str, public: str | None = None) -> LeaseRecord:
     """Node ``n`` in ``site``: subnet 10.244.n.0/24, private 10.0.0.n, a WireGuard key."""
-    private = f"10.0.0.{n}"
-    return node_lease(
-        n,
-        public or private,
-        site=site,
-        private_ips=(private,),
-        public_ips=(public,) if public else (),
-        backend_type=VXLAN_WIREGUARD,
-        public_key=wg_key(n),
-        wireguard_port=51820,
-    )
+    return site_lease(n, site, VXLAN_WIREGUARD, public)
 
 
 def test_plan_puts_other_sites_on_wireguard(etcd_server: EtcdServer) -> None:

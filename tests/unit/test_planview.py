@@ -12,26 +12,12 @@ from overlayd.gateway_state import GatewayClaim
 from overlayd.kernel_state import RouteEntry
 from overlayd.lease import LeaseRecord
 from overlayd.plan_node import plan_node
-from tests.builders import node_lease, wg_key
+from tests.builders import site_lease as lease
 
 
 def config(backend: str, **extra: Any) -> NetworkConfig:
     return parse_config(
         json.dumps({"Network": "10.244.0.0/16", "Backend": {"Type": backend}, **extra})
-    )
-
-
-def lease(n: int, site: str, backend: str, public: str | None = None) -> LeaseRecord:
-    private = f"10.0.0.{n}"
-    return node_lease(
-        n,
-        public or private,
-        site=site,
-        private_ips=(private,),
-        public_ips=(public,) if public else (),
-        backend_type=backend,
-        public_key=wg_key(n),
-        wireguard_port=51820,
     )
 
 
