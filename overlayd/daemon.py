@@ -568,6 +568,7 @@ class Daemon:
                 None if touched is None else changed,
                 found.via_gateway,
                 me.site,
+                paths_keeper.linger.addresses,
             )
         self._full = False
         if wireguard is not None:

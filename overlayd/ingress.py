@@ -10,7 +10,9 @@ Two rules, both derived from what this node programs over VXLAN (the VXLAN plan'
   (``PrivateIPs``, else ``PublicIP``) plus the path we chose for it -- its public address
   is accepted only while we reach it over that public address ourselves (in-site failover
   through hairpin NAT, which fails over both ends alike), so the internet cannot pass the
-  outer check by forging a same-site peer's public address. With ``vxlan+wireguard`` the
+  outer check by forging a same-site peer's public address. An address we left lingers for
+  a while (``lingering``; overlayd/linger.py): the peer may take a little longer than we
+  did to move back to the private path. With ``vxlan+wireguard`` the
   VXLAN plan holds only peers of our site: nothing of another site, and no public address
   of a healthy same-site peer, is accepted as plain VXLAN.
 * **inner**: a frame decapsulated on our VXLAN device whose source MAC is a peer's VTEP MAC
@@ -39,6 +41,9 @@ _K = TypeVar("_K")
 
 Pair = tuple[MacAddress, IPv4Network]
 """An allowed inner source: (the VTEP MAC a frame comes from, a prefix it may carry)."""
+
+_MemoKey = tuple[LeaseRecord, IPv4Address, IPv4Address | None, tuple[IPv4Network, ...]]
+"""What a memoised entry was made from: record, chosen and lingering address, carried."""
 
 
 def _net_key(net: IPv4Network) -> tuple[int, int]:
@@ -86,16 +91,17 @@ def peer_ingress(
     carried: Iterable[IPv4Network] = (),
     *,
     same_site: bool = False,
+    lingering: IPv4Address | None = None,
 ) -> PeerIngress:
     """``peer``'s entry: its published candidates -- of a ``same_site`` peer only the
-    private ones -- and ``path``, the address we chose for it; its subnet plus ``carried``
-    (the other sites' subnets, for our gateway)."""
+    private ones -- and ``path``, the address we chose for it, and ``lingering``, one we
+    left a moment ago; its subnet plus ``carried`` (the other sites' subnets, for our
+    gateway)."""
     if same_site:
         sources = set(peer.private_ips or (peer.public_ip,))
     else:
         sources = {peer.public_ip, *peer.private_ips, *peer.public_ips}
-    if path is not None:
-        sources.add(path)
+    sources.update(a for a in (path, lingering) if a is not None)
     return PeerIngress(
         peer.vtep_mac, tuple(sorted(sources, key=int)), disjoint((peer.subnet, *carried))
     )
@@ -229,13 +235,15 @@ class VxlanPeers:
     """The VXLAN plan's peers, as the ingress policy needs them: their records
     (``leases``), chosen paths (``paths``: the peers programmed), the subnets that changed
     since the last plan (None: any may have), the routes via our site's gateway and our
-    ``site`` (None: treat every peer as of another site)."""
+    ``site`` (None: treat every peer as of another site), and the addresses we left
+    that still linger (``lingering``)."""
 
     leases: Mapping[IPv4Network, LeaseRecord]
     paths: Mapping[IPv4Network, PeerPath]
     changed: Collection[IPv4Network] | None = None
     via_gateway: Mapping[IPv4Network, RouteEntry] = field(default_factory=dict)
     site: str | None = None
+    lingering: Mapping[IPv4Network, IPv4Address] = field(default_factory=dict)
 
 
 class IngressPlanner:
@@ -243,14 +251,14 @@ class IngressPlanner:
 
     ``plan`` looks at every programmed peer; ``update`` only at ``changed`` ones (the
     result is the same as a full ``plan`` of the same inputs). Entries are memoised by
-    the identity of the lease record, the chosen address and the carried prefixes.
+    the identity of the lease record, the chosen and lingering addresses and the carried
+    prefixes.
     """
 
     def __init__(self) -> None:
-        self._memo: dict[
-            IPv4Network, tuple[LeaseRecord, IPv4Address, tuple[IPv4Network, ...], PeerIngress]
-        ] = {}
+        self._memo: dict[IPv4Network, tuple[_MemoKey, PeerIngress]] = {}
         self._carried: Mapping[IPv4Network, tuple[IPv4Network, ...]] = {}
+        self._lingering: Mapping[IPv4Network, IPv4Address] = {}
         self._site: str | None = None
         self.policy: IngressPolicy | None = None
 
@@ -260,14 +268,17 @@ class IngressPlanner:
         """The entry of ``subnet``, and whether it is the memoised one (which the last
         policy holds: every entry made here goes into the policy in the same call)."""
         carried = self._carried.get(subnet, ()) if self._carried else ()
+        lingering = self._lingering.get(subnet) if self._lingering else None
         hit = self._memo.get(subnet)
-        if hit is not None and hit[0] is peer and hit[1] == path.address and hit[2] == carried:
-            return hit[3], True
+        if hit is not None:
+            key = hit[0]
+            if key[0] is peer and key[1:] == (path.address, lingering, carried):
+                return hit[1], True
         same_site = self._site is not None and peer.site == self._site
-        entry = peer_ingress(peer, path.address, carried, same_site=same_site)
-        if hit is not None and hit[3] == entry:
-            entry = hit[3]  # same content: keep the object the policy already holds
-        self._memo[subnet] = (peer, path.address, carried, entry)
+        entry = peer_ingress(peer, path.address, carried, same_site=same_site, lingering=lingering)
+        if hit is not None and hit[1] == entry:
+            entry = hit[1]  # same content: keep the object the policy already holds
+        self._memo[subnet] = ((peer, path.address, lingering, carried), entry)
         return entry, False
 
     def plan(
@@ -278,10 +289,12 @@ class IngressPlanner:
         paths: Mapping[IPv4Network, PeerPath],
         carried: Mapping[IPv4Network, tuple[IPv4Network, ...]] | None = None,
         site: str | None = None,
+        lingering: Mapping[IPv4Network, IPv4Address] | None = None,
     ) -> tuple[IngressPolicy, IngressDelta]:
         """The policy for the peers of ``paths`` (the VXLAN plan's peers and chosen paths;
-        their records in ``leases``; ``site``: ours), and the delta from the last policy."""
-        self._carried = carried or {}
+        their records in ``leases``; ``site``: ours; ``lingering``: addresses we left a
+        moment ago), and the delta from the last policy."""
+        self._carried, self._lingering = carried or {}, lingering or {}
         if site != self._site:
             self._site = site
             self._memo.clear()  # entries depend on which peers share our site
@@ -314,15 +327,17 @@ class IngressPlanner:
         changed: Collection[IPv4Network],
         carried: Mapping[IPv4Network, tuple[IPv4Network, ...]] | None = None,
         site: str | None = None,
+        lingering: Mapping[IPv4Network, IPv4Address] | None = None,
     ) -> tuple[IngressPolicy, IngressDelta] | None:
-        """Like ``plan`` for the same port and device, looking only at ``changed`` subnets;
-        None when a full ``plan`` is needed (no policy yet, another port, device, site or
-        carried prefixes)."""
+        """Like ``plan`` for the same port and device, looking only at ``changed`` subnets
+        (a subnet whose lingering address came or went is among them); None when a full
+        ``plan`` is needed (no policy yet, another port, device, site or carried prefixes)."""
         old = self.policy
         if old is None or not old.same_rules(IngressPolicy(port, device)):
             return None
         if (carried or {}) != self._carried or site != self._site:
             return None
+        self._lingering = lingering or {}
         changes: dict[IPv4Network, PeerIngress | None] = {}
         for subnet in changed:
             path, peer = paths.get(subnet), leases.get(subnet)

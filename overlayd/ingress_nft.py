@@ -190,10 +190,13 @@ class IngressFilter:
         base, out = self.planner.policy, None
         if vxlan.changed is not None:
             out = self.planner.update(
-                port, device, vxlan.leases, vxlan.paths, vxlan.changed, carried, vxlan.site
-            )
+                port, device, vxlan.leases, vxlan.paths, vxlan.changed, carried, vxlan.site,
+                vxlan.lingering,
+            )  # fmt: skip
         if out is None:
-            out = self.planner.plan(port, device, vxlan.leases, vxlan.paths, carried, vxlan.site)
+            out = self.planner.plan(
+                port, device, vxlan.leases, vxlan.paths, carried, vxlan.site, vxlan.lingering
+            )
         policy, delta = out
         stale, self._stale = self._stale, False
         t0 = time.monotonic()

@@ -7,6 +7,7 @@ turns reflexive observations into our confirmed public addresses (``--public-ip 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 from overlayd.errors import ConfigError
 from overlayd.keys import NodeKey, PublicKey
 from overlayd.lease import LeaseRecord
+from overlayd.linger import Linger, linger_for
 from overlayd.paths import PeerCandidates, PeerPath
 from overlayd.plan import is_me
 from overlayd.probe.choose import (
@@ -67,6 +69,10 @@ class PathKeeper:
         unguessable: frozenset[IPv4Address] = frozenset(),
     ) -> None:
         self.prober: Prober[IPv4Network] = Prober(key.private, config, on_change)
+        self._on_change = on_change
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # the addresses we left, still accepted from the peer (overlayd/linger.py)
+        self.linger = Linger(linger_for(config.slow_interval, config.jitter, config.timeout))
         self.unguessable = unguessable  # our etcd endpoints: used only once verified
         self._params = params or ChooseParams(hold=config.stable_after)
         self._targets: dict[IPv4Network, PeerTarget] = {}
@@ -74,6 +80,7 @@ class PathKeeper:
         self.paths: dict[IPv4Network, PeerPath] = {}
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         try:
             await self.prober.start()
         except OSError as exc:
@@ -110,6 +117,7 @@ class PathKeeper:
             self._targets_changed = True
         if peer is None:
             self.paths.pop(subnet, None)
+            self.linger.forget(subnet)
 
     def recompute(
         self,
@@ -117,16 +125,18 @@ class PathKeeper:
         peers: Mapping[IPv4Network, LeaseRecord],
         which: Iterable[IPv4Network],
     ) -> set[IPv4Network]:
-        """Rechoose the paths of ``which`` peers; returns those whose path changed."""
+        """Rechoose the paths of ``which`` peers; returns those whose path, or whose
+        lingering address, changed."""
         if self._targets_changed:
             self.prober.set_peers(self._targets)
             self._targets_changed = False
         now = time.monotonic()
-        changed: set[IPv4Network] = set()
+        changed = self.linger.expire(which, now)
         for subnet in which:
             peer = peers.get(subnet)
             if peer is None or is_me(me, subnet, peer):
                 self.paths.pop(subnet, None)
+                self.linger.forget(subnet)
                 continue
             current = self.paths.get(subnet)
             stats = self.prober.stats(subnet)
@@ -135,9 +145,14 @@ class PathKeeper:
                 me.site, candidates, stats, current, now, self._params, self.unguessable
             )
             address = None if path is None else path.address
-            if address != (None if current is None else current.address):
+            old = None if current is None else current.address
+            if address != old:
                 changed.add(subnet)
                 self.prober.set_chosen(subnet, address if subnet in self._targets else None)
+                published = (peer.public_ip, *peer.public_ips, *peer.private_ips)
+                if self.linger.left(subnet, old, address, published, now) and self._loop:
+                    # wake up when it expires, so the ingress filter drops it then
+                    self._loop.call_later(self.linger.seconds + 0.1, self._on_change, subnet)
             if path is None:
                 self.paths.pop(subnet, None)
             else:

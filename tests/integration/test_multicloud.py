@@ -158,6 +158,24 @@ def test_private_path_failure_fails_over_to_public_and_back(
     assert lost_seconds <= 3.0, f"traffic interrupted for ~{lost_seconds:.1f}s"
     assert a1.pings(a2)
     block.restore()
+    # each end moves back on its own probe schedule: traffic must flow while one end is
+    # back on the private path and the other still sends from its public address
+    bg = Background(a1, a2, interval=0.05)
+    a1_private = world.host("a1").ip
     back = wait_until(lambda: a1.peers()["a2"]["address"] == str(a2_private), 30, "move back")
-    print(f"back on the private path {back:.1f}s after restore ({time.monotonic() - t0:.1f}s)")
+    wait_until(lambda: a2.peers()["a1"]["address"] == str(a1_private), 30, "a2 moves back")
+    time.sleep(0.5)
+    sent, received = bg.stop()
+    print(
+        f"back on the private path {back:.1f}s after restore ({time.monotonic() - t0:.1f}s);"
+        f" {sent - received} of {sent} pings lost while both ends moved back"
+    )
+    assert sent - received <= 2, f"{sent - received} of {sent} pings lost on the move back"
     assert a1.pings(a2)
+    # and then the public address of the healthy same-site peer is refused again
+    gone = wait_until(
+        lambda: str(a2_public) not in a1.host.ns.nft_set("inet", "overlayd_ingress", "peers"),
+        20,
+        "a2's public address leaves a1's ingress set",
+    )
+    print(f"a2's public address dropped from the ingress filter {gone:.1f}s later")

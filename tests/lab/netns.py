@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import selectors
 import signal
 import struct
@@ -113,6 +114,12 @@ class Namespace:
     def nft(self, ruleset: str) -> None:
         """Load an nftables script (``nft -f -``) inside the namespace, atomically."""
         self.run(["nft", "-f", "-"], input=ruleset)
+
+    def nft_set(self, family: str, table: str, name: str) -> set[str]:
+        """The elements of an nftables set, as nft prints them (empty if it has none)."""
+        out = self.run(["nft", "list", "set", family, table, name]).stdout
+        found = re.search(r"elements = \{(.*?)\}", out, re.S)
+        return {e.strip() for e in found.group(1).split(",")} if found else set()
 
     def sysctl(self, key: str, value: str | int) -> None:
         """Set a sysctl of this namespace (e.g. ``net.ipv4.ip_forward``)."""

@@ -17,6 +17,7 @@ from overlayd.ingress import (
 )
 from overlayd.keys import PrivateKey
 from overlayd.lease import LeaseRecord
+from overlayd.linger import Linger
 from overlayd.paths import PeerPath
 from overlayd.plan import Planner
 from overlayd.plan_gateway import plan_gateway
@@ -234,3 +235,37 @@ def test_same_site_peer_public_address_only_while_chosen() -> None:
     policy, _ = IngressPlanner().plan(PORT, DEV, leases, {near.subnet: private})
     assert set(policy.peers[near.subnet].sources) == {*near.private_ips, *near.public_ips}
     assert planner.update(PORT, DEV, leases, {}, set(), site="b") is None  # another site
+
+
+def test_same_site_public_address_lingers_after_the_move_back_then_goes() -> None:
+    """Back on the private path, we still accept the peer's public address for a while: the
+    peer moves back on its own schedule and sends from its public address until then. Once
+    the linger expires (the subnet is among the changed ones) it is refused again; an
+    incremental update and a full plan agree all along."""
+    near = peer(1, "a")
+    leases = {near.subnet: near}
+    private = {near.subnet: PeerPath(near.private_ips[0], "private", "same site")}
+    public = {near.subnet: PeerPath(near.public_ips[0], "public", "failover")}
+    linger = Linger(12.0)
+    planner = IngressPlanner()
+    planner.plan(PORT, DEV, leases, public, site="a")
+    assert linger.left(near.subnet, near.public_ips[0], near.private_ips[0], near.public_ips, 0)
+    out = planner.update(
+        PORT, DEV, leases, private, {near.subnet}, site="a", lingering=linger.addresses
+    )
+    assert out is not None
+    policy, delta = out
+    assert set(policy.peers[near.subnet].sources) == {*near.private_ips, *near.public_ips}
+    assert len(delta) == 0  # nothing to write: the public address simply stays
+    full, _ = IngressPlanner().plan(
+        PORT, DEV, leases, private, site="a", lingering=linger.addresses
+    )
+    assert full.peers == policy.peers
+    assert linger.expire({near.subnet}, 11.9) == set()
+    gone = linger.expire({near.subnet}, 12.0)
+    assert gone == {near.subnet}
+    out = planner.update(PORT, DEV, leases, private, gone, site="a", lingering=linger.addresses)
+    assert out is not None
+    policy, delta = out
+    assert policy.peers[near.subnet].sources == near.private_ips
+    assert delta.del_sources == near.public_ips

@@ -4,7 +4,6 @@ and (as root, in a namespace of our own) that nft takes the table and its update
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 
@@ -208,9 +207,7 @@ def netns(prefix: str) -> Iterator[Namespace]:
 
 
 def _elements(ns: Namespace, name: str) -> set[str]:
-    out = ns.run(["nft", "list", "set", FAMILY, TABLE, name]).stdout
-    found = re.search(r"elements = \{(.*?)\}", out, re.S)
-    return {e.strip() for e in found.group(1).split(",")} if found else set()
+    return ns.nft_set(FAMILY, TABLE, name)
 
 
 @pytest.mark.root
