@@ -30,8 +30,8 @@ from bench_kernel import peer_entries, peer_state, write_batch_files
 from tests.daemons import BIN, ns_run
 
 if TYPE_CHECKING:
-    from overlayd.lease import LeaseRecord
-    from overlayd.netlink.rtnl import MonitorEvent
+    from overlayd.dataplane.netlink.rtnl import MonitorEvent
+    from overlayd.values.lease import LeaseRecord
 from tests.lab.world import build_lan_world, destroy
 
 PREFIX = "ovbench-"
@@ -39,7 +39,7 @@ EVENTS = 200
 
 
 def lease_for(n: int) -> LeaseRecord:
-    from overlayd.lease import LeaseRecord
+    from overlayd.values.lease import LeaseRecord
 
     route, _neigh, fdb = peer_entries(n)
     return LeaseRecord(
@@ -57,9 +57,9 @@ def lease_for(n: int) -> LeaseRecord:
 
 
 async def inner(n: int, etcd: str, workdir: Path) -> dict[str, float]:
-    from overlayd.netlink.codec import RouteMessage
-    from overlayd.netlink.rtnl import KernelEvent, Monitor, Rtnl
-    from overlayd.store import EtcdSettings, EtcdStore
+    from overlayd.dataplane.netlink.codec import RouteMessage
+    from overlayd.dataplane.netlink.rtnl import KernelEvent, Monitor, Rtnl
+    from overlayd.store.etcd import EtcdSettings, EtcdStore
 
     store = EtcdStore(EtcdSettings((etcd,)))
     await store.connect()

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from overlayd.cni.install import build_zipapp  # noqa: E402 - after the path setup
 from overlayd.cni.netconf import NetConf, delegate_config  # noqa: E402
-from overlayd.subnetfile import SubnetFile, write_subnet_file  # noqa: E402
+from overlayd.disk.subnet_file import SubnetFile, write_subnet_file  # noqa: E402
 
 CNI_BIN = Path("/usr/lib/cni")
 VERSION = "1.0.0"

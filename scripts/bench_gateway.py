@@ -19,14 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from overlayd.config import parse_config
-from overlayd.gateway_state import GatewayClaim
-from overlayd.kernel_state import MacAddress
-from overlayd.keys import PrivateKey
-from overlayd.lease import LeaseRecord
-from overlayd.plan import Planner
-from overlayd.plan_gateway import plan_gateway
-from overlayd.plan_wireguard import plan_wireguard
+from overlayd.planning.gateway import plan_gateway
+from overlayd.planning.vxlan import Planner
+from overlayd.planning.wireguard import plan_wireguard
+from overlayd.values.config import parse_config
+from overlayd.values.gateway_state import GatewayClaim
+from overlayd.values.kernel_state import MacAddress
+from overlayd.values.keys import PrivateKey
+from overlayd.values.lease import LeaseRecord
 from tests.daemons import running, wait_until
 from tests.lab.world import build_multicloud_world, destroy
 from tests.topology import (

@@ -45,9 +45,9 @@ CHANGES = 50
 
 
 def sets_inner(n: int) -> dict[str, float]:
-    from overlayd.ingress import IngressPlanner
-    from overlayd.ingress_nft import IngressTable
-    from overlayd.lease import LeaseRecord
+    from overlayd.dataplane.ingress_nft import IngressTable
+    from overlayd.planning.ingress import IngressPlanner
+    from overlayd.values.lease import LeaseRecord
     from tests.builders import guessed_paths
 
     me: LeaseRecord = lease_for(n + 1)

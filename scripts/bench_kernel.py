@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from overlayd.kernel_state import (  # noqa: E402  (path set up above for direct runs)
+from overlayd.dataplane.netlink.codec import OVERLAYD_RTPROT  # noqa: E402
+from overlayd.values.kernel_state import (  # noqa: E402  (path set up above for direct runs)
     Changes,
     FdbEntry,
     KernelState,
@@ -42,7 +43,6 @@ from overlayd.kernel_state import (  # noqa: E402  (path set up above for direct
     RouteEntry,
     diff,
 )
-from overlayd.netlink.codec import OVERLAYD_RTPROT  # noqa: E402
 
 NS = "ovnl-bench"
 DEV = "vx0"
@@ -94,7 +94,7 @@ def _ifindex() -> int:
 
 
 def worker_apply(n: int) -> dict[str, Any]:
-    from overlayd.netlink.rtnl import Rtnl
+    from overlayd.dataplane.netlink.rtnl import Rtnl
 
     changes = diff(peer_state(range(1, n + 1)), KernelState())
     with Rtnl() as rtnl:
@@ -106,7 +106,7 @@ def worker_apply(n: int) -> dict[str, Any]:
 
 
 def worker_single(base: int) -> dict[str, Any]:
-    from overlayd.netlink.rtnl import Rtnl
+    from overlayd.dataplane.netlink.rtnl import Rtnl
 
     ifindex = _ifindex()
     samples: list[float] = []
@@ -135,7 +135,7 @@ def worker_single(base: int) -> dict[str, Any]:
 def worker_pyroute2(n: int) -> dict[str, Any]:
     from pyroute2 import IPRoute
 
-    from overlayd.netlink import codec
+    from overlayd.dataplane.netlink import codec
 
     state = peer_state(range(1, n + 1))
     ifindex = _ifindex()

@@ -41,16 +41,11 @@ from typing import Any, cast
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from overlayd.keys import PrivateKey, PublicKey  # noqa: E402
-from overlayd.paths import PeerPath  # noqa: E402
-from overlayd.probe import (  # noqa: E402
-    PeerCandidates,
-    PeerTarget,
-    ProbeConfig,
-    Prober,
-    choose_path,
-)
+from overlayd.planning.path_choice import choose_path  # noqa: E402
+from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober  # noqa: E402
 from overlayd.probe.wire import Probe, ProbeCodec, ProbeError, peek_recipient  # noqa: E402
+from overlayd.values.keys import PrivateKey, PublicKey  # noqa: E402
+from overlayd.values.paths import PeerCandidates, PeerPath  # noqa: E402
 
 PROBER_PORT = 8473
 RESPONDER_PORT = 8474

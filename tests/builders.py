@@ -13,12 +13,12 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from overlayd.config import NetworkConfig, parse_config
-from overlayd.daemon import DaemonOptions
-from overlayd.kernel_state import MacAddress
-from overlayd.lease import LeaseRecord
-from overlayd.paths import PeerPath, guess_path
-from overlayd.store import EtcdSettings
+from overlayd.agent.daemon import DaemonOptions
+from overlayd.store.etcd import EtcdSettings
+from overlayd.values.config import NetworkConfig, parse_config
+from overlayd.values.kernel_state import MacAddress
+from overlayd.values.lease import LeaseRecord
+from overlayd.values.paths import PeerPath, guess_path
 
 
 def mac(n: int) -> MacAddress:

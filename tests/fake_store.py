@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
-from overlayd.errors import StoreError
-from overlayd.lease import LeaseRecord
-from overlayd.leasekeeper import KeeperStore
-from overlayd.store import Snapshot, StoredLease
+from overlayd.store.api import Snapshot, StoredLease
+from overlayd.store.lease_keeper import KeeperStore
+from overlayd.values.errors import StoreError
+from overlayd.values.lease import LeaseRecord
 
 Watcher = Callable[[IPv4Network, StoredLease | None, int], None]
 

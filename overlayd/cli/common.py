@@ -14,9 +14,10 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from overlayd.errors import ConfigError, OverlaydError
-from overlayd.etcd_tls import parse_endpoints
-from overlayd.store import DEFAULT_PREFIX, EtcdSettings
+from overlayd.store.api import DEFAULT_PREFIX
+from overlayd.store.etcd import EtcdSettings
+from overlayd.store.etcd_tls import parse_endpoints
+from overlayd.values.errors import ConfigError, OverlaydError
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")

@@ -15,8 +15,8 @@ from typing import TypeVar
 
 import click
 
-from overlayd.store import EtcdSettings, EtcdStore
-from overlayd.store_api import Store
+from overlayd.store.api import Store
+from overlayd.store.etcd import EtcdSettings, EtcdStore
 
 T = TypeVar("T")
 StoreFactory = Callable[[EtcdSettings], Store]

@@ -13,24 +13,30 @@ from typing import Any, TypeVar
 
 import click
 
-from overlayd.cleartext import FIX as PLAIN_VXLAN_FIX
+from overlayd.agent.rotation import request_rotation
 from overlayd.cli.common import FriendlyGroup, etcd_options, etcd_settings, friendly_errors
 from overlayd.cli.context import CtlContext, run_with_store
 from overlayd.cli.planview import plan_json, plan_lines
-from overlayd.config import VXLAN, VXLAN_WIREGUARD, NetworkConfig, parse_backend, parse_config
-from overlayd.errors import (
+from overlayd.planning.cleartext import FIX as PLAIN_VXLAN_FIX
+from overlayd.planning.node import plan_node
+from overlayd.store.api import Snapshot, Store, StoredLease
+from overlayd.values.config import (
+    VXLAN,
+    VXLAN_WIREGUARD,
+    NetworkConfig,
+    parse_backend,
+    parse_config,
+)
+from overlayd.values.errors import (
     ConfigError,
     ConfigMissingError,
     DaemonUnreachableError,
     LeaseFormatError,
     NotFoundError,
 )
-from overlayd.gateway_state import GatewayState
-from overlayd.lease import parse_subnet_arg
-from overlayd.logs import quote
-from overlayd.plan_node import plan_node
-from overlayd.rotation import request_rotation
-from overlayd.store_api import Snapshot, Store, StoredLease
+from overlayd.values.gateway_state import GatewayState
+from overlayd.values.lease import parse_subnet_arg
+from overlayd.values.text import quote
 
 T = TypeVar("T")
 ERROR_QUOTE = 160  # characters of a decoding error (it quotes values from the store) shown

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import click
 
+from overlayd.agent.daemon import DaemonOptions, run_daemon
+from overlayd.agent.status_listen import DEFAULT_LISTEN, parse_listen
 from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
-from overlayd.daemon import DaemonOptions, run_daemon
-from overlayd.dataplane import DataPlane
-from overlayd.health_listen import DEFAULT_LISTEN, parse_listen
-from overlayd.lease import DEFAULT_SITE
-from overlayd.lease_rules import default_node_name, own_addresses, own_label
-from overlayd.logs import setup_logging
+from overlayd.dataplane.api import DataPlane
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
+from overlayd.runtime.logs import setup_logging
+from overlayd.values.lease import DEFAULT_SITE
+from overlayd.values.lease_rules import default_node_name, own_addresses, own_label
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
 
@@ -132,7 +132,7 @@ def main(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--public-ip") from None
     auto = not publics or "auto" in public_ips
-    # the rules peers judge our lease by (overlayd/lease_rules.py): refuse now, exit code 2
+    # the rules peers judge our lease by (overlayd/values/lease_rules.py): refuse now, exit code 2
     node_name = (
         own_label(node_name, "--node-name")
         if node_name is not None

@@ -1,6 +1,6 @@
 """What ``overlayctl plan`` shows: a node's ``plan_node`` result, as text or JSON.
 
-The plan is ``overlayd.plan_node.plan_node``'s, the daemon's own, from what etcd holds;
+The plan is ``overlayd.planning.node.plan_node``'s, the daemon's own, from what etcd holds;
 only the probes' verdicts are missing, so paths are the guesses by site
 (``paths.guess_path``) and a cross-site WireGuard endpoint is set only for a peer's
 published public address, as the daemon does before its probes have verified anything.
@@ -12,8 +12,8 @@ from __future__ import annotations
 from ipaddress import IPv4Network
 from typing import Any
 
-from overlayd.plan_node import NodePlan
-from overlayd.plan_wireguard import WireGuardPlan
+from overlayd.planning.node import NodePlan
+from overlayd.planning.wireguard import WireGuardPlan
 
 
 def plan_json(node: str, subnet: IPv4Network, plan: NodePlan) -> dict[str, Any]:

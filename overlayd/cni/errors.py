@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from enum import IntEnum
 
-from overlayd.errors import ConfigError
+from overlayd.values.errors import ConfigError
 
 # ``typing`` costs milliseconds to import on every plugin run; annotations are strings.
 TYPE_CHECKING = False

@@ -30,8 +30,8 @@ DEFAULT_PYTHON = "/usr/bin/python3"
 # zipapp, so a module missing here fails a test rather than a node.
 PLUGIN_MODULES = (
     "overlayd/__init__.py",
-    "overlayd/errors.py",
-    "overlayd/subnetfile.py",
+    "overlayd/values/errors.py",
+    "overlayd/disk/subnet_file.py",
     "overlayd/cni/__init__.py",
     "overlayd/cni/cache.py",
     "overlayd/cni/delegate.py",

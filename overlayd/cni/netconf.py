@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from overlayd.cni.errors import CniError, Code
-from overlayd.subnetfile import SubnetFile
+from overlayd.disk.subnet_file import SubnetFile
 
 # ``typing`` costs milliseconds to import on every plugin run; annotations are strings.
 TYPE_CHECKING = False
@@ -127,10 +127,10 @@ def delegate_config(conf: NetConf, subnet: SubnetFile, cni_version: str) -> dict
         "type": DEFAULT_DELEGATE_TYPE,
         "bridge": DEFAULT_BRIDGE,
         "isGateway": True,
-        # OVERLAY_IPMASQ=true means overlayd masquerades itself (overlayd.masq, which leaves
-        # traffic inside the overlay alone); a second masquerade in the bridge would hide
-        # container addresses from other nodes. Only when overlayd does not masquerade does
-        # the bridge do it (flannel's rule).
+        # OVERLAY_IPMASQ=true means overlayd masquerades itself (overlayd.dataplane.masq,
+        # which leaves traffic inside the overlay alone); a second masquerade in the bridge
+        # would hide container addresses from other nodes. Only when overlayd does not
+        # masquerade does the bridge do it (flannel's rule).
         "ipMasq": not subnet.ipmasq,
         "mtu": subnet.mtu,
         "ipam": {

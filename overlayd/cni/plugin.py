@@ -27,8 +27,8 @@ from overlayd.cni.spec import (
     convert_result,
     require_version,
 )
-from overlayd.errors import ConfigError
-from overlayd.subnetfile import read_subnet_file
+from overlayd.disk.subnet_file import read_subnet_file
+from overlayd.values.errors import ConfigError
 
 DEBUG_ENV = "OVERLAY_CNI_DEBUG"
 

@@ -1,43 +1,9 @@
-"""Authenticated underlay probes and per-peer path choice (issue 3).
+"""Authenticated underlay probes (docs/probe-protocol.md).
 
-* ``wire``: the PROBE/REPLY datagram format and its checks (pure).
+* ``wire``: the PROBE/REPLY datagram format and its checks (pure);
 * ``prober``: the asyncio prober -- probes peers' candidate addresses, answers their
   probes, keeps per-path stats and reflexive observations.
-* ``choose``: the pure, deterministic path choice and reflexive-address confirmation.
 
-See docs/probe-protocol.md.
+The choice made from its results is planning (``overlayd.planning.path_choice``). Imports
+values, planning and runtime; never the store, the data plane or the agent.
 """
-
-from __future__ import annotations
-
-from overlayd.paths import PeerCandidates
-from overlayd.probe.choose import (
-    ChooseParams,
-    Observation,
-    PathStats,
-    ReflexiveParams,
-    choose_path,
-    confirmed_public,
-    probe_targets,
-)
-from overlayd.probe.prober import PeerTarget, ProbeConfig, ProbeCounters, Prober
-from overlayd.probe.wire import DEFAULT_PORT, ProbeCodec, ProbeError, Reject
-
-__all__ = [
-    "DEFAULT_PORT",
-    "ChooseParams",
-    "Observation",
-    "PathStats",
-    "PeerCandidates",
-    "PeerTarget",
-    "ProbeCodec",
-    "ProbeConfig",
-    "ProbeCounters",
-    "ProbeError",
-    "Prober",
-    "ReflexiveParams",
-    "Reject",
-    "choose_path",
-    "confirmed_public",
-    "probe_targets",
-]

@@ -35,9 +35,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any, Generic, cast
 
-from overlayd.keys import PrivateKey, PublicKey
-from overlayd.lease import DEFAULT_SITE
-from overlayd.probe.choose import DEFAULT_HOLD, Observation, PathStats, PeerId
+from overlayd.planning.path_choice import DEFAULT_HOLD, Observation, PathStats, PeerId
 from overlayd.probe.wire import (
     DEFAULT_PORT,
     DEFAULT_REPLAY_CAPACITY,
@@ -47,6 +45,8 @@ from overlayd.probe.wire import (
     ProbeError,
     Reject,
 )
+from overlayd.values.keys import PrivateKey, PublicKey
+from overlayd.values.lease import DEFAULT_SITE
 
 log = logging.getLogger("overlayd.probe")
 

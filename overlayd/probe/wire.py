@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from ipaddress import IPv4Address
 
-from overlayd.errors import OverlaydError
-from overlayd.keys import PrivateKey, PublicKey, derive_shared
+from overlayd.values.errors import OverlaydError
+from overlayd.values.keys import PrivateKey, PublicKey, derive_shared
 
 MAGIC = b"OVPR"
 VERSION = 1

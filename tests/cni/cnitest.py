@@ -13,7 +13,7 @@ from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from overlayd.subnetfile import SubnetFile, write_subnet_file
+from overlayd.disk.subnet_file import SubnetFile, write_subnet_file
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "cni" / "overlay"

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from overlayd.cni.install import build_zipapp
-from overlayd.subnetfile import SubnetFile, read_subnet_file
+from overlayd.disk.subnet_file import SubnetFile, read_subnet_file
 from tests.cni.cnitest import SYSTEM_CNI_BIN
 from tests.cni.podman_harness import LIBCNI_RESULTS, PodmanHost, overlay_conflist
 from tests.daemons import BIN, OverlaydProc, ns_run, wait_until

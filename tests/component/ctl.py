@@ -10,8 +10,8 @@ from click.testing import CliRunner, Result
 
 from overlayd.cli.context import CtlContext, StoreFactory
 from overlayd.cli.ctl import main
-from overlayd.lease import LeaseRecord
-from overlayd.memstore import ManualClock, MemStore
+from overlayd.store.memory import ManualClock, MemStore
+from overlayd.values.lease import LeaseRecord
 
 T = TypeVar("T")
 NOW = 1_800_000_000.0  # the wall clock overlayctl sees ("probed 2.0s ago")

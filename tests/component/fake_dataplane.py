@@ -1,6 +1,6 @@
 """A stateful in-memory data plane for component tests of the daemon (no root, no netlink).
 
-It implements overlayd.dataplane.DataPlaneApi: each device (by ifindex) keeps its routes,
+It implements overlayd.dataplane.api.DataPlaneApi: each device (by ifindex) keeps its routes,
 neighbours and FDB entries; ``dump`` answers from that state, ``apply`` changes it, is
 recorded, and notifies the device's monitor as the kernel does (the daemon's mirror is
 kept from notifications, not from what it asked for). Tests may put entries in beforehand
@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
-from overlayd.dataplane import Underlay, VxlanSpec
-from overlayd.kernel_state import Changes, FdbEntry, KernelState, NeighEntry, RouteEntry
-from overlayd.keys import PublicKey
-from overlayd.netlink.codec import Action, FdbMessage, NeighMessage, RouteMessage
-from overlayd.netlink.link import LinkInfo
-from overlayd.netlink.rtnl import ApplyResult, KernelEvent
-from overlayd.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig
+from overlayd.dataplane.api import Underlay, VxlanSpec
+from overlayd.dataplane.netlink.codec import Action, FdbMessage, NeighMessage, RouteMessage
+from overlayd.dataplane.netlink.link import LinkInfo
+from overlayd.dataplane.netlink.rtnl import ApplyResult, KernelEvent
+from overlayd.values.kernel_state import Changes, FdbEntry, KernelState, NeighEntry, RouteEntry
+from overlayd.values.keys import PublicKey
+from overlayd.values.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig
 
 UNDERLAY_INDEX = 2
 VXLAN_INDEX = 10

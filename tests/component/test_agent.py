@@ -1,4 +1,4 @@
-"""The agent (overlayd.daemon.Daemon) with the in-memory store and a stateful fake data plane.
+"""The agent (overlayd.agent.daemon.Daemon) with the in-memory store and a stateful fake data plane.
 
 No root, no etcd, no kernel: what the daemon programs is read from ``FakeDataPlane`` and
 compared with ``plan_node`` of what the store holds. Host effects (nft, sd_notify, the
@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.config import NetworkConfig
-from overlayd.daemon import Daemon
-from overlayd.host import Host
-from overlayd.identity import StateDir
-from overlayd.kernel_state import KernelState, RouteEntry
-from overlayd.keys import NodeKey
-from overlayd.lease import LeaseRecord
-from overlayd.memstore import MemStore
-from overlayd.plan_node import plan_node
-from overlayd.store_api import DEFAULT_PREFIX, Snapshot, StoreKeys, WatchBatch
+from overlayd.agent.daemon import Daemon
+from overlayd.agent.host import Host
+from overlayd.disk.node_key import NodeKey
+from overlayd.disk.state_dir import StateDir
+from overlayd.planning.node import plan_node
+from overlayd.store.api import DEFAULT_PREFIX, Snapshot, StoreKeys, WatchBatch
+from overlayd.store.memory import MemStore
+from overlayd.values.config import NetworkConfig
+from overlayd.values.kernel_state import KernelState, RouteEntry
+from overlayd.values.lease import LeaseRecord
 from tests.builders import config, daemon_options, record
 from tests.component.fake_dataplane import VXLAN_INDEX, FakeDataPlane
 

@@ -8,9 +8,9 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from overlayd.config import parse_config
-from overlayd.errors import ConfigMissingError
-from overlayd.gateway_state import GatewayClaim, HealthReport
+from overlayd.values.config import parse_config
+from overlayd.values.errors import ConfigMissingError
+from overlayd.values.gateway_state import GatewayClaim, HealthReport
 from tests.builders import record
 from tests.component.ctl import Ctl, sync
 

@@ -15,9 +15,9 @@ from overlayd.cli import daemon_main
 from overlayd.cli.common import EXIT_INTERNAL, friendly_errors
 from overlayd.cli.context import CtlContext
 from overlayd.cli.ctl import main
-from overlayd.errors import StoreError
-from overlayd.memstore import MemStore
-from overlayd.store_api import Snapshot
+from overlayd.store.api import Snapshot
+from overlayd.store.memory import MemStore
+from overlayd.values.errors import StoreError
 from tests.component.ctl import Ctl
 from tests.lab.etcd import free_ports
 

@@ -58,7 +58,8 @@ def daemon() -> Iterator[FakeDaemon]:
 
 
 def peer(node: str, n: int, **fields: Any) -> dict[str, Any]:
-    """One entry as the daemon's /peers sends it (overlayd/pathing.py PeerReport.to_json)."""
+    """One entry as the daemon's /peers sends it (``PeerReport.to_json``,
+    overlayd/agent/path_keeper.py)."""
     return {
         "node": node,
         "subnet": f"10.244.{n}.0/24",

@@ -12,9 +12,9 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
-from overlayd.identity import StateDir
-from overlayd.leasekeeper import HeldLease, LeaseKeeper
-from overlayd.memstore import ManualClock, MemStore
+from overlayd.disk.state_dir import StateDir
+from overlayd.store.lease_keeper import HeldLease, LeaseKeeper
+from overlayd.store.memory import ManualClock, MemStore
 from tests.builders import config, keeper_template
 
 T = TypeVar("T")

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import AsyncGenerator
 from ipaddress import IPv4Network
 
-from overlayd.memstore import ManualClock, MemStore
-from overlayd.store_api import EventKind
+from overlayd.store.api import EventKind
+from overlayd.store.memory import ManualClock, MemStore
 from tests.builders import record
 
 

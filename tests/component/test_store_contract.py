@@ -19,11 +19,11 @@ from typing import Protocol, TypeVar
 
 import pytest
 
-from overlayd.errors import ConfigError, ConfigMissingError, StoreError
-from overlayd.gateway_state import GatewayClaim, GatewayState, HealthReport
-from overlayd.memstore import ManualClock, MemStore
-from overlayd.store import EtcdSettings, EtcdStore
-from overlayd.store_api import EventKind, LeaseEvent, Store, WatchBatch
+from overlayd.store.api import EventKind, LeaseEvent, Store, WatchBatch
+from overlayd.store.etcd import EtcdSettings, EtcdStore
+from overlayd.store.memory import ManualClock, MemStore
+from overlayd.values.errors import ConfigError, ConfigMissingError, StoreError
+from overlayd.values.gateway_state import GatewayClaim, GatewayState, HealthReport
 from tests.builders import config, record
 from tests.lab.etcd import ETCD, ETCDCTL, EtcdServer
 

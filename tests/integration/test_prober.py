@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from overlayd.keys import PrivateKey
+from overlayd.values.keys import PrivateKey
 from tests.daemons import wait_until
 from tests.lab.netns import tool
 

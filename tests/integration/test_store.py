@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from overlayd.config import NetworkConfig, parse_config
-from overlayd.errors import ConfigError, ConfigMissingError, PoolExhaustedError
-from overlayd.identity import StateDir
-from overlayd.lease import LeaseRecord, decode_lease, subnet_key_name
-from overlayd.leasekeeper import HeldLease, LeaseKeeper
-from overlayd.store import EtcdSettings, EtcdStore, EventKind, StoredLease, WatchBatch
+from overlayd.disk.state_dir import StateDir
+from overlayd.store.api import EventKind, StoredLease, WatchBatch
+from overlayd.store.etcd import EtcdSettings, EtcdStore
+from overlayd.store.lease_keeper import HeldLease, LeaseKeeper
+from overlayd.values.config import NetworkConfig, parse_config
+from overlayd.values.errors import ConfigError, ConfigMissingError, PoolExhaustedError
+from overlayd.values.lease import LeaseRecord, decode_lease, subnet_key_name
 from tests.builders import keeper_template, record
 from tests.lab.etcd import ETCDCTL, EtcdServer
 

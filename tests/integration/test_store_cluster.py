@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.store import EtcdSettings, EtcdStore
+from overlayd.store.etcd import EtcdSettings, EtcdStore
 from tests.lab.etcd import ETCD, EtcdCluster, EtcdServer
 from tests.lab.tools.lease_churn import synthetic
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from overlayd.errors import WireGuardError
-from overlayd.keys import PrivateKey
-from overlayd.wireguard import interface_name
-from overlayd.wireguard.uapi import UapiClient, socket_path
+from overlayd.dataplane.wireguard.uapi import UapiClient, socket_path
+from overlayd.values.errors import WireGuardError
+from overlayd.values.keys import PrivateKey
+from overlayd.values.wireguard import interface_name
 from tests.daemons import wait_until
 from tests.lab.netns import tool
 

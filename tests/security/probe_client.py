@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from overlayd.keys import PrivateKey, PublicKey
 from overlayd.probe.wire import DEFAULT_PORT, ProbeCodec, ProbeError, Reply
+from overlayd.values.keys import PrivateKey, PublicKey
 
 ATTEMPTS = 3
 TIMEOUT = 0.7  # seconds each probe waits for its reply

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.config import VXLAN_WIREGUARD
+from overlayd.values.config import VXLAN_WIREGUARD
 from tests.daemons import BIN, OverlaydProc, full_matrix, ns_run, running, wait_until
 from tests.lab.world import World, build_multicloud_world, destroy
 

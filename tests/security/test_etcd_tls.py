@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.config import parse_config
-from overlayd.errors import EtcdTlsError
-from overlayd.store import EtcdSettings, EtcdStore
+from overlayd.store.etcd import EtcdSettings, EtcdStore
+from overlayd.values.config import parse_config
+from overlayd.values.errors import EtcdTlsError
 from tests.lab.certs import Pki, make_pki, write_key
 from tests.lab.etcd import GRPC_NOISE, EtcdServer, EtcdTls
 

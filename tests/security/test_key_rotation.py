@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.keys import KEY_FILE, PrivateKey
+from overlayd.disk.node_key import KEY_FILE
+from overlayd.values.keys import PrivateKey
 from tests.daemons import BIN, Background, OverlaydProc, full_matrix, ns_run, running, wait_until
 from tests.integration.test_wireguard_backend import internet, lease, wg, wg_device
 from tests.lab.world import World, multicloud_world

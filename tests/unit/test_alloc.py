@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from overlayd.alloc import Claim, ClaimKind, choose_free, plan_claims
-from overlayd.config import NetworkConfig, parse_config
-from overlayd.lease import LeaseRecord
+from overlayd.planning.alloc import Claim, ClaimKind, choose_free, plan_claims
+from overlayd.values.config import NetworkConfig, parse_config
+from overlayd.values.lease import LeaseRecord
 from tests.builders import lease
 
 

@@ -1,4 +1,4 @@
-"""Churn lines (logs.Churn, overlayd/churnlog.py) and PathKeeper's "that record is us"."""
+"""Churn lines (logs.Churn, overlayd/agent/churnlog.py) and PathKeeper's "that record is us"."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from overlayd.churnlog import change_counts, lease_counts, summary, wireguard_counts
-from overlayd.kernel_state import Changes, RouteEntry
-from overlayd.keys import NodeKey
-from overlayd.lease import LeaseRecord
-from overlayd.logs import Churn
-from overlayd.pathing import PathKeeper
+from overlayd.agent.churnlog import change_counts, lease_counts, summary, wireguard_counts
+from overlayd.agent.path_keeper import PathKeeper
+from overlayd.disk.node_key import NodeKey
 from overlayd.probe.prober import ProbeConfig
+from overlayd.runtime.logs import Churn
+from overlayd.values.kernel_state import Changes, RouteEntry
+from overlayd.values.lease import LeaseRecord
 from tests.builders import lease
 
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.cleartext import SITES_SHOWN, PlainCrossSite, plain_cross_site
-from overlayd.config import VXLAN, VXLAN_WIREGUARD, BackendConfig
-from overlayd.daemon import Daemon
-from overlayd.identity import StateDir
-from overlayd.keys import NodeKey
-from overlayd.lease import LeaseRecord
-from overlayd.memstore import MemStore
-from overlayd.plan import Planner
-from overlayd.plan_wireguard import plan_wireguard
+from overlayd.agent.daemon import Daemon
+from overlayd.disk.node_key import NodeKey
+from overlayd.disk.state_dir import StateDir
+from overlayd.planning.cleartext import SITES_SHOWN, PlainCrossSite, plain_cross_site
+from overlayd.planning.vxlan import Planner
+from overlayd.planning.wireguard import plan_wireguard
+from overlayd.store.memory import MemStore
+from overlayd.values.config import VXLAN, VXLAN_WIREGUARD, BackendConfig
+from overlayd.values.lease import LeaseRecord
 from tests.builders import daemon_options, node_lease
 from tests.component.fake_dataplane import FakeDataPlane
 

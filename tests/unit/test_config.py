@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from overlayd.config import (
+from overlayd.values.config import (
     DEFAULT_VNI,
     DEFAULT_VXLAN_PORT,
     BackendConfig,
     NetworkConfig,
     parse_config,
 )
-from overlayd.errors import ConfigError
+from overlayd.values.errors import ConfigError
 
 
 def cfg(**fields: Any) -> NetworkConfig:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from overlayd.config import (
+from overlayd.values.config import (
     BACKEND_TYPES,
     DEFAULT_KEEPALIVE,
     VXLAN,
@@ -19,8 +19,8 @@ from overlayd.config import (
     parse_backend,
     parse_config,
 )
-from overlayd.errors import ConfigError
-from overlayd.wireguard.model import DEFAULT_LISTEN_PORT, PresharedKey
+from overlayd.values.errors import ConfigError
+from overlayd.values.wireguard import DEFAULT_LISTEN_PORT, PresharedKey
 
 PSK_RAW = bytes(range(1, 33))
 PSK_B64 = base64.b64encode(PSK_RAW).decode()

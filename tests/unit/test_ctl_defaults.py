@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from overlayd.cli.ctl import main
-from overlayd.config import VXLAN, VXLAN_WIREGUARD, parse_config
-from overlayd.lease import LeaseRecord, subnet_key_name
+from overlayd.values.config import VXLAN, VXLAN_WIREGUARD, parse_config
+from overlayd.values.lease import LeaseRecord, subnet_key_name
 from tests.builders import site_lease
 from tests.lab.etcd import ETCD, ETCDCTL, EtcdServer
 

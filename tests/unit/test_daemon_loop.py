@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from overlayd.daemon import Daemon
-from overlayd.errors import KernelError, WireGuardError
-from overlayd.identity import StateDir
-from overlayd.keys import NodeKey
-from overlayd.memstore import MemStore
+from overlayd.agent.daemon import Daemon
+from overlayd.disk.node_key import NodeKey
+from overlayd.disk.state_dir import StateDir
+from overlayd.store.memory import MemStore
+from overlayd.values.errors import KernelError, WireGuardError
 from tests.builders import daemon_options
 from tests.component.fake_dataplane import FakeDataPlane
 

@@ -1,4 +1,4 @@
-"""Endpoint schemes, TLS file checks and handshake messages (overlayd/etcd_tls.py)."""
+"""Endpoint schemes, TLS file checks and handshake messages (overlayd/store/etcd_tls.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from overlayd.errors import ConfigError
-from overlayd.etcd_tls import (
+from overlayd.store.etcd_tls import (
     Endpoint,
     Scheme,
     TlsMaterial,
@@ -18,7 +17,8 @@ from overlayd.etcd_tls import (
     parse_endpoint,
     parse_endpoints,
 )
-from overlayd.logs import quote
+from overlayd.values.errors import ConfigError
+from overlayd.values.text import quote
 from tests.lab.certs import Pki, make_pki
 
 # what grpcio 1.85 reported against etcd 3.4 (see describe_tls_failure)

@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from overlayd.errors import ConfigError
-from overlayd.health import Handler, HealthServer, Text
-from overlayd.health_guard import Limits
-from overlayd.health_listen import LOOPBACK, ListenSpec, exposure, parse_listen
+from overlayd.agent.status import Handler, HealthServer, Text
+from overlayd.agent.status_guard import Limits
+from overlayd.agent.status_listen import LOOPBACK, ListenSpec, exposure, parse_listen
+from overlayd.values.errors import ConfigError
 
 T = TypeVar("T")
 FAST = Limits(deadline=1.5, log_interval=60)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.errors import ConfigError
-from overlayd.identity import StateDir
-from overlayd.kernel_state import MacAddress
+from overlayd.disk.state_dir import StateDir
+from overlayd.values.errors import ConfigError
+from overlayd.values.kernel_state import MacAddress
 
 
 def test_identity_is_created_and_persisted(tmp_path: Path) -> None:

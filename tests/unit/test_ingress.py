@@ -1,4 +1,4 @@
-"""The VXLAN ingress policy (overlayd/ingress.py): pure, sorted, incremental."""
+"""The VXLAN ingress policy (overlayd/planning/ingress.py): pure, sorted, incremental."""
 
 from __future__ import annotations
 
@@ -6,22 +6,22 @@ import random
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.config import parse_backend, parse_config
-from overlayd.gateway_state import GatewayClaim
-from overlayd.ingress import (
+from overlayd.planning.gateway import plan_gateway
+from overlayd.planning.ingress import (
     IngressPlanner,
     IngressPolicy,
     carried_prefixes,
     disjoint,
     peer_ingress,
 )
-from overlayd.keys import PrivateKey
-from overlayd.lease import LeaseRecord
-from overlayd.linger import Linger
-from overlayd.paths import PeerPath
-from overlayd.plan import Planner
-from overlayd.plan_gateway import plan_gateway
-from overlayd.plan_wireguard import plan_wireguard
+from overlayd.planning.linger import Linger
+from overlayd.planning.vxlan import Planner
+from overlayd.planning.wireguard import plan_wireguard
+from overlayd.values.config import parse_backend, parse_config
+from overlayd.values.gateway_state import GatewayClaim
+from overlayd.values.keys import PrivateKey
+from overlayd.values.lease import LeaseRecord
+from overlayd.values.paths import PeerPath
 from tests.builders import guessed_paths, node_lease
 
 PORT, DEV = 8472, "overlay.1"

@@ -9,9 +9,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.errors import KernelError
-from overlayd.ingress import IngressDelta, IngressPlanner, IngressPolicy, VxlanPeers
-from overlayd.ingress_nft import (
+from overlayd.dataplane.ingress_nft import (
     FAMILY,
     TABLE,
     IngressFilter,
@@ -19,9 +17,11 @@ from overlayd.ingress_nft import (
     delta_script,
     ingress_ruleset,
 )
-from overlayd.kernel_state import MacAddress
-from overlayd.lease import LeaseRecord
-from overlayd.paths import PeerPath
+from overlayd.planning.ingress import IngressDelta, IngressPlanner, IngressPolicy, VxlanPeers
+from overlayd.values.errors import KernelError
+from overlayd.values.kernel_state import MacAddress
+from overlayd.values.lease import LeaseRecord
+from overlayd.values.paths import PeerPath
 from tests.builders import guessed_paths, node_lease
 from tests.lab.netns import Namespace, create_namespace
 

@@ -7,7 +7,7 @@ filter it awaits the kernel, and the watch may drop a lease meanwhile. Under lea
 
 from __future__ import annotations
 
-from overlayd.ingress import IngressPlanner
+from overlayd.planning.ingress import IngressPlanner
 from tests.unit.test_ingress import DEV, ME, PORT, paths_of, peer
 
 

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.kernel_state import (
+from overlayd.values.kernel_state import (
     Changes,
     FdbEntry,
     KernelState,

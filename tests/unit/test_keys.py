@@ -12,14 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.keys import (
-    KEY_FILE,
-    NodeKey,
-    NodeKeyError,
-    PrivateKey,
-    PublicKey,
-    derive_shared,
-)
+from overlayd.disk.node_key import KEY_FILE, NodeKey, NodeKeyError
+from overlayd.values.keys import PrivateKey, PublicKey, derive_shared
 
 
 def test_created_with_mode_0600_and_reloaded(tmp_path: Path) -> None:

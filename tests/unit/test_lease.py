@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from overlayd.errors import LeaseFormatError
-from overlayd.kernel_state import MacAddress
-from overlayd.lease import (
+from overlayd.values.errors import LeaseFormatError
+from overlayd.values.kernel_state import MacAddress
+from overlayd.values.lease import (
     DEFAULT_SITE,
     LeaseRecord,
     decode_lease,

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from overlayd.cli.daemon_main import main as overlayd_main
-from overlayd.errors import ConfigError, LeaseFormatError
-from overlayd.lease import LeaseRecord, decode_lease
-from overlayd.lease_rules import (
+from overlayd.values.errors import ConfigError, LeaseFormatError
+from overlayd.values.lease import LeaseRecord, decode_lease
+from overlayd.values.lease_rules import (
     MAX_ADDRESSES,
     MAX_VALUE_BYTES,
     check_own_record,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.config import NetworkConfig, parse_config
-from overlayd.identity import StateDir
-from overlayd.lease import LeaseRecord
-from overlayd.leasekeeper import HeldLease, LeaseKeeper
-from overlayd.store import StoredLease
+from overlayd.disk.state_dir import StateDir
+from overlayd.store.api import StoredLease
+from overlayd.store.lease_keeper import HeldLease, LeaseKeeper
+from overlayd.values.config import NetworkConfig, parse_config
+from overlayd.values.lease import LeaseRecord
 from tests.builders import keeper_template
 from tests.fake_store import FakeLeaseStore
 

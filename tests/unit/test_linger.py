@@ -1,10 +1,10 @@
-"""Addresses that linger after we leave them (overlayd/linger.py)."""
+"""Addresses that linger after we leave them (overlayd/planning/linger.py)."""
 
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.linger import Linger, linger_for
+from overlayd.planning.linger import Linger, linger_for
 from overlayd.probe.prober import ProbeConfig
 
 A, B = IPv4Network("10.244.1.0/24"), IPv4Network("10.244.2.0/24")

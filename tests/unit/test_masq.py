@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.masq import TABLE, masq_ruleset
+from overlayd.dataplane.masq import TABLE, masq_ruleset
 from tests.lab.netns import tool
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,10 +15,8 @@ import pytest
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from overlayd.errors import KernelError
-from overlayd.kernel_state import FdbEntry, KernelState, MacAddress, NeighEntry, RouteEntry
-from overlayd.netlink import codec
-from overlayd.netlink.codec import (
+from overlayd.dataplane.netlink import codec
+from overlayd.dataplane.netlink.codec import (
     Action,
     DecodeError,
     DoneMessage,
@@ -27,7 +25,9 @@ from overlayd.netlink.codec import (
     NeighMessage,
     RouteMessage,
 )
-from overlayd.netlink.rtnl import ApplyResult, EntryError, KernelEvent, Op
+from overlayd.dataplane.netlink.rtnl import ApplyResult, EntryError, KernelEvent, Op
+from overlayd.values.errors import KernelError
+from overlayd.values.kernel_state import FdbEntry, KernelState, MacAddress, NeighEntry, RouteEntry
 
 IFINDEX = 7
 ROUTE = RouteEntry(IPv4Network("10.244.5.0/24"), IPv4Address("10.244.5.0"))

@@ -1,5 +1,5 @@
-"""overlayd/nft.py: scripts through libnftables in-process and through the nft command give
-the same results (a real namespace: needs root)."""
+"""overlayd/dataplane/nft.py: scripts through libnftables in-process and through the nft
+command give the same results (a real namespace: needs root)."""
 
 from __future__ import annotations
 

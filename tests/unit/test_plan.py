@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from overlayd.kernel_state import FdbEntry, NeighEntry, RouteEntry
-from overlayd.lease import LeaseRecord
-from overlayd.paths import PeerPath, guess_path
-from overlayd.plan import Plan, Planner
+from overlayd.planning.vxlan import Plan, Planner
+from overlayd.values.kernel_state import FdbEntry, NeighEntry, RouteEntry
+from overlayd.values.lease import LeaseRecord
+from overlayd.values.paths import PeerPath, guess_path
 from tests.builders import mac, node_lease
 
 

@@ -6,12 +6,12 @@ import itertools
 import time
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.config import VXLAN_WIREGUARD, WIREGUARD, BackendConfig
-from overlayd.lease import LeaseRecord
-from overlayd.paths import NOT_GUESSED, PeerCandidates, PeerPath, guess
-from overlayd.plan import Planner, conflict_order
-from overlayd.plan_wireguard import plan_wireguard
-from overlayd.probe.choose import PathStats, choose_path
+from overlayd.planning.path_choice import PathStats, choose_path
+from overlayd.planning.vxlan import Planner, conflict_order
+from overlayd.planning.wireguard import plan_wireguard
+from overlayd.values.config import VXLAN_WIREGUARD, WIREGUARD, BackendConfig
+from overlayd.values.lease import LeaseRecord
+from overlayd.values.paths import NOT_GUESSED, PeerCandidates, PeerPath, guess
 from tests.builders import node_lease, wg_key
 
 ETCD = IPv4Address("192.0.2.10")

@@ -6,13 +6,13 @@ import itertools
 
 import pytest
 
-from overlayd.config import parse_config
-from overlayd.errors import ConfigError
-from overlayd.gateway_state import GatewayClaim, GatewayState, HealthReport
-from overlayd.kernel_state import RouteEntry
-from overlayd.keys import PrivateKey
-from overlayd.lease import LeaseRecord
-from overlayd.plan_gateway import entry_points, plan_gateway
+from overlayd.planning.gateway import entry_points, plan_gateway
+from overlayd.values.config import parse_config
+from overlayd.values.errors import ConfigError
+from overlayd.values.gateway_state import GatewayClaim, GatewayState, HealthReport
+from overlayd.values.kernel_state import RouteEntry
+from overlayd.values.keys import PrivateKey
+from overlayd.values.lease import LeaseRecord
 from tests.builders import node_lease
 
 BASE = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan+wireguard"}'

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from overlayd.cli.planview import plan_json, plan_lines
-from overlayd.config import VXLAN, VXLAN_WIREGUARD, WIREGUARD, NetworkConfig
-from overlayd.gateway_state import GatewayClaim
-from overlayd.kernel_state import RouteEntry
-from overlayd.lease import LeaseRecord
-from overlayd.plan_node import NodePlan, PlanMemo, plan_node
+from overlayd.planning.node import NodePlan, PlanMemo, plan_node
+from overlayd.values.config import VXLAN, VXLAN_WIREGUARD, WIREGUARD, NetworkConfig
+from overlayd.values.gateway_state import GatewayClaim
+from overlayd.values.kernel_state import RouteEntry
+from overlayd.values.lease import LeaseRecord
 from tests.builders import config, record, wg_key
 
 PSK = base64.b64encode(bytes(range(1, 33))).decode()

@@ -1,4 +1,4 @@
-"""Property: the incremental planning path equals a full plan (overlayd/plan_node.py).
+"""Property: the incremental planning path equals a full plan (overlayd/planning/node.py).
 
 Over random sequences of lease events (join, change, leave; other sites, shared VTEP MACs,
 records the scope check refuses), ``plan_node(..., memo=memo, changed={subnet})`` after each
@@ -12,8 +12,8 @@ from ipaddress import IPv4Network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlayd.lease import LeaseRecord
-from overlayd.plan_node import NodePlan, PlanMemo, plan_node
+from overlayd.planning.node import NodePlan, PlanMemo, plan_node
+from overlayd.values.lease import LeaseRecord
 from tests.builders import config, node_lease
 
 CFG = config(Network="10.244.0.0/16", Backend={"Type": "vxlan"})

@@ -8,16 +8,18 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.config import VXLAN, VXLAN_WIREGUARD, WIREGUARD, BackendConfig
-from overlayd.kernel_state import RouteEntry
-from overlayd.keys import PublicKey
-from overlayd.lease import LeaseRecord
-from overlayd.paths import PeerPath
-from overlayd.plan import Planner
-from overlayd.plan_wireguard import WireGuardPlan, plan_wireguard
-from overlayd.wireguard.model import Endpoint, PresharedKey, WgPeerState, diff_peers
+from overlayd.planning.vxlan import Planner
+from overlayd.planning.wireguard import WireGuardPlan, plan_wireguard
+from overlayd.values.config import VXLAN, VXLAN_WIREGUARD, WIREGUARD, BackendConfig
+from overlayd.values.kernel_state import RouteEntry
+from overlayd.values.keys import PublicKey
+from overlayd.values.lease import LeaseRecord
+from overlayd.values.paths import PeerPath
+from overlayd.values.wireguard import Endpoint, PresharedKey, WgPeerState, diff_peers
 from tests.builders import node_lease
 from tests.builders import wg_key as key
+
+NOW = 1_000.0  # UNIX seconds for diff_peers: no handshake in these tests is fresh
 
 WG = BackendConfig(type=WIREGUARD)
 MIXED = BackendConfig(type=VXLAN_WIREGUARD)
@@ -358,13 +360,13 @@ def test_plan_feeds_the_per_peer_diff() -> None:
     records = big_world(300)
     plan = plan_wireguard(ME, records, WG)
     # no key twice, so diff_peers accepts it; applied, nothing is left to do
-    changes = diff_peers(plan.peers.values(), {})
+    changes = diff_peers(plan.peers.values(), {}, now=NOW)
     assert len(changes.add) == len(plan.peers)
     actual = {p.public_key: WgPeerState(p) for p in plan.peers.values()}
-    assert len(diff_peers(plan.peers.values(), actual)) == 0
+    assert len(diff_peers(plan.peers.values(), actual, now=NOW)) == 0
     # a new node is one addition; nobody else is touched
     newcomer = rec(250, site="b", public=("198.51.200.1",), key_n=9999, subnet="10.250.0.0/24")
     grown = plan_wireguard(ME, {**records, newcomer.subnet: newcomer}, WG)
-    changes = diff_peers(grown.peers.values(), actual)
+    changes = diff_peers(grown.peers.values(), actual, now=NOW)
     assert [p.public_key for p in changes.add] == [PublicKey.from_base64(key(9999))]
     assert changes.update == () and changes.remove == ()

@@ -7,11 +7,11 @@ from ipaddress import IPv4Network
 from typing import Any
 
 from overlayd.cli.planview import wireguard_json, wireguard_lines
-from overlayd.config import VXLAN, VXLAN_WIREGUARD, WIREGUARD, NetworkConfig, parse_config
-from overlayd.gateway_state import GatewayClaim
-from overlayd.kernel_state import RouteEntry
-from overlayd.lease import LeaseRecord
-from overlayd.plan_node import plan_node
+from overlayd.planning.node import plan_node
+from overlayd.values.config import VXLAN, VXLAN_WIREGUARD, WIREGUARD, NetworkConfig, parse_config
+from overlayd.values.gateway_state import GatewayClaim
+from overlayd.values.kernel_state import RouteEntry
+from overlayd.values.lease import LeaseRecord
 from tests.builders import site_lease as lease
 
 

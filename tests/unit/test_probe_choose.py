@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from overlayd.paths import PeerCandidates, PeerPath
-from overlayd.probe.choose import (
+from overlayd.planning.path_choice import (
     ChooseParams,
     Observation,
     PathStats,
@@ -19,6 +18,7 @@ from overlayd.probe.choose import (
     confirmed_public,
     probe_targets,
 )
+from overlayd.values.paths import PeerCandidates, PeerPath
 
 A = IPv4Address
 PRIV1, PRIV2 = A("10.0.0.5"), A("10.0.1.5")

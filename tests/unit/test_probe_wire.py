@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from overlayd.keys import PrivateKey, PublicKey, derive_shared
 from overlayd.probe.wire import (
     KDF_CONTEXT,
     MAC_LEN,
@@ -24,6 +23,7 @@ from overlayd.probe.wire import (
     Reply,
     peek_recipient,
 )
+from overlayd.values.keys import PrivateKey, PublicKey, derive_shared
 
 NOW = 1_700_000_000.0
 OBSERVED = (IPv4Address("203.0.113.7"), 8473)

@@ -1,4 +1,4 @@
-"""The one retry policy (overlayd/retry.py): delays, cap, jitter, and who is retried."""
+"""The one retry policy (overlayd/runtime/retry.py): delays, cap, jitter, and who is retried."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from overlayd.errors import (
+from overlayd.runtime.retry import FIXED_1S, Backoff, Retry, retry, retryable
+from overlayd.values.errors import (
     ConfigError,
     ConfigMissingError,
     EtcdTlsError,
@@ -16,7 +17,6 @@ from overlayd.errors import (
     StoreError,
     WireGuardError,
 )
-from overlayd.retry import FIXED_1S, Backoff, Retry, retry, retryable
 
 
 class Sleeps:

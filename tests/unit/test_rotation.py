@@ -19,12 +19,7 @@ from typing import Any
 
 import pytest
 
-from overlayd.errors import StoreError
-from overlayd.keys import KEY_FILE, NodeKey, NodeKeyError, PrivateKey, PublicKey
-from overlayd.lease import LeaseRecord
-from overlayd.probe.prober import PeerTarget, Prober
-from overlayd.probe.wire import ProbeCodec, Reject
-from overlayd.rotation import (
+from overlayd.agent.rotation import (
     VERB,
     KeyRotation,
     describe_request,
@@ -32,9 +27,15 @@ from overlayd.rotation import (
     key_change,
     short,
 )
-from overlayd.store_api import ControlValue, StoreKeys
-from overlayd.wireguard import kernel, uapi
-from overlayd.wireguard.model import (
+from overlayd.dataplane.wireguard import kernel, uapi
+from overlayd.disk.node_key import KEY_FILE, NodeKey, NodeKeyError
+from overlayd.probe.prober import PeerTarget, Prober
+from overlayd.probe.wire import ProbeCodec, Reject
+from overlayd.store.api import ControlValue, StoreKeys
+from overlayd.values.errors import StoreError
+from overlayd.values.keys import PrivateKey, PublicKey
+from overlayd.values.lease import LeaseRecord
+from overlayd.values.wireguard import (
     DeviceUpdate,
     Endpoint,
     WgDeviceConfig,
@@ -45,6 +46,8 @@ from overlayd.wireguard.model import (
     diff_peers,
 )
 from tests import builders
+
+NOW = 1_000.0  # UNIX seconds for diff_peers: no handshake in these tests is fresh
 
 # -- the key file ------------------------------------------------------------------------
 
@@ -295,7 +298,7 @@ def test_peer_diff_for_a_changed_public_key() -> None:
     before = WgPeerConfig(old, endpoint, (IPv4Network("10.244.1.0/24"),), 25)
     untouched = WgPeerConfig(other, Endpoint(IPv4Address("192.0.2.31"), 51820))
     actual = {p.public_key: WgPeerState(p, last_handshake=1.0) for p in (before, untouched)}
-    changes = diff_peers([replace(before, public_key=new), untouched], actual)
+    changes = diff_peers([replace(before, public_key=new), untouched], actual, now=NOW)
     assert changes.remove == (old,) and changes.update == ()
     assert changes.add == (replace(before, public_key=new),)  # same endpoint, allowed IPs
     text = uapi.encode_set(changes)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.errors import ConfigError
-from overlayd.subnetfile import SubnetFile, read_subnet_file, write_subnet_file
+from overlayd.disk.subnet_file import SubnetFile, read_subnet_file, write_subnet_file
+from overlayd.values.errors import ConfigError
 
 
 def sample(n: int = 3, mtu: int = 1450, masq: bool = True) -> SubnetFile:

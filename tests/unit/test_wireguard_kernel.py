@@ -8,11 +8,11 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.errors import WireGuardError
-from overlayd.keys import PrivateKey, PublicKey
-from overlayd.wireguard import kernel
-from overlayd.wireguard._link import encode_create_wireguard
-from overlayd.wireguard.model import Endpoint, PeerChanges, PresharedKey, WgPeerConfig
+from overlayd.dataplane.wireguard import kernel
+from overlayd.dataplane.wireguard._link import encode_create_wireguard
+from overlayd.values.errors import WireGuardError
+from overlayd.values.keys import PrivateKey, PublicKey
+from overlayd.values.wireguard import Endpoint, PeerChanges, PresharedKey, WgPeerConfig
 
 NESTED = 0x8000
 K1 = PublicKey(b"\x11" * 32)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from overlayd.keys import PrivateKey, PublicKey
-from overlayd.wireguard.model import (
+from overlayd.values.keys import PrivateKey, PublicKey
+from overlayd.values.wireguard import (
     Endpoint,
     PeerChanges,
     PresharedKey,
@@ -19,6 +19,8 @@ from overlayd.wireguard.model import (
     diff_peers,
     interface_name,
 )
+
+NOW = 1_000.0  # UNIX seconds for diff_peers: no handshake in these tests is fresh
 
 
 def key(n: int) -> PublicKey:
@@ -79,7 +81,7 @@ def test_secrets_not_in_repr() -> None:
 
 def test_diff_adds_updates_removes_sorted() -> None:
     desired = [peer(3), peer(1), peer(2, persistent_keepalive=25)]
-    changes = diff_peers(desired, actual(peer(2), peer(4), peer(5)))
+    changes = diff_peers(desired, actual(peer(2), peer(4), peer(5)), now=NOW)
     assert changes.add == (peer(1), peer(3))
     assert changes.update == (peer(2, persistent_keepalive=25),)
     assert changes.remove == (key(4), key(5))
@@ -89,24 +91,24 @@ def test_diff_adds_updates_removes_sorted() -> None:
 
 def test_adding_a_peer_touches_no_other_peer() -> None:
     existing = [peer(1), peer(2)]
-    changes = diff_peers([*existing, peer(3)], actual(*existing))
+    changes = diff_peers([*existing, peer(3)], actual(*existing), now=NOW)
     assert changes == PeerChanges(add=(peer(3),))
 
 
 def test_removing_a_peer_touches_no_other_peer() -> None:
-    changes = diff_peers([peer(1)], actual(peer(1), peer(2)))
+    changes = diff_peers([peer(1)], actual(peer(1), peer(2)), now=NOW)
     assert changes == PeerChanges(remove=(key(2),))
 
 
 def test_no_deletes_before_first_snapshot() -> None:
-    changes = diff_peers([peer(1)], actual(peer(2)), allow_delete=False)
+    changes = diff_peers([peer(1)], actual(peer(2)), allow_delete=False, now=NOW)
     assert changes == PeerChanges(add=(peer(1),))
 
 
 def test_learned_endpoint_is_not_a_change() -> None:
     desired = peer(1, endpoint=None, persistent_keepalive=0)
     learned = peer(1, endpoint=Endpoint(IPv4Address("203.0.113.9"), 40000))
-    assert not diff_peers([desired], actual(learned))
+    assert not diff_peers([desired], actual(learned), now=NOW)
 
 
 def test_port_learned_behind_nat_is_kept_while_the_session_is_fresh() -> None:
@@ -137,15 +139,15 @@ def test_changed_fields_are_updates() -> None:
         peer(1, preshared_key=PresharedKey(b"\x01" * 32)),
     ]
     for variant in variants:
-        assert diff_peers([variant], actual(base)).update == (variant,)
-    assert not diff_peers([base], actual(base))
+        assert diff_peers([variant], actual(base), now=NOW).update == (variant,)
+    assert not diff_peers([base], actual(base), now=NOW)
 
 
 def test_foreign_allowed_ips_force_an_update() -> None:
     state = {key(1): WgPeerState(peer(1), foreign_allowed_ips=("::/0",))}
-    assert diff_peers([peer(1)], state).update == (peer(1),)
+    assert diff_peers([peer(1)], state, now=NOW).update == (peer(1),)
 
 
 def test_duplicate_desired_key_is_an_error() -> None:
     with pytest.raises(ValueError, match="twice"):
-        diff_peers([peer(1), peer(1, persistent_keepalive=5)], {})
+        diff_peers([peer(1), peer(1, persistent_keepalive=5)], {}, now=NOW)

@@ -12,10 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.errors import WireGuardError
-from overlayd.keys import PrivateKey, PublicKey
-from overlayd.wireguard.model import Endpoint, PeerChanges, PresharedKey, WgPeerConfig
-from overlayd.wireguard.uapi import UapiClient, UapiUnavailable, encode_set, parse_get, socket_path
+from overlayd.dataplane.wireguard.uapi import (
+    UapiClient,
+    UapiUnavailable,
+    encode_set,
+    parse_get,
+    socket_path,
+)
+from overlayd.values.errors import WireGuardError
+from overlayd.values.keys import PrivateKey, PublicKey
+from overlayd.values.wireguard import Endpoint, PeerChanges, PresharedKey, WgPeerConfig
 
 PRIV = PrivateKey(bytes(range(1, 33)))
 K1 = PublicKey(b"\x11" * 32)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.errors import WireGuardError
-from overlayd.keys import PrivateKey
-from overlayd.wireguard.model import WgDeviceConfig
-from overlayd.wireguard.userspace import WireGuardGo, _ExitWatcher
+from overlayd.dataplane.wireguard.userspace import WireGuardGo, _ExitWatcher
+from overlayd.values.errors import WireGuardError
+from overlayd.values.keys import PrivateKey
+from overlayd.values.wireguard import WgDeviceConfig
 
 
 def test_exit_watcher_fires_on_exit() -> None:

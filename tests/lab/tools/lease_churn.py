@@ -14,8 +14,8 @@ import time
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.lease import LeaseRecord
-from overlayd.store import EtcdSettings, EtcdStore
+from overlayd.store.etcd import EtcdSettings, EtcdStore
+from overlayd.values.lease import LeaseRecord
 from tests.builders import lease
 
 

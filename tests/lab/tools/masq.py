@@ -1,12 +1,12 @@
 """``masq apply NETWORK SUBNET`` / ``masq remove``: overlayd's masquerade rules, in this
-namespace (``overlayd.masq``; ``remove`` runs twice: removing what is gone is fine)."""
+namespace (``overlayd.dataplane.masq``; ``remove`` runs twice: removing what is gone is fine)."""
 
 from __future__ import annotations
 
 import sys
 from ipaddress import IPv4Network
 
-from overlayd.masq import apply_masq, remove_masq
+from overlayd.dataplane.masq import apply_masq, remove_masq
 
 
 def main(argv: list[str]) -> int:

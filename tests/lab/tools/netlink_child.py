@@ -18,7 +18,10 @@ from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from overlayd.kernel_state import (
+from overlayd.dataplane.netlink.codec import EntryMessage, NeighMessage, RouteMessage
+from overlayd.dataplane.netlink.link import Links, VxlanSpec
+from overlayd.dataplane.netlink.rtnl import KernelEvent, Monitor, MonitorEvent, ResyncNeeded, Rtnl
+from overlayd.values.kernel_state import (
     Changes,
     FdbEntry,
     KernelState,
@@ -27,9 +30,6 @@ from overlayd.kernel_state import (
     RouteEntry,
     diff,
 )
-from overlayd.netlink.codec import EntryMessage, NeighMessage, RouteMessage
-from overlayd.netlink.link import Links, VxlanSpec
-from overlayd.netlink.rtnl import KernelEvent, Monitor, MonitorEvent, ResyncNeeded, Rtnl
 
 DEVICE = "vx0"
 

@@ -1,4 +1,4 @@
-"""``nft_paths library|command``: overlayd.nft's runner in this namespace, by one path.
+"""``nft_paths library|command``: overlayd.dataplane.nft's runner in this namespace, by one path.
 
 Prints one JSON object: whether a table with a set was written, the terse read-back (no set
 elements), a missing table's read-back, and the message of a refused script.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
-from overlayd.errors import KernelError
-from overlayd.nft import delete_table, list_table, replace_table, run_nft
+from overlayd.dataplane.nft import delete_table, list_table, replace_table, run_nft
+from overlayd.values.errors import KernelError
 
 BODY = "  set peers {\n    type ipv4_addr\n    elements = { 192.0.2.7 }\n  }\n"
 

@@ -20,18 +20,10 @@ from typing import Any
 
 import uvloop
 
-from overlayd.keys import PrivateKey, PublicKey
-from overlayd.paths import PeerPath
-from overlayd.probe import (
-    ChooseParams,
-    PeerCandidates,
-    PeerTarget,
-    ProbeConfig,
-    Prober,
-    choose_path,
-    confirmed_public,
-    probe_targets,
-)
+from overlayd.planning.path_choice import ChooseParams, choose_path, confirmed_public, probe_targets
+from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober
+from overlayd.values.keys import PrivateKey, PublicKey
+from overlayd.values.paths import PeerCandidates, PeerPath
 from tests.lab.tools import write_json
 
 

@@ -15,8 +15,8 @@ import sys
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from overlayd.keys import PrivateKey, PublicKey
 from overlayd.probe.wire import Probe, ProbeCodec, ProbeError
+from overlayd.values.keys import PrivateKey, PublicKey
 from tests.lab.tools import write_json
 
 PORT = 8473

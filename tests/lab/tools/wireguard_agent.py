@@ -19,9 +19,10 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-from overlayd.errors import WireGuardError
-from overlayd.keys import PrivateKey, PublicKey
-from overlayd.wireguard import Endpoint, WgDeviceConfig, WgPeerConfig, open_driver, sync
+from overlayd.dataplane.wireguard.driver import open_driver, sync
+from overlayd.values.errors import WireGuardError
+from overlayd.values.keys import PrivateKey, PublicKey
+from overlayd.values.wireguard import Endpoint, WgDeviceConfig, WgPeerConfig
 from tests.lab.tools import write_json
 
 

@@ -1,0 +1,210 @@
+"""Per-peer underlay choice for the daemon: probe targets in, chosen paths out.
+
+Glues the authenticated prober (overlayd/probe) to the planner: keeps each peer's probe
+target from its lease, recomputes the chosen path of peers whose probe state changed, and
+turns reflexive observations into our confirmed public addresses (``--public-ip auto``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from overlayd.disk.node_key import NodeKey
+from overlayd.planning.linger import Linger, linger_for
+from overlayd.planning.path_choice import (
+    ChooseParams,
+    choose_path,
+    confirmed_public,
+    probe_targets,
+)
+from overlayd.planning.vxlan import is_me
+from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober
+from overlayd.values.errors import ConfigError
+from overlayd.values.keys import PublicKey
+from overlayd.values.lease import LeaseRecord
+from overlayd.values.paths import PeerCandidates, PeerPath
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    """What ``/peers`` (and ``overlayctl peers``) shows of one peer."""
+
+    node: str
+    subnet: IPv4Network
+    site: str
+    path: PeerPath
+    rtt_ms: float | None
+    last_success: float | None  # wall-clock seconds
+    verified: tuple[IPv4Address, ...]
+    via: str | None = None  # the gateway this peer is reached through, if any
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "subnet": str(self.subnet),
+            "site": self.site,
+            "address": str(self.path.address),
+            "kind": self.path.kind,
+            "reason": self.path.reason,
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+            "last_success": self.last_success,
+            "verified": [str(a) for a in self.verified],
+            "via": self.via,
+        }
+
+
+class PathKeeper:
+    """Chosen underlay path per peer subnet, verified by probes where peers support them."""
+
+    def __init__(
+        self,
+        key: NodeKey,
+        config: ProbeConfig,
+        on_change: Callable[[IPv4Network | None], None],
+        params: ChooseParams | None = None,
+        unguessable: frozenset[IPv4Address] = frozenset(),
+    ) -> None:
+        self.prober: Prober[IPv4Network] = Prober(key.private, config, on_change)
+        self._on_change = on_change
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # the addresses we left, still accepted from the peer (overlayd/planning/linger.py)
+        self.linger = Linger(linger_for(config.slow_interval, config.jitter, config.timeout))
+        self.unguessable = unguessable  # our etcd endpoints: used only once verified
+        self._params = params or ChooseParams(hold=config.stable_after)
+        self._targets: dict[IPv4Network, PeerTarget] = {}
+        self._targets_changed = False
+        self.paths: dict[IPv4Network, PeerPath] = {}
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self.prober.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for path probes on UDP port {self.prober.config.port}: "
+                f"{exc.strerror}",
+                hint="is another overlayd running in this network namespace? see --probe-port",
+            ) from None
+
+    async def close(self) -> None:
+        await self.prober.close()
+
+    def lease_changed(self, me: LeaseRecord, subnet: IPv4Network, peer: LeaseRecord | None) -> None:
+        """Keep the probe target of ``subnet`` in step with its lease (None: gone).
+
+        A record of ours under another subnet (our old one, after we moved) is us, not a
+        peer: never probed nor reported.
+        """
+        if peer is not None and is_me(me, subnet, peer):
+            peer = None
+        target = None
+        if peer is not None and peer.public_key and peer.probe_port:
+            target = PeerTarget(
+                PublicKey.from_base64(peer.public_key),
+                probe_targets(me.site, PeerCandidates.from_lease(peer)),
+                peer.site,
+                peer.probe_port,
+            )
+        if self._targets.get(subnet) != target:
+            if target is None:
+                self._targets.pop(subnet, None)
+            else:
+                self._targets[subnet] = target
+            self._targets_changed = True
+        if peer is None:
+            self.paths.pop(subnet, None)
+            self.linger.forget(subnet)
+
+    def recompute(
+        self,
+        me: LeaseRecord,
+        peers: Mapping[IPv4Network, LeaseRecord],
+        which: Iterable[IPv4Network],
+    ) -> set[IPv4Network]:
+        """Rechoose the paths of ``which`` peers; returns those whose path, or whose
+        lingering address, changed."""
+        if self._targets_changed:
+            self.prober.set_peers(self._targets)
+            self._targets_changed = False
+        now = time.monotonic()
+        changed = self.linger.expire(which, now)
+        for subnet in which:
+            peer = peers.get(subnet)
+            if peer is None or is_me(me, subnet, peer):
+                self.paths.pop(subnet, None)
+                self.linger.forget(subnet)
+                continue
+            current = self.paths.get(subnet)
+            stats = self.prober.stats(subnet)
+            candidates = PeerCandidates.from_lease(peer)
+            path = choose_path(
+                me.site, candidates, stats, current, now, self._params, self.unguessable
+            )
+            address = None if path is None else path.address
+            old = None if current is None else current.address
+            if address != old:
+                changed.add(subnet)
+                self.prober.set_chosen(subnet, address if subnet in self._targets else None)
+                published = (peer.public_ip, *peer.public_ips, *peer.private_ips)
+                if self.linger.left(subnet, old, address, published, now) and self._loop:
+                    # wake up when it expires, so the ingress filter drops it then
+                    self._loop.call_later(self.linger.seconds + 0.1, self._on_change, subnet)
+            if path is None:
+                self.paths.pop(subnet, None)
+            else:
+                self.paths[subnet] = path
+        return changed
+
+    def verified(self) -> set[IPv4Network]:
+        """Peers whose chosen path probes have verified."""
+        out = set()
+        for subnet, path in self.paths.items():
+            stats = self.prober.stats(subnet).get(path.address)
+            if stats is not None and stats.verified:
+                out.add(subnet)
+        return out
+
+    def public_addresses(self, me: LeaseRecord) -> tuple[IPv4Address, ...]:
+        """Our public addresses as peers in other sites confirmed them (sorted)."""
+        found = confirmed_public(
+            me.site,
+            self.prober.observations(),
+            exclude=me.private_ips,
+            probe_port=me.probe_port,
+            now=time.monotonic(),
+        )
+        return tuple(sorted(found))
+
+    def report(
+        self, peers: Mapping[IPv4Network, LeaseRecord], via: Mapping[IPv4Network, str]
+    ) -> list[PeerReport]:
+        """One report per peer with a chosen path, sorted by node name; ``via``: peers
+        reached through a gateway (the gateway's node name)."""
+        out = []
+        wall_offset = time.time() - time.monotonic()
+        for subnet, path in self.paths.items():
+            peer = peers.get(subnet)
+            if peer is None:
+                continue
+            stats = self.prober.stats(subnet)
+            mine = stats.get(path.address)
+            out.append(
+                PeerReport(
+                    node=peer.node,
+                    subnet=subnet,
+                    site=peer.site,
+                    path=path,
+                    rtt_ms=None if mine is None or mine.rtt is None else mine.rtt * 1000,
+                    last_success=None
+                    if mine is None or mine.last_success is None
+                    else mine.last_success + wall_offset,
+                    verified=tuple(sorted(a for a, s in stats.items() if s.verified)),
+                    via=via.get(subnet),
+                )
+            )
+        return sorted(out, key=lambda r: (r.node, r.subnet))

@@ -1,0 +1,58 @@
+"""The daemon's picture of the kernel state it owns, kept current from the kernel itself.
+
+It is replaced by a full dump (at start, periodically, after lost notifications) and
+updated from netlink notifications in between; never from what we merely asked for.
+Entries equal to desired ones are stored as the desired objects ("interned") so the
+diff's identity short-cut holds for everything already in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from overlayd.dataplane.netlink.codec import NeighMessage, RouteMessage
+from overlayd.dataplane.netlink.rtnl import KernelEvent
+from overlayd.values.kernel_state import KernelState
+
+
+def _interned(dumped: dict[Any, Any], desired: dict[Any, Any]) -> dict[Any, Any]:
+    out = {}
+    for key, have in dumped.items():
+        want = desired.get(key)
+        out[key] = want if want is not None and want == have else have
+    return out
+
+
+class KernelMirror:
+    """Holder of the actual ``KernelState`` (its dicts are updated in place by events)."""
+
+    def __init__(self) -> None:
+        self.state = KernelState()
+
+    def replace(self, dumped: KernelState, desired: KernelState) -> None:
+        """Take a full dump as the new truth."""
+        self.state = KernelState(
+            routes=_interned(dumped.routes, desired.routes),
+            neighs=_interned(dumped.neighs, desired.neighs),
+            fdbs=_interned(dumped.fdbs, desired.fdbs),
+        )
+
+    def absorb(self, event: KernelEvent, desired: KernelState) -> bool:
+        """Apply one notification; True if the entry it touched now differs from ``desired``."""
+        if not event.apply_to(self.state):
+            return False
+        msg = event.message
+        key: object
+        if isinstance(msg, RouteMessage):
+            field, key = "routes", msg.dst
+        elif isinstance(msg, NeighMessage):
+            field, key = "neighs", msg.ip
+        else:
+            field, key = "fdbs", msg.mac
+        table: dict[Any, Any] = getattr(self.state, field)
+        want: dict[Any, Any] = getattr(desired, field)
+        have, wanted = table.get(key), want.get(key)
+        if have is not None and wanted is not None and have == wanted:
+            table[key] = wanted
+            return False
+        return have is not wanted

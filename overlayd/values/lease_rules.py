@@ -1,0 +1,166 @@
+"""What a lease record may say (pure): size caps, name rules and underlay address scope.
+
+A record in etcd comes from outside this node; it is programmed into the kernel and
+quoted in logs by every daemon. So (docs/etcd-schema.md, "Validation"):
+
+* the raw value is at most ``MAX_VALUE_BYTES`` (checked before it is parsed), every
+  string and list is bounded, and what an error message quotes is truncated
+  (``overlayd.runtime.logs.quote``);
+* ``Node`` and ``Site`` are DNS labels (``is_label``): they will be served as DNS names;
+* an underlay address (``PublicIP``, ``PrivateIPs``, ``PublicIPs``) that is loopback,
+  unspecified, multicast, broadcast, reserved (240/4) or link-local refuses the **whole
+  record** (``scope_error``), as does one inside the overlay network (``check_scope``,
+  which needs the network). A half-trusted record is harder to reason about than a
+  refused one, and one clear log line is visible where a silently dropped address is not.
+
+The same rules check our own flags (``own_label``, ``own_addresses``), so a daemon never
+publishes a record its peers refuse.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING
+
+from overlayd.values.errors import ConfigError
+from overlayd.values.text import quote
+
+if TYPE_CHECKING:  # lease.py imports this module; the record type is only annotated here
+    from overlayd.values.lease import LeaseRecord
+
+MAX_VALUE_BYTES = 8192
+"""A lease value's size limit. A real record with 16 addresses in each list is ~1.3 KiB."""
+MAX_ADDRESSES = 16
+"""At most this many ``PrivateIPs`` and this many ``PublicIPs``."""
+MAX_NODE_ID = 64
+MAX_BACKEND_TYPE = 32
+MAX_LABEL = 63
+
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_NODE_ID = re.compile(r"[A-Za-z0-9._-]*")
+_BACKEND_TYPE = re.compile(r"[a-z0-9+._-]+")
+_BROADCAST = IPv4Address("255.255.255.255")
+
+
+def is_label(text: str) -> bool:
+    """A DNS label: 1-63 of [A-Za-z0-9-], no leading or trailing hyphen."""
+    return _LABEL.fullmatch(text) is not None
+
+
+def is_node_id(text: str) -> bool:
+    """A node id: up to ``MAX_NODE_ID`` of [A-Za-z0-9._-] (ours: 32 hex; flannel's: none)."""
+    return len(text) <= MAX_NODE_ID and _NODE_ID.fullmatch(text) is not None
+
+
+def is_backend_type(text: str) -> bool:
+    """A backend type name: 1-32 of [a-z0-9+._-]; unknown ones decode, planners skip them."""
+    return len(text) <= MAX_BACKEND_TYPE and _BACKEND_TYPE.fullmatch(text) is not None
+
+
+def flannel_node_name(public_ip: IPv4Address) -> str:
+    """The name of a flannel node (its record has no ``Node``): ``flannel-192-0-2-1``."""
+    return "flannel-" + str(public_ip).replace(".", "-")
+
+
+def scope_error(address: IPv4Address) -> str | None:
+    """Why ``address`` can never be a peer's underlay address (None: it can)."""
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_loopback:
+        return "loopback"
+    if address.is_multicast:
+        return "multicast"
+    if address == _BROADCAST:
+        return "broadcast"
+    if address.is_reserved:
+        return "reserved (240.0.0.0/4)"
+    if address.is_link_local:
+        return "link-local"
+    return None
+
+
+def underlay_addresses(record: LeaseRecord) -> tuple[IPv4Address, ...]:
+    """Every underlay address a record names: PublicIP, then PrivateIPs, then PublicIPs."""
+    return (record.public_ip, *record.private_ips, *record.public_ips)
+
+
+def check_scope(record: LeaseRecord, network: IPv4Network) -> str | None:
+    """Why ``record`` must be refused in ``network`` (None: it may be used).
+
+    An underlay address inside the overlay network would send encapsulated traffic back
+    into the overlay. The network-independent rules (``scope_error``) already refused the
+    record when it was decoded.
+    """
+    for address in underlay_addresses(record):
+        if address in network:
+            return f"underlay address {address} is inside the overlay network {network}"
+    return None
+
+
+# -- our own flags ------------------------------------------------------------------------
+
+
+def own_label(value: str, flag: str) -> str:
+    """``value`` of ``flag`` if it is a DNS label, else a ``ConfigError`` naming the flag."""
+    if not is_label(value):
+        raise ConfigError(
+            f"{flag} {quote(value)} is not a DNS label",
+            hint="use 1-63 letters, digits and hyphens, not starting or ending with a hyphen",
+        )
+    return value
+
+
+def default_node_name(hostname: str) -> str:
+    """The node name from the host name: its first label (``web-1.example.com`` -> ``web-1``).
+
+    ``ConfigError`` if even that is not a DNS label: the operator must pick a name.
+    """
+    first = hostname.split(".", 1)[0]
+    if not is_label(first):
+        raise ConfigError(
+            f"the host name {quote(hostname)} does not give a valid node name",
+            hint="give one with --node-name (1-63 letters, digits and hyphens)",
+        )
+    return first
+
+
+def own_addresses(addresses: Iterable[IPv4Address], flag: str) -> tuple[IPv4Address, ...]:
+    """``addresses`` given with ``flag``, or a ``ConfigError`` naming the flag."""
+    out = tuple(addresses)
+    for address in out:
+        if (why := scope_error(address)) is not None:
+            raise ConfigError(
+                f"{flag} {address} is {why}: peers would refuse this node's lease",
+                hint="give an address peers can reach this node at",
+            )
+    if len(out) > MAX_ADDRESSES:
+        raise ConfigError(f"at most {MAX_ADDRESSES} {flag} addresses, got {len(out)}")
+    return out
+
+
+def publishable(addresses: Iterable[IPv4Address], network: IPv4Network) -> tuple[IPv4Address, ...]:
+    """The first ``MAX_ADDRESSES`` of ``addresses`` that peers accept as public addresses
+    (``--public-ip auto`` publishes what peers observed: that must not get our lease refused)."""
+    ok = [a for a in addresses if scope_error(a) is None and a not in network]
+    return tuple(ok[:MAX_ADDRESSES])
+
+
+def check_own_record(record: LeaseRecord, network: IPv4Network) -> None:
+    """``ConfigError`` when peers would refuse our own ``record`` in ``network``."""
+    for address in record.public_ips:
+        if address in network:
+            raise ConfigError(
+                f"--public-ip {address} is inside the overlay network {network}",
+                hint="give an underlay address, outside the overlay network",
+            )
+    for address in underlay_addresses(record):
+        why = scope_error(address)
+        if why is None and address in network:
+            why = f"inside the overlay network {network}"
+        if why is not None:
+            raise ConfigError(
+                f"the underlay address {address} is {why}: peers would refuse this node's lease",
+                hint="pick the underlay interface with --iface",
+            )
