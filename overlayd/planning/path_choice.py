@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Generic, TypeVar
 
-from overlayd.values.paths import PRIVATE, PUBLIC, PeerCandidates, PeerPath, guess
+from overlayd.values.paths import (
+    PRIVATE,
+    PUBLIC,
+    PeerCandidates,
+    PeerPath,
+    guess,
+    usable_fallback,
+)
 
 PeerId = TypeVar("PeerId", bound=Hashable)
 
@@ -81,10 +88,12 @@ def _ranked(me_site: str, peer: PeerCandidates) -> list[tuple[int, IPv4Address, 
             add(0, address, PRIVATE)
     for address in peer.public:
         add(1, address, PUBLIC)
-    if peer.fallback is not None:
+    fallback = usable_fallback(me_site, peer)
+    if fallback is not None:
         # last: the lease PublicIP, which our own leases set to a private address when the
         # node has no public one; verified, it beats guessing the same address unverified
-        add(2, peer.fallback, PRIVATE if peer.fallback in peer.private else PUBLIC)
+        # (another site's site-local one is not even probed: it is not that peer's)
+        add(2, fallback, PRIVATE if fallback in peer.private else PUBLIC)
     return out
 
 
@@ -92,7 +101,8 @@ def probe_targets(me_site: str, peer: PeerCandidates) -> tuple[IPv4Address, ...]
     """The addresses worth probing: every candidate ``choose_path`` could pick.
 
     A private address of a peer in another site is not probed (unless it is the lease's
-    fallback): in overlapping ranges it belongs to some unrelated local host.
+    fallback and not site-local, ``usable_fallback``): in overlapping ranges it belongs to
+    some unrelated local host.
     """
     return tuple(address for _, address, _ in _ranked(me_site, peer))
 

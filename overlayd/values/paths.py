@@ -6,11 +6,34 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.values.lease import LeaseRecord
 
 PRIVATE, PUBLIC = "private", "public"
+
+SITE_LOCAL = tuple(
+    IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+"""Ranges that reach only inside a site (RFC 1918 and carrier-grade NAT space): another
+site's address in them is somebody else's host in ours, or nobody's."""
+
+
+def is_site_local(address: IPv4Address) -> bool:
+    """Whether ``address`` lies in a range that reaches only inside a site."""
+    return any(address in net for net in SITE_LOCAL)
+
+
+def usable_fallback(me_site: str, peer: PeerCandidates) -> IPv4Address | None:
+    """The lease ``PublicIP`` as a last resort, unless it is a site-local address of a
+    peer in another site: a node without a public address publishes its private one
+    there, and with colliding ranges that address is a host of our own LAN. Such an
+    address is neither probed nor guessed (it is used only if it is also published as a
+    public candidate)."""
+    fallback = peer.fallback
+    if fallback is None or (peer.site != me_site and is_site_local(fallback)):
+        return None
+    return fallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +64,7 @@ def guess(
 ) -> PeerPath | None:
     """Best guess by site: same site -> private, other site -> public, else the fallback.
 
+    A site-local ``PublicIP`` of another site's peer is never guessed (``usable_fallback``).
     Addresses in ``unguessable`` (this node's etcd endpoints) are never guessed: a record
     naming one must not make us send overlay traffic at the etcd host. A real node on
     that address is used once probes verify the path (``choose_path``). None: nothing
@@ -53,9 +77,10 @@ def guess(
     for address in preferred:
         if address not in unguessable:
             return PeerPath(address, kind, reason)
-    if peer.fallback is None or peer.fallback in unguessable:
+    fallback = usable_fallback(me_site, peer)
+    if fallback is None or fallback in unguessable:
         return None
-    return PeerPath(peer.fallback, PUBLIC, "lease PublicIP")
+    return PeerPath(fallback, PUBLIC, "lease PublicIP")
 
 
 def guess_path(

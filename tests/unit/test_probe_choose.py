@@ -82,10 +82,28 @@ def test_verified_public_when_private_does_not_answer() -> None:
 
 
 def test_verified_fallback_only_when_nothing_better() -> None:
-    peer = PeerCandidates("gcp", (PRIV1,), (), PRIV1)  # our lease without a public address
-    p = chosen("aws", peer, {PRIV1: ok()}, None, 100.0, P)
-    assert (p.address, p.kind) == (PRIV1, "private")
+    # a host with a public address on its interface and no --public-ip: its lease lists
+    # that address as private and as PublicIP
+    direct = A("192.0.2.5")
+    peer = PeerCandidates("gcp", (direct,), (), direct)
+    assert probe_targets("aws", peer) == (direct,)
+    p = chosen("aws", peer, {direct: ok()}, None, 100.0, P)
+    assert (p.address, p.kind) == (direct, "private")
     assert "lease PublicIP" in p.reason
+
+
+@pytest.mark.parametrize("private", ["10.0.0.5", "172.20.1.5", "192.168.7.5", "100.64.3.5"])
+def test_another_sites_site_local_address_is_neither_probed_nor_guessed(private: str) -> None:
+    """A node with no public address publishes its private one as PublicIP: from another
+    site that address is a host of our own LAN (colliding ranges) or nobody. No probe, no
+    guess, no path -- even if something there answers."""
+    peer = PeerCandidates("gcp", (A(private),), (), A(private))
+    assert probe_targets("aws", peer) == ()
+    assert choose_path("aws", peer, {A(private): ok()}, None, 100.0, P) is None
+    # in our own site it is the peer's private address as usual
+    mine = PeerCandidates("aws", (A(private),), (), A(private))
+    assert probe_targets("aws", mine) == (A(private),)
+    assert chosen("aws", mine, {}, None, 100.0, P).address == A(private)
 
 
 def test_same_rank_is_sticky() -> None:
