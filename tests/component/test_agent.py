@@ -19,9 +19,11 @@ import pytest
 
 from overlayd.agent.daemon import Daemon
 from overlayd.agent.host import Host
+from overlayd.agent.path_keeper import PathKeeper
 from overlayd.disk.node_key import NodeKey
 from overlayd.disk.state_dir import StateDir
 from overlayd.planning.node import plan_node
+from overlayd.probe.prober import ProbeConfig
 from overlayd.store.api import DEFAULT_PREFIX, Snapshot, StoreKeys, WatchBatch
 from overlayd.store.memory import MemStore
 from overlayd.values.config import NetworkConfig
@@ -32,6 +34,7 @@ from tests.component.fake_dataplane import VXLAN_INDEX, FakeDataPlane
 
 NETWORK = "10.244.0.0/16"
 TIMEOUT = 20.0  # generous: the machine is shared
+LOOPBACK = IPv4Address("127.0.0.1")  # probes never leave the host
 
 
 @dataclass
@@ -115,13 +118,12 @@ async def agent(
     await store.put_config(cfg)
     for n in range(2, 2 + peers):
         await add_peer(store, n)
-    opts = daemon_options(
-        tmp_path, node_name="self", probe_port=0, probe_bind=IPv4Address("127.0.0.1"), lease_ttl=60
-    )
+    opts = daemon_options(tmp_path, node_name="self", lease_ttl=60)
     dp = dp or FakeDataPlane()
     fake_host = FakeHost()
     key = NodeKey.load_or_create(opts.state_dir)
-    daemon = Daemon(opts, store, dp, StateDir(opts.state_dir), key, host=fake_host.host())
+    paths = PathKeeper(key, ProbeConfig(port=0, bind=LOOPBACK))
+    daemon = Daemon(opts, store, dp, StateDir(opts.state_dir), key, paths, host=fake_host.host())
     running = asyncio.create_task(daemon.run())
     try:
         yield Agent(daemon, store, dp, cfg, fake_host)
