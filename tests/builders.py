@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from overlayd.agent.daemon import DaemonOptions
+from overlayd.agent.options import DaemonOptions
 from overlayd.store.etcd import EtcdSettings
 from overlayd.values.config import NetworkConfig, parse_config
 from overlayd.values.kernel_state import MacAddress

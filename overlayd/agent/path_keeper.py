@@ -65,22 +65,41 @@ class PathKeeper:
         self,
         key: NodeKey,
         config: ProbeConfig,
-        on_change: Callable[[IPv4Network | None], None],
         params: ChooseParams | None = None,
-        unguessable: frozenset[IPv4Address] = frozenset(),
     ) -> None:
-        self.prober: Prober[IPv4Network] = Prober(key.private, config, on_change)
-        self._on_change = on_change
+        self.prober: Prober[IPv4Network] = Prober(key.private, config, self._changed)
+        self._on_change: Callable[[IPv4Network | None], None] | None = None  # from ``start``
         self._loop: asyncio.AbstractEventLoop | None = None
         # the addresses we left, still accepted from the peer (overlayd/planning/linger.py)
         self.linger = Linger(linger_for(config.slow_interval, config.jitter, config.timeout))
-        self.unguessable = unguessable  # our etcd endpoints: used only once verified
+        self.unguessable: frozenset[IPv4Address] = frozenset()  # etcd endpoints: from ``start``
         self._params = params or ChooseParams(hold=config.stable_after)
         self._targets: dict[IPv4Network, PeerTarget] = {}
         self._targets_changed = False
         self.paths: dict[IPv4Network, PeerPath] = {}
 
-    async def start(self) -> None:
+    def _changed(self, peer: IPv4Network | None) -> None:
+        if self._on_change is not None:
+            self._on_change(peer)
+
+    @property
+    def port(self) -> int:
+        """The bound probe port (once started)."""
+        return self.prober.port
+
+    @property
+    def lingering(self) -> Mapping[IPv4Network, IPv4Address]:
+        """Per peer, the address we left that still lingers."""
+        return self.linger.addresses
+
+    async def start(
+        self,
+        on_change: Callable[[IPv4Network | None], None],
+        unguessable: frozenset[IPv4Address] = frozenset(),
+    ) -> None:
+        """Bind the probe port and start probing; ``on_change`` and ``unguessable`` as
+        ``PathKeeping.start``'s; ``ConfigError`` if the port cannot be bound."""
+        self._on_change, self.unguessable = on_change, unguessable
         self._loop = asyncio.get_running_loop()
         try:
             await self.prober.start()
@@ -93,6 +112,10 @@ class PathKeeper:
 
     async def close(self) -> None:
         await self.prober.close()
+
+    def set_key(self, key: NodeKey) -> None:
+        """Probe and answer with ``key`` from now on (a rotation)."""
+        self.prober.set_key(key.private)
 
     def lease_changed(self, me: LeaseRecord, subnet: IPv4Network, peer: LeaseRecord | None) -> None:
         """Keep the probe target of ``subnet`` in step with its lease (None: gone).
@@ -153,7 +176,7 @@ class PathKeeper:
                 published = (peer.public_ip, *peer.public_ips, *peer.private_ips)
                 if self.linger.left(subnet, old, address, published, now) and self._loop:
                     # wake up when it expires, so the ingress filter drops it then
-                    self._loop.call_later(self.linger.seconds + 0.1, self._on_change, subnet)
+                    self._loop.call_later(self.linger.seconds + 0.1, self._changed, subnet)
             if path is None:
                 self.paths.pop(subnet, None)
             else:

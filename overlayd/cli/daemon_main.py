@@ -1,22 +1,35 @@
-"""``overlayd``: the daemon's command line. Every flag is also ``OVERLAYD_<FLAG>``."""
+"""``overlayd``: the daemon's command line and composition root.
+
+Every flag is also ``OVERLAYD_<FLAG>``. ``run_daemon`` is the one place that builds the
+real collaborators (etcd store, node key, path keeper, data plane) and hands them to
+``overlayd.agent.daemon.Daemon``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
 import socket
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import click
 
-from overlayd.agent.daemon import DaemonOptions, run_daemon
+from overlayd.agent.daemon import Daemon
+from overlayd.agent.options import DaemonOptions
+from overlayd.agent.path_keeper import PathKeeper
 from overlayd.agent.status_listen import DEFAULT_LISTEN, parse_listen
 from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
 from overlayd.dataplane.api import DataPlane
+from overlayd.disk.node_key import NodeKey
+from overlayd.disk.state_dir import StateDir
+from overlayd.probe.prober import ProbeConfig
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 from overlayd.runtime.logs import setup_logging
+from overlayd.store.etcd import EtcdStore
 from overlayd.values.lease import DEFAULT_SITE
 from overlayd.values.lease_rules import default_node_name, own_addresses, own_label
 
@@ -31,6 +44,30 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     """
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas)
+
+
+async def _compose_and_run(opts: DaemonOptions, dataplane: DataPlane) -> None:
+    """The composition root: the real store, node key and path keeper, given to ``Daemon``."""
+    store = EtcdStore(opts.etcd)
+    try:
+        await store.connect()  # first: bad TLS files end the daemon before side effects
+        key = NodeKey.load_or_create(opts.state_dir)
+        paths = PathKeeper(key, ProbeConfig(port=opts.probe_port))
+        await Daemon(opts, store, dataplane, StateDir(opts.state_dir), key, paths).run()
+    finally:
+        await store.close()
+        dataplane.close()
+
+
+def run_daemon(opts: DaemonOptions, dataplane: DataPlane) -> None:
+    """Run until SIGTERM/SIGINT with the real collaborators; uvloop when available."""
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    runner(_compose_and_run(opts, dataplane))
 
 
 @click.command(context_settings={"auto_envvar_prefix": "OVERLAYD", "show_default": True})

@@ -2,56 +2,25 @@
 
 No root, no etcd, no kernel: what the daemon programs is read from ``FakeDataPlane`` and
 compared with ``plan_node`` of what the store holds. Host effects (nft, sd_notify, the
-forwarding sysctl) are fakes passed in; probes bind 127.0.0.1, so nothing leaves the host.
+forwarding sysctl) are fakes passed in; probes bind 127.0.0.1, so nothing leaves the host
+(the harness: tests/component/agent_harness.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
-from overlayd.agent.daemon import Daemon
-from overlayd.agent.host import Host
-from overlayd.disk.node_key import NodeKey
-from overlayd.disk.state_dir import StateDir
-from overlayd.planning.node import plan_node
 from overlayd.store.api import DEFAULT_PREFIX, Snapshot, StoreKeys, WatchBatch
 from overlayd.store.memory import MemStore
-from overlayd.values.config import NetworkConfig
 from overlayd.values.kernel_state import KernelState, RouteEntry
-from overlayd.values.lease import LeaseRecord
-from tests.builders import config, daemon_options, record
+from tests.component.agent_harness import add_peer, agent, converged, until
 from tests.component.fake_dataplane import VXLAN_INDEX, FakeDataPlane
-
-NETWORK = "10.244.0.0/16"
-TIMEOUT = 20.0  # generous: the machine is shared
-
-
-@dataclass
-class FakeHost:
-    """Records what the daemon would have done to the host."""
-
-    nft: list[str] = field(default_factory=list)
-    notified: list[str] = field(default_factory=list)
-    forwarding: int = 0
-
-    def host(self) -> Host:
-        def forward() -> None:
-            self.forwarding += 1
-
-        return Host(
-            run_nft=self.nft.append,
-            read_nft=lambda family, table: None,
-            notify=self.notified.append,
-            enable_forwarding=forward,
-        )
 
 
 class GatedStore(MemStore):
@@ -68,77 +37,6 @@ class GatedStore(MemStore):
             yield batch
 
 
-@dataclass
-class Agent:
-    daemon: Daemon
-    store: MemStore
-    dp: FakeDataPlane
-    cfg: NetworkConfig
-    host: FakeHost
-
-    async def me(self) -> LeaseRecord:
-        """Our own lease as the store holds it."""
-        snap = await self.store.list_leases()
-        mine = [s.record for s in snap.leases if s.record and s.record.node == "self"]
-        assert len(mine) == 1, mine
-        return mine[0]
-
-    async def expected(self) -> KernelState:
-        """The VXLAN entries the store's leases plan for us (full plan, no probes)."""
-        snap = await self.store.list_leases()
-        records = {s.subnet: s.record for s in snap.leases if s.record is not None}
-        return plan_node(self.cfg, await self.me(), records).vxlan.state
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``check`` until true (fails after TIMEOUT)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TIMEOUT
-    while not await check():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def add_peer(store: MemStore, n: int) -> LeaseRecord:
-    rec = record(f"10.244.{n}.0/24", node=f"peer{n}", node_id=f"id{n}", n=n)
-    await store.create_lease(rec, await store.grant(3600))
-    return rec
-
-
-@asynccontextmanager
-async def agent(
-    tmp_path: Path, peers: int = 0, store: MemStore | None = None, dp: FakeDataPlane | None = None
-) -> AsyncIterator[Agent]:
-    store = store or MemStore()
-    cfg = config(Network=NETWORK, Backend={"Type": "vxlan"})
-    await store.put_config(cfg)
-    for n in range(2, 2 + peers):
-        await add_peer(store, n)
-    opts = daemon_options(
-        tmp_path, node_name="self", probe_port=0, probe_bind=IPv4Address("127.0.0.1"), lease_ttl=60
-    )
-    dp = dp or FakeDataPlane()
-    fake_host = FakeHost()
-    key = NodeKey.load_or_create(opts.state_dir)
-    daemon = Daemon(opts, store, dp, StateDir(opts.state_dir), key, host=fake_host.host())
-    running = asyncio.create_task(daemon.run())
-    try:
-        yield Agent(daemon, store, dp, cfg, fake_host)
-    finally:
-        daemon.stop()
-        await asyncio.wait_for(running, TIMEOUT)
-
-
-def converged(a: Agent) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        if not a.daemon.status.snapshot_loaded or a.daemon.status.reconciles == 0:
-            return False
-        return a.dp.state(VXLAN_INDEX) == await a.expected()
-
-    return check
-
-
 def test_converges_from_a_snapshot_of_n_leases(tmp_path: Path) -> None:
     async def body() -> None:
         async with agent(tmp_path, peers=6) as a:
@@ -146,7 +44,7 @@ def test_converges_from_a_snapshot_of_n_leases(tmp_path: Path) -> None:
             state = a.dp.state(VXLAN_INDEX)
             assert len(state.routes) == len(state.neighs) == len(state.fdbs) == 6
             assert a.host.notified == ["READY=1"]
-            assert (tmp_path / "subnet.env").exists()
+            assert (tmp_path / "self" / "subnet.env").exists()
 
     asyncio.run(body())
 

@@ -132,7 +132,7 @@ def test_our_record_under_another_subnet_is_not_a_peer(tmp_path: Path) -> None:
     me = record("10.244.2.0/24", "me", "id-me", key)
     old_me = replace(me, subnet=IPv4Network("10.244.1.0/24"))
     peer = record("10.244.3.0/24", "peer", "id-peer", other)
-    keeper = PathKeeper(key, ProbeConfig(port=0), lambda _peer: None)
+    keeper = PathKeeper(key, ProbeConfig(port=0))
     records = {old_me.subnet: old_me, me.subnet: me, peer.subnet: peer}
     for subnet, rec in records.items():
         keeper.lease_changed(me, subnet, rec)

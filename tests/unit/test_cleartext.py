@@ -6,21 +6,16 @@ import dataclasses
 import logging
 import random
 from ipaddress import IPv4Network
-from pathlib import Path
 
 import pytest
 
-from overlayd.agent.daemon import Daemon
-from overlayd.disk.node_key import NodeKey
-from overlayd.disk.state_dir import StateDir
+from overlayd.agent.reconcile import CrossSiteWarning
 from overlayd.planning.cleartext import SITES_SHOWN, PlainCrossSite, plain_cross_site
 from overlayd.planning.vxlan import Planner
 from overlayd.planning.wireguard import plan_wireguard
-from overlayd.store.memory import MemStore
 from overlayd.values.config import VXLAN, VXLAN_WIREGUARD, BackendConfig
 from overlayd.values.lease import LeaseRecord
-from tests.builders import daemon_options, node_lease
-from tests.component.fake_dataplane import FakeDataPlane
+from tests.builders import node_lease
 
 NETWORK = IPv4Network("10.244.0.0/16")
 
@@ -119,28 +114,25 @@ def test_vxlan_wireguard_never_carries_other_sites_over_vxlan() -> None:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Daemon:
-    opts = daemon_options(tmp_path, node_name="node1", site="a")
-    state = StateDir(opts.state_dir)
-    key = NodeKey.load_or_create(opts.state_dir)
-    return Daemon(opts, MemStore(), FakeDataPlane(), state, key)  # only the logging is used
+def warning() -> CrossSiteWarning:
+    return CrossSiteWarning()  # the reconcile pass's (overlayd/agent/reconcile.py)
 
 
 def test_daemon_warns_once_per_run_and_again_only_after_it_stopped(
-    daemon: Daemon, caplog: pytest.LogCaptureFixture
+    warning: CrossSiteWarning, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="overlayd")
     in_site, cross = leases(rec(2, "a")), leases(rec(2, "a"), rec(3, "b"))
     for records in (in_site, cross, cross, leases(rec(2, "a"), rec(3, "b"), rec(4, "c")), cross):
-        daemon.warn_plain_cross_site(ME, records, ())
+        warning.update(ME, records, ())
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "plain VXLAN" in warnings[0].getMessage()
     caplog.clear()
-    daemon.warn_plain_cross_site(ME, cross, ((IPv4Network("10.244.3.0/24"), "VNI differs"),))
-    daemon.warn_plain_cross_site(ME, in_site, ())
+    warning.update(ME, cross, ((IPv4Network("10.244.3.0/24"), "VNI differs"),))
+    warning.update(ME, in_site, ())
     assert [r.getMessage() for r in caplog.records] == [
         "no peer of another site is reached over plain VXLAN any more"
     ]
     caplog.clear()
-    daemon.warn_plain_cross_site(ME, cross, ())
+    warning.update(ME, cross, ())
     assert [r.levelno for r in caplog.records] == [logging.WARNING]

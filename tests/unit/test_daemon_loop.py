@@ -6,8 +6,10 @@ import asyncio
 from pathlib import Path
 
 from overlayd.agent.daemon import Daemon
+from overlayd.agent.path_keeper import PathKeeper
 from overlayd.disk.node_key import NodeKey
 from overlayd.disk.state_dir import StateDir
+from overlayd.probe.prober import ProbeConfig
 from overlayd.store.memory import MemStore
 from overlayd.values.errors import KernelError, WireGuardError
 from tests.builders import daemon_options
@@ -17,7 +19,8 @@ from tests.component.fake_dataplane import FakeDataPlane
 def test_reconcile_loop_retries_after_any_of_our_errors(tmp_path: Path) -> None:
     opts = daemon_options(tmp_path)
     state, key = StateDir(opts.state_dir), NodeKey.load_or_create(opts.state_dir)
-    daemon = Daemon(opts, MemStore(), FakeDataPlane(), state, key)
+    paths = PathKeeper(key, ProbeConfig(port=0))  # never started: no pass of its own runs
+    daemon = Daemon(opts, MemStore(), FakeDataPlane(), state, key, paths)
     failures = [WireGuardError("wireguard-go did not come up"), KernelError("netlink refused")]
     passes: list[int] = []
 

@@ -1,0 +1,38 @@
+"""``DaemonOptions``: what ``overlayd``'s flags say, as one frozen value.
+
+Built by the composition root (overlayd/cli/daemon_main.py) and read by the agent's parts;
+imports nothing of the agent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from overlayd.agent.status_listen import LOOPBACK, ListenSpec
+from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
+from overlayd.store.etcd import EtcdSettings
+
+RESYNC_INTERVAL = 30.0  # full read-back of the kernel state, besides netlink notifications
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """Everything ``overlayd``'s flags say."""
+
+    etcd: EtcdSettings
+    node_name: str
+    iface: str | None
+    public_ips: tuple[IPv4Address, ...]
+    site: str
+    subnet_file: Path
+    state_dir: Path
+    healthz_port: int
+    healthz_listen: ListenSpec = LOOPBACK
+    ip_masq: bool = False
+    lease_ttl: int = 86400
+    resync_interval: float = RESYNC_INTERVAL
+    probe_port: int = DEFAULT_PROBE_PORT
+    public_ip_auto: bool = True  # publish public addresses that peers in other sites confirm
+    gateway_candidate: bool = True  # may be elected its site's gateway (gateway topology)

@@ -1,0 +1,71 @@
+"""``PathKeeping``: what the daemon needs from the keeper of per-peer underlay paths.
+
+overlayd/agent/path_keeper.py's ``PathKeeper`` (authenticated probes) is the one the
+composition root passes in; component tests pass a fake whose chosen paths they set.
+Only the Protocol lives here: no prober, socket or clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from ipaddress import IPv4Address, IPv4Network
+from typing import Protocol
+
+from overlayd.agent.path_keeper import PeerReport
+from overlayd.disk.node_key import NodeKey
+from overlayd.values.lease import LeaseRecord
+from overlayd.values.paths import PeerPath
+
+
+class PathKeeping(Protocol):
+    """Chosen underlay path per peer subnet, and what probes learnt about us."""
+
+    @property
+    def paths(self) -> Mapping[IPv4Network, PeerPath]:
+        """The chosen path of each peer that has one."""
+
+    @property
+    def lingering(self) -> Mapping[IPv4Network, IPv4Address]:
+        """Per peer, the address we left that its traffic may still come from."""
+
+    @property
+    def port(self) -> int:
+        """The UDP port peers probe us on (published in our lease); once started."""
+
+    async def start(
+        self,
+        on_change: Callable[[IPv4Network | None], None],
+        unguessable: frozenset[IPv4Address],
+    ) -> None:
+        """Start probing; ``on_change(peer)`` when a path of ``peer`` became (un)verified
+        or settled, ``on_change(None)`` when our reflexive address did. ``unguessable``:
+        addresses never chosen unless verified (our etcd endpoints')."""
+
+    async def close(self) -> None:
+        """Stop probing."""
+
+    def set_key(self, key: NodeKey) -> None:
+        """Speak and answer with a new node key from now on (a rotation)."""
+
+    def lease_changed(self, me: LeaseRecord, subnet: IPv4Network, peer: LeaseRecord | None) -> None:
+        """The lease of ``subnet`` is now ``peer`` (None: gone)."""
+
+    def recompute(
+        self,
+        me: LeaseRecord,
+        peers: Mapping[IPv4Network, LeaseRecord],
+        which: Iterable[IPv4Network],
+    ) -> set[IPv4Network]:
+        """Rechoose the paths of ``which``; returns the peers whose path (or lingering
+        address) changed."""
+
+    def verified(self) -> set[IPv4Network]:
+        """Peers whose chosen path probes have verified."""
+
+    def public_addresses(self, me: LeaseRecord) -> tuple[IPv4Address, ...]:
+        """Our public addresses as peers in other sites confirmed them (sorted)."""
+
+    def report(
+        self, peers: Mapping[IPv4Network, LeaseRecord], via: Mapping[IPv4Network, str]
+    ) -> list[PeerReport]:
+        """``/peers``: one report per peer with a chosen path."""
