@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import urllib.parse
 import urllib.request
 from ipaddress import IPv4Address
 from typing import Any
@@ -86,6 +87,19 @@ def _daemon_peers(url: str) -> list[dict[str, Any]]:
     return found
 
 
+def _daemon_url(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """``--daemon``: an ``http(s)://host[:port]`` URL, or a usage error before anything is
+    fetched (urllib would also follow ``ftp://`` or read a ``file://``)."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        good = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port out of range or not a number, an unclosed "[" …
+        good = False
+    if not good:
+        raise click.BadParameter(f"{value!r} is not a daemon URL (e.g. http://127.0.0.1:10256)")
+    return value
+
+
 @click.command("peers")
 @click.argument("node", required=False)
 @click.option(
@@ -94,6 +108,7 @@ def _daemon_peers(url: str) -> list[dict[str, Any]]:
     default="http://127.0.0.1:10256",
     show_default=True,
     envvar="OVERLAYD_DAEMON_URL",
+    callback=_daemon_url,
     help="Health port URL of the daemon to ask.",
 )
 @output_option

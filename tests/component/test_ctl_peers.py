@@ -144,3 +144,14 @@ def test_no_daemon_listening() -> None:
     lines = result.stderr.splitlines()
     assert lines[0].startswith(f"error: cannot read {url}/peers: ")
     assert lines[1] == "hint: is overlayd running there? see --daemon"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nope", "127.0.0.1:10256", "ftp://127.0.0.1:21", "file:///etc", "http://", "http://h:99999",
+     "http://h:0", "http://h:port", "http://[::1"],
+)  # fmt: skip
+def test_a_bad_daemon_url_is_a_usage_error(url: str) -> None:
+    """Checked when the flags are parsed: nothing is fetched (``file://`` would read a file)."""
+    result = Ctl()("peers", "--daemon", url, code=2)
+    assert "--daemon" in result.stderr and repr(url) in result.stderr
