@@ -287,6 +287,36 @@ def parse_backend(raw: Any) -> BackendConfig:
     )
 
 
+def _network_field(raw: dict[str, Any]) -> IPv4Network:
+    net_text = raw.get("Network")
+    if not isinstance(net_text, str) or not net_text:
+        raise ConfigError('network config has no Network (e.g. "10.244.0.0/16")')
+    try:
+        return IPv4Network(net_text)
+    except ValueError as exc:
+        raise ConfigError(f"Network {net_text!r} is not a valid IPv4 network: {exc}") from None
+
+
+def _subnet_len_field(raw: dict[str, Any], network: IPv4Network) -> int:
+    """``SubnetLen``, checked against ``network``, or flannel's default for it."""
+    ones = network.prefixlen
+    subnet_len = _int_field(raw, "SubnetLen", "", 0)
+    assert subnet_len is not None
+    if subnet_len:
+        if subnet_len > 30:
+            raise ConfigError(f"SubnetLen must be at most 30, got {subnet_len}")
+        if subnet_len < ones + 2:
+            raise ConfigError(
+                f"SubnetLen {subnet_len} is too large a subnet for Network {network}: "
+                f"it must be at least /{ones + 2} so the network holds four subnets"
+            )
+        return subnet_len
+    if ones > 28:
+        raise ConfigError(f"Network {network} is too small; the smallest usable is a /28")
+    # flannel: a /24 per host, unless the network is smaller than a /22, then split in four
+    return 24 if ones <= 22 else ones + 2
+
+
 def parse_config(text: str | bytes) -> NetworkConfig:
     """Parse and validate a flannel-format network config; ``ConfigError`` says what is wrong."""
     try:
@@ -299,29 +329,8 @@ def parse_config(text: str | bytes) -> NetworkConfig:
         raise ConfigError("network config must be a JSON object")
     if raw.get("EnableIPv6") and not raw.get("EnableIPv4", True):
         raise ConfigError("IPv6-only networks are not supported yet")
-    net_text = raw.get("Network")
-    if not isinstance(net_text, str) or not net_text:
-        raise ConfigError('network config has no Network (e.g. "10.244.0.0/16")')
-    try:
-        network = IPv4Network(net_text)
-    except ValueError as exc:
-        raise ConfigError(f"Network {net_text!r} is not a valid IPv4 network: {exc}") from None
-    ones = network.prefixlen
-    subnet_len = _int_field(raw, "SubnetLen", "", 0)
-    assert subnet_len is not None
-    if subnet_len:
-        if subnet_len > 30:
-            raise ConfigError(f"SubnetLen must be at most 30, got {subnet_len}")
-        if subnet_len < ones + 2:
-            raise ConfigError(
-                f"SubnetLen {subnet_len} is too large a subnet for Network {network}: "
-                f"it must be at least /{ones + 2} so the network holds four subnets"
-            )
-    elif ones > 28:
-        raise ConfigError(f"Network {network} is too small; the smallest usable is a /28")
-    else:
-        # flannel: a /24 per host, unless the network is smaller than a /22, then split in four
-        subnet_len = 24 if ones <= 22 else ones + 2
+    network = _network_field(raw)
+    subnet_len = _subnet_len_field(raw, network)
     size = 1 << (32 - subnet_len)
     mask = (0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF
     # flannel skips the first subnet by default: its .0 would clash with the network address

@@ -60,6 +60,8 @@ def test_network_init_refuses_to_replace_without_force(ctl: Ctl) -> None:
         ["--network", "10.50.0.0/16", "--backend", "bogus"],
         ["--network", "10.50.0.0/16", "--subnet-len", "8"],
         ["--network", "10.50.0.0/16", "--backend", "vxlan", "--topology", "gateway"],
+        ["--network", "10.50.0.0/16", "--site-mode", "eu=bogus"],
+        ["--network", "10.50.0.0/16", "--vni", "-1"],
     ],
 )
 def test_network_init_invalid_is_a_config_error(ctl: Ctl, args: list[str]) -> None:
@@ -67,6 +69,13 @@ def test_network_init_invalid_is_a_config_error(ctl: Ctl, args: list[str]) -> No
     assert result.stderr.startswith("error: ")
     with pytest.raises(ConfigMissingError):
         sync(ctl.store.get_config())
+
+
+def test_network_init_over_a_malformed_config_needs_force(ctl: Ctl) -> None:
+    ctl.store.put_raw(f"{ctl.store.prefix}/config", "{not json")
+    assert "already exists" in ctl("network", "init", "--network", "10.60.0.0/16", code=2).stderr
+    ctl("network", "init", "--network", "10.60.0.0/16", "--force")
+    assert sync(ctl.store.get_config()).network == IPv4Network("10.60.0.0/16")
 
 
 def test_network_show_missing_and_malformed_config(ctl: Ctl) -> None:
@@ -142,6 +151,12 @@ def test_leases_show_by_subnet_or_node(ctl: Ctl) -> None:
     assert "no lease for 'nobody'" in missing.stderr and "leases list" in missing.stderr
 
 
+def test_leases_show_and_revoke_without_any_lease(ctl: Ctl) -> None:
+    for command in ("show", "revoke"):
+        result = ctl("leases", command, "10.244.1.0/24", code=1)
+        assert result.stderr.startswith("error: no lease for '10.244.1.0/24'")
+
+
 def test_leases_show_malformed(ctl: Ctl) -> None:
     ctl.store.put_raw(f"{ctl.store.prefix}/subnets/10.244.5.0-24", "[]")
     shown = json.loads(ctl("leases", "show", "10.244.5.0/24").stdout)
@@ -185,6 +200,16 @@ def test_reservations_zero_one_many(ctl: Ctl) -> None:
     assert "removed" in ctl("leases", "unreserve", "10.244.7.0/24").stdout
     assert "no reservation" in ctl("leases", "unreserve", "10.244.7.0/24", code=1).stderr
     assert sync(ctl.store.list_reservations()) == {IPv4Network("10.244.2.0/24"): "web"}
+
+
+def test_reservations_with_malformed_data(ctl: Ctl) -> None:
+    ctl.store.put_raw(f"{ctl.store.prefix}/config", '{"Network": "10.244.0.0/33"}')
+    bad = ctl("leases", "reserve", "10.244.7.0/24", "--node", "x", code=2)
+    assert bad.stderr.startswith("error: Network '10.244.0.0/33' is not a valid")
+    ctl.store.put_raw(f"{ctl.store.prefix}/reservations/10.244.9.0-24", "")  # no node name
+    ctl.store.put_raw(f"{ctl.store.prefix}/reservations/junk", "web")  # not a subnet key
+    assert json.loads(ctl("leases", "reservations", "-o", "json").stdout) == []
+    assert "removed" in ctl("leases", "unreserve", "10.244.9.0/24").stdout  # still removable
 
 
 def test_reserve_errors(ctl: Ctl) -> None:
@@ -235,6 +260,19 @@ def test_plan_with_malformed_records(ctl: Ctl) -> None:
 def test_plan_needs_a_config(ctl: Ctl) -> None:
     ctl.lease(record("10.244.1.0/24", "a", "ia", 1))
     assert "no network config" in ctl("plan", "--node", "a", code=1).stderr
+    ctl.store.put_raw(f"{ctl.store.prefix}/config", "[]")
+    assert "must be a JSON object" in ctl("plan", "--node", "a", code=2).stderr
+
+
+def test_plan_with_a_malformed_gateway_claim(ctl: Ctl) -> None:
+    """A claim that cannot be read is no claim (one warning line): nobody is the gateway."""
+    ctl.init("--topology", "gateway")
+    ctl.lease(record("10.244.1.0/24", "a", "ia", 1, site="eu", gateway_candidate=True,
+                     backend_type="vxlan+wireguard"))  # fmt: skip
+    ctl.store.put_raw(f"{ctl.store.prefix}/gw/site/eu", "{malformed")
+    result = ctl("plan", "--node", "a")
+    assert result.stdout.splitlines()[1] == "# role waiting (site gateway none)"
+    assert json.loads(ctl("plan", "--node", "a", "-o", "json").stdout)["gateway"] is None
 
 
 # -- gateways -------------------------------------------------------------------------
@@ -255,6 +293,16 @@ def test_gateways_mesh_sites(ctl: Ctl) -> None:
         GW_HEADER,
         ["eu", "mesh", "-", "-", "-"],
         ["us", "mesh", "-", "-", "-"],
+    ]
+
+
+def test_gateways_one_site_and_a_malformed_lease(ctl: Ctl) -> None:
+    ctl.init()
+    ctl.lease(record("10.244.1.0/24", "a", "ia", 1, site="eu", gateway_candidate=True))
+    ctl.store.put_raw(f"{ctl.store.prefix}/subnets/10.244.5.0-24", "garbage")  # no site: left out
+    assert table(ctl("gateways").stdout) == [GW_HEADER, ["eu", "mesh", "-", "a", "-"]]
+    assert json.loads(ctl("gateways", "-o", "json").stdout) == [
+        {"site": "eu", "mode": "mesh", "gateway": None, "candidates": ["a"], "blamed_by": []}
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import click
 import pytest
@@ -17,8 +18,9 @@ from overlayd.cli.context import CtlContext
 from overlayd.cli.ctl import main
 from overlayd.store.api import Snapshot
 from overlayd.store.memory import MemStore
-from overlayd.values.errors import StoreError
+from overlayd.values.errors import TLS_HINT, StoreError
 from tests.component.ctl import Ctl
+from tests.lab.certs import make_pki
 from tests.lab.etcd import free_ports
 
 
@@ -43,10 +45,16 @@ STORE_COMMANDS = [
     ["leases", "reserve", "10.244.1.0/24", "--node", "a"],
     ["leases", "unreserve", "10.244.1.0/24"],
     ["leases", "reservations"],
+    ["leases", "reservations", "-o", "json"],
     ["leases", "revoke", "a"],
+    ["node", "rotate-key", "a"],
     ["plan", "--node", "a"],
+    ["plan", "--node", "a", "-o", "json"],
     ["gateways"],
+    ["gateways", "-o", "json"],
 ]
+# and the one that asks a daemon's health port instead of the store
+ALL_COMMANDS = [*STORE_COMMANDS, ["peers", "--daemon", "http://127.0.0.1:9"]]
 
 
 class Unreachable(MemStore):
@@ -77,6 +85,20 @@ class Buggy(MemStore):
 
     async def list_leases(self) -> Snapshot:
         raise RuntimeError("boom\nsecond line")
+
+
+class BuggyConnect(MemStore):
+    """A bug before any command's own work: every store command meets it."""
+
+    async def connect(self) -> None:
+        raise KeyError("bug")
+
+
+class Interrupted(MemStore):
+    """Ctrl-C while the store is being reached."""
+
+    async def connect(self) -> None:
+        raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("args", STORE_COMMANDS, ids=" ".join)
@@ -200,3 +222,54 @@ def test_our_error_inside_a_task_group_is_still_ours() -> None:
     many = CliRunner().invoke(cmd, ["--many"])
     assert many.exit_code == EXIT_INTERNAL
     assert many.stderr.startswith("error: internal error: ExceptionGroup: ")
+
+
+@pytest.mark.parametrize("args", ALL_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("endpoints", ["foo", "127.0.0.1:2379,bad", "https://a:1,b:2"])
+def test_every_command_checks_the_endpoints_first(args: list[str], endpoints: str) -> None:
+    """Checked when the flags are parsed: before the store, the daemon or any argument."""
+    result = Ctl()("--etcd-endpoints", endpoints, *args, code=2)
+    assert "--etcd-endpoints" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("args", STORE_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("kind", ["missing", "directory", "not PEM"])
+def test_every_store_command_names_an_unreadable_tls_file(
+    args: list[str], kind: str, tmp_path: Path
+) -> None:
+    """The real store reads the files before it dials etcd: exit 2 and which file."""
+    files = {"missing": tmp_path / "none.pem", "directory": tmp_path, "not PEM": tmp_path / "x"}
+    (tmp_path / "x").write_text("not a certificate\n")
+    cafile = files[kind]
+    result = CliRunner().invoke(main, ["--etcd-cafile", str(cafile), *args])
+    assert result.exit_code == 2, result.output
+    (line, hint) = result.stderr.splitlines()
+    assert line.startswith("error: ") and f"--etcd-cafile {cafile}" in line
+    assert hint == f"hint: {TLS_HINT}"
+    assert result.stdout == ""
+
+
+def test_an_unreadable_client_certificate_or_key(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    for flags, named in (
+        (["--etcd-certfile", str(tmp_path / "no.pem"), "--etcd-keyfile", str(pki.client.key)],
+         "--etcd-certfile"),
+        (["--etcd-certfile", str(pki.client.cert), "--etcd-keyfile", str(tmp_path)],
+         "--etcd-keyfile"),
+    ):  # fmt: skip
+        args = ["--etcd-endpoints", "https://127.0.0.1:2379", *flags, "leases", "list"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"error: cannot read {named} ")
+
+
+@pytest.mark.parametrize("args", STORE_COMMANDS, ids=" ".join)
+def test_a_bug_in_any_store_command_is_one_line_exit_70(args: list[str]) -> None:
+    result = Ctl(BuggyConnect())(*args, code=EXIT_INTERNAL)
+    assert result.stderr == "error: internal error: KeyError: 'bug'; rerun with --debug\n"
+    assert result.stdout == ""
+
+
+def test_interrupted_exits_130_without_a_traceback() -> None:
+    result = Ctl(Interrupted())("leases", "list", code=130)
+    assert result.stderr == ""

@@ -7,10 +7,15 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from overlayd.cli.common import EXIT_INTERNAL
+from overlayd.cli.context import CtlContext
+from overlayd.cli.ctl import main
 from tests.component.ctl import NOW, Ctl
 from tests.lab.etcd import free_ports
 
@@ -144,3 +149,34 @@ def test_no_daemon_listening() -> None:
     lines = result.stderr.splitlines()
     assert lines[0].startswith(f"error: cannot read {url}/peers: ")
     assert lines[1] == "hint: is overlayd running there? see --daemon"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nope", "127.0.0.1:10256", "ftp://127.0.0.1:21", "file:///etc", "http://", "http://h:99999",
+     "http://h:0", "http://h:port", "http://[::1"],
+)  # fmt: skip
+def test_a_bad_daemon_url_is_a_usage_error(url: str) -> None:
+    """Checked when the flags are parsed: nothing is fetched (``file://`` would read a file)."""
+    result = Ctl()("peers", "--daemon", url, code=2)
+    assert "--daemon" in result.stderr and repr(url) in result.stderr
+
+
+def test_a_bug_is_one_line_exit_70(daemon: FakeDaemon) -> None:
+    """``peers`` reads no store: the bug here is a clock that fails."""
+
+    def broken_clock() -> float:
+        raise ZeroDivisionError("clock")
+
+    daemon.peers(peer("b", 2))
+    obj = CtlContext(clock=broken_clock)
+    result = CliRunner().invoke(main, ["peers", "--daemon", daemon.url], obj=obj)
+    assert result.exit_code == EXIT_INTERNAL, result.output
+    assert result.stderr == "error: internal error: ZeroDivisionError: clock; rerun with --debug\n"
+
+
+def test_reads_no_tls_file(daemon: FakeDaemon, tmp_path: Path) -> None:
+    """The etcd flags are checked, but ``peers`` never opens the store nor its files."""
+    args = ["--etcd-cafile", str(tmp_path / "missing.pem"), "peers", "--daemon", daemon.url]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output

@@ -1,0 +1,130 @@
+"""``overlayctl network init|show``: write and read the network config in the store.
+
+The flags of ``init`` become a flannel-format config validated by ``values.config`` before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from overlayd.cli.common import friendly_errors
+from overlayd.cli.context import run_with_store
+from overlayd.planning.cleartext import FIX as PLAIN_VXLAN_FIX
+from overlayd.store.api import Store
+from overlayd.values.config import (
+    VXLAN,
+    VXLAN_WIREGUARD,
+    NetworkConfig,
+    parse_backend,
+    parse_config,
+)
+from overlayd.values.errors import ConfigError, ConfigMissingError
+
+
+@click.group()
+def network() -> None:
+    """The network config."""
+
+
+def _present(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` without the flags not given (``None``): the config's defaults apply."""
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+async def _write_config(store: Store, cfg: NetworkConfig, force: bool) -> None:
+    if not force:
+        try:
+            await store.get_config_text()
+        except ConfigMissingError:
+            pass
+        else:
+            raise ConfigError(
+                f"a network config already exists at {store.prefix}/config",
+                hint="use --force to replace it (leases of the old network stay until revoked)",
+            )
+    await store.put_config(cfg)
+
+
+@network.command("init")
+@click.option("--network", "net", required=True, help="Overlay network, e.g. 10.244.0.0/16.")
+@click.option("--subnet-len", type=int, default=None, help="Per-node subnet length.")
+@click.option("--subnet-min", default=None)
+@click.option("--subnet-max", default=None)
+@click.option(
+    "--backend",
+    # the safe choice for networks that span sites (docs/backends.md); a config written
+    # without Backend (as flannel's) still means vxlan, so flannel networks read as-is
+    # keep running as they did
+    default=VXLAN_WIREGUARD,
+    show_default=True,
+    help="vxlan+wireguard: VXLAN inside a site, WireGuard between sites; vxlan: no "
+    "encryption anywhere; wireguard: WireGuard to every peer.",
+)
+@click.option("--vni", type=int, default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--mtu", type=int, default=None)
+@click.option("--listen-port", type=int, default=None, help="WireGuard port (wireguard backends).")
+@click.option(
+    "--keepalive", type=int, default=None, help="WireGuard PersistentKeepaliveInterval, seconds."
+)
+@click.option(
+    "--topology",
+    type=click.Choice(["mesh", "gateway"]),
+    default=None,
+    help="Full mesh, or one elected gateway per site (needs --backend vxlan+wireguard).",
+)
+@click.option("--site-mode", multiple=True, metavar="SITE=MODE", help="Per-site topology mode.")
+@click.option("--force", is_flag=True, help="Replace an existing config.")
+@click.pass_context
+@friendly_errors
+def network_init(
+    ctx: click.Context,
+    net: str,
+    subnet_len: int | None,
+    subnet_min: str | None,
+    subnet_max: str | None,
+    backend: str,
+    vni: int | None,
+    port: int | None,
+    mtu: int | None,
+    listen_port: int | None,
+    keepalive: int | None,
+    topology: str | None,
+    site_mode: tuple[str, ...],
+    force: bool,
+) -> None:
+    """Write the network config (validated first)."""
+    raw = _present(
+        {"Network": net, "SubnetLen": subnet_len, "SubnetMin": subnet_min, "SubnetMax": subnet_max}
+    )
+    back = _present(
+        {"Type": backend, "VNI": vni, "Port": port, "MTU": mtu, "ListenPort": listen_port,
+         "PersistentKeepaliveInterval": keepalive}
+    )  # fmt: skip
+    parse_backend(back)  # a bad backend is reported before a bad network or subnet range
+    raw["Backend"] = back
+    if topology is not None or site_mode:
+        sites = dict(item.partition("=")[::2] for item in site_mode)
+        raw["Topology"] = {"Mode": topology or "mesh", "Sites": sites}
+    cfg = parse_config(json.dumps(raw))
+    run_with_store(ctx, lambda store: _write_config(store, cfg, force))
+    click.echo(cfg.to_json(redact=True))
+    if cfg.backend.type == VXLAN:
+        click.echo(
+            "note: backend vxlan neither encrypts nor authenticates traffic between sites; "
+            f"if this network spans sites, {PLAIN_VXLAN_FIX}",
+            err=True,
+        )
+
+
+@network.command("show")
+@click.pass_context
+@friendly_errors
+def network_show(ctx: click.Context) -> None:
+    """Print the network config with defaults filled in."""
+    text = run_with_store(ctx, lambda s: s.get_config_text())
+    click.echo(parse_config(text).to_json(redact=True))
