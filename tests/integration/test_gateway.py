@@ -112,7 +112,7 @@ def test_killed_gateway_is_replaced_within_5s_and_no_flap_back(
 def test_masquerade_only_site_works_through_its_gateway(
     prefix_factory: Callable[[], str], tmp_path: Path
 ) -> None:
-    w = build_multicloud_world(prefix_factory(), masq_only_b=True, workdir=tmp_path / "mq")
+    w = build_multicloud_world(prefix_factory(), nat_b="masquerade", workdir=tmp_path / "mq")
     try:
         init_gateway_network(w)
         with running(w, HOSTS) as procs:

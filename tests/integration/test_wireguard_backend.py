@@ -11,7 +11,7 @@ Three module-scoped worlds, each with its daemons started once:
   restored, 50 MB across sites without fragments.
 * ``mixed``: backend ``vxlan+wireguard``: in-site traffic is VXLAN on cloud A's LAN,
   cross-site traffic is WireGuard on the internet.
-* ``masq``: backend ``vxlan+wireguard`` with ``masq_only_b`` (cloud B's hosts have no
+* ``masq``: backend ``vxlan+wireguard`` with ``nat_b="masquerade"`` (cloud B's hosts have no
   public address, only outbound masquerade): full matrix.
 
 Every daemon runs without ``--public-ip`` (``OverlaydProc(..., public_ip=False)``): NAT'd
@@ -37,7 +37,7 @@ import pytest
 
 from tests.daemons import BIN, OverlaydProc, ns_run, wait_until
 from tests.lab.netns import Namespace
-from tests.lab.world import World, build_multicloud_world, destroy, ping, tcp_transfer
+from tests.lab.world import NatMode, World, build_multicloud_world, destroy, ping, tcp_transfer
 
 pytestmark = pytest.mark.root
 HOSTS = ("a1", "a2", "a3", "b1", "b2", "bare")
@@ -54,8 +54,10 @@ MARKER = b"OVLY-cleartext!!"
 # -- fixtures ----------------------------------------------------------------------------
 
 
-def _make_world(prefix: str, workdir: Path, backend: str, *, masq_only_b: bool = False) -> World:
-    w = build_multicloud_world(prefix, masq_only_b=masq_only_b, workdir=workdir)
+def _make_world(
+    prefix: str, workdir: Path, backend: str, *, nat_b: NatMode = "one-to-one"
+) -> World:
+    w = build_multicloud_world(prefix, nat_b=nat_b, workdir=workdir)
     try:
         ns_run(w.host("a1").ns.name, str(BIN / "overlayctl"), "--etcd-endpoints",
                w.etcd_endpoint, "network", "init", "--network", NETWORK,
@@ -126,7 +128,7 @@ def masq(
     prefix_factory: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[World, dict[str, OverlaydProc]]]:
     w = _make_world(
-        prefix_factory(), tmp_path_factory.mktemp("masq"), "vxlan+wireguard", masq_only_b=True
+        prefix_factory(), tmp_path_factory.mktemp("masq"), "vxlan+wireguard", nat_b="masquerade"
     )
     procs: dict[str, OverlaydProc] = {}
     try:

@@ -30,6 +30,7 @@ from tests.lab.world import (
     lan_world,
     ping,
     tcp_transfer,
+    udp_endpoint,
     udp_source,
 )
 
@@ -73,7 +74,17 @@ def variants(world_factory: WorldFactory) -> Iterator[World]:
     """Colliding private ranges, no hairpin in cloud A, masquerade-only cloud B."""
     yield from world_factory(
         lambda p, w: build_multicloud_world(
-            p, colliding=True, hairpin=False, masq_only_b=True, workdir=w
+            p, colliding=True, hairpin=False, nat_b="masquerade", workdir=w
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def no_public(world_factory: WorldFactory) -> Iterator[World]:
+    """No bare host; cloud A masquerades, cloud B masquerades with random ports."""
+    yield from world_factory(
+        lambda p, w: build_multicloud_world(
+            p, nat_a="masquerade", nat_b="masquerade-random", public_host=False, workdir=w
         )
     )
 
@@ -268,6 +279,33 @@ def test_masquerade_only_hosts_dial_out_but_are_unreachable(variants: World) -> 
 def test_variant_hosts_reach_etcd(variants: World) -> None:
     for host in variants.hosts:
         assert etcd_roundtrip(host.ns, variants.etcd_endpoint, f"/v/{host.name}") == host.ns.name
+
+
+# --- no public host; masquerade with and without random ports ---
+
+
+def test_no_public_host_and_both_clouds_masquerade(no_public: World) -> None:
+    assert sorted(h.name for h in no_public.hosts) == ["a1", "a2", "a3", "b1", "b2"]
+    assert all(h.public is None for h in no_public.hosts)
+    for host in no_public.hosts:
+        assert etcd_roundtrip(host.ns, no_public.etcd_endpoint, f"/n/{host.name}") == host.ns.name
+
+
+def test_masquerade_keeps_free_ports_and_random_masquerade_does_not(no_public: World) -> None:
+    """Port-preserving masquerade (punchable) in cloud A, random ports in cloud B."""
+    etcd_ns = no_public.etcd_ns
+    etcd_ip = IPv4Address(no_public.etcd_endpoint.split(":")[0])
+    a1, b1 = no_public.host("a1"), no_public.host("b1")
+    rtr_a, rtr_b = no_public.router("cloud-a"), no_public.router("cloud-b")
+    assert (rtr_a.nat, rtr_b.nat) == ("masquerade", "masquerade-random")
+    seen_a = udp_endpoint(a1.ns, etcd_ns, etcd_ip, source_port=40123)
+    assert seen_a == (rtr_a.outside.ip, 40123)
+    ports = set()
+    for sport in (40123, 40124, 40125):
+        seen_b = udp_endpoint(b1.ns, etcd_ns, etcd_ip, source_port=sport)
+        assert seen_b is not None and seen_b[0] == rtr_b.outside.ip
+        ports.add(seen_b[1])
+    assert ports != {40123, 40124, 40125}  # random: not the ports sent from
 
 
 # --- delay ---

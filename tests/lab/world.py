@@ -12,11 +12,14 @@ LAN 10.78.0.0/24 holding host ``Pn1`` (10.78.0.10).
 
 * cloud ``cloud-a``: router ``Prtr-a`` (public 198.51.100.2, LAN 10.0.1.1/24), hosts
   ``Pa1``..``Pa3`` at 10.0.1.11-13 with 1:1 public addresses 198.51.100.11-13 that exist only
-  on the router (DNAT in, SNAT out, hairpin for the LAN unless ``hairpin=False``);
+  on the router (DNAT in, SNAT out, hairpin for the LAN unless ``hairpin=False``), or with
+  ``nat_a="masquerade"`` (``"masquerade-random"``) no public address and outbound
+  masquerade only (with random ports);
 * cloud ``cloud-b``: router ``Prtr-b`` (public 203.0.113.2, LAN 10.0.2.1/24 or, when
   ``colliding``, 10.0.1.1/24), hosts ``Pb1``, ``Pb2`` at .11/.12 with public 203.0.113.21/22,
-  or with ``masq_only_b`` no public address and outbound masquerade only;
-* site ``bare``: host ``Pbare`` with 192.0.2.31 on its own interface;
+  or as cloud A by ``nat_b``;
+* site ``bare``: host ``Pbare`` with 192.0.2.31 on its own interface (not with
+  ``public_host=False``);
 * etcd in ``Petcd`` at 192.0.2.10:2379.
 
 Every host's underlay interface is ``eth0``. Interface names are generic because they live
@@ -52,7 +55,10 @@ from tests.lab.netns import (
     veth,
 )
 
-NatMode = Literal["one-to-one", "masquerade"]
+NatMode = Literal["one-to-one", "masquerade", "masquerade-random"]
+"""How a cloud's router maps its hosts: 1:1 (an elastic IP each), outbound masquerade
+(port-preserving where the port is free, as Linux does), or masquerade with random ports
+(a symmetric NAT: each destination sees another port; no hole punching through it)."""
 NFT_TABLE = "lab"
 """The nftables table (family ``ip``) holding a router's NAT rules and hairpin counter."""
 
@@ -317,7 +323,8 @@ def _nat_rules(router: Router, lan: IPv4Network, hosts: Sequence[Host]) -> str:
             oifname "{lan_if}" ct status dnat snat to ip saddr map {{ {snat} }}"""
     else:
         pre = ""
-        post = f'oifname "{wan_if}" ip saddr {lan} masquerade'
+        flags = " random" if router.nat == "masquerade-random" else ""
+        post = f'oifname "{wan_if}" ip saddr {lan} masquerade{flags}'
     elements = f"elements = {{ {public} }}" if public else ""
     verdict = "" if router.hairpin else "drop"
     return textwrap.dedent(
@@ -397,11 +404,17 @@ def build_multicloud_world(
     *,
     colliding: bool = False,
     hairpin: bool = True,
-    masq_only_b: bool = False,
+    nat_a: NatMode = "one-to-one",
+    nat_b: NatMode = "one-to-one",
+    public_host: bool = True,
     delay_ms: float = 0.0,
     workdir: Path | None = None,
 ) -> World:
     """Build the multi-cloud world (see the module docstring); ``destroy`` removes it.
+
+    ``nat_a`` / ``nat_b``: how cloud A's / cloud B's router maps its hosts (``NatMode``);
+    ``public_host=False`` leaves out the bare host, so no overlay host has a public
+    address on its interface (etcd stays on the internet).
 
     ``delay_ms``: every frame crossing a site's link to the internet (cloud A's, cloud B's,
     the bare host's; not etcd's) waits this long, so a cross-site round trip gains
@@ -427,10 +440,9 @@ def build_multicloud_world(
         routers: list[Router] = []
         lan_b = "10.0.1.0/24" if colliding else "10.0.2.0/24"
         clouds: list[tuple[str, str, str, IPv4Network, int, int, NatMode]] = [
-            ("cloud-a", "a", "10.0.1.0/24", nets["198.51.100.0/24"], 3, 11, "one-to-one"),
-            ("cloud-b", "b", lan_b, nets["203.0.113.0/24"], 2, 21,
-             "masquerade" if masq_only_b else "one-to-one"),
-        ]  # fmt: skip
+            ("cloud-a", "a", "10.0.1.0/24", nets["198.51.100.0/24"], 3, 11, nat_a),
+            ("cloud-b", "b", lan_b, nets["203.0.113.0/24"], 2, 21, nat_b),
+        ]
         for site, tag, lan_s, wan, count, first_public, mode in clouds:
             lan = IPv4Network(lan_s)
             router = Router(
@@ -456,10 +468,11 @@ def build_multicloud_world(
             hosts += site_hosts
             routers.append(router)
 
-        bare_ip = IPv4Interface(f"{core[31]}/24")
-        hosts.append(
-            b.host("bare", "bare", bare_ip, core[1], bare_ip.ip, inet, "br0", delay_ms=delay_ms)
-        )
+        if public_host:
+            bare_ip = IPv4Interface(f"{core[31]}/24")
+            hosts.append(
+                b.host("bare", "bare", bare_ip, core[1], bare_ip.ip, inet, "br0", delay_ms=delay_ms)
+            )
         return b.world("multicloud", hosts, routers, etcd_ns, delay_ms)
     except BaseException:
         b.abort()
@@ -484,14 +497,16 @@ def multicloud_world(
     *,
     colliding: bool = False,
     hairpin: bool = True,
-    masq_only_b: bool = False,
+    nat_a: NatMode = "one-to-one",
+    nat_b: NatMode = "one-to-one",
+    public_host: bool = True,
     delay_ms: float = 0.0,
     workdir: Path | None = None,
 ) -> Iterator[World]:
     """``build_multicloud_world`` for a ``with`` block, destroyed even on failure."""
     world = build_multicloud_world(
-        prefix, colliding=colliding, hairpin=hairpin, masq_only_b=masq_only_b,
-        delay_ms=delay_ms, workdir=workdir,
+        prefix, colliding=colliding, hairpin=hairpin, nat_a=nat_a, nat_b=nat_b,
+        public_host=public_host, delay_ms=delay_ms, workdir=workdir,
     )  # fmt: skip
     try:
         yield world
@@ -595,6 +610,21 @@ def udp_source(
 ) -> IPv4Address | None:
     """Send UDP datagrams from ``src`` to ``dst_ip``; return the source address that a
     receiver in ``dst`` (bound to all addresses) saw, or None if nothing arrived."""
+    seen = udp_endpoint(src, dst, dst_ip, port=port, timeout=timeout)
+    return None if seen is None else seen[0]
+
+
+def udp_endpoint(
+    src: Namespace,
+    dst: Namespace,
+    dst_ip: IPv4Address,
+    *,
+    port: int = 5300,
+    source_port: int = 0,
+    timeout: float = 2.0,
+) -> tuple[IPv4Address, int] | None:
+    """Like ``udp_source``, sending from ``source_port`` (0: any); returns the source
+    address and port the receiver saw (what a NAT on the way mapped them to)."""
     recv = dst.popen(
         tool("traffic", "udp-recv", str(port), str(timeout)),
         stdout=subprocess.PIPE,
@@ -606,15 +636,16 @@ def udp_source(
         assert recv.stdout is not None
         if recv.stdout.readline().strip() != "ready":
             raise RuntimeError(f"UDP receiver in {dst.name} did not start")
-        send = src.popen(tool("traffic", "udp-send", str(dst_ip), str(port), str(timeout)))
+        argv = tool("traffic", "udp-send", str(dst_ip), str(port), str(timeout), str(source_port))
+        send = src.popen(argv)
         out, _ = recv.communicate(timeout=timeout + 5)
     finally:
         for proc in (recv, send):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    seen = out.strip()
-    return None if seen in ("", "none") else IPv4Address(seen)
+    seen = out.split()
+    return None if len(seen) != 2 else (IPv4Address(seen[0]), int(seen[1]))
 
 
 def hairpin_packets(router: Router) -> int:

@@ -6,9 +6,9 @@
 ``tcp-send ADDRESS PORT NBYTES TIMEOUT``
     Connect and send ``NBYTES`` zero bytes, then shut down the sending side.
 ``udp-recv PORT TIMEOUT``
-    Print ``ready``, then the source address of the first datagram, or ``none``.
-``udp-send ADDRESS PORT SECONDS``
-    Send a datagram every 50 ms for ``SECONDS``.
+    Print ``ready``, then the source ``<address> <port>`` of the first datagram, or ``none``.
+``udp-send ADDRESS PORT SECONDS [SOURCE_PORT]``
+    Send a datagram every 50 ms for ``SECONDS`` (from ``SOURCE_PORT`` if given).
 ``udp-print ADDRESS PORT``
     Print ``ready``, then every datagram received on ``ADDRESS:PORT`` (one a line), until
     terminated.
@@ -55,13 +55,15 @@ def udp_recv(port: int, timeout: float) -> None:
         sock.settimeout(timeout)
         print("ready", flush=True)
         try:
-            print(sock.recvfrom(2048)[1][0])
+            address, port = sock.recvfrom(2048)[1]
+            print(address, port)
         except TimeoutError:
             print("none")
 
 
-def udp_send(address: str, port: int, seconds: float) -> None:
+def udp_send(address: str, port: int, seconds: float, source_port: int = 0) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0", source_port))
         for _ in range(int(seconds / UDP_INTERVAL)):
             sock.sendto(b"hello", (address, port))
             time.sleep(UDP_INTERVAL)
@@ -84,7 +86,7 @@ def main(argv: list[str]) -> int:
     elif command == "udp-recv":
         udp_recv(int(args[0]), float(args[1]))
     elif command == "udp-send":
-        udp_send(args[0], int(args[1]), float(args[2]))
+        udp_send(args[0], int(args[1]), float(args[2]), *(int(a) for a in args[3:4]))
     elif command == "udp-print":
         udp_print(args[0], int(args[1]))
     else:
