@@ -21,7 +21,8 @@ import pytest
 
 from overlayd.store.api import EventKind, LeaseEvent, Store, WatchBatch
 from overlayd.store.etcd import EtcdSettings, EtcdStore
-from overlayd.store.memory import ManualClock, MemStore
+from overlayd.store.memory import MemStore
+from overlayd.store.memory_kv import ManualClock
 from overlayd.values.errors import ConfigError, ConfigMissingError, StoreError
 from overlayd.values.gateway_state import GatewayClaim, GatewayState, HealthReport
 from tests.builders import config, record
