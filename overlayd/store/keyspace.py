@@ -1,9 +1,12 @@
-"""Raw keys into the store's values, once for both stores.
+"""The raw key-value service under both stores (``RawKV``), and its keys read as the
+store's values, once for both.
 
-``EtcdStore`` and ``MemStore`` keep the same key layout (``StoreKeys``, overlayd/store/api.py);
-each hands the key-values it lists or watches here as ``KeyValue`` and gets back leases,
-gateway state, control requests and reservations. A watch arrives as a ``RawWatch``: a
-listing with no events (at start and after a compaction), then ``(None, events)``.
+``EtcdStore`` and ``MemStore`` are one ``KeyedStore`` (overlayd/store/keyed.py) over a
+``RawKV``: etcd's (overlayd/store/etcd.py) or the in-memory one (overlayd/store/memory_kv.py).
+Both keep the same key layout (``StoreKeys``, overlayd/store/api.py) and hand what they list
+or watch here as ``KeyValue``; this module turns it into leases, gateway state, control
+requests and reservations. A watch arrives as a ``RawWatch``: a listing with no events (at
+start and after a compaction), then ``(None, events)``.
 
 A gateway record that cannot be read counts as absent and is logged here
 (``overlayd.gateway``); malformed leases and reservations are values (``decode_stored``,
@@ -13,10 +16,10 @@ A gateway record that cannot be read counts as absent and is logged here
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from overlayd.store.api import (
     ControlValue,
@@ -51,6 +54,67 @@ class KeyValue:
 
 RawEvent = tuple[EventKind, KeyValue]
 RawWatch = AsyncIterator[tuple[T | None, Sequence[RawEvent]]]
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A transaction's compare on its key: it holds ``value``, or is at ``mod_revision``
+    (an absent key is at 0), or (neither given) does not exist (etcd's version == 0)."""
+
+    mod_revision: int | None = None
+    value: str | None = None
+
+    def holds(self, kv: KeyValue | None) -> bool:
+        """Whether the compare holds on ``kv`` (None: absent), as etcd evaluates it."""
+        if self.value is not None:
+            return kv is not None and kv.value == self.value.encode()
+        if self.mod_revision is not None:
+            return (kv.mod_revision if kv is not None else 0) == self.mod_revision
+        return kv is None
+
+
+ABSENT = Guard()
+
+
+class RawKV(Protocol):
+    """Keys, guarded transactions, etcd leases and range watches: what ``KeyedStore``
+    needs of etcd. ``what`` names the operation in a ``StoreError``."""
+
+    async def get(self, what: str, key: str) -> tuple[int, KeyValue | None]:
+        """The store revision and ``key``'s value (None: absent)."""
+        ...
+
+    async def range(self, what: str, prefix: str) -> tuple[int, list[KeyValue]]:
+        """The keys starting with ``prefix``, sorted, at one revision (returned)."""
+        ...
+
+    async def put(self, what: str, key: str, value: str, lease: int = 0) -> None: ...
+
+    async def delete(self, what: str, key: str) -> bool: ...
+
+    async def txn_put(self, what: str, key: str, value: str, lease: int, guard: Guard) -> int:
+        """Put if ``guard`` holds: the revision written, 0 if it does not."""
+        ...
+
+    async def txn_delete(self, what: str, key: str, guard: Guard) -> bool: ...
+
+    def watch(
+        self,
+        prefix: str,
+        relist: Callable[[], Awaitable[tuple[int, T]]],
+        first: tuple[int, T] | None = None,
+    ) -> RawWatch[T]:
+        """(listing, []) from ``relist`` (or ``first``), then (None, events) after its
+        revision; a fresh listing when that history was compacted."""
+        ...
+
+    async def grant(self, ttl: int) -> int: ...
+
+    async def keepalive(self, lease_id: int) -> int: ...
+
+    async def ttl_left(self, lease_id: int) -> int: ...
+
+    async def revoke(self, lease_id: int) -> None: ...
 
 
 def stored_lease(keys: StoreKeys, kv: KeyValue) -> StoredLease | None:

@@ -10,8 +10,7 @@ tests/component/test_store_contract.py):
 - etcd leases with a TTL measured on the ``clock`` passed in (``ManualClock`` in tests); a
   lease past its TTL expires (noticed on the next call, or by a waiting watch) and its keys
   vanish with it, as on revoke; writing with an unknown lease fails with ``StoreError``;
-- guarded transactions (``absent``, ``mod_is``, ``value_is``: a value compare on an absent
-  key fails, as in etcd);
+- guarded transactions (``Guard``: a value compare on an absent key fails, as in etcd);
 - the watch fan-out: every watch of a key range gets a listing, then each change after its
   revision; after ``compact`` past that revision, a fresh listing.
 
@@ -23,19 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from overlayd.store.api import EventKind
-from overlayd.store.keyspace import KeyValue, RawEvent, RawWatch
+from overlayd.store.keyspace import Guard, KeyValue, RawEvent, RawWatch
 from overlayd.values.errors import StoreError
 
 T = TypeVar("T")
 FIRST_LEASE_ID = 0x10000  # etcd's ids are random 64-bit numbers; ours count, for determinism
-
-Guard = Callable[[KeyValue | None], bool]
-"""A transaction's compare on the current value of its key (None: absent)."""
 
 
 class ManualClock:
@@ -49,22 +45,6 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def absent(kv: KeyValue | None) -> bool:
-    """etcd's ``version == 0``: the key does not exist."""
-    return kv is None
-
-
-def mod_is(mod_revision: int) -> Guard:
-    """etcd's ``mod_revision == n`` (an absent key has mod revision 0)."""
-    return lambda kv: (kv.mod_revision if kv is not None else 0) == mod_revision
-
-
-def value_is(value: str) -> Guard:
-    """etcd's ``value == v`` (false for an absent key)."""
-    data = value.encode()
-    return lambda kv: kv is not None and kv.value == data
 
 
 @dataclass
@@ -127,13 +107,13 @@ class MemKV:
 
     def txn_put(self, key: str, value: str, lease: int, guard: Guard) -> int:
         """Put if ``guard`` holds: the revision written, 0 if it does not."""
-        if not guard(self.get(key)):
+        if not guard.holds(self.get(key)):
             return 0
         return self.put(key, value, lease)
 
     def txn_delete(self, key: str, guard: Guard) -> bool:
         """Delete ``key`` if ``guard`` holds on it."""
-        if not guard(self.get(key)):
+        if not guard.holds(self.get(key)):
             return False
         return self._delete((key,)) > 0
 
@@ -211,17 +191,17 @@ class MemKV:
     async def watch(
         self,
         prefix: str,
-        relist: Callable[[], tuple[int, T]],
+        relist: Callable[[], Awaitable[tuple[int, T]]],
         first: tuple[int, T] | None = None,
     ) -> RawWatch[T]:
-        """As ``EtcdStore._watch_range``: (listing, []) from ``relist`` (or ``first``), then
+        """As etcd's: (listing, []) from ``relist`` (or ``first``), then
         (None, events) after its revision; a fresh listing when that history was compacted."""
         wakeup = asyncio.Event()
         self._wakeups.add(wakeup)
         try:
             while True:
                 self.expire_leases()
-                seen, listing = first or relist()
+                seen, listing = first or await relist()
                 first = None
                 yield listing, []
                 # etcd refuses a watch from before the compaction (start < compact revision)
