@@ -250,6 +250,11 @@ class ControlStore(Protocol):
     def watch_control(self, node: str, verb: str) -> AsyncIterator[ControlValue | None]: ...
 
 
+class KeeperStore(EtcdLeases, LeaseStore, ReservationStore, Protocol):
+    """What the lease keeper (overlayd/store/lease_keeper.py) needs: etcd leases to bind
+    its key to, the lease transactions, and the reservations it must respect."""
+
+
 class Store(
     Connection,
     EtcdLeases,

@@ -1,5 +1,5 @@
-"""How overlayd talks to etcd: endpoint schemes, TLS material checked at start, and what a
-failed TLS handshake means in words.
+"""How overlayd talks to etcd: endpoint schemes and their addresses, TLS material checked at
+start, and what a failed TLS handshake means in words.
 
 - ``https://host:port``: always TLS; the server is checked against ``--etcd-cafile``, or the
   system CA bundle without it. ``http://host:port``: always plaintext (TLS flags refused).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import re
+import socket
 import ssl
 import warnings
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from overlayd.values.errors import TLS_HINT, ConfigError
+from overlayd.values.errors import TLS_HINT, ConfigError, StoreError
 from overlayd.values.text import quote
 
 if TYPE_CHECKING:
@@ -108,6 +109,24 @@ def parse_endpoints(
             hint=TLS_HINT,
         )
     return endpoints, scheme is Scheme.HTTPS or (scheme is Scheme.BARE and cafile is not None)
+
+
+def resolve(endpoint: Endpoint) -> str:
+    """``ip:port`` for the client's channel, which takes IPv4 addresses only."""
+    if endpoint.ip is not None:
+        return f"{endpoint.ip}:{endpoint.port}"
+    try:
+        infos = socket.getaddrinfo(endpoint.host, endpoint.port, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise StoreError(f"cannot resolve etcd endpoint {endpoint.host!r}: {exc}") from None
+    return f"{infos[0][4][0]}:{endpoint.port}"
+
+
+def server_name(endpoints: tuple[Endpoint, ...]) -> str:
+    """The one name gRPC checks every server certificate against: the first host name, or
+    the first address when there are only addresses (see docs/etcd-access.md)."""
+    names = sorted(e.host for e in endpoints if e.ip is None)
+    return names[0] if names else endpoints[0].host
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
-from typing import Protocol
 
 from overlayd.disk.state_dir import StateDir
 from overlayd.planning.alloc import ClaimKind, plan_claims
 from overlayd.runtime.logs import Throttle
 from overlayd.runtime.retry import Backoff, Retry, retry
-from overlayd.store.api import Snapshot, StoredLease
+from overlayd.store.api import KeeperStore, Snapshot, StoredLease
 from overlayd.values.config import NetworkConfig
 from overlayd.values.errors import OverlaydError, PoolExhaustedError, StoreError
 from overlayd.values.lease import LeaseRecord, subnet_key_name
@@ -37,23 +36,6 @@ log = logging.getLogger("overlayd.lease")
 RACE_RETRIES = 8
 RESTORE_RETRY = 1.0  # seconds before retrying a restore the store failed (doubling to 30)
 FOREIGN_WARN_INTERVAL = 1.0  # seconds: at most one "rewritten" warning per interval
-
-
-class KeeperStore(Protocol):
-    """The store methods the keeper uses (``EtcdStore``, ``MemStore``; unit tests use a
-    smaller fake, tests/fake_store.py).
-
-    The write methods return the store revision of the write, 0 when its guard failed.
-    """
-
-    async def list_leases(self) -> Snapshot: ...
-    async def list_reservations(self) -> dict[IPv4Network, str]: ...
-    async def grant(self, ttl: int) -> int: ...
-    async def keepalive(self, lease_id: int) -> int: ...
-    async def revoke(self, lease_id: int) -> None: ...
-    async def create_lease(self, record: LeaseRecord, lease_id: int) -> int: ...
-    async def rebind_lease(self, record: LeaseRecord, lease_id: int, mod_revision: int) -> int: ...
-    async def replace_lease(self, old: LeaseRecord, new: LeaseRecord, lease_id: int) -> int: ...
 
 
 @dataclass(frozen=True)

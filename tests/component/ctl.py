@@ -10,7 +10,8 @@ from click.testing import CliRunner, Result
 
 from overlayd.cli.context import CtlContext, StoreFactory
 from overlayd.cli.ctl import main
-from overlayd.store.memory import ManualClock, MemStore
+from overlayd.store.memory import MemStore
+from overlayd.store.memory_kv import ManualClock
 from overlayd.values.lease import LeaseRecord
 
 T = TypeVar("T")

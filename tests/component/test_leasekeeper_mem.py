@@ -14,7 +14,8 @@ from typing import TypeVar
 
 from overlayd.disk.state_dir import StateDir
 from overlayd.store.lease_keeper import HeldLease, LeaseKeeper
-from overlayd.store.memory import ManualClock, MemStore
+from overlayd.store.memory import MemStore
+from overlayd.store.memory_kv import ManualClock
 from tests.builders import config, keeper_template
 
 T = TypeVar("T")

@@ -7,7 +7,8 @@ from collections.abc import AsyncGenerator
 from ipaddress import IPv4Network
 
 from overlayd.store.api import EventKind
-from overlayd.store.memory import ManualClock, MemStore
+from overlayd.store.memory import MemStore
+from overlayd.store.memory_kv import ManualClock
 from tests.builders import record
 
 

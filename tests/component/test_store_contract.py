@@ -21,7 +21,8 @@ import pytest
 
 from overlayd.store.api import EventKind, LeaseEvent, Store, WatchBatch
 from overlayd.store.etcd import EtcdSettings, EtcdStore
-from overlayd.store.memory import ManualClock, MemStore
+from overlayd.store.memory import MemStore
+from overlayd.store.memory_kv import ManualClock
 from overlayd.values.errors import ConfigError, ConfigMissingError, StoreError
 from overlayd.values.gateway_state import GatewayClaim, GatewayState, HealthReport
 from tests.builders import config, record
@@ -291,13 +292,18 @@ def test_list_surfaces_malformed_and_ignores_stray_keys(backend: Backend) -> Non
         await backend.put_raw(f"{p}/subnets/README", "stray")
         await backend.put_raw(f"{p}/subnets/10.244.7.5-24", "{}")  # not a subnet key
         await backend.put_raw(f"{p}/subnetsX/10.244.8.0-24", good.to_json())  # outside
+        await backend.put_raw(f"{p}/subnets/10.244.9.0-24", "")  # empty: malformed too
         by_subnet = {s.subnet: s for s in (await store.list_leases()).leases}
-        assert sorted(map(str, by_subnet)) == ["10.244.3.0/24", "10.244.5.0/24", "10.244.6.0/24"]
+        assert sorted(map(str, by_subnet)) == [
+            "10.244.3.0/24", "10.244.5.0/24", "10.244.6.0/24", "10.244.9.0/24"
+        ]  # fmt: skip
         bad = by_subnet[IPv4Network("10.244.5.0/24")]
         assert bad.record is None and bad.error is not None and "not JSON" in bad.error
         assert bad.lease_id == 0  # written without an etcd lease
         bad2 = by_subnet[IPv4Network("10.244.6.0/24")]
         assert bad2.record is None and bad2.error is not None and "PublicIP" in bad2.error
+        empty = by_subnet[IPv4Network("10.244.9.0/24")]
+        assert empty.record is None and empty.error is not None
 
     run(backend, body)
 
@@ -311,7 +317,8 @@ def test_reservations(backend: Backend) -> None:
         await store.put_reservation(s2, "node-b")
         await store.put_reservation(s2, "node-c")  # overwrite
         malformed = {"10.244.5.0-24": "nope", "10.244.6.0-24": '{"Node": ""}',
-                     "10.244.7.0-24": '{"Node": 5}', "junk": '{"Node": "x"}'}  # fmt: skip
+                     "10.244.7.0-24": '{"Node": 5}', "10.244.8.0-24": "[1]",
+                     "junk": '{"Node": "x"}'}  # fmt: skip
         for name, value in malformed.items():
             await backend.put_raw(f"{p}/reservations/{name}", value)
         assert await store.list_reservations() == {s1: "node-a", s2: "node-c"}

@@ -1,14 +1,18 @@
-"""EtcdStore and LeaseKeeper against a real etcd on 127.0.0.1 (free ports, throwaway data dir)."""
+"""EtcdStore and LeaseKeeper against a real etcd on 127.0.0.1 (free ports, throwaway data dir).
+
+Only what needs the real etcd: the keys as etcdctl sees them, and the lease keeper racing,
+expiring and being overwritten on it. What both stores do alike (transactions, leases,
+listing, watches, compaction) is tests/component/test_store_contract.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
 import subprocess
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from ipaddress import IPv4Network
 from itertools import count
 from pathlib import Path
@@ -17,11 +21,11 @@ from typing import Any, TypeVar
 import pytest
 
 from overlayd.disk.state_dir import StateDir
-from overlayd.store.api import EventKind, StoredLease, WatchBatch
+from overlayd.store.api import StoredLease
 from overlayd.store.etcd import EtcdSettings, EtcdStore
 from overlayd.store.lease_keeper import HeldLease, LeaseKeeper
 from overlayd.values.config import NetworkConfig, parse_config
-from overlayd.values.errors import ConfigError, ConfigMissingError, PoolExhaustedError
+from overlayd.values.errors import PoolExhaustedError
 from overlayd.values.lease import LeaseRecord, decode_lease, subnet_key_name
 from tests.builders import keeper_template, record
 from tests.lab.etcd import ETCDCTL, EtcdServer
@@ -100,252 +104,30 @@ def cfg(**fields: Any) -> NetworkConfig:
     return parse_config(json.dumps(fields))
 
 
-# -- config ---------------------------------------------------------------------------
+# -- what only etcd can tell: the keys as etcdctl (and flannel) see them ------------------
 
 
-def test_config_put_get_missing_invalid(etcd: Etcd, prefix: str) -> None:
+def test_keys_are_flannels_as_etcdctl_sees_them(etcd: Etcd, prefix: str) -> None:
+    """The config is flannel's JSON, a lease key holds its record bound to its etcd lease,
+    a reservation has no etcd lease; a config flannel wrote is read as-is. What the stores
+    do with the keys is tests/component/test_store_contract.py, for MemStore and etcd."""
+
     async def body(store: EtcdStore) -> None:
-        with pytest.raises(ConfigMissingError, match=f"{prefix}/config"):
-            await store.get_config()
         c = cfg(Network="10.50.0.0/16", SubnetLen=26, Backend={"Type": "vxlan", "VNI": 9})
         await store.put_config(c)
-        assert await store.get_config() == c
-        # flannel's format in etcd, readable by etcdctl
         raw = json.loads(etcd.ctl("get", "--print-value-only", f"{prefix}/config").stdout)
         assert raw["Network"] == "10.50.0.0/16" and raw["SubnetLen"] == 26
-        # invalid configs written by hand are refused precisely
-        etcd.ctl("put", f"{prefix}/config", "not json")
-        with pytest.raises(ConfigError, match="not JSON"):
-            await store.get_config()
-        etcd.ctl("put", f"{prefix}/config", '{"Network": "10.50.0.0/16", "SubnetLen": 12}')
-        with pytest.raises(ConfigError, match="SubnetLen"):
-            await store.get_config()
-        # a config written by flannel under its own prefix is read as-is
         etcd.ctl("put", f"{prefix}/config", '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}')
         assert (await store.get_config()).network == IPv4Network("10.5.0.0/16")
-
-    run_with_store(etcd, prefix, body)
-
-
-# -- leases ---------------------------------------------------------------------------
-
-
-def test_create_is_create_if_absent(etcd: Etcd, prefix: str) -> None:
-    async def body(store: EtcdStore) -> None:
         a = record("10.244.3.0/24", "node-a", "id-a", 1)
-        b = record("10.244.3.0/24", "node-b", "id-b", 2)
-        la, lb = await store.grant(TTL), await store.grant(TTL)
-        written = await store.create_lease(a, la)
-        assert written > 0  # the revision of the write
-        assert await store.create_lease(b, lb) == 0
-        assert await store.create_lease(a, la) == 0  # not even the same record twice
-        snap = await store.list_leases()
-        assert [s.subnet for s in snap.leases] == [a.subnet]
-        only = snap.leases[0]
-        assert only.record == a and only.error is None
-        assert only.lease_id == la
-        assert only.mod_revision == written <= snap.revision
-        # the key is flannel's, bound to the etcd lease
+        lease = await store.grant(TTL)
+        assert await store.create_lease(a, lease)
         key = f"{prefix}/subnets/10.244.3.0-24"
         assert decode_lease(a.subnet, etcd.ctl("get", "--print-value-only", key).stdout) == a
-        assert f"{la:x}" in etcd.ctl("lease", "timetolive", f"{la:x}", "--keys").stdout
-        # another subnet is fine
-        assert await store.create_lease(record("10.244.4.0/24", "node-b", "id-b", 2), lb)
-        assert len((await store.list_leases()).leases) == 2
-        assert await store.delete_lease(a.subnet) is True
-        assert await store.delete_lease(a.subnet) is False
-        assert await store.create_lease(b, lb) > 0  # free again
-
-    run_with_store(etcd, prefix, body)
-
-
-def test_rebind_requires_current_mod_revision(etcd: Etcd, prefix: str) -> None:
-    async def body(store: EtcdStore) -> None:
-        a = record("10.244.3.0/24")
-        old_lease = await store.grant(TTL)
-        assert await store.create_lease(a, old_lease)
-        (stored,) = (await store.list_leases()).leases
-        new_lease = await store.grant(TTL)
-        moved = dataclasses.replace(a, site="eu")
-        rebound = await store.rebind_lease(moved, new_lease, stored.mod_revision)
-        (after,) = (await store.list_leases()).leases
-        assert rebound == after.mod_revision
-        assert after.lease_id == new_lease and after.record == moved
-        assert after.mod_revision > stored.mod_revision
-        # stale revision: someone changed it since
-        assert await store.rebind_lease(a, old_lease, stored.mod_revision) == 0
-        (still,) = (await store.list_leases()).leases
-        assert still.lease_id == new_lease and still.record == moved
-        # rebinding a key that does not exist fails too
-        ghost = record("10.244.9.0/24")
-        assert await store.rebind_lease(ghost, new_lease, after.mod_revision) == 0
-        assert len((await store.list_leases()).leases) == 1
-
-    run_with_store(etcd, prefix, body)
-
-
-def test_keepalive_and_revoke(etcd: Etcd, prefix: str) -> None:
-    async def body(store: EtcdStore) -> None:
-        lease = await store.grant(TTL)
-        assert await store.create_lease(record("10.244.3.0/24"), lease)
-        ttl = await store.keepalive(lease)
-        assert 0 < ttl <= TTL
-        assert 0 < await store.ttl_left(lease) <= TTL
-        await store.revoke(lease)
-        assert await store.keepalive(lease) <= 0
-        assert await store.ttl_left(lease) <= 0
-        # the lease key went with the etcd lease
-        assert (await store.list_leases()).leases == ()
-
-    run_with_store(etcd, prefix, body)
-
-
-def test_list_surfaces_malformed_and_ignores_stray_keys(etcd: Etcd, prefix: str) -> None:
-    async def body(store: EtcdStore) -> None:
-        good = record("10.244.3.0/24")
-        assert await store.create_lease(good, await store.grant(TTL))
-        etcd.ctl("put", f"{prefix}/subnets/10.244.5.0-24", "{this is not json")
-        etcd.ctl("put", f"{prefix}/subnets/10.244.6.0-24", '{"PublicIP": "nope"}')
-        etcd.ctl("put", f"{prefix}/subnets/README", "stray")
-        etcd.ctl("put", f"{prefix}/subnets/10.244.7.5-24", "{}")  # not a subnet key
-        etcd.ctl("put", f"{prefix}/subnetsX/10.244.8.0-24", good.to_json())  # outside
-        snap = await store.list_leases()
-        by_subnet = {s.subnet: s for s in snap.leases}
-        assert sorted(by_subnet) == [
-            IPv4Network("10.244.3.0/24"),
-            IPv4Network("10.244.5.0/24"),
-            IPv4Network("10.244.6.0/24"),
-        ]
-        assert by_subnet[good.subnet].record == good
-        bad = by_subnet[IPv4Network("10.244.5.0/24")]
-        assert bad.record is None and bad.error is not None and "not JSON" in bad.error
-        assert bad.lease_id == 0  # written without an etcd lease
-        bad2 = by_subnet[IPv4Network("10.244.6.0/24")]
-        assert bad2.record is None and bad2.error is not None and "PublicIP" in bad2.error
-
-    run_with_store(etcd, prefix, body)
-
-
-def test_empty_value_is_reported_as_malformed(etcd: Etcd, prefix: str) -> None:
-    async def body(store: EtcdStore) -> None:
-        etcd.ctl("put", f"{prefix}/subnets/10.244.5.0-24", "")
-        (stored,) = (await store.list_leases()).leases
-        assert stored.record is None
-        assert stored.error is not None
-
-    run_with_store(etcd, prefix, body)
-
-
-async def next_batch(gen: AsyncIterator[WatchBatch], timeout: float = 5.0) -> WatchBatch:
-    return await asyncio.wait_for(gen.__anext__(), timeout)
-
-
-def test_watch_snapshot_then_events(etcd: Etcd, prefix: str) -> None:
-    async def body() -> None:
-        store = await open_store(etcd, prefix)
-        gen = store.watch_leases()
-        assert isinstance(gen, AsyncGenerator)
-        try:
-            a = record("10.244.3.0/24", "a", "ia", 1)
-            lease = await store.grant(TTL)
-            assert await store.create_lease(a, lease)
-            first = await next_batch(gen)
-            assert first.snapshot is not None and first.events == ()
-            assert [s.record for s in first.snapshot.leases] == [a]
-            b = record("10.244.4.0/24", "b", "ib", 2)
-            assert await store.create_lease(b, lease)
-            batch = await next_batch(gen)
-            assert batch.snapshot is None
-            assert [(e.kind, e.lease.record) for e in batch.events] == [(EventKind.PUT, b)]
-            assert batch.events[0].lease.lease_id == lease
-            # a malformed value arrives as an event with an error, a stray key not at all
-            etcd.ctl("put", f"{prefix}/subnets/junk", "x")
-            etcd.ctl("put", f"{prefix}/subnets/10.244.5.0-24", "garbage")
-            batch = await next_batch(gen)
-            (ev,) = batch.events
-            assert ev.kind is EventKind.PUT and ev.lease.record is None and ev.lease.error
-            assert ev.lease.subnet == IPv4Network("10.244.5.0/24")
-            assert await store.delete_lease(a.subnet)
-            batch = await next_batch(gen)
-            (ev,) = batch.events
-            assert ev.kind is EventKind.DELETE and ev.lease.subnet == a.subnet
-            # revoking the etcd lease deletes both remaining keys bound to it
-            await store.revoke(lease)
-            deleted: set[IPv4Network] = set()
-            while len(deleted) < 1:
-                batch = await next_batch(gen)
-                deleted |= {e.lease.subnet for e in batch.events if e.kind is EventKind.DELETE}
-            assert deleted == {b.subnet}
-        finally:
-            await gen.aclose()
-            await store.close()
-
-    run(body)
-
-
-def test_watch_after_compaction_yields_fresh_snapshot(etcd: Etcd, prefix: str) -> None:
-    async def body() -> None:
-        store = await open_store(etcd, prefix)
-        gen = store.watch_leases()
-        assert isinstance(gen, AsyncGenerator)
-        try:
-            lease = await store.grant(TTL)
-            a = record("10.244.3.0/24", "a", "ia", 1)
-            assert await store.create_lease(a, lease)
-            first = await next_batch(gen)
-            assert first.snapshot is not None
-            # The generator is parked at its first yield: its watch from snapshot.revision+1
-            # only starts on the next __anext__. Make changes and compact them away first.
-            b = record("10.244.4.0/24", "b", "ib", 2)
-            c = record("10.244.5.0/24", "c", "ic", 3)
-            assert await store.create_lease(b, lease)
-            assert await store.create_lease(c, lease)
-            assert await store.delete_lease(a.subnet)
-            rev = (await store.list_leases()).revision
-            assert rev > first.snapshot.revision + 1
-            etcd.ctl("compact", str(rev))
-            second = await next_batch(gen)
-            assert second.snapshot is not None, "expected a fresh snapshot after compaction"
-            assert second.snapshot.revision >= rev
-            assert sorted(s.subnet for s in second.snapshot.leases) == [b.subnet, c.subnet]
-            # and it keeps watching after the re-list
-            d = record("10.244.6.0/24", "d", "id", 4)
-            assert await store.create_lease(d, lease)
-            third = await next_batch(gen)
-            assert third.snapshot is None
-            assert [e.lease.record for e in third.events] == [d]
-        finally:
-            await gen.aclose()
-            await store.close()
-
-    run(body)
-
-
-# -- reservations ---------------------------------------------------------------------
-
-
-def test_reservations(etcd: Etcd, prefix: str) -> None:
-    async def body(store: EtcdStore) -> None:
-        assert await store.list_reservations() == {}
-        s1, s2 = IPv4Network("10.244.3.0/24"), IPv4Network("10.244.4.0/24")
-        await store.put_reservation(s1, "node-a")
-        await store.put_reservation(s2, "node-b")
-        await store.put_reservation(s2, "node-c")  # overwrite
-        # malformed reservations reserve nothing
-        etcd.ctl("put", f"{prefix}/reservations/10.244.5.0-24", "nope")
-        etcd.ctl("put", f"{prefix}/reservations/10.244.6.0-24", '{"Node": ""}')
-        etcd.ctl("put", f"{prefix}/reservations/10.244.7.0-24", '{"Node": 5}')
-        etcd.ctl("put", f"{prefix}/reservations/10.244.8.0-24", "[1]")
-        etcd.ctl("put", f"{prefix}/reservations/junk", '{"Node": "x"}')
-        assert await store.list_reservations() == {s1: "node-a", s2: "node-c"}
-        # permanent: no etcd lease attached
+        assert key in etcd.ctl("lease", "timetolive", f"{lease:x}", "--keys").stdout
+        await store.put_reservation(a.subnet, "node-a")
         out = etcd.ctl("get", "-w", "json", f"{prefix}/reservations/10.244.3.0-24").stdout
-        assert "lease" not in json.loads(out)["kvs"][0]
-        assert await store.delete_reservation(s1) is True
-        assert await store.delete_reservation(s1) is False
-        assert await store.list_reservations() == {s2: "node-c"}
-        # reservations do not show up as leases
-        assert (await store.list_leases()).leases == ()
+        assert "lease" not in json.loads(out)["kvs"][0]  # permanent: no etcd lease attached
 
     run_with_store(etcd, prefix, body)
 
