@@ -13,14 +13,16 @@ in the daemon, a recording fake in the unit tests) and the device's link through
 ``device_link.DeviceLink`` (pyroute2's ``IPRoute``, via ``netlink.link.Links``).
 
 Why not pyroute2's ``WireGuard`` for the generic-netlink part (measured with pyroute2
-0.9.7, 1,000 peers with an endpoint, two allowed IPs, keepalive and PSK each): its
-``set()`` takes one peer per call, so one message and one round trip per peer, and
-building them took 785 ms against 70 ms for our 16 messages of 64 peers; 1,000 request
-round trips through its synchronous API took 408 ms against 33 ms on a plain socket; and
-parsing a 1,000-peer dump with its ``wgmsg`` took 439 ms (before any conversion to
-``WgState``) against 84 ms for ``decode_device`` -- and every ``apply`` reads the device
-first. It can express every peer change we send (remove, update-only, replace allowed
-IPs, an empty list, a zeroed PSK), so the reason is cost, not capability.
+0.9.7 on a shared 2-CPU machine, three runs, 1,000 peers with an endpoint, two allowed IPs,
+keepalive and PSK each): its ``set()`` takes one peer per call, so one message and one
+round trip per peer. Building those 1,000 messages took 0.50-0.86 s against 21-23 ms for
+our 16 messages of 64 peers; 1,000 request round trips through its synchronous API took
+0.25-0.43 s against 37-58 ms on a plain socket (we need 16); parsing a 1,000-peer dump
+with its ``wgmsg`` took 0.32-0.52 s, before any conversion to ``WgState``, against
+61-98 ms for ``decode_device`` -- and every ``apply`` reads the device first. Its import
+costs ~1 ms on top of pyroute2, which the data plane loads anyway: not a reason. It can
+express every peer change we send (remove, update-only, replace allowed IPs, an empty
+list, a zeroed PSK), so the reason is cost, not capability.
 """
 
 from __future__ import annotations
