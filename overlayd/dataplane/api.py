@@ -120,7 +120,7 @@ class DataPlane:
 
         def work() -> tuple[int, bool]:
             if self._wireguard is None:
-                self._wireguard = open_driver(ifname, log_path=log_path, on_exit=on_exit)
+                self._wireguard = open_driver(ifname, self._l(), log_path=log_path, on_exit=on_exit)
                 log.info("WireGuard device %s: %s driver", ifname, self._wireguard.kind)
             created = self._wireguard.ensure_device(device)
             if created:

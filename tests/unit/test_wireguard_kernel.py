@@ -1,15 +1,20 @@
 """Kernel WireGuard generic-netlink messages, checked byte by byte against the layout of
-include/uapi/linux/wireguard.h (attribute numbers, flags, struct sockaddr_in, nesting)."""
+include/uapi/linux/wireguard.h (attribute numbers, flags, struct sockaddr_in, nesting), and
+what ``KernelWireGuard`` sends for a read and an apply, through a recording ``GenlChannel``
+(no root, no WireGuard module)."""
 
 from __future__ import annotations
 
+import errno
 import struct
+from collections.abc import Iterable, Iterator, Sequence
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.dataplane.wireguard import kernel
-from overlayd.dataplane.wireguard._link import encode_create_wireguard
+from overlayd.dataplane.netlink.link import Links
+from overlayd.dataplane.wireguard import genl, kernel
+from overlayd.dataplane.wireguard.device_link import DeviceLink
 from overlayd.values.errors import WireGuardError
 from overlayd.values.keys import PrivateKey, PublicKey
 from overlayd.values.wireguard import Endpoint, PeerChanges, PresharedKey, WgPeerConfig
@@ -127,14 +132,7 @@ def test_set_messages_are_chunked_and_ordered() -> None:
 
 def test_get_and_family_requests() -> None:
     assert kernel.encode_get_device("wg0") == bytes([0, 1, 0, 0]) + nla(2, b"wg0\0")
-    assert kernel.encode_get_family("wireguard") == bytes([3, 1, 0, 0]) + nla(2, b"wireguard\0")
-
-
-def test_create_link_message() -> None:
-    # struct ifinfomsg (16 bytes, all zero) + IFLA_IFNAME + IFLA_LINKINFO{IFLA_INFO_KIND}
-    assert encode_create_wireguard("wg0") == (
-        bytes(16) + nla(3, b"wg0\0") + nla(18 | NESTED, nla(1, b"wireguard\0"))
-    )
+    assert genl.encode_get_family("wireguard") == bytes([3, 1, 0, 0]) + nla(2, b"wireguard\0")
 
 
 def kernel_peer(key: PublicKey, *parts: bytes) -> bytes:
@@ -212,3 +210,141 @@ def test_encoded_peer_decodes_to_the_same_config() -> None:
 def test_decode_malformed() -> None:
     with pytest.raises(WireGuardError, match="malformed"):
         kernel.decode_device([bytes([0, 1, 0, 0]) + struct.pack("=HH", 40, 2) + b"x"])
+
+
+class RecordingChannel:
+    """A ``GenlChannel`` that answers dumps with ``device`` and records every request."""
+
+    def __init__(self, *device_messages: bytes) -> None:
+        self.device = list(device_messages)
+        self.dumps: list[bytes] = []
+        self.sent: list[bytes] = []
+        self.error: OSError | None = None
+
+    def dump(self, payload: bytes) -> Sequence[bytes]:
+        self.dumps.append(payload)
+        if self.error is not None:
+            raise self.error
+        return self.device
+
+    def send(self, payloads: Iterable[bytes]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.sent.extend(payloads)
+
+
+@pytest.fixture
+def link() -> Iterator[DeviceLink]:
+    """A link handle for ``wg0``; ``read`` and ``apply`` never touch it."""
+    with Links() as links:
+        yield DeviceLink(links, "wg0")
+
+
+def device_dump(*peers: bytes) -> bytes:
+    """A GET_DEVICE reply for ``wg0`` carrying ``peers``."""
+    return bytes([0, 1, 0, 0]) + nla(2, b"wg0\0") + nla(8 | NESTED, b"".join(peers))
+
+
+def allowed(net: str) -> bytes:
+    n = IPv4Network(net)
+    return nla(
+        NESTED, nla(1, b"\2\0") + nla(2, n.network_address.packed) + nla(3, bytes([n.prefixlen]))
+    )
+
+
+def test_apply_sends_removal_update_and_addition_in_one_message(link: DeviceLink) -> None:
+    k3 = PublicKey(b"\x33" * 32)
+    # the device has K1 (allowed 10.244.1.0/24) and K2; wanted: K1 with another prefix, K3
+    channel = RecordingChannel(
+        device_dump(
+            kernel_peer(K1, nla(9 | NESTED, allowed("10.244.1.0/24"))),
+            kernel_peer(K2, nla(9 | NESTED, allowed("10.244.2.0/24"))),
+        )
+    )
+    driver = kernel.KernelWireGuard(link, channel)
+    wanted = [
+        WgPeerConfig(K1, None, (IPv4Network("10.244.9.0/24"),)),
+        WgPeerConfig(k3, Endpoint(IPv4Address("192.0.2.7"), 51820), (), 25),
+    ]
+    changes = driver.apply(wanted)
+    assert changes == PeerChanges(add=(wanted[1],), update=(wanted[0],), remove=(K2,))
+    assert channel.dumps == [bytes([0, 1, 0, 0]) + nla(2, b"wg0\0")]
+    sockaddr = struct.pack("=H", 2) + bytes([0xCA, 0x6C, 192, 0, 2, 7]) + bytes(8)
+    assert channel.sent == [
+        bytes([1, 1, 0, 0])  # SET_DEVICE, no device attributes, no REPLACE_PEERS
+        + nla(2, b"wg0\0")
+        + nla(
+            8 | NESTED,
+            nla(NESTED, nla(1, K2.raw) + nla(3, struct.pack("=I", 1)))  # REMOVE_ME
+            + nla(
+                NESTED,
+                nla(1, K1.raw)
+                + nla(3, struct.pack("=I", 2 | 4))  # REPLACE_ALLOWEDIPS | UPDATE_ONLY
+                + nla(2, bytes(32))
+                + nla(5, b"\0\0")
+                + nla(9 | NESTED, allowed("10.244.9.0/24")),
+            )
+            + nla(
+                NESTED,
+                nla(1, k3.raw)
+                + nla(3, struct.pack("=I", 2))  # REPLACE_ALLOWEDIPS: may create
+                + nla(2, bytes(32))
+                + nla(4, sockaddr)
+                + nla(5, struct.pack("=H", 25))
+                + nla(9 | NESTED, b""),
+            ),
+        )
+    ]
+
+
+def test_apply_without_changes_or_deletes_sends_nothing(link: DeviceLink) -> None:
+    channel = RecordingChannel(device_dump(kernel_peer(K1, nla(5, b"\0\0"))))
+    driver = kernel.KernelWireGuard(link, channel)
+    assert not driver.apply([WgPeerConfig(K1)])
+    assert not driver.apply([], allow_delete=False)  # K1 stays: nothing is sent
+    assert channel.sent == []
+
+
+def test_apply_of_many_peers_is_chunked(link: DeviceLink) -> None:
+    channel = RecordingChannel(device_dump())
+    driver = kernel.KernelWireGuard(link, channel)
+    wanted = [WgPeerConfig(PublicKey(struct.pack("=I", i) * 8)) for i in range(1, 131)]
+    assert len(driver.apply(wanted).add) == 130
+    assert len(channel.sent) == 3  # 64 + 64 + 2
+    peers = [list(genl.iter_attrs(genl.attr_map(memoryview(m), 4)[8])) for m in channel.sent]
+    assert [len(p) for p in peers] == [64, 64, 2]
+
+
+def test_channel_errors_become_wireguard_errors(link: DeviceLink) -> None:
+    channel = RecordingChannel(device_dump())
+    driver = kernel.KernelWireGuard(link, channel)
+    channel.error = OSError(errno.ENODEV, "No such device")
+    with pytest.raises(WireGuardError, match="cannot read wg0: No such device"):
+        driver.read()
+
+
+def test_set_errors_become_wireguard_errors(link: DeviceLink) -> None:
+    class Refusing(RecordingChannel):
+        def send(self, payloads: Iterable[bytes]) -> None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+    driver = kernel.KernelWireGuard(link, Refusing(device_dump()))
+    with pytest.raises(WireGuardError, match="cannot set peers on wg0: Invalid argument"):
+        driver.apply([WgPeerConfig(K1)])
+
+
+def test_generic_netlink_socket_against_the_kernel_controller() -> None:
+    """The real channel, without root: the controller family lists itself in a dump."""
+    ctrl = genl.GenericNetlink("nlctrl")
+    families = ctrl.dump(genl.GENL_HDR.pack(genl.CTRL_CMD_GETFAMILY, 1, 0))
+    names = {
+        bytes(genl.attr_map(f, genl.GENL_HDR.size)[genl.CTRL_ATTR_FAMILY_NAME]) for f in families
+    }
+    assert b"nlctrl\0" in names
+
+
+def test_kernel_driver_without_the_device_raises_wireguard_error(link: DeviceLink) -> None:
+    # no WireGuard module here: the family is unknown (ENOENT); with it, wg0 is (ENODEV)
+    driver = kernel.KernelWireGuard(link, genl.GenericNetlink(kernel.WG_GENL_NAME))
+    with pytest.raises(WireGuardError, match="cannot read wg0"):
+        driver.read()

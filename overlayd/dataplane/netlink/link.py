@@ -48,6 +48,7 @@ class LinkInfo:
     mac: MacAddress | None
     up: bool
     addresses: tuple[IPv4Interface, ...]
+    kind: str | None = None  # IFLA_INFO_KIND: "vxlan", "wireguard", "tun", ...; None if plain
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ class Links:
                 for a in addrs
                 if int(a["index"]) == index
             ),
+            kind=msg.get(("linkinfo", "kind")),
         )
 
     def default_route_interface(self) -> LinkInfo:
@@ -329,13 +331,44 @@ class Links:
 
     def _finish(self, spec: VxlanSpec) -> LinkInfo:
         """Bring the device up and turn checksum offload off; both are idempotent."""
-        link = self.get(spec.name)
-        if not link.up:
-            self._call(f"cannot set {spec.name} up", "link", "set", index=link.index, state="up")
-            link = self.get(link.index)
+        link = self.set_up(self.get(spec.name))
         if tx_checksum_offload(spec.name):
             disable_tx_checksum_offload(spec.name)
         return link
+
+    def set_up(self, link: LinkInfo, mtu: int | None = None) -> LinkInfo:
+        """Bring ``link`` up and, when given, set its MTU; sends nothing if both already are."""
+        change: dict[str, Any] = {} if link.up else {"state": "up"}
+        if mtu is not None and mtu != link.mtu:
+            change["mtu"] = mtu
+        if not change:
+            return link
+        self._call(f"cannot set {link.name} up", "link", "set", index=link.index, **change)
+        return self.get(link.index)
+
+    def create_wireguard(self, name: str) -> bool:
+        """Create a kernel WireGuard device; False when the kernel has no WireGuard support.
+
+        The kernel answers EOPNOTSUPP for a link kind it does not know (module absent and
+        not loadable); EEXIST and the rest are errors.
+        """
+        try:
+            self._ipr.link("add", ifname=name, kind="wireguard")
+        except NetlinkError as exc:
+            if exc.code == errno.EOPNOTSUPP:
+                return False
+            raise KernelError(f"cannot create WireGuard device {name}: {exc.args[1]}") from exc
+        except OSError as exc:
+            raise KernelError(f"cannot create WireGuard device {name}: {exc.strerror}") from exc
+        return True
+
+    def delete(self, link: LinkInfo) -> None:
+        """Delete ``link``; one already gone is not an error."""
+        try:
+            self._ipr.link("del", index=link.index)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise KernelError(f"cannot delete {link.name}: {exc.args[1]}") from exc
 
     def set_address(self, link: str | int, address: IPv4Interface) -> bool:
         """Make ``address`` the only IPv4 address of ``link``; True if anything changed.

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from overlayd.dataplane.wireguard import _link
-from overlayd.dataplane.wireguard.kernel import KernelWireGuard
+from overlayd.dataplane.netlink.link import Links
+from overlayd.dataplane.wireguard.device_link import DeviceLink
+from overlayd.dataplane.wireguard.genl import GenericNetlink
+from overlayd.dataplane.wireguard.kernel import WG_GENL_NAME, KernelWireGuard
 from overlayd.dataplane.wireguard.uapi import UAPI_DIR
 from overlayd.dataplane.wireguard.userspace import WireGuardGo
 from overlayd.values.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig, WgState
@@ -63,6 +65,7 @@ def sync(
 
 def open_driver(
     ifname: str,
+    links: Links,
     *,
     prefer_kernel: bool = True,
     socket_dir: Path = UAPI_DIR,
@@ -74,16 +77,17 @@ def open_driver(
     What already runs wins, so a restarted daemon keeps its data plane: a wireguard-go
     answering on the device's socket is adopted, an existing kernel device is used. Else
     kernel support is detected by creating the device (the kernel loads the module on
-    demand; EOPNOTSUPP means there is none). ``on_exit`` and ``log_path`` concern
-    wireguard-go only.
+    demand; EOPNOTSUPP means there is none). ``links`` is the data plane's link manager,
+    used from the calling thread only. ``on_exit`` and ``log_path`` concern wireguard-go
+    only.
     """
-
-    candidate = WireGuardGo(ifname, socket_dir=socket_dir, log_path=log_path, on_exit=on_exit)
+    device = DeviceLink(links, ifname)
+    candidate = WireGuardGo(device, socket_dir=socket_dir, log_path=log_path, on_exit=on_exit)
     if candidate.running():
         return candidate
-    link = _link.get_link(ifname)
+    link = device.find()
     if link is not None and link.kind == "wireguard":
-        return KernelWireGuard(ifname)
-    if link is None and prefer_kernel and _link.create_wireguard(ifname):
-        return KernelWireGuard(ifname, created=True)
+        return KernelWireGuard(device, GenericNetlink(WG_GENL_NAME))
+    if link is None and prefer_kernel and device.create_kernel():
+        return KernelWireGuard(device, GenericNetlink(WG_GENL_NAME), created=True)
     return candidate

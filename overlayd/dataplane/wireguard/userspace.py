@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from overlayd.dataplane.wireguard import _link
+from overlayd.dataplane.wireguard.device_link import DeviceLink
 from overlayd.dataplane.wireguard.uapi import (
     UAPI_DIR,
     UapiClient,
@@ -104,7 +104,7 @@ def _wait_exit(pid: int, timeout: float) -> bool:
 
 
 class WireGuardGo:
-    """Driver for a wireguard-go device called ``ifname`` in the caller's namespace.
+    """Driver for a wireguard-go device (``link``'s interface) in the caller's namespace.
 
     ``on_exit`` is called (from a watcher thread) when the wireguard-go process exits; it
     should only wake the reconcile loop. ``starts`` counts the instances this object has
@@ -115,7 +115,7 @@ class WireGuardGo:
 
     def __init__(
         self,
-        ifname: str,
+        link: DeviceLink,
         *,
         binary: str = "wireguard-go",
         socket_dir: Path = UAPI_DIR,
@@ -124,14 +124,15 @@ class WireGuardGo:
         on_exit: Callable[[], None] | None = None,
         start_timeout: float = 5.0,
     ) -> None:
-        self.ifname = ifname
+        self.ifname = link.ifname
+        self._link = link
         self.binary = binary
         self.log_path = log_path
         self.log_level = log_level
         self.on_exit = on_exit
         self.start_timeout = start_timeout
         self.starts = 0
-        self._client = UapiClient(socket_path(ifname, socket_dir))
+        self._client = UapiClient(socket_path(link.ifname, socket_dir))
         self._proc: subprocess.Popen[bytes] | None = None
         self._watcher: _ExitWatcher | None = None
 
@@ -224,7 +225,7 @@ class WireGuardGo:
             created = True
             state = self._client.get()
         else:
-            if _link.get_link(self.ifname) is None:
+            if self._link.find() is None:
                 raise WireGuardError(
                     f"{self._client.path} is served by a wireguard-go in another network "
                     f"namespace: device name {self.ifname} collides",
@@ -234,7 +235,7 @@ class WireGuardGo:
         update = device_update(state, device)
         if update:
             self._client.set(encode_device_update(update))
-        _link.set_up(self.ifname, device.mtu)
+        self._link.set_up(device.mtu)
         return created
 
     def read(self) -> WgState:

@@ -19,6 +19,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
+from overlayd.dataplane.netlink.link import Links
 from overlayd.dataplane.wireguard.driver import open_driver, sync
 from overlayd.values.errors import WireGuardError
 from overlayd.values.keys import PrivateKey, PublicKey
@@ -48,7 +49,8 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     cfg = json.loads(config_path.read_text())
-    driver = open_driver(cfg["ifname"], on_exit=wake.set, log_path=Path(cfg["log"]))
+    links = Links()
+    driver = open_driver(cfg["ifname"], links, on_exit=wake.set, log_path=Path(cfg["log"]))
     status: dict[str, Any] = {
         "kind": driver.kind,
         "loops": 0,
@@ -78,6 +80,7 @@ def main(argv: list[str]) -> int:
         wake.wait(0.1)
         wake.clear()
     driver.close(stop=cfg.get("stop_on_exit", False))
+    links.close()
     return 0
 
 
