@@ -19,7 +19,7 @@ from overlayd.values.stun import (
     encode_binding_request,
     looks_like_stun,
 )
-from tests.lab.tools.stun_responder import (
+from tests.component.stun_responder import (
     address_value,
     attribute,
     binding_response,

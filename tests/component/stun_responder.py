@@ -1,17 +1,16 @@
-"""``stun_responder HOST PORT [DROP]``: a minimal STUN Binding server for the tests.
+"""A minimal STUN Binding server for the tests without root (the root test uses coturn).
 
-Answers every Binding request with a success response carrying the source address it
-saw (XOR-MAPPED-ADDRESS), ignoring the first ``DROP`` requests (to exercise the client's
-retransmissions). Prints ``ready PORT`` once bound. The response encoder is written here
-independently of ``overlayd.values.stun`` on purpose: the tests check our decoder against
-it and against RFC 5769, not against itself.
+``Responder`` answers every Binding request with a success response carrying the source
+address it saw (XOR-MAPPED-ADDRESS; or the address ``claim``ed, with the port seen),
+ignoring the first ``drop`` requests (to exercise the client's retransmissions). The
+response encoder is written here independently of ``overlayd.values.stun`` on purpose: the
+tests check our decoder against it and against RFC 5769, not against itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
-import sys
 import zlib
 from ipaddress import IPv4Address
 from typing import Any, cast
@@ -52,11 +51,13 @@ def binding_response(
 
 
 class Responder(asyncio.DatagramProtocol):
-    """Answers Binding requests (after dropping the first ``drop``); counts what it saw."""
+    """Answers Binding requests (after dropping the first ``drop``); records their
+    transaction ids."""
 
-    def __init__(self, drop: int = 0) -> None:
+    def __init__(self, drop: int = 0, claim: IPv4Address | None = None) -> None:
         self.drop = drop
-        self.requests = 0
+        self.claim = claim
+        self.transactions: list[bytes] = []
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,21 +66,9 @@ class Responder(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if len(data) < 20 or data[:2] != b"\x00\x01" or self.transport is None:
             return
-        self.requests += 1
-        if self.requests <= self.drop:
+        self.transactions.append(data[8:20])
+        if len(self.transactions) <= self.drop:
             return
-        reply = binding_response(data[8:20], IPv4Address(addr[0]), addr[1])
+        seen = self.claim or IPv4Address(addr[0])
+        reply = binding_response(data[8:20], seen, addr[1])
         self.transport.sendto(reply, addr)
-
-
-async def serve(host: str, port: int, drop: int) -> None:
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: Responder(drop), local_addr=(host, port)
-    )
-    print(f"ready {transport.get_extra_info('sockname')[1]}", flush=True)
-    await asyncio.Event().wait()
-
-
-if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if sys.argv[3:] else 0))
