@@ -273,8 +273,10 @@ async def _ask(session: aiohttp.ClientSession, source: _Source, base: str) -> IP
         return _address(await _fetch(session, "GET", base + source.path, headers, source))
     except TimeoutError:  # before ClientError: aiohttp's timeouts are both
         raise DiscoveryError("timed out") from None
-    except (aiohttp.ClientError, OSError) as exc:
+    except (aiohttp.ClientConnectionError, OSError) as exc:
         raise DiscoveryError(f"not reachable ({type(exc).__name__}: {exc})") from None
+    except aiohttp.ClientError as exc:  # a malformed HTTP answer: headers, chunks, …
+        raise InvalidAnswer(f"bad HTTP answer ({type(exc).__name__}: {exc})") from None
 
 
 async def _fetch(

@@ -192,3 +192,22 @@ def test_parse_mode() -> None:
     assert parse_mode("aws") == (Provider.AWS,)
     with pytest.raises(ConfigError, match="--cloud-metadata 'ec2'"):
         parse_mode("ec2")
+
+
+def test_a_service_that_is_not_http_is_a_reason(caplog: pytest.LogCaptureFixture) -> None:
+    async def not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def body() -> MetadataResult:
+        server = await asyncio.start_server(not_http, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            bases = {Provider.TENCENT: f"http://127.0.0.1:{port}"}
+            return await discover((Provider.TENCENT,), bases=bases)
+
+    caplog.set_level(logging.WARNING, logger="overlayd.discovery")
+    result = asyncio.run(body())
+    assert result.found is None and "bad HTTP answer" in result.reasons[0][1]
+    assert len([r for r in caplog.records if r.name == "overlayd.discovery"]) == 1
