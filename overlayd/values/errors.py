@@ -85,3 +85,10 @@ class WireGuardError(OverlaydError):
     """Driving WireGuard (kernel or wireguard-go) failed."""
 
     retryable = True
+
+
+class DiscoveryError(OverlaydError):
+    """Address discovery (cloud metadata, STUN) learned nothing; the message says why."""
+
+    retryable = True
+    hint = "set --public-ip, or --cloud-metadata PROVIDER, or --stun-server HOST:PORT"

@@ -81,6 +81,29 @@ def scope_error(address: IPv4Address) -> str | None:
     return None
 
 
+_NOT_PUBLIC = (
+    (IPv4Network("0.0.0.0/8"), "'this network' (0.0.0.0/8)"),
+    (IPv4Network("10.0.0.0/8"), "private (RFC 1918)"),
+    (IPv4Network("172.16.0.0/12"), "private (RFC 1918)"),
+    (IPv4Network("192.168.0.0/16"), "private (RFC 1918)"),
+    (IPv4Network("100.64.0.0/10"), "shared (RFC 6598, carrier-grade NAT)"),
+    (IPv4Network("192.0.0.0/24"), "IETF protocol assignments (192.0.0.0/24)"),
+    (IPv4Network("198.18.0.0/15"), "benchmarking (198.18.0.0/15)"),
+)
+
+
+def public_error(address: IPv4Address) -> str | None:
+    """Why ``address`` is not a public unicast address (None: it is), for what a cloud
+    metadata service or a STUN server tells us.
+
+    The documentation ranges of RFC 5737 count as public: no cloud hands them out (they
+    are routed nowhere), and the test worlds use them as the internet.
+    """
+    if (why := scope_error(address)) is not None:
+        return why
+    return next((why for net, why in _NOT_PUBLIC if address in net), None)
+
+
 def underlay_addresses(record: LeaseRecord) -> tuple[IPv4Address, ...]:
     """Every underlay address a record names: PublicIP, then PrivateIPs, then PublicIPs."""
     return (record.public_ip, *record.private_ips, *record.public_ips)

@@ -24,6 +24,7 @@ from overlayd.values.lease_rules import (
     is_label,
     own_addresses,
     own_label,
+    public_error,
     publishable,
     scope_error,
 )
@@ -216,6 +217,30 @@ def test_out_of_scope_addresses_refuse_the_record(address: str, why: str, field:
 )
 def test_underlay_addresses_in_scope(address: str) -> None:
     assert scope_error(IPv4Address(address)) is None
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("10.2.3.4", "private"),
+        ("172.31.0.1", "private"),
+        ("192.168.0.1", "private"),
+        ("100.64.0.1", "shared"),
+        ("0.1.2.3", "this network"),
+        ("127.0.0.1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("198.18.0.1", "benchmarking"),
+    ],
+)
+def test_not_public(address: str, why: str) -> None:
+    assert why in (public_error(IPv4Address(address)) or "")
+
+
+@pytest.mark.parametrize("address", ["1.1.1.1", "8.8.8.8", "203.0.113.5", "198.51.100.1"])
+def test_public(address: str) -> None:
+    assert public_error(IPv4Address(address)) is None
 
 
 def decoded(**overrides: Any) -> LeaseRecord:
