@@ -100,7 +100,7 @@ def peer_ingress(
     if same_site:
         sources = set(peer.private_ips or (peer.public_ip,))
     else:
-        sources = {peer.public_ip, *peer.private_ips, *peer.public_ips}
+        sources = {peer.public_ip, *peer.private_ips, *peer.public_ips, *peer.candidates}
     sources.update(a for a in (path, lingering) if a is not None)
     return PeerIngress(
         peer.vtep_mac, tuple(sorted(sources, key=int)), disjoint((peer.subnet, *carried))

@@ -86,8 +86,8 @@ def _ranked(me_site: str, peer: PeerCandidates) -> list[tuple[int, IPv4Address, 
     if peer.site == me_site:
         for address in peer.private:
             add(0, address, PRIVATE)
-    for address in peer.public:
-        add(1, address, PUBLIC)
+    for address in (*peer.public, *peer.unconfirmed):
+        add(1, address, PUBLIC)  # an unconfirmed one only ever verified, never guessed
     fallback = usable_fallback(me_site, peer)
     if fallback is not None:
         # last: the lease PublicIP, which our own leases set to a private address when the

@@ -73,6 +73,9 @@ class LeaseRecord:
     probe_port: int | None = None  # UDP port of the authenticated path probes
     wireguard_port: int | None = None  # WireGuard listen port, when the node runs WireGuard
     gateway_candidate: bool | None = None  # may be its site's gateway (gateway topology only)
+    # public addresses the node learned for itself (cloud metadata, STUN) that no peer of
+    # another site confirmed yet: probed by peers, never guessed (docs/nat.md)
+    candidates: tuple[IPv4Address, ...] = ()
 
     @property
     def overlay_ip(self) -> IPv4Address:
@@ -98,6 +101,8 @@ class LeaseRecord:
         ):
             if value is not None:
                 out[key] = value
+        if self.candidates:
+            out["Candidates"] = [str(a) for a in self.candidates]
         return json.dumps(out, sort_keys=True)
 
 
@@ -236,4 +241,5 @@ def _record(subnet: IPv4Network, raw: dict[str, Any]) -> LeaseRecord:
         probe_port=_port(raw, "ProbePort"),
         wireguard_port=_port(raw, "WireGuardPort"),
         gateway_candidate=_optional_bool(raw, "GatewayCandidate"),
+        candidates=_addrs(raw.get("Candidates"), "Candidates"),
     )

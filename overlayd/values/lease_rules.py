@@ -105,8 +105,9 @@ def public_error(address: IPv4Address) -> str | None:
 
 
 def underlay_addresses(record: LeaseRecord) -> tuple[IPv4Address, ...]:
-    """Every underlay address a record names: PublicIP, then PrivateIPs, then PublicIPs."""
-    return (record.public_ip, *record.private_ips, *record.public_ips)
+    """Every underlay address a record names: PublicIP, then PrivateIPs, then PublicIPs,
+    then the unconfirmed Candidates."""
+    return (record.public_ip, *record.private_ips, *record.public_ips, *record.candidates)
 
 
 def check_scope(record: LeaseRecord, network: IPv4Network) -> str | None:

@@ -53,10 +53,14 @@ class PeerCandidates:
     private: tuple[IPv4Address, ...] = ()
     public: tuple[IPv4Address, ...] = ()
     fallback: IPv4Address | None = None  # flannel's PublicIP: the guess of last resort
+    unconfirmed: tuple[IPv4Address, ...] = ()  # learned by the peer itself: probe, never guess
 
     @classmethod
     def from_lease(cls, record: LeaseRecord) -> PeerCandidates:
-        return cls(record.site, record.private_ips, record.public_ips, record.public_ip)
+        return cls(
+            record.site, record.private_ips, record.public_ips, record.public_ip,
+            record.candidates,
+        )  # fmt: skip
 
 
 def guess(
