@@ -32,7 +32,7 @@ from overlayd.dataplane.api import DataPlane, DataPlaneApi, Underlay, VxlanSpec
 from overlayd.dataplane.ingress_nft import IngressFilter, IngressTable
 from overlayd.dataplane.masq import masq_ruleset
 from overlayd.dataplane.mirror import KernelMirror
-from overlayd.dataplane.netlink.rtnl import KernelEvent
+from overlayd.dataplane.netlink.monitor import KernelEvent
 from overlayd.disk.node_key import NodeKey
 from overlayd.disk.state_dir import NodeIdentity, StateDir
 from overlayd.disk.subnet_file import SubnetFile, write_subnet_file
