@@ -30,7 +30,7 @@ from bench_kernel import peer_entries, peer_state, write_batch_files
 from tests.daemons import BIN, ns_run
 
 if TYPE_CHECKING:
-    from overlayd.dataplane.netlink.rtnl import MonitorEvent
+    from overlayd.dataplane.netlink.monitor import MonitorEvent
     from overlayd.values.lease import LeaseRecord
 from tests.lab.world import build_lan_world, destroy
 
@@ -57,8 +57,9 @@ def lease_for(n: int) -> LeaseRecord:
 
 
 async def inner(n: int, etcd: str, workdir: Path) -> dict[str, float]:
-    from overlayd.dataplane.netlink.codec import RouteMessage
-    from overlayd.dataplane.netlink.rtnl import KernelEvent, Monitor, Rtnl
+    from overlayd.dataplane.netlink.monitor import KernelEvent, Monitor
+    from overlayd.dataplane.netlink.rtnl import Rtnl
+    from overlayd.dataplane.netlink.rtnl_messages import RouteMessage
     from overlayd.store.etcd import EtcdSettings, EtcdStore
 
     store = EtcdStore(EtcdSettings((etcd,)))

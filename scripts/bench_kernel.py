@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from overlayd.dataplane.netlink.codec import OVERLAYD_RTPROT  # noqa: E402
+from overlayd.dataplane.netlink.rtnl_messages import OVERLAYD_RTPROT  # noqa: E402
 from overlayd.values.kernel_state import (  # noqa: E402  (path set up above for direct runs)
     Changes,
     FdbEntry,
@@ -135,7 +135,7 @@ def worker_single(base: int) -> dict[str, Any]:
 def worker_pyroute2(n: int) -> dict[str, Any]:
     from pyroute2 import IPRoute
 
-    from overlayd.dataplane.netlink import codec
+    from overlayd.dataplane.netlink import rtnl_messages
 
     state = peer_state(range(1, n + 1))
     ifindex = _ifindex()
@@ -144,18 +144,18 @@ def worker_pyroute2(n: int) -> dict[str, Any]:
         for ne in state.neighs.values():
             ipr.neigh(
                 "replace", ifindex=ifindex, dst=str(ne.ip), lladdr=str(ne.mac),
-                state=codec.NUD_PERMANENT,
+                state=rtnl_messages.NUD_PERMANENT,
             )  # fmt: skip
         for fe in state.fdbs.values():
             ipr.fdb(
                 "replace", ifindex=ifindex, lladdr=str(fe.mac), dst=str(fe.dst),
-                flags=codec.NTF_SELF,
-                state=codec.NUD_PERMANENT,
+                flags=rtnl_messages.NTF_SELF,
+                state=rtnl_messages.NUD_PERMANENT,
             )  # fmt: skip
         for r in state.routes.values():
             ipr.route(
                 "replace", dst=str(r.dst), gateway=str(r.via), oif=ifindex,
-                flags=codec.RTNH_F_ONLINK, proto=codec.OVERLAYD_RTPROT,
+                flags=rtnl_messages.RTNH_F_ONLINK, proto=rtnl_messages.OVERLAYD_RTPROT,
             )  # fmt: skip
         elapsed = time.perf_counter() - start
     return {"seconds": elapsed, "messages": 3 * n}

@@ -22,7 +22,7 @@ from overlayd.agent.status_docs import Status
 from overlayd.dataplane.api import DataPlaneApi, Underlay, VxlanSpec
 from overlayd.dataplane.masq import masq_ruleset
 from overlayd.dataplane.mirror import KernelMirror
-from overlayd.dataplane.netlink.rtnl import KernelEvent
+from overlayd.dataplane.netlink.monitor import KernelEvent
 from overlayd.disk.node_key import NodeKey
 from overlayd.disk.subnet_file import SubnetFile, write_subnet_file
 from overlayd.store.lease_keeper import HeldLease

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from overlayd.dataplane.netlink.link import LinkAction, Links, Underlay, VxlanSpec
-from overlayd.dataplane.netlink.rtnl import ApplyResult, KernelEvent, Monitor, MonitorEvent, Rtnl
+from overlayd.dataplane.netlink.monitor import KernelEvent, Monitor, MonitorEvent
+from overlayd.dataplane.netlink.rtnl import ApplyResult, Rtnl
 from overlayd.dataplane.wireguard.driver import Driver, open_driver
 from overlayd.values.errors import WireGuardError
 from overlayd.values.kernel_state import Changes, KernelState

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from overlayd.dataplane.netlink.codec import NeighMessage, RouteMessage
-from overlayd.dataplane.netlink.rtnl import KernelEvent
+from overlayd.dataplane.netlink.monitor import KernelEvent
+from overlayd.dataplane.netlink.rtnl_messages import NeighMessage, RouteMessage
 from overlayd.values.kernel_state import KernelState
 
 

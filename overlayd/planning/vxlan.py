@@ -90,47 +90,8 @@ class Planner:
         claiming one of ours is always skipped. ``unguessable`` addresses (our etcd
         endpoints) are never guessed: a peer with nothing else waits for a verified path.
         """
-        skipped: list[tuple[IPv4Network, str]] = []
-        usable: dict[IPv4Network, LeaseRecord] = {}
-        uses: Counter[object] = Counter()
-        for subnet, peer in leases.items():
-            if is_me(me, subnet, peer):
-                continue
-            reason = unusable_reason(me, peer, network)
-            if reason is not None:
-                skipped.append((subnet, reason))
-                continue
-            usable[subnet] = peer
-            uses[peer.vtep_mac] += 1
-            uses[peer.overlay_ip] += 1
-        # Two peers claiming one VTEP MAC or overlay address (or one of ours): the older
-        # lease wins (``conflict_order``), we always keep ours. Only the contested peers
-        # are sorted; sorting thousands of IPv4Network objects on every plan would be slow.
-        owner: dict[object, IPv4Network] = {me.vtep_mac: me.subnet, me.overlay_ip: me.subnet}
-        contested = sorted(
-            (
-                s
-                for s, p in usable.items()
-                if uses[p.vtep_mac] > 1
-                or uses[p.overlay_ip] > 1
-                or p.vtep_mac in owner
-                or p.overlay_ip in owner
-            ),
-            key=lambda s: conflict_order(s, created),
-        )
-        self._contested = {k for s in contested for k in (usable[s].vtep_mac, usable[s].overlay_ip)}
-        for subnet in contested:
-            peer = usable[subnet]
-            taken = [k for k in (peer.vtep_mac, peer.overlay_ip) if k in owner]
-            if taken:
-                holder = owner[taken[0]]
-                by = "this node" if holder == me.subnet else usable[holder].node
-                skipped.append(
-                    (subnet, f"{peer.node}'s {taken[0]} already used by {by} ({holder})")
-                )
-                del usable[subnet]
-            else:
-                owner[peer.vtep_mac] = owner[peer.overlay_ip] = subnet
+        usable, uses, skipped = _usable_peers(me, leases, network)
+        self._contested = _settle_conflicts(me, usable, uses, created, skipped)
         chosen: dict[IPv4Network, PeerPath] = {}
         entries_of: dict[IPv4Network, PeerEntries] = {}
         for subnet, peer in usable.items():
@@ -174,24 +135,13 @@ class Planner:
         skipped_subnets = {s for s, _ in last.skipped}
         state = last.state
         ours = {me.vtep_mac, me.overlay_ip}
-        touched_routes: set[IPv4Network] = set()
-        touched_neighs: set[IPv4Address] = set()
-        touched_fdbs: set[MacAddress] = set()
+        touched = _TouchedSets()
         for subnet in changed:
             peer = leases.get(subnet)
             if subnet in skipped_subnets or (peer is not None and is_me(me, subnet, peer)):
                 return None
-            old = self._memo.get(subnet)
-            if old is not None and subnet in state.routes:
-                old_entries = old[2]
-                if {old_entries.fdb.mac, old_entries.route.via} & self._contested:
-                    return None
-                touched_routes.add(subnet)
-                touched_neighs.add(old_entries.neigh.ip)
-                touched_fdbs.add(old_entries.fdb.mac)
-                del state.routes[subnet], state.neighs[old_entries.neigh.ip]
-                del state.fdbs[old_entries.fdb.mac]
-                last.paths.pop(subnet, None)
+            if not self._unprogram(subnet, last, touched):
+                return None
             if peer is None:
                 self._memo.pop(subnet, None)
                 continue
@@ -211,13 +161,104 @@ class Planner:
             state.neighs[entries.neigh.ip] = entries.neigh
             state.fdbs[entries.fdb.mac] = entries.fdb
             last.paths[subnet] = path
-            touched_routes.add(subnet)
-            touched_neighs.add(entries.neigh.ip)
-            touched_fdbs.add(entries.fdb.mac)
-        touched = Touched(
-            frozenset(touched_routes), frozenset(touched_neighs), frozenset(touched_fdbs)
-        )
-        return last, touched
+            touched.add(subnet, entries)
+        return last, touched.frozen()
+
+    def _unprogram(self, subnet: IPv4Network, last: Plan, touched: _TouchedSets) -> bool:
+        """Take the entries of ``subnet``, if programmed, out of ``last``; False (nothing
+        taken) if they hold a contested key: only a full plan settles a conflict."""
+        old = self._memo.get(subnet)
+        state = last.state
+        if old is None or subnet not in state.routes:
+            return True
+        old_entries = old[2]
+        if {old_entries.fdb.mac, old_entries.route.via} & self._contested:
+            return False
+        touched.add(subnet, old_entries)
+        del state.routes[subnet], state.neighs[old_entries.neigh.ip]
+        del state.fdbs[old_entries.fdb.mac]
+        last.paths.pop(subnet, None)
+        return True
+
+
+class _TouchedSets:
+    """The keys ``Planner.update`` has changed so far (``frozen()``: the ``Touched``)."""
+
+    __slots__ = ("fdbs", "neighs", "routes")
+
+    def __init__(self) -> None:
+        self.routes: set[IPv4Network] = set()
+        self.neighs: set[IPv4Address] = set()
+        self.fdbs: set[MacAddress] = set()
+
+    def add(self, subnet: IPv4Network, entries: PeerEntries) -> None:
+        self.routes.add(subnet)
+        self.neighs.add(entries.neigh.ip)
+        self.fdbs.add(entries.fdb.mac)
+
+    def frozen(self) -> Touched:
+        return Touched(frozenset(self.routes), frozenset(self.neighs), frozenset(self.fdbs))
+
+
+def _usable_peers(
+    me: LeaseRecord, leases: Mapping[IPv4Network, LeaseRecord], network: IPv4Network | None
+) -> tuple[dict[IPv4Network, LeaseRecord], Counter[object], list[tuple[IPv4Network, str]]]:
+    """The peers that can be programmed, how many of them claim each VTEP MAC and overlay
+    address, and the others with the reason (``me`` left out)."""
+    skipped: list[tuple[IPv4Network, str]] = []
+    usable: dict[IPv4Network, LeaseRecord] = {}
+    uses: Counter[object] = Counter()
+    for subnet, peer in leases.items():
+        if is_me(me, subnet, peer):
+            continue
+        reason = unusable_reason(me, peer, network)
+        if reason is not None:
+            skipped.append((subnet, reason))
+            continue
+        usable[subnet] = peer
+        uses[peer.vtep_mac] += 1
+        uses[peer.overlay_ip] += 1
+    return usable, uses, skipped
+
+
+def _settle_conflicts(
+    me: LeaseRecord,
+    usable: dict[IPv4Network, LeaseRecord],
+    uses: Counter[object],
+    created: Mapping[IPv4Network, int] | None,
+    skipped: list[tuple[IPv4Network, str]],
+) -> set[object]:
+    """Remove from ``usable`` (into ``skipped``) every peer that loses a conflict; return
+    the contested keys.
+
+    Two peers claiming one VTEP MAC or overlay address (or one of ours): the older lease
+    wins (``conflict_order``), we always keep ours. Only the contested peers are sorted;
+    sorting thousands of IPv4Network objects on every plan would be slow.
+    """
+    owner: dict[object, IPv4Network] = {me.vtep_mac: me.subnet, me.overlay_ip: me.subnet}
+    contested = sorted(
+        (
+            s
+            for s, p in usable.items()
+            if uses[p.vtep_mac] > 1
+            or uses[p.overlay_ip] > 1
+            or p.vtep_mac in owner
+            or p.overlay_ip in owner
+        ),
+        key=lambda s: conflict_order(s, created),
+    )
+    keys: set[object] = {k for s in contested for k in (usable[s].vtep_mac, usable[s].overlay_ip)}
+    for subnet in contested:
+        peer = usable[subnet]
+        taken = [k for k in (peer.vtep_mac, peer.overlay_ip) if k in owner]
+        if taken:
+            holder = owner[taken[0]]
+            by = "this node" if holder == me.subnet else usable[holder].node
+            skipped.append((subnet, f"{peer.node}'s {taken[0]} already used by {by} ({holder})"))
+            del usable[subnet]
+        else:
+            owner[peer.vtep_mac] = owner[peer.overlay_ip] = subnet
+    return keys
 
 
 def conflict_order(

@@ -18,7 +18,7 @@ the order of ``leases``, and outputs are in subnet order. It decides, per peer:
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.planning.vxlan import conflict_order, is_me, unusable_reason
@@ -93,7 +93,37 @@ def plan_wireguard(
     """
     if backend.type == VXLAN:
         return WireGuardPlan({}, {}, {}, (), leases, ())
-    mixed = backend.type != WIREGUARD
+    vxlan_leases, candidates = _split_by_plane(me, leases, mixed=backend.type != WIREGUARD)
+    ours = PublicKey.from_base64(me.public_key) if me.public_key else None
+    out = _Building()
+    given = paths or {}
+    for subnet, peer in candidates:  # in subnet order: skipped and dial_in come out sorted
+        key = _key_or_reason(me, peer, network, ours)
+        if isinstance(key, str):
+            out.skipped.append((subnet, key))
+            continue
+        holder = out.owner.get(key)
+        if holder is not None and not out.settle(key, holder, subnet, peer, leases, created):
+            continue
+        out.owner[key] = subnet
+        path = given.get(subnet) or guess_path(me, peer, unguessable)
+        endpoint = None if path is None else _endpoint(me, subnet, peer, path, verified)
+        config = WgPeerConfig(
+            public_key=key,
+            endpoint=endpoint,
+            allowed_ips=(subnet,),
+            persistent_keepalive=backend.persistent_keepalive,
+            preshared_key=backend.psk,
+        )
+        out.add(subnet, peer, config, None if endpoint is None else path)
+    return out.finish(vxlan_leases)
+
+
+def _split_by_plane(
+    me: LeaseRecord, leases: Mapping[IPv4Network, LeaseRecord], *, mixed: bool
+) -> tuple[dict[IPv4Network, LeaseRecord], list[tuple[IPv4Network, LeaseRecord]]]:
+    """The leases VXLAN carries (our site's, when ``mixed``; ``me`` among them) and the
+    peers meant for WireGuard, in subnet order."""
     vxlan_leases: dict[IPv4Network, LeaseRecord] = {}
     candidates: list[tuple[IPv4Network, LeaseRecord]] = []
     for subnet, peer in leases.items():
@@ -102,62 +132,100 @@ def plan_wireguard(
         elif not is_me(me, subnet, peer):
             candidates.append((subnet, peer))
     candidates.sort(key=lambda item: _subnet_order(item[0]))
+    return vxlan_leases, candidates
 
-    ours = PublicKey.from_base64(me.public_key) if me.public_key else None
-    owner: dict[PublicKey, IPv4Network] = {}
-    skipped: list[tuple[IPv4Network, str]] = []
-    peers: dict[IPv4Network, WgPeerConfig] = {}
-    routes: dict[IPv4Network, RouteEntry] = {}
-    chosen: dict[IPv4Network, PeerPath] = {}
-    dial_in: list[IPv4Network] = []
-    given = paths or {}
-    for subnet, peer in candidates:  # in subnet order: skipped and dial_in come out sorted
-        reason = unusable_reason(me, peer, network)
-        if reason is None:
-            reason = _missing_wireguard(peer)
-        if reason is not None:
-            skipped.append((subnet, reason))
-            continue
-        assert peer.public_key is not None and peer.wireguard_port is not None
-        try:
-            key = PublicKey.from_base64(peer.public_key)
-        except ValueError as exc:
-            skipped.append((subnet, f"invalid public key: {exc}"))
-            continue
-        if key == ours:
-            skipped.append((subnet, "its public key is this node's own"))
-            continue
-        holder = owner.get(key)
-        if holder is not None:
-            if conflict_order(holder, created) < conflict_order(subnet, created):
-                skipped.append((subnet, _key_taken(peer, key, leases[holder])))
-                continue
-            # the holder came in subnet order but is the newer lease: it gives way
-            skipped.append((holder, _key_taken(leases[holder], key, peer)))
-            for out in (peers, routes, chosen):
-                out.pop(holder, None)
-            if holder in dial_in:
-                dial_in.remove(holder)
-        owner[key] = subnet
-        path = given.get(subnet) or guess_path(me, peer, unguessable)
-        endpoint = None
+
+def _key_or_reason(
+    me: LeaseRecord, peer: LeaseRecord, network: IPv4Network | None, ours: PublicKey | None
+) -> PublicKey | str:
+    """The WireGuard public key of ``peer``, or why it cannot be a WireGuard peer."""
+    reason = unusable_reason(me, peer, network)
+    if reason is None:
+        reason = _missing_wireguard(peer)
+    if reason is not None:
+        return reason
+    assert peer.public_key is not None
+    try:
+        key = PublicKey.from_base64(peer.public_key)
+    except ValueError as exc:
+        return f"invalid public key: {exc}"
+    if key == ours:
+        return "its public key is this node's own"
+    return key
+
+
+def _endpoint(
+    me: LeaseRecord,
+    subnet: IPv4Network,
+    peer: LeaseRecord,
+    path: PeerPath,
+    verified: Collection[IPv4Network],
+) -> Endpoint | None:
+    """Where to send ``peer``'s WireGuard packets along ``path``; None (it dials in) unless
+    that address reaches it: same site, a verified path, or one of its public addresses."""
+    if peer.site == me.site or subnet in verified or path.address in peer.public_ips:
+        assert peer.wireguard_port is not None
+        return Endpoint(path.address, peer.wireguard_port)
+    return None
+
+
+@dataclass
+class _Building:
+    """The parts of a ``WireGuardPlan`` while ``plan_wireguard`` fills them in, and which
+    subnet holds each public key so far."""
+
+    peers: dict[IPv4Network, WgPeerConfig] = field(default_factory=dict)
+    routes: dict[IPv4Network, RouteEntry] = field(default_factory=dict)
+    chosen: dict[IPv4Network, PeerPath] = field(default_factory=dict)
+    dial_in: list[IPv4Network] = field(default_factory=list)
+    skipped: list[tuple[IPv4Network, str]] = field(default_factory=list)
+    owner: dict[PublicKey, IPv4Network] = field(default_factory=dict)
+
+    def settle(
+        self,
+        key: PublicKey,
+        holder: IPv4Network,
+        subnet: IPv4Network,
+        peer: LeaseRecord,
+        leases: Mapping[IPv4Network, LeaseRecord],
+        created: Mapping[IPv4Network, int] | None,
+    ) -> bool:
+        """``peer`` (at ``subnet``) claims ``key``, which ``holder`` has: the older lease keeps it
+        (``conflict_order``). True if ``subnet`` wins (``holder`` is then taken out and
+        skipped), False if it is skipped."""
+        if conflict_order(holder, created) < conflict_order(subnet, created):
+            self.skipped.append((subnet, _key_taken(peer, key, leases[holder])))
+            return False
+        # the holder came in subnet order but is the newer lease: it gives way
+        self.skipped.append((holder, _key_taken(leases[holder], key, peer)))
+        for out in (self.peers, self.routes, self.chosen):
+            out.pop(holder, None)
+        if holder in self.dial_in:
+            self.dial_in.remove(holder)
+        return True
+
+    def add(
+        self, subnet: IPv4Network, peer: LeaseRecord, config: WgPeerConfig, path: PeerPath | None
+    ) -> None:
+        """Configure ``peer``; ``path``: the one its endpoint follows, None if it dials in."""
         if path is None:
-            dial_in.append(subnet)
-        elif peer.site == me.site or subnet in verified or path.address in peer.public_ips:
-            endpoint = Endpoint(path.address, peer.wireguard_port)
-            chosen[subnet] = path
+            self.dial_in.append(subnet)
         else:
-            dial_in.append(subnet)
-        peers[subnet] = WgPeerConfig(
-            public_key=key,
-            endpoint=endpoint,
-            allowed_ips=(subnet,),
-            persistent_keepalive=backend.persistent_keepalive,
-            preshared_key=backend.psk,
+            self.chosen[subnet] = path
+        self.peers[subnet] = config
+        self.routes[subnet] = RouteEntry(subnet, peer.overlay_ip)
+
+    def finish(self, vxlan_leases: Mapping[IPv4Network, LeaseRecord]) -> WireGuardPlan:
+        """The plan, with ``vxlan_leases`` for VXLAN's planner."""
+        self.skipped.sort(key=lambda item: _subnet_order(item[0]))  # an evicted holder came first
+        return WireGuardPlan(
+            self.peers,
+            self.routes,
+            self.chosen,
+            tuple(self.dial_in),
+            vxlan_leases,
+            tuple(self.skipped),
         )
-        routes[subnet] = RouteEntry(subnet, peer.overlay_ip)
-    skipped.sort(key=lambda item: _subnet_order(item[0]))  # an evicted holder came first
-    return WireGuardPlan(peers, routes, chosen, tuple(dial_in), vxlan_leases, tuple(skipped))
 
 
 def _key_taken(peer: LeaseRecord, key: PublicKey, holder: LeaseRecord) -> str:

@@ -18,13 +18,15 @@ for a change of our reflexive addresses; the daemon then re-chooses that peer's 
 Memory is bounded by the peer set: stats and observations (at most ``MAX_OBSERVED`` per
 peer) live only while the peer does, outstanding probes expire after ``timeout``, and
 the codec's per-peer replay caches are bounded and pruned with the peer set.
+
+This module owns the socket, the loop and what is sent and answered; the paths and their
+timers are ``schedule``'s, the reflexive observations ``observed``'s, the format ``wire``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import random
 import socket
@@ -36,6 +38,8 @@ from ipaddress import IPv4Address
 from typing import Any, Generic, cast
 
 from overlayd.planning.path_choice import DEFAULT_HOLD, Observation, PathStats, PeerId
+from overlayd.probe.observed import Observations
+from overlayd.probe.schedule import ProbedPath, Timer, Timers
 from overlayd.probe.wire import (
     DEFAULT_PORT,
     DEFAULT_REPLAY_CAPACITY,
@@ -45,14 +49,13 @@ from overlayd.probe.wire import (
     ProbeError,
     Reject,
 )
+from overlayd.runtime.logs import Throttle
 from overlayd.values.keys import PrivateKey, PublicKey
 from overlayd.values.lease import DEFAULT_SITE
 
 log = logging.getLogger("overlayd.probe")
 
 ANY = IPv4Address("0.0.0.0")
-MAX_OBSERVED = 4
-"""Distinct (address, port) observations kept per observing peer."""
 _COALESCE = 0.005  # seconds: timers due this close together are served in one wake-up
 _REJECT_LOG_EVERY = 10.0  # seconds between log lines per rejection reason
 _SOCKET_BUFFER = 1 << 20  # bytes: absorbs the reply burst of a thousand peers
@@ -99,54 +102,6 @@ class ProbeCounters:
     rejected: Counter[str] = field(default_factory=Counter)
 
 
-class _Path(Generic[PeerId]):
-    """Mutable stats of one (peer, address); snapshot with ``stats()``."""
-
-    __slots__ = (
-        "address",
-        "downs",
-        "due",
-        "fast",
-        "key",
-        "last_success",
-        "live",
-        "losses",
-        "peer",
-        "port",
-        "received",
-        "rtt",
-        "sent",
-        "verified_since",
-    )
-
-    def __init__(self, peer: PeerId, address: IPv4Address, target: PeerTarget) -> None:
-        self.peer = peer
-        self.address = address
-        self.key = target.public_key
-        self.port = target.port
-        self.live = True
-        self.fast = False
-        self.due = 0.0
-        self.sent = self.received = self.losses = self.downs = 0
-        self.last_success: float | None = None
-        self.rtt: float | None = None
-        self.verified_since: float | None = None
-
-    def stats(self) -> PathStats:
-        return PathStats(
-            self.sent,
-            self.received,
-            self.losses,
-            self.last_success,
-            self.rtt,
-            self.verified_since,
-            self.downs,
-        )
-
-
-_PROBE, _STABLE = 0, 1
-
-
 class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
     """Probes peers' candidate addresses and answers their probes (see module docstring)."""
 
@@ -167,14 +122,13 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         self._wake = asyncio.Event()
         self._peers: dict[PeerId, PeerTarget] = {}
         self._keys: set[PublicKey] = set()
-        self._paths: dict[tuple[PeerId, IPv4Address], _Path[PeerId]] = {}
+        self._paths: dict[tuple[PeerId, IPv4Address], ProbedPath[PeerId]] = {}
         self._chosen: dict[PeerId, IPv4Address] = {}
-        self._outstanding: dict[bytes, tuple[_Path[PeerId], float]] = {}
+        self._outstanding: dict[bytes, tuple[ProbedPath[PeerId], float]] = {}
         self._deadlines: deque[tuple[float, bytes]] = deque()  # FIFO: timeout is constant
-        self._heap: list[tuple[float, int, int, _Path[PeerId]]] = []
-        self._seq = 0
-        self._observed: dict[tuple[PeerId, IPv4Address, int], Observation[PeerId]] = {}
-        self._reject_logged: dict[str, tuple[float, int]] = {}
+        self._timers: Timers[PeerId] = Timers()
+        self._observed: Observations[PeerId] = Observations()
+        self._reject_log = Throttle(_REJECT_LOG_EVERY, self._clock)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -233,21 +187,20 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             for address in target.candidates:
                 wanted.add((peer, address))
                 if (peer, address) not in self._paths:
-                    path = _Path(peer, address, target)
+                    path = ProbedPath(peer, address, target.public_key, target.port)
                     path.fast = self._chosen.get(peer) == address
                     self._paths[(peer, address)] = path
                     # the path in use first: when a peer's key changed (a rotation) it is
                     # verified again before any other, so the choice does not wander
                     spread = 0.0 if path.fast else self.config.initial_spread
-                    self._schedule(path, now + self._rng.uniform(0, spread))
+                    self._timers.schedule(path, now + self._rng.uniform(0, spread))
         for key in [k for k in self._paths if k not in wanted]:
             self._paths.pop(key).live = False
         for peer in [p for p in self._chosen if p not in self._peers]:
             del self._chosen[peer]
-        for obs_key in [k for k in self._observed if k[0] not in self._peers]:
-            del self._observed[obs_key]
+        self._observed.retain(self._peers)
         self.codec.retain(self._keys)
-        self._compact()
+        self._timers.compact(len(self._paths))
         self._wake.set()
 
     def set_key(self, key: PrivateKey) -> None:
@@ -266,8 +219,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
     def _drop_peer_paths(self, peer: PeerId) -> None:
         for key in [k for k in self._paths if k[0] == peer]:
             self._paths.pop(key).live = False
-        for obs_key in [k for k in self._observed if k[0] == peer]:
-            del self._observed[obs_key]
+        self._observed.forget(peer)
 
     def set_chosen(self, peer: PeerId, address: IPv4Address | None) -> None:
         """The path the daemon uses for ``peer``: probed at the fast interval from now on."""
@@ -283,7 +235,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         path.fast = True
         now = self._clock()
         if path.due > now + self.config.fast_interval:
-            self._schedule(path, now + self._rng.uniform(0, self.config.fast_interval))
+            self._timers.schedule(path, now + self._rng.uniform(0, self.config.fast_interval))
             self._wake.set()
 
     # -- what the daemon reads -------------------------------------------------------
@@ -297,25 +249,11 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
 
     def observations(self) -> tuple[Observation[PeerId], ...]:
         """Our addresses as peers reported them (feed to ``choose.confirmed_public``)."""
-        return tuple(self._observed.values())
+        return self._observed.all()
 
     # -- scheduling ------------------------------------------------------------------
 
-    def _schedule(self, path: _Path[PeerId], due: float, kind: int = _PROBE) -> None:
-        if kind == _PROBE:
-            path.due = due
-        self._seq += 1
-        heapq.heappush(self._heap, (due, self._seq, kind, path))
-
-    def _compact(self) -> None:
-        """Drop superseded heap entries once they outnumber live ones (bounded memory)."""
-        if len(self._heap) > 2 * len(self._paths) + 64:
-            self._heap = [
-                e for e in self._heap if e[3].live and (e[2] == _STABLE or e[0] == e[3].due)
-            ]
-            heapq.heapify(self._heap)
-
-    def _interval(self, path: _Path[PeerId]) -> float:
+    def _interval(self, path: ProbedPath[PeerId]) -> float:
         base = self.config.fast_interval if path.fast else self.config.slow_interval
         return base * self._rng.uniform(1 - self.config.jitter, 1 + self.config.jitter)
 
@@ -324,7 +262,8 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             now = self._clock()
             self._expire(now)
             self._fire(now)
-            nexts = [self._heap[0][0]] if self._heap else []
+            first = self._timers.next_due()
+            nexts = [] if first is None else [first]
             if self._deadlines:
                 nexts.append(self._deadlines[0][0])
             delay = max(0.0, min(nexts) - self._clock()) if nexts else 3600.0
@@ -333,26 +272,19 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
                 await asyncio.wait_for(self._wake.wait(), delay + _COALESCE)
 
     def _fire(self, now: float) -> None:
-        heap = self._heap
-        limit = now + _COALESCE
-        while heap and heap[0][0] <= limit:
-            due, _, kind, path = heapq.heappop(heap)
-            if not path.live:
-                continue
-            if kind == _STABLE:
+        for due, kind, path in self._timers.pop_due(now + _COALESCE):
+            if kind == Timer.STABLE:
                 if (
                     path.verified_since is not None
                     and path.verified_since + (self.config.stable_after) <= due + _COALESCE
                 ):
                     self._changed(path.peer)
                 continue
-            if due != path.due:
-                continue  # superseded by a reschedule
             self._send_probe(path, now)
-            self._schedule(path, now + self._interval(path))
-        self._compact()
+            self._timers.schedule(path, now + self._interval(path))
+        self._timers.compact(len(self._paths))
 
-    def _send_probe(self, path: _Path[PeerId], now: float) -> None:
+    def _send_probe(self, path: ProbedPath[PeerId], now: float) -> None:
         if self._transport is None:
             return
         try:
@@ -379,11 +311,8 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             path = entry[0]
             if not path.live:
                 continue
-            path.losses += 1
             self.counters.losses += 1
-            if path.verified_since is not None and path.losses >= self.config.loss_threshold:
-                path.verified_since = None
-                path.downs += 1
+            if path.record_loss(self.config.loss_threshold):
                 log.info(
                     "path to %s via %s unverified after %d lost probes",
                     path.peer,
@@ -432,46 +361,20 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         path, sent_at = self._outstanding.pop(message.echo)
         now = self._clock()
         rtt = now - sent_at
-        path.received += 1
-        path.losses = 0
-        path.last_success = now
-        alpha = self.config.rtt_alpha
-        path.rtt = rtt if path.rtt is None else (1 - alpha) * path.rtt + alpha * rtt
-        if path.verified_since is None:
-            path.verified_since = now
+        if path.record_reply(now, rtt, self.config.rtt_alpha):
             log.info("path to %s via %s verified (rtt %.1f ms)", path.peer, path.address, rtt * 1e3)
             if path.downs:
-                self._schedule(path, now + self.config.stable_after, _STABLE)
+                self._timers.schedule(path, now + self.config.stable_after, Timer.STABLE)
             self._changed(path.peer)
-        self._observe(path, message.observed, now)
-
-    def _observe(self, path: _Path[PeerId], observed: tuple[IPv4Address, int], now: float) -> None:
-        peer = path.peer
-        key = (peer, observed[0], observed[1])
-        old = self._observed.get(key)
-        site = self._peers[peer].site
-        if old is None:
-            mine = [k for k in self._observed if k[0] == peer]
-            if len(mine) >= MAX_OBSERVED:
-                del self._observed[min(mine, key=lambda k: self._observed[k].last_seen)]
-            self._observed[key] = Observation(observed[0], observed[1], peer, site, 1, now, now)
-            self._changed(None)
-            return
-        self._observed[key] = Observation(
-            old.address, old.port, peer, site, old.count + 1, old.first_seen, now
-        )
-        if old.count == 1:
-            self._changed(None)  # corroborated: may now be a confirmed public address
+        if self._observed.observe(path.peer, self._peers[path.peer].site, message.observed, now):
+            self._changed(None)  # new, or corroborated: may change our confirmed public address
 
     def _count_reject(self, exc: ProbeError, addr: tuple[str | Any, int] | None) -> None:
         reason = exc.reason
         self.counters.rejected[reason] += 1
-        now = self._clock()
-        last, suppressed = self._reject_logged.get(reason, (-_REJECT_LOG_EVERY, 0))
-        if now - last < _REJECT_LOG_EVERY:
-            self._reject_logged[reason] = (last, suppressed + 1)
+        suppressed = self._reject_log.allow(reason)
+        if suppressed is None:
             return
-        self._reject_logged[reason] = (now, 0)
         level = (
             logging.DEBUG if reason in (Reject.RECIPIENT, Reject.UNSOLICITED) else (logging.WARNING)
         )

@@ -244,6 +244,36 @@ class ProbeCodec:
         neither fill the replay cache nor cost more than one HMAC.
         """
         size = len(data)
+        kind, sender, nonce, sent_ms = self._check_header(data, known)
+        body = data[: size - MAC_LEN]
+        tag = hmac.digest(self._mac_key(sender), body, "sha256")[:MAC_LEN]
+        if not hmac.compare_digest(tag, data[size - MAC_LEN :]):
+            raise ProbeError(Reject.MAC, f"bad MAC on a message claiming to be from {sender}")
+        now_ms = self._now_ms()
+        if abs(sent_ms - now_ms) > self._window_ms:
+            raise ProbeError(
+                Reject.STALE, f"timestamp {(sent_ms - now_ms) / 1000:+.1f}s off from {sender}"
+            )
+        cache = self._replay.get(sender)
+        if cache is None:
+            cache = self._replay[sender] = _ReplayCache(self._capacity)
+        if not cache.check(nonce, sent_ms):
+            raise ProbeError(Reject.REPLAY, f"replayed message from {sender}")
+        message: Message
+        if kind == MsgType.PROBE:
+            message = Probe(sender, nonce, sent_ms)
+        else:
+            message = _reply_of(data, sender, nonce, sent_ms, expects_reply)
+        # remembered only once accepted: a rejected message leaves no state behind
+        cache.add(nonce, sent_ms, now_ms - self._window_ms)
+        return message
+
+    def _check_header(
+        self, data: bytes, known: Callable[[PublicKey], bool]
+    ) -> tuple[int, PublicKey, bytes, int]:
+        """The checks that cost no HMAC: ``(type, sender, nonce, sent_ms)`` of a message of
+        the right size, for us, from a known peer; ``ProbeError`` otherwise."""
+        size = len(data)
         if size < _HEADER.size + MAC_LEN:
             raise ProbeError(Reject.MALFORMED, f"{size} bytes is too short")
         magic, version, kind, reserved, sender_raw, recipient_raw, nonce, sent_ms = (
@@ -268,35 +298,23 @@ class ProbeCodec:
         sender = PublicKey(sender_raw)
         if not known(sender):
             raise ProbeError(Reject.UNKNOWN_KEY, f"sender {sender} is not a peer")
-        body = data[: size - MAC_LEN]
-        tag = hmac.digest(self._mac_key(sender), body, "sha256")[:MAC_LEN]
-        if not hmac.compare_digest(tag, data[size - MAC_LEN :]):
-            raise ProbeError(Reject.MAC, f"bad MAC on a message claiming to be from {sender}")
-        now_ms = self._now_ms()
-        if abs(sent_ms - now_ms) > self._window_ms:
-            raise ProbeError(
-                Reject.STALE, f"timestamp {(sent_ms - now_ms) / 1000:+.1f}s off from {sender}"
-            )
-        cache = self._replay.get(sender)
-        if cache is None:
-            cache = self._replay[sender] = _ReplayCache(self._capacity)
-        if not cache.check(nonce, sent_ms):
-            raise ProbeError(Reject.REPLAY, f"replayed message from {sender}")
-        message: Message
-        if kind == MsgType.PROBE:
-            message = Probe(sender, nonce, sent_ms)
-        else:
-            echo, ip, port, tail_reserved = _REPLY_TAIL.unpack_from(data, _HEADER.size)
-            if tail_reserved:
-                raise ProbeError(Reject.MALFORMED, "reserved reply bytes set")
-            if not expects_reply(sender, echo):
-                raise ProbeError(
-                    Reject.UNSOLICITED, f"reply from {sender} to no probe outstanding to it"
-                )
-            message = Reply(sender, nonce, sent_ms, echo, (IPv4Address(ip), port))
-        # remembered only once accepted: a rejected message leaves no state behind
-        cache.add(nonce, sent_ms, now_ms - self._window_ms)
-        return message
+        return kind, sender, nonce, sent_ms
+
+
+def _reply_of(
+    data: bytes,
+    sender: PublicKey,
+    nonce: bytes,
+    sent_ms: int,
+    expects_reply: Callable[[PublicKey, bytes], bool],
+) -> Reply:
+    """The REPLY in authenticated ``data``, if it answers a probe outstanding to ``sender``."""
+    echo, ip, port, tail_reserved = _REPLY_TAIL.unpack_from(data, _HEADER.size)
+    if tail_reserved:
+        raise ProbeError(Reject.MALFORMED, "reserved reply bytes set")
+    if not expects_reply(sender, echo):
+        raise ProbeError(Reject.UNSOLICITED, f"reply from {sender} to no probe outstanding to it")
+    return Reply(sender, nonce, sent_ms, echo, (IPv4Address(ip), port))
 
 
 def peek_recipient(data: bytes) -> PublicKey | None:

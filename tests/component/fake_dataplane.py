@@ -16,9 +16,10 @@ from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 from overlayd.dataplane.api import Underlay, VxlanSpec
-from overlayd.dataplane.netlink.codec import Action, FdbMessage, NeighMessage, RouteMessage
 from overlayd.dataplane.netlink.link import LinkInfo
-from overlayd.dataplane.netlink.rtnl import ApplyResult, KernelEvent
+from overlayd.dataplane.netlink.monitor import KernelEvent
+from overlayd.dataplane.netlink.rtnl import ApplyResult
+from overlayd.dataplane.netlink.rtnl_messages import Action, FdbMessage, NeighMessage, RouteMessage
 from overlayd.values.kernel_state import Changes, FdbEntry, KernelState, NeighEntry, RouteEntry
 from overlayd.values.keys import PublicKey
 from overlayd.values.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig

@@ -1,5 +1,9 @@
 """Kernel adapter for the VXLAN data plane.
 
-``link`` manages the overlay device with pyroute2; ``rtnl`` programs, reads back and
-watches overlayd's routes, neighbours and FDB entries with the small ``codec``.
+* ``nlmsg``: netlink framing any family shares (header, flags, attributes, ACK/error/DONE);
+* ``rtnl_messages``: rtnetlink constants and the route/neighbour/FDB messages overlayd owns;
+* ``rtnl_encode`` / ``rtnl_decode``: those messages to and from bytes (pure);
+* ``nlsock``: opening the raw rtnetlink sockets;
+* ``rtnl``: batched changes and dumps of overlayd's entries; ``monitor``: notifications;
+* ``link``: the overlay device and the underlay interface, with pyroute2.
 """

@@ -21,12 +21,11 @@ from typing import Any, Final
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from overlayd.dataplane.netlink.rtnl_messages import RT_TABLE_MAIN
 from overlayd.values.errors import KernelError
 from overlayd.values.kernel_state import MacAddress
 
 IFF_UP: Final = 0x1
-RT_TABLE_MAIN: Final = 254
-RT_SCOPE_UNIVERSE: Final = 0
 
 # linux/sockios.h, linux/ethtool.h: the legacy get/set of TX checksum offload. The kernel
 # maps ETHTOOL_STXCSUM onto the generic feature flags (NETIF_F_CSUM_MASK), so it is the

@@ -2,7 +2,7 @@
 family-id lookup, and ``GenericNetlink``, a blocking request/response channel to one family.
 
 The netlink framing (header struct, flags, attribute header, ACK/error/DONE replies) is
-``netlink.codec``'s, shared with rtnetlink; only what generic netlink adds lives here.
+``netlink.nlmsg``'s, shared with rtnetlink; only what generic netlink adds lives here.
 Plain sockets rather than pyroute2's ``WireGuard``: see ``kernel``'s docstring for the
 measured reason. Must not import pyroute2 or anything above the data plane.
 """
@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import Final
 
-from overlayd.dataplane.netlink import codec
+from overlayd.dataplane.netlink import nlmsg
 
 NETLINK_GENERIC: Final = 16  # missing from typeshed
 NLA_F_NESTED: Final = 0x8000
@@ -30,13 +30,12 @@ CTRL_ATTR_FAMILY_NAME: Final = 2
 
 GENL_HDR: Final = struct.Struct("=BBH")  # cmd, version, reserved
 _RECV_SIZE: Final = 1 << 20
-_END_TYPES: Final = (codec.NLMSG_ERROR, codec.NLMSG_DONE)
 
 
 def attr(kind: int, payload: bytes) -> bytes:
     """One netlink attribute (header, payload, padding to 4 bytes)."""
-    length = codec.RTATTR.size + len(payload)
-    return codec.RTATTR.pack(length, kind) + payload + bytes(codec.align4(length) - length)
+    length = nlmsg.RTATTR.size + len(payload)
+    return nlmsg.RTATTR.pack(length, kind) + payload + bytes(nlmsg.align4(length) - length)
 
 
 def attr_u8(kind: int, value: int) -> bytes:
@@ -71,17 +70,17 @@ def iter_attrs(data: memoryview) -> Iterator[tuple[int, memoryview]]:
     ``attr_map`` is the keyed view of a plain attribute list.
     """
     offset = 0
-    while offset + codec.RTATTR.size <= len(data):
-        length, kind = codec.RTATTR.unpack_from(data, offset)
-        if length < codec.RTATTR.size or offset + length > len(data):
-            raise codec.DecodeError("truncated netlink attribute")
-        yield kind & _NLA_TYPE_MASK, data[offset + codec.RTATTR.size : offset + length]
-        offset += codec.align4(length)
+    while offset + nlmsg.RTATTR.size <= len(data):
+        length, kind = nlmsg.RTATTR.unpack_from(data, offset)
+        if length < nlmsg.RTATTR.size or offset + length > len(data):
+            raise nlmsg.DecodeError("truncated netlink attribute")
+        yield kind & _NLA_TYPE_MASK, data[offset + nlmsg.RTATTR.size : offset + length]
+        offset += nlmsg.align4(length)
 
 
 def attr_map(data: memoryview, start: int = 0) -> dict[int, memoryview]:
     """Attributes of ``data[start:]`` by type; the last one wins, as in the kernel."""
-    return codec.parse_attrs(data, start)
+    return nlmsg.parse_attrs(data, start)
 
 
 def u16(data: memoryview) -> int:
@@ -126,22 +125,26 @@ class _Socket:
         and no data the result is empty; with NLM_F_DUMP it is every message up to DONE.
         """
         seq = next(self._seq)
-        header = codec.NLMSG_HDR.pack(codec.NLMSG_HDR.size + len(payload), msg_type, flags, seq, 0)
+        header = nlmsg.NLMSG_HDR.pack(nlmsg.NLMSG_HDR.size + len(payload), msg_type, flags, seq, 0)
         self._sock.send(header + payload)
         replies: list[memoryview] = []
         while True:
-            for hdr, body in codec.iter_messages(self._sock.recv(_RECV_SIZE)):
+            for hdr, body in nlmsg.iter_messages(self._sock.recv(_RECV_SIZE)):
                 if hdr.seq != seq:
                     continue  # a late answer to an earlier, timed-out request
                 # family ids are dynamic and may equal an RTM_* type: only ERROR and DONE
-                # go to the shared decoder
-                end = codec.decode_message(hdr, body) if hdr.type in _END_TYPES else None
-                if isinstance(end, codec.ErrorMessage | codec.DoneMessage):
+                # go to the shared decoders
+                end: nlmsg.ErrorMessage | nlmsg.DoneMessage | None = None
+                if hdr.type == nlmsg.NLMSG_ERROR:
+                    end = nlmsg.decode_error(hdr.seq, body, hdr.flags)
+                elif hdr.type == nlmsg.NLMSG_DONE:
+                    end = nlmsg.decode_done(hdr.seq, body)
+                if end is not None:
                     if end.error:
                         raise OSError(end.error, os.strerror(end.error))
                     return replies
                 replies.append(body)
-                if not hdr.flags & codec.NLM_F_MULTI and not flags & codec.NLM_F_ACK:
+                if not hdr.flags & nlmsg.NLM_F_MULTI and not flags & nlmsg.NLM_F_ACK:
                     return replies
 
 
@@ -159,7 +162,7 @@ class GenericNetlink:
 
     def _family_id(self, sock: _Socket) -> int:
         if self._family is None:
-            request = codec.NLM_F_REQUEST
+            request = nlmsg.NLM_F_REQUEST
             for body in sock.request(GENL_ID_CTRL, request, encode_get_family(self.name)):
                 family = attr_map(body, GENL_HDR.size).get(CTRL_ATTR_FAMILY_ID)
                 if family is not None:
@@ -172,7 +175,7 @@ class GenericNetlink:
         """The genl payloads (generic header + attributes) of a dump request's replies."""
         sock = _Socket(self._timeout)
         try:
-            flags = codec.NLM_F_REQUEST | codec.NLM_F_DUMP
+            flags = nlmsg.NLM_F_REQUEST | nlmsg.NLM_F_DUMP
             return sock.request(self._family_id(sock), flags, payload)
         finally:
             sock.close()
@@ -183,6 +186,6 @@ class GenericNetlink:
         try:
             family = self._family_id(sock)
             for payload in payloads:
-                sock.request(family, codec.NLM_F_REQUEST | codec.NLM_F_ACK, payload)
+                sock.request(family, nlmsg.NLM_F_REQUEST | nlmsg.NLM_F_ACK, payload)
         finally:
             sock.close()

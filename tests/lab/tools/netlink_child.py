@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from overlayd.dataplane.netlink.codec import EntryMessage, NeighMessage, RouteMessage
 from overlayd.dataplane.netlink.link import Links, VxlanSpec
-from overlayd.dataplane.netlink.rtnl import KernelEvent, Monitor, MonitorEvent, ResyncNeeded, Rtnl
+from overlayd.dataplane.netlink.monitor import KernelEvent, Monitor, MonitorEvent, ResyncNeeded
+from overlayd.dataplane.netlink.rtnl import Rtnl
+from overlayd.dataplane.netlink.rtnl_messages import EntryMessage, NeighMessage, RouteMessage
 from overlayd.values.kernel_state import (
     Changes,
     FdbEntry,

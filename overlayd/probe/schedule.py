@@ -1,0 +1,138 @@
+"""The prober's paths and their timers: one ``ProbedPath`` per (peer, address), and the
+heap of when each is next probed or next checked for having settled.
+
+No sockets, no clock: times are given by the caller (``Prober``, on its monotonic clock).
+Superseded timers are not removed from the heap when a path is rescheduled or dropped;
+they are skipped when due and compacted away once they outnumber the live ones, so
+memory stays bounded by the peer set.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from enum import IntEnum
+from ipaddress import IPv4Address
+from typing import Generic
+
+from overlayd.planning.path_choice import PathStats, PeerId
+from overlayd.values.keys import PublicKey
+
+
+class ProbedPath(Generic[PeerId]):
+    """Mutable stats of one (peer, address); snapshot with ``stats()``.
+
+    ``live`` turns False when the path leaves the peer set (its timers are then skipped);
+    ``fast`` says it is the path the daemon uses; ``due`` is when its next probe goes out.
+    """
+
+    __slots__ = (
+        "address",
+        "downs",
+        "due",
+        "fast",
+        "key",
+        "last_success",
+        "live",
+        "losses",
+        "peer",
+        "port",
+        "received",
+        "rtt",
+        "sent",
+        "verified_since",
+    )
+
+    def __init__(self, peer: PeerId, address: IPv4Address, key: PublicKey, port: int) -> None:
+        self.peer = peer
+        self.address = address
+        self.key = key
+        self.port = port
+        self.live = True
+        self.fast = False
+        self.due = 0.0
+        self.sent = self.received = self.losses = self.downs = 0
+        self.last_success: float | None = None
+        self.rtt: float | None = None
+        self.verified_since: float | None = None
+
+    def stats(self) -> PathStats:
+        return PathStats(
+            self.sent,
+            self.received,
+            self.losses,
+            self.last_success,
+            self.rtt,
+            self.verified_since,
+            self.downs,
+        )
+
+    def record_reply(self, now: float, rtt: float, alpha: float) -> bool:
+        """Count a reply that took ``rtt`` seconds (EWMA weight ``alpha``); True if that
+        verified the path."""
+        self.received += 1
+        self.losses = 0
+        self.last_success = now
+        self.rtt = rtt if self.rtt is None else (1 - alpha) * self.rtt + alpha * rtt
+        if self.verified_since is not None:
+            return False
+        self.verified_since = now
+        return True
+
+    def record_loss(self, threshold: int) -> bool:
+        """Count an unanswered probe; True if that unverified the path (``threshold``
+        consecutive losses)."""
+        self.losses += 1
+        if self.verified_since is None or self.losses < threshold:
+            return False
+        self.verified_since = None
+        self.downs += 1
+        return True
+
+
+class Timer(IntEnum):
+    """What a heap entry is due for."""
+
+    PROBE = 0  # send the path's next probe
+    STABLE = 1  # check whether a recovered path has stayed verified long enough
+
+
+class Timers(Generic[PeerId]):
+    """A min-heap of (due, tie-break, kind, path), earliest first."""
+
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Timer, ProbedPath[PeerId]]] = []
+        self._seq = 0
+
+    def schedule(self, path: ProbedPath[PeerId], due: float, kind: Timer = Timer.PROBE) -> None:
+        """Add a timer; a PROBE timer supersedes the path's earlier one (``path.due``)."""
+        if kind == Timer.PROBE:
+            path.due = due
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, kind, path))
+
+    def next_due(self) -> float | None:
+        """When the earliest timer is due, None without timers."""
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, limit: float) -> Iterator[tuple[float, Timer, ProbedPath[PeerId]]]:
+        """Remove and yield each timer due by ``limit`` whose path is live and which was not
+        superseded, earliest first; timers scheduled meanwhile are served too if due."""
+        heap = self._heap
+        while heap and heap[0][0] <= limit:
+            due, _, kind, path = heapq.heappop(heap)
+            if not path.live:
+                continue
+            if kind == Timer.PROBE and due != path.due:
+                continue  # superseded by a reschedule
+            yield due, kind, path
+
+    def compact(self, live_paths: int) -> None:
+        """Drop superseded entries once they outnumber live ones (bounded memory)."""
+        if len(self._heap) > 2 * live_paths + 64:
+            self._heap = [
+                e for e in self._heap if e[3].live and (e[2] == Timer.STABLE or e[0] == e[3].due)
+            ]
+            heapq.heapify(self._heap)
