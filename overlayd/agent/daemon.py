@@ -26,6 +26,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.agent.churnlog import activity_churn
 from overlayd.agent.devices import Devices
+from overlayd.agent.discovery import AddressDiscovery, stun_over
 from overlayd.agent.election import GatewayAgent, GatewayOptions
 from overlayd.agent.host import Clock, Host
 from overlayd.agent.lease_fold import LeaseFold
@@ -47,6 +48,7 @@ from overlayd.values.config import NetworkConfig
 from overlayd.values.errors import ConfigMissingError, OverlaydError
 from overlayd.values.lease import LeaseRecord
 from overlayd.values.lease_rules import check_own_record
+from overlayd.values.paths import is_site_local
 
 log = logging.getLogger("overlayd")
 
@@ -63,12 +65,14 @@ class _Running:
     publisher: LeasePublisher
     reconcile: ReconcilePass
     gateway: GatewayAgent | None
+    site_local: bool  # our underlay address reaches only inside our site
 
 
 class Daemon:
     """One node's agent. ``store`` is connected by the caller, which also closes it and
     the data plane after ``run``; ``key`` is the node key loaded from ``state_dir``;
-    ``paths`` chooses each peer's underlay path (started and closed by ``run``)."""
+    ``paths`` chooses each peer's underlay path (started and closed by ``run``);
+    ``discovery`` learns our public address by itself (None: ``--public-ip`` given)."""
 
     def __init__(
         self,
@@ -80,12 +84,14 @@ class Daemon:
         paths: PathKeeping,
         host: Host | None = None,
         clock: Clock | None = None,
+        discovery: AddressDiscovery | None = None,
     ) -> None:
         self.opts = opts
         self.dp = dataplane
         self.store = store
         self.state_dir = state_dir
         self.paths = paths
+        self.discovery = discovery
         self.host = host or Host()
         self.clock = clock or Clock()
         self.status = Status(started=self.clock.monotonic())
@@ -156,6 +162,11 @@ class Daemon:
             tasks.create_task(run.rotation.watch())
             tasks.create_task(run.fold.watch(self.store, lambda full: self.mark_dirty(full=full)))
             tasks.create_task(self._resync_timer())
+            if self.discovery is not None:
+                stun = stun_over(self.paths.share_socket) if self.opts.stun_servers else None
+                tasks.create_task(
+                    self.discovery.run(stun, self._on_reflexive, site_local=run.site_local)
+                )
             tasks.create_task(self.reconcile_loop())
 
     async def _start(self) -> _Running:
@@ -245,7 +256,10 @@ class Daemon:
             self.status, unguessable,
         )  # fmt: skip
         publisher = LeasePublisher(keeper, rotation, self.paths, cfg.network, self.opts.public_ips)
-        return _Running(cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway)
+        return _Running(
+            cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway,
+            is_site_local(underlay.address),
+        )  # fmt: skip
 
     async def _wait_config(self) -> NetworkConfig:
         def waiting(exc: OverlaydError, _delay: float) -> None:
@@ -276,9 +290,14 @@ class Daemon:
     def _on_probe(self, peer: IPv4Network | None) -> None:
         """A path of ``peer`` became (un)verified or settled; None: our reflexive address."""
         if peer is None:
-            self._reflexive_changed = True
+            self._on_reflexive()
         else:
             self._probed.add(peer)
+            self.mark_dirty()
+
+    def _on_reflexive(self) -> None:
+        """What peers see of us, or what we learned ourselves, changed: republish."""
+        self._reflexive_changed = True
         self.mark_dirty()
 
     async def _resync_timer(self) -> None:
@@ -317,7 +336,8 @@ class Daemon:
         await run.devices.dump_stale()
         if self._reflexive_changed and self.opts.public_ip_auto:
             self._reflexive_changed = False
-            await run.publisher.publish_public_ips()
+            learned = self.discovery.learned if self.discovery is not None else ()
+            await run.publisher.publish_public_ips(learned)
         assert run.keeper.held is not None
         probed, self._probed = self._probed, set()
         fold = run.fold
@@ -370,4 +390,5 @@ class Daemon:
         held = run.keeper.held if run is not None else None
         public_ips = held.record.public_ips if held else ()
         entries = run.devices.entries() if run is not None else 0
-        return statusz(self.opts.node_name, self.status, public_ips, entries)
+        discovery = self.discovery.summary if self.discovery is not None else None
+        return statusz(self.opts.node_name, self.status, public_ips, entries, discovery)

@@ -2,7 +2,8 @@
 
 Owns two facts peers learn from our lease after the first claim: the public key our
 devices use (changed by a rotation, then acknowledged to ``overlayctl node rotate-key``)
-and, with ``--public-ip auto``, the public addresses peers in other sites confirmed. The
+and, with ``--public-ip auto``, the public addresses peers in other sites confirmed and
+those the node learned itself (``Candidates``, overlayd/agent/discovery.py). The
 lease keeper (overlayd/store/lease_keeper.py) writes them.
 """
 
@@ -50,11 +51,16 @@ class LeasePublisher:
         published = self._me().public_key
         await self._rotation.acknowledge(PublicKey.from_base64(published) if published else None)
 
-    async def publish_public_ips(self) -> None:
-        """``--public-ip auto``: publish the addresses peers in other sites confirmed."""
+    async def publish_public_ips(self, learned: tuple[IPv4Address, ...] = ()) -> None:
+        """``--public-ip auto``: publish the addresses peers in other sites confirmed as
+        ``PublicIPs``, and those we ``learned`` ourselves (cloud metadata, STUN) that no
+        such peer confirmed yet as ``Candidates``: peers probe those, never guess them."""
         me = self._me()
         found = publishable(self._paths.public_addresses(me), self._network)
         wanted = publishable(sorted({*self._configured, *found}), self._network)
+        candidates = publishable(sorted(set(learned) - set(wanted)), self._network)
+        if wanted == tuple(sorted(me.public_ips)) and candidates == tuple(sorted(me.candidates)):
+            return
         if wanted != tuple(sorted(me.public_ips)):
             log.info("public addresses confirmed by peers: %s", ", ".join(map(str, found)))
-            await self._keeper.republish(replace(me, public_ips=wanted))
+        await self._keeper.republish(replace(me, public_ips=wanted, candidates=candidates))

@@ -11,6 +11,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from overlayd.agent.status_listen import LOOPBACK, ListenSpec
+from overlayd.discovery.metadata import Provider
+from overlayd.discovery.stun import StunServer
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 from overlayd.store.etcd import EtcdSettings
 
@@ -36,3 +38,5 @@ class DaemonOptions:
     probe_port: int = DEFAULT_PROBE_PORT
     public_ip_auto: bool = True  # publish public addresses that peers in other sites confirm
     gateway_candidate: bool = True  # may be elected its site's gateway (gateway topology)
+    cloud_metadata: tuple[Provider, ...] = ()  # whose metadata service to ask (with auto)
+    stun_servers: tuple[StunServer, ...] = ()  # STUN servers to ask (with auto)

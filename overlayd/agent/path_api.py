@@ -13,6 +13,7 @@ from typing import Protocol
 
 from overlayd.agent.path_keeper import PeerReport
 from overlayd.disk.node_key import NodeKey
+from overlayd.probe.prober import Send, Taker
 from overlayd.values.lease import LeaseRecord
 from overlayd.values.paths import PeerPath
 
@@ -58,6 +59,10 @@ class PathKeeping(Protocol):
     ) -> set[IPv4Network]:
         """Rechoose the paths of ``which``; returns the peers whose path (or lingering
         address) changed."""
+
+    def share_socket(self, taker: Taker) -> Send:
+        """Let one other protocol (STUN) send from the probe socket, whose NAT mapping
+        peers see; ``taker`` gets each datagram first and returns True for its own."""
 
     def verified(self) -> set[IPv4Network]:
         """Peers whose chosen path probes have verified."""

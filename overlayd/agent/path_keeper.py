@@ -23,7 +23,7 @@ from overlayd.planning.path_choice import (
     probe_targets,
 )
 from overlayd.planning.vxlan import is_me
-from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober
+from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober, Send, Taker
 from overlayd.values.errors import ConfigError
 from overlayd.values.keys import PublicKey
 from overlayd.values.lease import LeaseRecord
@@ -182,6 +182,10 @@ class PathKeeper:
             else:
                 self.paths[subnet] = path
         return changed
+
+    def share_socket(self, taker: Taker) -> Send:
+        """The probe socket for one other protocol (``Prober.share_socket``)."""
+        return self.prober.share_socket(taker)
 
     def verified(self) -> set[IPv4Network]:
         """Peers whose chosen path probes have verified."""

@@ -49,9 +49,14 @@ def peersz(reports: Iterable[PeerReport] | None) -> tuple[int, Any]:
 
 
 def statusz(
-    node: str, status: Status, public_ips: Iterable[IPv4Address], entries: int
+    node: str,
+    status: Status,
+    public_ips: Iterable[IPv4Address],
+    entries: int,
+    discovery: str | None = None,
 ) -> tuple[int, Any]:
-    """``/status``: the facts, our published public addresses and how many entries we own."""
+    """``/status``: the facts, our published public addresses, how many entries we own
+    and what we learned of our public address ourselves (None: ``--public-ip`` given)."""
     s = status
     return 200, {
         "node": node,
@@ -64,4 +69,5 @@ def statusz(
         "public_ips": [str(a) for a in public_ips],
         "role": s.role,
         "entries": entries,
+        "discovery": discovery,
     }

@@ -19,11 +19,14 @@ from typing import Any
 import click
 
 from overlayd.agent.daemon import Daemon
+from overlayd.agent.discovery import AddressDiscovery
 from overlayd.agent.options import DaemonOptions
 from overlayd.agent.path_keeper import PathKeeper
 from overlayd.agent.status_listen import DEFAULT_LISTEN, parse_listen
 from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
 from overlayd.dataplane.api import DataPlane
+from overlayd.discovery.metadata import MODES, CloudMetadata, parse_mode
+from overlayd.discovery.stun import StunServer, parse_server
 from overlayd.disk.node_key import NodeKey
 from overlayd.disk.state_dir import StateDir
 from overlayd.probe.prober import ProbeConfig
@@ -53,7 +56,14 @@ async def _compose_and_run(opts: DaemonOptions, dataplane: DataPlane) -> None:
         await store.connect()  # first: bad TLS files end the daemon before side effects
         key = NodeKey.load_or_create(opts.state_dir)
         paths = PathKeeper(key, ProbeConfig(port=opts.probe_port))
-        await Daemon(opts, store, dataplane, StateDir(opts.state_dir), key, paths).run()
+        discovery = None
+        if opts.public_ip_auto:  # --public-ip given: nothing to discover
+            metadata = CloudMetadata(opts.cloud_metadata) if opts.cloud_metadata else None
+            discovery = AddressDiscovery(metadata, opts.stun_servers)
+        daemon = Daemon(
+            opts, store, dataplane, StateDir(opts.state_dir), key, paths, discovery=discovery
+        )
+        await daemon.run()
     finally:
         await store.close()
         dataplane.close()
@@ -89,6 +99,21 @@ def run_daemon(opts: DaemonOptions, dataplane: DataPlane) -> None:
     help="A public address of this node, even if not on any interface; repeatable. "
     "'auto' (the default when none is given): publish the addresses peers in other "
     "sites see this node at, once confirmed.",
+)
+@click.option(
+    "--cloud-metadata",
+    type=click.Choice(MODES),
+    default="auto",
+    help="Ask this cloud's metadata service for this node's public address (with --public-ip "
+    "auto; 'auto': every provider's, in parallel, for at most a quarter of a second).",
+)
+@click.option(
+    "--stun-server",
+    "stun_servers",
+    multiple=True,
+    callback=lambda _ctx, _param, values: tuple(parse_server(v) for v in values),
+    help="HOST[:PORT] of a STUN server to learn this node's public address and probe port "
+    "mapping from (with --public-ip auto); repeatable.",
 )
 @click.option("--site", default=DEFAULT_SITE, help="Site (cloud/LAN) this node is in.")
 @click.option(
@@ -148,6 +173,8 @@ def main(
     node_name: str | None,
     iface: str | None,
     public_ips: tuple[str, ...],
+    cloud_metadata: str,
+    stun_servers: tuple[StunServer, ...],
     site: str,
     subnet_file: Path,
     state_dir: Path,
@@ -193,5 +220,7 @@ def main(
         probe_port=probe_port,
         public_ip_auto=auto,
         gateway_candidate=gateway_candidate,
+        cloud_metadata=parse_mode(cloud_metadata),
+        stun_servers=stun_servers,
     )
     run_daemon(opts, DataPlane())

@@ -102,6 +102,12 @@ class ProbeCounters:
     rejected: Counter[str] = field(default_factory=Counter)
 
 
+Taker = Callable[[bytes, tuple[str | Any, int]], bool]
+"""Gets a datagram (and its source) before the prober; True: it was its own."""
+Send = Callable[[bytes, tuple[str, int]], None]
+"""Sends a datagram from the probe socket."""
+
+
 class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
     """Probes peers' candidate addresses and answers their probes (see module docstring)."""
 
@@ -129,6 +135,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         self._timers: Timers[PeerId] = Timers()
         self._observed: Observations[PeerId] = Observations()
         self._reject_log = Throttle(_REJECT_LOG_EVERY, self._clock)
+        self._taker: Taker | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -164,6 +171,20 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+
+    def share_socket(self, taker: Taker) -> Send:
+        """Let one other protocol use our socket, so that it sees the probe port's NAT
+        mapping (STUN, overlayd/discovery/stun.py): ``taker`` sees each datagram first and
+        returns True for its own (probe datagrams begin with "OVPR", no STUN message
+        does); returns the socket's send. Once started."""
+        self._taker = taker
+
+        def send(data: bytes, addr: tuple[str, int]) -> None:
+            if self._transport is None:
+                raise OSError("the probe socket is closed")
+            self._transport.sendto(data, addr)
+
+        return send
 
     # -- what the daemon tells us ----------------------------------------------------
 
@@ -340,6 +361,8 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         return entry is not None and entry[0].key == sender and entry[0].live
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if self._taker is not None and self._taker(data, addr):
+            return
         try:
             message = self.codec.decode(
                 data, known=self._keys.__contains__, expects_reply=self._expects_reply

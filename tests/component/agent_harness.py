@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from overlayd.agent.daemon import Daemon
+from overlayd.agent.discovery import AddressDiscovery
 from overlayd.agent.host import Host
 from overlayd.agent.path_api import PathKeeping
 from overlayd.agent.path_keeper import PathKeeper
@@ -104,13 +105,15 @@ async def agent(
     *,
     cfg: NetworkConfig | None = None,
     paths: PathKeeping | None = None,
+    discovery: AddressDiscovery | None = None,
     node: str = "self",
     **options: Any,
 ) -> AsyncIterator[Agent]:
     """A running agent named ``node`` (state under ``tmp_path / node``) and ``peers``
     peers in ``store``; ``cfg``: the network (default: VXLAN over ``NETWORK``), written
     unless the store has one; ``paths``: default a real path keeper on 127.0.0.1;
-    ``options``: ``DaemonOptions`` fields."""
+    ``discovery``: what learns our public address (default none); ``options``:
+    ``DaemonOptions`` fields."""
     store = store or MemStore()
     cfg = cfg or config(Network=NETWORK, Backend={"Type": "vxlan"})
     if store.get_raw(StoreKeys(store.prefix).config) is None:
@@ -122,7 +125,10 @@ async def agent(
     fake_host = FakeHost()
     key = NodeKey.load_or_create(opts.state_dir)
     paths = paths or PathKeeper(key, ProbeConfig(port=0, bind=LOOPBACK))
-    daemon = Daemon(opts, store, dp, StateDir(opts.state_dir), key, paths, host=fake_host.host())
+    daemon = Daemon(
+        opts, store, dp, StateDir(opts.state_dir), key, paths, host=fake_host.host(),
+        discovery=discovery,
+    )  # fmt: skip
     running = asyncio.create_task(daemon.run())
     try:
         yield Agent(daemon, store, dp, cfg, fake_host, node)

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 from overlayd.agent.path_keeper import PeerReport
 from overlayd.disk.node_key import NodeKey
 from overlayd.planning.vxlan import is_me
+from overlayd.probe.prober import Send, Taker
 from overlayd.values.lease import LeaseRecord
 from overlayd.values.paths import PUBLIC, PeerPath, guess_path
 
@@ -27,6 +28,9 @@ class FakePaths:
         self.chosen: dict[IPv4Network, PeerPath] = {}  # set by ``choose``
         self.recomputed: list[frozenset[IPv4Network]] = []
         self.started = False
+        self.confirmed: tuple[IPv4Address, ...] = ()  # "peers of other sites saw us at"
+        self.taker: Taker | None = None  # who shares the probe socket (STUN)
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []  # what it sent through it
         self._paths: dict[IPv4Network, PeerPath] = {}
         self._on_change: Callable[[IPv4Network | None], None] | None = None
 
@@ -81,16 +85,30 @@ class FakePaths:
                 self._paths[subnet] = path
         return changed
 
+    def share_socket(self, taker: Taker) -> Send:
+        self.taker = taker
+
+        def send(data: bytes, addr: tuple[str, int]) -> None:
+            self.sent.append((data, addr))
+
+        return send
+
     def verified(self) -> set[IPv4Network]:
         return set()
 
     def public_addresses(self, me: LeaseRecord) -> tuple[IPv4Address, ...]:
-        return ()
+        return self.confirmed
 
     def report(
         self, peers: Mapping[IPv4Network, LeaseRecord], via: Mapping[IPv4Network, str]
     ) -> list[PeerReport]:
         return []
+
+    def reflect(self, *addresses: IPv4Address) -> None:
+        """From now on peers of other sites confirm that they see us at ``addresses``."""
+        self.confirmed = addresses
+        assert self._on_change is not None, "not started"
+        self._on_change(None)
 
     def choose(self, subnet: IPv4Network, address: IPv4Address) -> None:
         """From now on ``subnet``'s path is ``address`` (verified, as after probes)."""

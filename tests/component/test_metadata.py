@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from ipaddress import IPv4Address
 from typing import TypeVar
 
@@ -25,34 +23,17 @@ from overlayd.discovery.metadata import (
     parse_mode,
 )
 from overlayd.values.errors import ConfigError
-from tests.lab.tools.metadata_server import ADDRESS_PATHS, Behaviour, Requests, metadata_app
+from tests.lab.tools.metadata_server import (
+    ADDRESS_PATHS,
+    Behaviour,
+    Requests,
+    metadata_app,
+    serving,
+)
 
 PUBLIC = "203.0.113.77"
 T = TypeVar("T")
 Apps = Mapping[Provider, web.Application]
-
-
-@contextlib.asynccontextmanager
-async def serving(apps: Apps) -> AsyncIterator[dict[Provider, str]]:
-    """Base URLs for every provider: those in ``apps`` served on 127.0.0.1, the others a
-    bound port nobody listens on (connections refused at once)."""
-    runners: list[web.AppRunner] = []
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    bases = {p: f"http://127.0.0.1:{closed.getsockname()[1]}" for p in Provider}
-    try:
-        for provider, app in apps.items():
-            runner = web.AppRunner(app, shutdown_timeout=0.1)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            runners.append(runner)
-            bases[provider] = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        yield bases
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-        closed.close()
 
 
 def run(apps: Apps, body: Callable[[dict[Provider, str]], Awaitable[T]]) -> T:

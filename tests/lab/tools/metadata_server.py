@@ -14,12 +14,16 @@ program (in a namespace, at the provider's well-known address) it prints ``ready
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
+
+from overlayd.discovery.metadata import Provider
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ADDRESS_PATHS = {
@@ -111,6 +115,31 @@ def metadata_app(
         app.router.add_put("/latest/api/token", token)
     app.router.add_get(ADDRESS_PATHS[provider], address)
     return app
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    apps: Mapping[Provider, web.Application],
+) -> AsyncIterator[dict[Provider, str]]:
+    """Base URLs for every provider: those in ``apps`` served on 127.0.0.1, the others a
+    bound port nobody listens on (connections refused at once)."""
+    runners: list[web.AppRunner] = []
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    bases = {p: f"http://127.0.0.1:{closed.getsockname()[1]}" for p in Provider}
+    try:
+        for provider, app in apps.items():
+            runner = web.AppRunner(app, shutdown_timeout=0.1)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            runners.append(runner)
+            bases[provider] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield bases
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        closed.close()
 
 
 async def serve(provider: str, host: str, port: int, answer: str) -> None:
