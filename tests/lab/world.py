@@ -707,15 +707,20 @@ def udp_endpoint(
     return None if len(seen) != 2 else (IPv4Address(seen[0]), int(seen[1]))
 
 
-def hairpin_packets(router: Router) -> int:
-    """Packets that entered ``router`` from its LAN addressed to a public address of its
-    own site (in-site traffic that went through the NAT instead of staying on the LAN)."""
-    out = router.ns.run(["nft", "-j", "list", "counter", "ip", NFT_TABLE, "hairpin"]).stdout
+def counter_packets(ns: Namespace, table: str, name: str, family: str = "ip") -> int:
+    """Packets counted so far by the named nftables counter ``name`` of ``family table``."""
+    out = ns.run(["nft", "-j", "list", "counter", family, table, name]).stdout
     for item in json.loads(out)["nftables"]:
         if "counter" in item:
             packets: int = item["counter"]["packets"]
             return packets
-    raise RuntimeError(f"no hairpin counter in {router.ns.name}")
+    raise RuntimeError(f"no counter {family} {table} {name} in {ns.name}")
+
+
+def hairpin_packets(router: Router) -> int:
+    """Packets that entered ``router`` from its LAN addressed to a public address of its
+    own site (in-site traffic that went through the NAT instead of staying on the LAN)."""
+    return counter_packets(router.ns, NFT_TABLE, "hairpin")
 
 
 _blocks = itertools.count(1)
