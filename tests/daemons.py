@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from ipaddress import IPv4Address, IPv4Interface
@@ -185,12 +185,22 @@ class Background:
         raise AssertionError(f"no ping summary: {out[-500:]}")
 
 
+def init_network(world: World, backend: str, network: str = "10.244.0.0/16") -> None:
+    """``overlayctl network init`` of ``world`` (from its first host) with ``backend``."""
+    ctl = [str(BIN / "overlayctl"), "--etcd-endpoints", world.etcd_endpoint]
+    init = ["network", "init", "--network", network, "--backend", backend]
+    ns_run(world.hosts[0].ns.name, *ctl, *init)
+
+
 @contextlib.contextmanager
 def running(
-    world: World, names: Iterable[str], *, public_ip: bool = True
+    world: World, names: Iterable[str], *, public_ip: bool = True, extra: Sequence[str] = ()
 ) -> Iterator[dict[str, OverlaydProc]]:
-    """overlayd on each named host, ready; killed (-9) on exit."""
-    procs = {n: OverlaydProc(world, world.host(n), public_ip=public_ip).start() for n in names}
+    """overlayd on each named host (with flags ``extra``), ready; killed (-9) on exit."""
+    procs = {
+        n: OverlaydProc(world, world.host(n), tuple(extra), public_ip=public_ip).start()
+        for n in names
+    }
     try:
         for p in procs.values():
             p.wait_ready()

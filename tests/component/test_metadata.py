@@ -28,6 +28,7 @@ from tests.lab.tools.metadata_server import (
     Behaviour,
     Requests,
     metadata_app,
+    parse_answer,
     serving,
 )
 
@@ -78,6 +79,13 @@ def test_the_fake_services_insist_like_the_real_ones(
                 return resp.status
 
     assert run({Provider(provider): metadata_app(provider, PUBLIC)}, body) == status
+
+
+def test_a_server_with_answers_per_client_answers_each_by_its_address() -> None:
+    app = metadata_app("aws", parse_answer(f"127.0.0.2=198.51.100.9,127.0.0.1={PUBLIC}"))
+    assert lookup({Provider.AWS: app}).found == MetadataAddress(Provider.AWS, IPv4Address(PUBLIC))
+    nobody = metadata_app("aws", parse_answer("127.0.0.2=198.51.100.9"))
+    assert lookup({Provider.AWS: nobody}).found is None
 
 
 def test_auto_finds_the_one_present() -> None:

@@ -12,9 +12,7 @@ must learn the router's public address, and the port its own socket's datagrams 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
@@ -22,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from tests.lab.netns import Namespace, create_namespace, tool, veth
+from tests.lab.services import start_stun, turnserver_available
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(shutil.which("turnserver") is None, reason="needs coturn (scripts/setup)"),
+    pytest.mark.skipif(not turnserver_available(), reason="needs coturn (scripts/setup)"),
 ]
 
 ROUTER_PUBLIC = IPv4Address("203.0.113.1")
@@ -60,19 +59,8 @@ def build(prefix: str) -> tuple[Namespace, Namespace]:
 def world(prefix: str, tmp_path: Path) -> Iterator[Namespace]:
     """The client namespace, with turnserver running in the stun namespace."""
     cli, stun = build(prefix)
-    argv = [
-        "turnserver", "-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls",
-        "--listening-ip", str(STUN_IP), "--listening-port", str(STUN_PORT),
-        "--log-file", str(tmp_path / "turnserver.log"), "--simple-log", "--no-stdout-log",
-        "--pidfile", str(tmp_path / "turnserver.pid"),
-    ]  # fmt: skip
-    server = stun.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = start_stun(stun, STUN_IP, tmp_path, STUN_PORT)
     try:
-        deadline = time.monotonic() + 10
-        while f"{STUN_IP}:{STUN_PORT}" not in stun.sh("ss -Hlun"):
-            assert server.poll() is None, f"turnserver exited: {server.communicate()[1]}"
-            assert time.monotonic() < deadline, "turnserver did not listen within 10 s"
-            time.sleep(0.05)
         yield cli
     finally:
         server.terminate()  # by pid; the prefix fixture deletes the namespaces

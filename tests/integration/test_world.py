@@ -4,7 +4,9 @@ LAN world: hosts see each other and etcd; a host behind masquerade dials out onl
 Multi-cloud world: public addresses are reachable from everywhere but live only on the
 routers; the 1:1 NAT rewrites sources both ways; hairpin works (or not, per variant) and is
 counted; colliding private ranges build; masquerade-only hosts cannot be reached; delay
-makes cross-site paths measurably slower.
+makes cross-site paths measurably slower. Discovery services: each cloud's metadata API
+answers each host its own elastic IP (asked by overlayd's own client); the STUN server on
+the internet sees each host at its elastic IP.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from pathlib import Path
 import pytest
 
 from tests.lab.etcd import ETCDCTL, EtcdServer
-from tests.lab.netns import Namespace, check_ifname, create_namespace, list_namespaces, run
+from tests.lab.netns import (
+    Namespace,
+    check_ifname,
+    create_namespace,
+    list_namespaces,
+    run,
+    tool,
+)
+from tests.lab.services import turnserver_available
 from tests.lab.world import (
     Host,
     World,
@@ -85,6 +95,19 @@ def no_public(world_factory: WorldFactory) -> Iterator[World]:
     yield from world_factory(
         lambda p, w: build_multicloud_world(
             p, nat_a="masquerade", nat_b="masquerade-random", public_host=False, workdir=w
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def discovery(world_factory: WorldFactory) -> Iterator[World]:
+    """No bare host; cloud A serves AWS's metadata API, cloud B GCP's; a STUN server."""
+    if not turnserver_available():
+        pytest.skip("needs coturn (scripts/setup)")
+    providers = {"cloud-a": "aws", "cloud-b": "gcp"}
+    yield from world_factory(
+        lambda p, w: build_multicloud_world(
+            p, public_host=False, metadata=providers, stun=True, workdir=w
         )
     )
 
@@ -306,6 +329,45 @@ def test_masquerade_keeps_free_ports_and_random_masquerade_does_not(no_public: W
         assert seen_b is not None and seen_b[0] == rtr_b.outside.ip
         ports.add(seen_b[1])
     assert ports != {40123, 40124, 40125}  # random: not the ports sent from
+
+
+# --- discovery services: metadata and STUN ---
+
+
+def query_json(host: Host, name: str, *args: str) -> dict[str, object]:
+    """Run tool ``name`` in ``host``'s namespace; its one line of JSON."""
+    out = host.ns.run(tool(name, *args), check=False, timeout=20).stdout
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+def test_discovery_services_are_described(discovery: World) -> None:
+    text = discovery.describe()
+    assert "metadata (aws) of cloud-a: http://169.254.169.254:80" in text
+    assert "metadata (gcp) of cloud-b: http://169.254.169.254:80" in text
+    assert f"stun: {discovery.stun_endpoint} (coturn)" in text
+    assert discovery.stun_endpoint == "192.0.2.40:3478"
+
+
+def test_each_host_learns_its_own_elastic_ip_from_its_clouds_metadata(discovery: World) -> None:
+    expect = {"cloud-a": "aws", "cloud-b": "gcp"}
+    for host in discovery.hosts:
+        seen = query_json(host, "metadata_query", "auto", "2")
+        assert seen == {"provider": expect[host.site], "address": str(host.public)}, host.name
+
+
+def test_only_the_sites_provider_answers(discovery: World) -> None:
+    seen = query_json(discovery.host("a1"), "metadata_query", "gcp", "2")
+    assert seen["provider"] is None and "gcp" in str(seen["reasons"])
+
+
+def test_stun_server_sees_each_host_at_its_elastic_ip(discovery: World) -> None:
+    assert discovery.stun_endpoint is not None
+    ip, port = discovery.stun_endpoint.split(":")
+    for name in ("a1", "b2"):
+        host = discovery.host(name)
+        seen = query_json(host, "stun_query", ip, port, "41641")
+        assert seen == {"port": 41641, "address": str(host.public), "mapped_port": 41641}
 
 
 # --- delay ---

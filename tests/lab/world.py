@@ -20,7 +20,14 @@ LAN 10.78.0.0/24 holding host ``Pn1`` (10.78.0.10).
   or as cloud A by ``nat_b``;
 * site ``bare``: host ``Pbare`` with 192.0.2.31 on its own interface (not with
   ``public_host=False``);
-* etcd in ``Petcd`` at 192.0.2.10:2379.
+* etcd in ``Petcd`` at 192.0.2.10:2379;
+* with ``metadata`` (site -> provider, e.g. ``{"cloud-a": "aws", "cloud-b": "gcp"}``), that
+  provider's instance metadata API on the site's router, at the provider's well-known
+  address on its LAN side (169.254.169.254 for aws/gcp/azure, 100.100.100.200 alibaba,
+  169.254.0.23 tencent; port 80), reached by the hosts through their default route and
+  answering each host its own public address (none for a masquerade-only host);
+* with ``stun``, a STUN server (coturn ``turnserver --stun-only``) in ``Pinet`` at
+  192.0.2.40:3478 (``World.stun_endpoint``), which sees each host as its router maps it.
 
 Every host's underlay interface is ``eth0``. Interface names are generic because they live
 inside the prefixed namespaces; nothing is created in the root namespace.
@@ -36,7 +43,7 @@ import socket
 import subprocess
 import tempfile
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -53,6 +60,13 @@ from tests.lab.netns import (
     list_namespaces,
     tool,
     veth,
+)
+from tests.lab.services import (
+    METADATA_ADDRESSES,
+    STUN_PORT,
+    MetadataService,
+    start_metadata,
+    start_stun,
 )
 
 NatMode = Literal["one-to-one", "masquerade", "masquerade-random"]
@@ -112,6 +126,10 @@ class World:
     etcd: EtcdServer = field(compare=False)
     helpers: tuple[subprocess.Popen[str], ...] = field(default=(), compare=False)
     delay_ms: float = 0.0
+    metadata: tuple[MetadataService, ...] = ()
+    """The metadata APIs served (one per site that has one)."""
+    stun_endpoint: str | None = None
+    """``ip:port`` of the STUN server on the internet (None: the world has none)."""
 
     @property
     def etcd_endpoint(self) -> str:
@@ -179,6 +197,12 @@ class World:
                 )
         lines.append(f"etcd: {self.etcd_endpoint} in {self.etcd_ns.name}")
         lines.append(f"  log {self.etcd.log_file}")
+        for m in self.metadata:
+            lines.append(
+                f"metadata ({m.provider}) of {m.site}: http://{m.address}:{m.port} in {m.ns.name}"
+            )
+        if self.stun_endpoint is not None:
+            lines.append(f"stun: {self.stun_endpoint} (coturn) in {self.prefix}inet")
         return "\n".join(lines)
 
 
@@ -245,13 +269,34 @@ class _Builder:
         routers: Sequence[Router],
         etcd_ns: Namespace,
         delay_ms: float = 0.0,
+        metadata: Sequence[MetadataService] = (),
+        stun_endpoint: str | None = None,
     ) -> World:
         assert self.etcd is not None
         self.etcd.wait_healthy()
         return World(
             kind, self.prefix, self.workdir, tuple(self.namespaces), tuple(hosts),
             tuple(routers), etcd_ns, self.etcd, tuple(self.helpers), delay_ms,
+            tuple(metadata), stun_endpoint,
         )  # fmt: skip
+
+    def metadata(self, router: Router, provider: str, hosts: Sequence[Host]) -> MetadataService:
+        """``provider``'s metadata API on ``router``'s LAN side, answering each of ``hosts``
+        its public address."""
+        if provider not in METADATA_ADDRESSES:
+            raise ValueError(f"no metadata provider {provider!r}: {sorted(METADATA_ADDRESSES)}")
+        service = MetadataService(router.site, provider, router.ns, METADATA_ADDRESSES[provider])
+        router.ns.add_address(router.inside_if, IPv4Interface(f"{service.address}/32"))
+        answers = {h.ip: h.public for h in hosts if h.public is not None}
+        log_file = self.workdir / f"metadata-{router.site}.log"
+        self.helpers.append(start_metadata(service, answers, log_file))
+        return service
+
+    def stun(self, ns: Namespace, iface: str, address: IPv4Address) -> str:
+        """A STUN server at ``address`` (added to ``iface`` of ``ns``); its endpoint."""
+        ns.add_address(iface, IPv4Interface(f"{address}/32"))
+        self.helpers.append(start_stun(ns, address, self.workdir / "stun"))
+        return f"{address}:{STUN_PORT}"
 
     def abort(self) -> None:
         _teardown(self.prefix, self.etcd, self.helpers)
@@ -408,18 +453,25 @@ def build_multicloud_world(
     nat_b: NatMode = "one-to-one",
     public_host: bool = True,
     delay_ms: float = 0.0,
+    metadata: Mapping[str, str] | None = None,
+    stun: bool = False,
     workdir: Path | None = None,
 ) -> World:
     """Build the multi-cloud world (see the module docstring); ``destroy`` removes it.
 
     ``nat_a`` / ``nat_b``: how cloud A's / cloud B's router maps its hosts (``NatMode``);
     ``public_host=False`` leaves out the bare host, so no overlay host has a public
-    address on its interface (etcd stays on the internet).
+    address on its interface (etcd stays on the internet). ``metadata``: site -> provider
+    (``services.METADATA_ADDRESSES``) whose metadata API that site's router serves;
+    ``stun``: run a STUN server on the internet (``World.stun_endpoint``).
 
     ``delay_ms``: every frame crossing a site's link to the internet (cloud A's, cloud B's,
     the bare host's; not etcd's) waits this long, so a cross-site round trip gains
     4 x ``delay_ms`` and an in-site one nothing.
     """
+    metadata = dict(metadata or {})
+    if unknown := sorted(set(metadata) - {"cloud-a", "cloud-b"}):
+        raise ValueError(f"metadata for sites the world does not have: {unknown}")
     b = _Builder(prefix, workdir)
     try:
         inet = b.ns("inet", router=True)
@@ -438,6 +490,7 @@ def build_multicloud_world(
 
         hosts: list[Host] = []
         routers: list[Router] = []
+        services: list[MetadataService] = []
         lan_b = "10.0.1.0/24" if colliding else "10.0.2.0/24"
         clouds: list[tuple[str, str, str, IPv4Network, int, int, NatMode]] = [
             ("cloud-a", "a", "10.0.1.0/24", nets["198.51.100.0/24"], 3, 11, nat_a),
@@ -465,15 +518,18 @@ def build_multicloud_world(
                 if public is not None:
                     rns.add_address(router.outside_if, IPv4Interface(f"{public}/24"))
             rns.nft(_nat_rules(router, lan, site_hosts))
+            if site in metadata:
+                services.append(b.metadata(router, metadata[site], site_hosts))
             hosts += site_hosts
             routers.append(router)
+        stun_endpoint = b.stun(inet, "br0", core[40]) if stun else None
 
         if public_host:
             bare_ip = IPv4Interface(f"{core[31]}/24")
             hosts.append(
                 b.host("bare", "bare", bare_ip, core[1], bare_ip.ip, inet, "br0", delay_ms=delay_ms)
             )
-        return b.world("multicloud", hosts, routers, etcd_ns, delay_ms)
+        return b.world("multicloud", hosts, routers, etcd_ns, delay_ms, services, stun_endpoint)
     except BaseException:
         b.abort()
         raise
@@ -501,12 +557,15 @@ def multicloud_world(
     nat_b: NatMode = "one-to-one",
     public_host: bool = True,
     delay_ms: float = 0.0,
+    metadata: Mapping[str, str] | None = None,
+    stun: bool = False,
     workdir: Path | None = None,
 ) -> Iterator[World]:
     """``build_multicloud_world`` for a ``with`` block, destroyed even on failure."""
     world = build_multicloud_world(
         prefix, colliding=colliding, hairpin=hairpin, nat_a=nat_a, nat_b=nat_b,
-        public_host=public_host, delay_ms=delay_ms, workdir=workdir,
+        public_host=public_host, delay_ms=delay_ms, metadata=metadata, stun=stun,
+        workdir=workdir,
     )  # fmt: skip
     try:
         yield world
@@ -648,15 +707,20 @@ def udp_endpoint(
     return None if len(seen) != 2 else (IPv4Address(seen[0]), int(seen[1]))
 
 
-def hairpin_packets(router: Router) -> int:
-    """Packets that entered ``router`` from its LAN addressed to a public address of its
-    own site (in-site traffic that went through the NAT instead of staying on the LAN)."""
-    out = router.ns.run(["nft", "-j", "list", "counter", "ip", NFT_TABLE, "hairpin"]).stdout
+def counter_packets(ns: Namespace, table: str, name: str, family: str = "ip") -> int:
+    """Packets counted so far by the named nftables counter ``name`` of ``family table``."""
+    out = ns.run(["nft", "-j", "list", "counter", family, table, name]).stdout
     for item in json.loads(out)["nftables"]:
         if "counter" in item:
             packets: int = item["counter"]["packets"]
             return packets
-    raise RuntimeError(f"no hairpin counter in {router.ns.name}")
+    raise RuntimeError(f"no counter {family} {table} {name} in {ns.name}")
+
+
+def hairpin_packets(router: Router) -> int:
+    """Packets that entered ``router`` from its LAN addressed to a public address of its
+    own site (in-site traffic that went through the NAT instead of staying on the LAN)."""
+    return counter_packets(router.ns, NFT_TABLE, "hairpin")
 
 
 _blocks = itertools.count(1)

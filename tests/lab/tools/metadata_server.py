@@ -6,9 +6,12 @@ on the GET: 401 without), GCP (``Metadata-Flavor: Google`` required, 403 without
 on every answer), Azure (``Metadata: true``, ``api-version`` and ``format=text`` required,
 400 without; ``X-Forwarded-For`` refused), Alibaba Cloud in enforced security hardening
 mode (a token like AWS's, 403 without) and Tencent Cloud (a plain GET). Any other path is
-404. ``ANSWER`` is the public address served (``""``: the instance has none). Tests in
-one process use ``metadata_app`` with a ``Behaviour`` for hostile answers; run as a
-program (in a namespace, at the provider's well-known address) it prints ``ready PORT``.
+404. ``ANSWER`` is the public address served (``""``: the instance has none), or one per
+client as ``PRIVATE=PUBLIC,PRIVATE=PUBLIC`` (a request is answered by its remote address:
+a router's server answers each host of its LAN its own elastic IP; a client not named has
+none). Tests in one process use ``metadata_app`` with a ``Behaviour`` for hostile answers;
+run as a program (in a namespace, at the provider's well-known address) it prints
+``ready PORT``.
 """
 
 from __future__ import annotations
@@ -76,10 +79,21 @@ def _refusal(provider: str, request: web.Request, tokens: set[str]) -> web.Respo
     return None
 
 
+def parse_answer(text: str) -> str | Mapping[str, str]:
+    """``ANSWER`` of the command line: one address (or ``""``), or ``PRIVATE=PUBLIC,...``."""
+    if "=" not in text:
+        return text
+    return dict(pair.split("=", 1) for pair in text.split(","))
+
+
 def metadata_app(
-    provider: str, answer: str, behaviour: Behaviour = Behaviour(), log: Requests | None = None
+    provider: str,
+    answer: str | Mapping[str, str],
+    behaviour: Behaviour = Behaviour(),
+    log: Requests | None = None,
 ) -> web.Application:
-    """The aiohttp application serving ``provider``'s metadata API with ``answer``."""
+    """The aiohttp application serving ``provider``'s metadata API with ``answer`` (one
+    address for every client, or each client's by its remote address; none: ``""``)."""
     tokens: set[str] = set()
     extra = {"Metadata-Flavor": "Google"} if provider == "gcp" else {}
 
@@ -97,7 +111,8 @@ def metadata_app(
         if behaviour.status != 200:
             return web.Response(status=behaviour.status, text="Internal Server Error")
         if not behaviour.size:
-            return web.Response(text=answer, headers=extra)
+            text = answer if isinstance(answer, str) else answer.get(request.remote or "", "")
+            return web.Response(text=text, headers=extra)
         stream = web.StreamResponse(headers=extra)  # chunked: no Content-Length to trust
         await stream.prepare(request)
         for _ in range(behaviour.size // 4096):
@@ -142,7 +157,7 @@ async def serving(
         closed.close()
 
 
-async def serve(provider: str, host: str, port: int, answer: str) -> None:
+async def serve(provider: str, host: str, port: int, answer: str | Mapping[str, str]) -> None:
     runner = web.AppRunner(metadata_app(provider, answer))
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -153,4 +168,4 @@ async def serve(provider: str, host: str, port: int, answer: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    asyncio.run(serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), parse_answer(sys.argv[4])))
