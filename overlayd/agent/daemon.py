@@ -26,11 +26,11 @@ from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.agent.churnlog import activity_churn
 from overlayd.agent.devices import Devices
-from overlayd.agent.discovery import AddressDiscovery, stun_over
+from overlayd.agent.discovery import AddressDiscovery
 from overlayd.agent.election import GatewayAgent, GatewayOptions
 from overlayd.agent.host import Clock, Host
 from overlayd.agent.lease_fold import LeaseFold
-from overlayd.agent.lease_publish import LeasePublisher
+from overlayd.agent.lease_publish import LeasePublisher, lease_template
 from overlayd.agent.options import DaemonOptions
 from overlayd.agent.path_api import PathKeeping
 from overlayd.agent.reconcile import ReconcilePass
@@ -46,8 +46,6 @@ from overlayd.store.api import Store
 from overlayd.store.lease_keeper import HeldLease, LeaseKeeper
 from overlayd.values.config import NetworkConfig
 from overlayd.values.errors import ConfigMissingError, OverlaydError
-from overlayd.values.lease import LeaseRecord
-from overlayd.values.lease_rules import check_own_record
 from overlayd.values.paths import is_site_local
 
 log = logging.getLogger("overlayd")
@@ -163,11 +161,20 @@ class Daemon:
             tasks.create_task(run.fold.watch(self.store, lambda full: self.mark_dirty(full=full)))
             tasks.create_task(self._resync_timer())
             if self.discovery is not None:
-                stun = stun_over(self.paths.share_socket) if self.opts.stun_servers else None
-                tasks.create_task(
-                    self.discovery.run(stun, self._on_reflexive, site_local=run.site_local)
-                )
+                tasks.create_task(self._discover(self.discovery, run))
             tasks.create_task(self.reconcile_loop())
+
+    async def _discover(self, discovery: AddressDiscovery, run: _Running) -> None:
+        """Learn our public address ourselves; no warning once our lease has one."""
+
+        def confirmed() -> bool:
+            held = run.keeper.held
+            return held is not None and bool(held.record.public_ips)
+
+        await discovery.run(
+            self.paths.share_socket, self._on_reflexive, site_local=run.site_local,
+            confirmed=confirmed,
+        )  # fmt: skip
 
     async def _start(self) -> _Running:
         """Probing, the underlay, the config, our lease, the devices; then READY=1."""
@@ -190,7 +197,7 @@ class Daemon:
         keeper = LeaseKeeper(
             self.store,
             cfg,
-            self._template(cfg, identity, underlay),
+            lease_template(self.opts, cfg, identity, underlay, self._key, self.paths.port),
             self.state_dir,
             self.opts.lease_ttl,
             lambda _held: self.mark_dirty(device=True),
@@ -200,30 +207,6 @@ class Daemon:
         await self._configure(run, held)
         self.host.notify("READY=1")
         return run
-
-    def _template(
-        self, cfg: NetworkConfig, identity: NodeIdentity, underlay: Underlay
-    ) -> LeaseRecord:
-        """Our lease record but for the subnet: the keeper fills in the one it claims."""
-        backend, opts = cfg.backend, self.opts
-        template = LeaseRecord(
-            subnet=cfg.network,  # placeholder: the keeper fills in the claimed subnet
-            node=opts.node_name,
-            node_id=identity.node_id,
-            public_ip=opts.public_ips[0] if opts.public_ips else underlay.address,
-            vtep_mac=identity.vtep_mac,
-            vni=backend.vni,
-            site=opts.site,
-            private_ips=(underlay.address,),
-            public_ips=opts.public_ips,
-            backend_type=backend.type,
-            public_key=self._key.public.base64,
-            probe_port=self.paths.port,
-            wireguard_port=backend.listen_port if backend.uses_wireguard else None,
-            gateway_candidate=opts.gateway_candidate if cfg.topology.uses_gateways else None,
-        )
-        check_own_record(template, cfg.network)  # peers would refuse it otherwise
-        return template
 
     def _compose(
         self,

@@ -30,6 +30,10 @@ log = logging.getLogger("overlayd")
 STUN_INTERVAL = 300.0
 """Seconds between STUN rounds: a NAT's public address rarely changes."""
 
+WARN_AFTER = 5.0
+"""Seconds after the first round before learning nothing is a warning: time for a public
+peer of another site to confirm the address it sees us at (a port-preserving NAT)."""
+
 FIX_HINT = (
     "peers of other sites cannot reach this node; give --public-ip ADDRESS, "
     "--stun-server HOST:PORT or --cloud-metadata PROVIDER"
@@ -55,20 +59,28 @@ class AddressDiscovery:
         servers: Sequence[StunServer],
         *,
         interval: float = STUN_INTERVAL,
+        warn_after: float = WARN_AFTER,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._metadata, self._servers = metadata, tuple(servers)
-        self._interval, self._sleep = interval, sleep
+        self._interval, self._warn_after, self._sleep = interval, warn_after, sleep
         self.learned: tuple[IPv4Address, ...] = ()
         self.summary = "not asked yet"
 
     async def run(
-        self, stun: StunClient | None, on_change: Callable[[], None], *, site_local: bool
+        self,
+        share: Callable[[Taker], Send],
+        on_change: Callable[[], None],
+        *,
+        site_local: bool,
+        confirmed: Callable[[], bool] = lambda: False,
     ) -> None:
         """Ask, tell ``on_change`` (after the first round, and whenever what was learned
-        changed), and ask STUN again every ``interval``. ``stun``: a client over the probe
-        socket (None: no STUN); ``site_local``: our underlay address reaches only inside
-        our site (then learning nothing is worth a warning)."""
+        changed), and ask STUN again every ``interval``, from the probe socket
+        (``share``: ``PathKeeping.share_socket``). ``site_local``: our underlay address
+        reaches only inside our site; then learning nothing is worth a warning, unless
+        peers ``confirmed`` a public address of ours by then."""
+        stun = stun_over(share) if self._servers else None
         first = True
         while True:
             meta, found = await asyncio.gather(self._ask_metadata(), self._ask_stun(stun))
@@ -76,8 +88,12 @@ class AddressDiscovery:
             self.summary = "; ".join(_describe(meta, found))
             if learned != self.learned or first:
                 self.learned = learned
-                self._report(first, site_local)
+                self._report(first)
                 on_change()
+            if first and not learned and site_local:
+                await self._sleep(self._warn_after)
+                if not self.learned and not confirmed():
+                    log.warning("no public address learned (%s): %s", self.summary, FIX_HINT)
             first = False
             if stun is None or not self._servers:
                 return  # metadata is asked once: the answer is cached for the process
@@ -91,12 +107,10 @@ class AddressDiscovery:
             return None
         return await query_all(stun, self._servers)
 
-    def _report(self, first: bool, site_local: bool) -> None:
+    def _report(self, first: bool) -> None:
         if self.learned:
             found = ", ".join(map(str, self.learned))
             log.info("public address candidates %s (%s)", found, self.summary)
-        elif first and site_local:
-            log.warning("no public address learned (%s): %s", self.summary, FIX_HINT)
         elif not first:
             log.info("no public address learned any more (%s)", self.summary)
 

@@ -1,4 +1,4 @@
-"""What this node republishes in its own lease while it runs.
+"""What this node publishes in its own lease: the first record, and what it republishes.
 
 Owns two facts peers learn from our lease after the first claim: the public key our
 devices use (changed by a rotation, then acknowledged to ``overlayctl node rotate-key``)
@@ -13,13 +13,17 @@ import logging
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
+from overlayd.agent.options import DaemonOptions
 from overlayd.agent.path_api import PathKeeping
 from overlayd.agent.rotation import KeyRotation
+from overlayd.dataplane.api import Underlay
 from overlayd.disk.node_key import NodeKey
+from overlayd.disk.state_dir import NodeIdentity
 from overlayd.store.lease_keeper import LeaseKeeper
+from overlayd.values.config import NetworkConfig
 from overlayd.values.keys import PublicKey
 from overlayd.values.lease import LeaseRecord
-from overlayd.values.lease_rules import publishable
+from overlayd.values.lease_rules import check_own_record, publishable
 
 log = logging.getLogger("overlayd")
 
@@ -64,3 +68,34 @@ class LeasePublisher:
         if wanted != tuple(sorted(me.public_ips)):
             log.info("public addresses confirmed by peers: %s", ", ".join(map(str, found)))
         await self._keeper.republish(replace(me, public_ips=wanted, candidates=candidates))
+
+
+def lease_template(
+    opts: DaemonOptions,
+    cfg: NetworkConfig,
+    identity: NodeIdentity,
+    underlay: Underlay,
+    key: NodeKey,
+    probe_port: int,
+) -> LeaseRecord:
+    """Our lease record but for the subnet: the keeper fills in the one it claims.
+    ``ConfigError`` if peers would refuse it (our own flags are wrong)."""
+    backend = cfg.backend
+    template = LeaseRecord(
+        subnet=cfg.network,  # placeholder: the keeper fills in the claimed subnet
+        node=opts.node_name,
+        node_id=identity.node_id,
+        public_ip=opts.public_ips[0] if opts.public_ips else underlay.address,
+        vtep_mac=identity.vtep_mac,
+        vni=backend.vni,
+        site=opts.site,
+        private_ips=(underlay.address,),
+        public_ips=opts.public_ips,
+        backend_type=backend.type,
+        public_key=key.public.base64,
+        probe_port=probe_port,
+        wireguard_port=backend.listen_port if backend.uses_wireguard else None,
+        gateway_candidate=opts.gateway_candidate if cfg.topology.uses_gateways else None,
+    )
+    check_own_record(template, cfg.network)  # peers would refuse it otherwise
+    return template

@@ -73,4 +73,4 @@ class PathKeeping(Protocol):
     def report(
         self, peers: Mapping[IPv4Network, LeaseRecord], via: Mapping[IPv4Network, str]
     ) -> list[PeerReport]:
-        """``/peers``: one report per peer with a chosen path."""
+        """``/peers``: one report per peer (those with no path at all say why)."""

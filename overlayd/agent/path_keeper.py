@@ -27,7 +27,7 @@ from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober, Send, Taker
 from overlayd.values.errors import ConfigError
 from overlayd.values.keys import PublicKey
 from overlayd.values.lease import LeaseRecord
-from overlayd.values.paths import PeerCandidates, PeerPath
+from overlayd.values.paths import PeerCandidates, PeerPath, no_path_reason
 
 
 @dataclass(frozen=True)
@@ -37,20 +37,21 @@ class PeerReport:
     node: str
     subnet: IPv4Network
     site: str
-    path: PeerPath
+    path: PeerPath | None  # None: no path at all (``why``)
     rtt_ms: float | None
     last_success: float | None  # wall-clock seconds
     verified: tuple[IPv4Address, ...]
     via: str | None = None  # the gateway this peer is reached through, if any
+    why: str | None = None  # why there is no path
 
     def to_json(self) -> dict[str, Any]:
         return {
             "node": self.node,
             "subnet": str(self.subnet),
             "site": self.site,
-            "address": str(self.path.address),
-            "kind": self.path.kind,
-            "reason": self.path.reason,
+            "address": None if self.path is None else str(self.path.address),
+            "kind": "none" if self.path is None else self.path.kind,
+            "reason": self.why if self.path is None else self.path.reason,
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
             "last_success": self.last_success,
             "verified": [str(a) for a in self.verified],
@@ -77,6 +78,7 @@ class PathKeeper:
         self._targets: dict[IPv4Network, PeerTarget] = {}
         self._targets_changed = False
         self.paths: dict[IPv4Network, PeerPath] = {}
+        self._pathless: dict[IPv4Network, str] = {}  # peers with no path: why
 
     def _changed(self, peer: IPv4Network | None) -> None:
         if self._on_change is not None:
@@ -141,6 +143,7 @@ class PathKeeper:
             self._targets_changed = True
         if peer is None:
             self.paths.pop(subnet, None)
+            self._pathless.pop(subnet, None)
             self.linger.forget(subnet)
 
     def recompute(
@@ -160,6 +163,7 @@ class PathKeeper:
             peer = peers.get(subnet)
             if peer is None or is_me(me, subnet, peer):
                 self.paths.pop(subnet, None)
+                self._pathless.pop(subnet, None)
                 self.linger.forget(subnet)
                 continue
             current = self.paths.get(subnet)
@@ -179,8 +183,10 @@ class PathKeeper:
                     self._loop.call_later(self.linger.seconds + 0.1, self._changed, subnet)
             if path is None:
                 self.paths.pop(subnet, None)
+                self._pathless[subnet] = no_path_reason(me.site, candidates)
             else:
                 self.paths[subnet] = path
+                self._pathless.pop(subnet, None)
         return changed
 
     def share_socket(self, taker: Taker) -> Send:
@@ -210,9 +216,13 @@ class PathKeeper:
     def report(
         self, peers: Mapping[IPv4Network, LeaseRecord], via: Mapping[IPv4Network, str]
     ) -> list[PeerReport]:
-        """One report per peer with a chosen path, sorted by node name; ``via``: peers
-        reached through a gateway (the gateway's node name)."""
-        out = []
+        """One report per peer, sorted by node name (those with no path say why);
+        ``via``: peers reached through a gateway (the gateway's node name)."""
+        out = [
+            PeerReport(peers[s].node, s, peers[s].site, None, None, None, (), why=why)
+            for s, why in self._pathless.items()
+            if s in peers
+        ]
         wall_offset = time.time() - time.monotonic()
         for subnet, path in self.paths.items():
             peer = peers.get(subnet)

@@ -128,6 +128,23 @@ def peers(ctx: click.Context, node: str | None, daemon_url: str, output: str) ->
     assert env is not None
     rows = [_peer_row(p, env.clock()) for p in found]
     echo_table(["NODE", "SUBNET", "SITE", "ADDRESS", "PATH", "RTT", "LAST PROBE", "REASON"], rows)
+    if node is None and (line := _discovery_line(daemon_url.rstrip("/") + "/status")):
+        click.echo(line)
+
+
+def _discovery_line(url: str) -> str | None:
+    """What the daemon learned of its own public address (its ``/status``), as one line;
+    None when it was given ``--public-ip`` or cannot tell (an older daemon)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            status = json.load(resp)
+        discovery, public = status.get("discovery"), status.get("public_ips")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(discovery, str) or not isinstance(public, list):
+        return None
+    published = ", ".join(str(a)[:64] for a in public[:16]) or "none confirmed"
+    return f"this node's public address: {published} ({discovery[:400]})"
 
 
 def _peer_row(p: dict[str, Any], now: float) -> list[str]:

@@ -158,7 +158,10 @@ class MetadataResult:
             return f"cloud metadata ({self.found.provider}): {self.found.address} ({took})"
         if not self.reasons:
             return "cloud metadata: off"
-        why = "; ".join(f"{p}: {r}" for p, r in self.reasons)
+        by_reason: dict[str, list[str]] = {}
+        for provider, reason in self.reasons:  # providers failing alike share one entry
+            by_reason.setdefault(reason, []).append(str(provider))
+        why = "; ".join(f"{', '.join(ps)}: {r}" for r, ps in by_reason.items())
         return f"cloud metadata: nothing learned in {took} ({why})"
 
 
@@ -274,7 +277,9 @@ async def _ask(session: aiohttp.ClientSession, source: _Source, base: str) -> IP
     except TimeoutError:  # before ClientError: aiohttp's timeouts are both
         raise DiscoveryError("timed out") from None
     except (aiohttp.ClientConnectionError, OSError) as exc:
-        raise DiscoveryError(f"not reachable ({type(exc).__name__}: {exc})") from None
+        # the OS's reason only (refused, no route, …): the URL is the provider's own
+        why = getattr(exc, "os_error", None) or exc
+        raise DiscoveryError(f"not reachable ({getattr(why, 'strerror', None) or why})") from None
     except aiohttp.ClientError as exc:  # a malformed HTTP answer: headers, chunks, …
         raise InvalidAnswer(f"bad HTTP answer ({type(exc).__name__}: {exc})") from None
 

@@ -96,3 +96,17 @@ def guess_path(
 
 NOT_GUESSED = "no verified path, and its addresses are etcd endpoints: not guessed"
 """Why a peer whose every candidate is an etcd endpoint's address is not programmed yet."""
+
+
+def no_path_reason(me_site: str, peer: PeerCandidates) -> str:
+    """Why ``peer`` has no path at all (``choose_path`` gave None), for ``/peers``."""
+    if peer.site != me_site and not peer.public:
+        if peer.unconfirmed:
+            found = ", ".join(map(str, peer.unconfirmed))
+            return f"no verified path: its public address candidates ({found}) do not answer"
+        return (
+            f"no path: it publishes no public address, only addresses private to site "
+            f"{peer.site}; it reaches us if we have one, else give it --public-ip, "
+            f"--stun-server or --cloud-metadata"
+        )
+    return NOT_GUESSED

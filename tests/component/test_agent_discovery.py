@@ -63,11 +63,11 @@ def test_nothing_learned_is_one_warning_with_the_flags(
     async def body() -> None:
         async with serving({}) as bases:  # no provider answers: every port refuses
             metadata = CloudMetadata(tuple(Provider), bases=bases)
-            discovery = AddressDiscovery(metadata, ())
+            discovery = AddressDiscovery(metadata, (), warn_after=0.1)
             dp = FakeDataPlane(underlay_address=IPv4Address("10.0.0.9"))  # behind NAT
             async with agent(tmp_path, dp=dp, paths=FakePaths(), discovery=discovery) as a:
                 await until(_asked(discovery), "the first round")
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.5)  # past warn_after
                 me = await a.me()
                 assert me.candidates == () and me.public_ips == ()
 

@@ -28,11 +28,14 @@ class FakeDaemon:
     def __init__(self) -> None:
         self.body = b'{"peers": []}'
         self.status = 200
+        self.status_body: bytes | None = None  # /status (None: 404, as before discovery)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 code, body = (owner.status, owner.body) if self.path == "/peers" else (404, b"")
+                if self.path == "/status" and owner.status_body is not None:
+                    code, body = 200, owner.status_body
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -180,3 +183,21 @@ def test_reads_no_tls_file(daemon: FakeDaemon, tmp_path: Path) -> None:
     args = ["--etcd-cafile", str(tmp_path / "missing.pem"), "peers", "--daemon", daemon.url]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+
+
+def test_a_peer_with_no_path_and_what_this_node_learned(daemon: FakeDaemon) -> None:
+    """Two clouds behind NAT, nothing learned: the peer is listed with why it has no path,
+    and the last line says what this node learned of its own public address."""
+    why = "no path: it publishes no public address, only addresses private to site b"
+    daemon.peers({"node": "b1", "subnet": "10.244.9.0/24", "site": "b", "address": None,
+                  "kind": "none", "reason": why})  # fmt: skip
+    learned = "cloud metadata: off; STUN: no --stun-server given"
+    daemon.status_body = json.dumps({"public_ips": [], "discovery": learned}).encode()
+    result = CliRunner().invoke(main, ["peers", "--daemon", daemon.url])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "b1" in lines[1] and "none" in lines[1] and why[:40] in lines[1]
+    assert lines[-1] == f"this node's public address: none confirmed ({learned})"
+    daemon.status_body = json.dumps({"public_ips": ["203.0.113.7"], "discovery": None}).encode()
+    result = CliRunner().invoke(main, ["peers", "--daemon", daemon.url])
+    assert "this node's public address" not in result.output  # given with --public-ip

@@ -140,3 +140,28 @@ def test_our_record_under_another_subnet_is_not_a_peer(tmp_path: Path) -> None:
     assert sorted(keeper.paths) == [peer.subnet]
     assert [r.node for r in keeper.report(records, {})] == ["peer"]
     assert set(keeper.prober.stats(old_me.subnet)) == set()  # never probed
+
+
+def test_a_peer_of_another_site_with_only_private_addresses_is_reported_with_why(
+    tmp_path: Path,
+) -> None:
+    """No public address published, none learned: no path, no probe, no guess -- and
+    ``/peers`` says so instead of leaving the peer out."""
+    key = NodeKey.load_or_create(tmp_path / "me")
+    me = record("10.244.2.0/24", "me", "id-me", key)
+    far = replace(
+        record("10.244.3.0/24", "far", "id-far", NodeKey.load_or_create(tmp_path / "far")),
+        site="b", public_ip=IPv4Address("10.0.2.11"), private_ips=(IPv4Address("10.0.2.11"),),
+    )  # fmt: skip
+    keeper = PathKeeper(key, ProbeConfig(port=0))
+    records = {me.subnet: me, far.subnet: far}
+    for subnet, rec in records.items():
+        keeper.lease_changed(me, subnet, rec)
+    keeper.recompute(me, records, records)
+    assert keeper.paths == {}
+    (report,) = keeper.report(records, {})
+    doc = report.to_json()
+    assert (doc["node"], doc["address"], doc["kind"]) == ("far", None, "none")
+    assert "publishes no public address" in doc["reason"] and "--stun-server" in doc["reason"]
+    keeper.lease_changed(me, far.subnet, None)
+    assert keeper.report(records, {}) == []
