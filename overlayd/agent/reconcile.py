@@ -201,8 +201,9 @@ class ReconcilePass:
         done = await self._dp.apply_wireguard_peers(
             plan.peers.values(), allow_delete=self._may_delete
         )
-        if done.add or done.update or done.remove:
-            add, update, remove = len(done.add), len(done.update), len(done.remove)
+        if done:
+            add, remove = len(done.add), len(done.remove)
+            update = len(done.update) + len(done.restart)  # a restart is an update to us
             self._churn.note(
                 wireguard_counts(add, update, remove),
                 f"WireGuard peers: +{add} ~{update} -{remove}",

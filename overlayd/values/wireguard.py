@@ -182,17 +182,24 @@ class PeerChanges:
     ``add``: peers to create (sent without ``update_only``). ``update``: existing peers
     whose config differs, sent with ``update_only`` and ``replace_allowed_ips`` so a peer
     removed meanwhile is not re-created by accident. ``remove``: peers to delete.
+    ``restart``: existing peers removed and created again in the same request, because
+    their endpoint changed while they have no session (``needs_restart``).
     """
 
     add: tuple[WgPeerConfig, ...] = ()
     update: tuple[WgPeerConfig, ...] = ()
     remove: tuple[PublicKey, ...] = ()
+    restart: tuple[WgPeerConfig, ...] = ()
 
     def __len__(self) -> int:
-        return len(self.add) + len(self.update) + len(self.remove)
+        return len(self.add) + len(self.update) + len(self.remove) + len(self.restart)
 
     def summary(self) -> str:
-        return f"+{len(self.add)} ~{len(self.update)} -{len(self.remove)} wireguard peers"
+        restarted = f" ({len(self.restart)} restarted)" if self.restart else ""
+        return (
+            f"+{len(self.add)} ~{len(self.update) + len(self.restart)} -{len(self.remove)}"
+            f" wireguard peers{restarted}"
+        )
 
 
 def peer_differs(desired: WgPeerConfig, actual: WgPeerConfig) -> bool:
@@ -211,6 +218,23 @@ def peer_differs(desired: WgPeerConfig, actual: WgPeerConfig) -> bool:
 
 
 HANDSHAKE_FRESH = 180.0  # seconds: WireGuard's REJECT_AFTER_TIME; a session this young works
+
+
+def needs_restart(desired: WgPeerConfig, state: WgPeerState, now: float) -> bool:
+    """Whether the peer must be created anew rather than updated: it gets an endpoint (a
+    new one) while it has no working session.
+
+    Traffic to a peer without a usable endpoint makes WireGuard attempt a handshake that
+    goes nowhere, and WireGuard then holds off its next attempt for REKEY_TIMEOUT (5 s)
+    -- an endpoint set meanwhile waits for that retry. A peer created anew starts with no
+    attempt on record, and its persistent keepalive (switched on by the creation) sends
+    the handshake initiation at once. Nothing is lost: there is no session to keep.
+    """
+    return (
+        desired.endpoint is not None
+        and desired.endpoint != state.config.endpoint
+        and (state.last_handshake is None or now - state.last_handshake >= HANDSHAKE_FRESH)
+    )
 
 
 def _keep_learned_port(desired: WgPeerConfig, state: WgPeerState, now: float) -> WgPeerConfig:
@@ -246,7 +270,8 @@ def diff_peers(
     With ``allow_delete=False`` no peer is removed (used until the store's first full
     snapshot has loaded, so a restart never drops live peers). ``ValueError`` if
     ``desired`` names a public key twice. ``now`` (UNIX seconds: the clock is the
-    caller's) decides whether a handshake is fresh enough to keep its learned port.
+    caller's) decides whether a handshake is fresh enough to keep its learned port, or
+    to update rather than restart a peer (``needs_restart``).
     """
     wanted: dict[PublicKey, WgPeerConfig] = {}
     for peer in desired:
@@ -255,13 +280,16 @@ def diff_peers(
         wanted[peer.public_key] = peer
     add: list[WgPeerConfig] = []
     update: list[WgPeerConfig] = []
+    restart: list[WgPeerConfig] = []
     for key in sorted(wanted):
         state = actual.get(key)
         if state is None:
             add.append(wanted[key])
             continue
         peer = _keep_learned_port(wanted[key], state, now)
-        if state.foreign_allowed_ips or peer_differs(peer, state.config):
+        if needs_restart(peer, state, now):
+            restart.append(peer)
+        elif state.foreign_allowed_ips or peer_differs(peer, state.config):
             update.append(peer)
     remove = sorted(key for key in actual if key not in wanted) if allow_delete else []
-    return PeerChanges(tuple(add), tuple(update), tuple(remove))
+    return PeerChanges(tuple(add), tuple(update), tuple(remove), tuple(restart))

@@ -348,3 +348,14 @@ def test_kernel_driver_without_the_device_raises_wireguard_error(link: DeviceLin
     driver = kernel.KernelWireGuard(link, genl.GenericNetlink(kernel.WG_GENL_NAME))
     with pytest.raises(WireGuardError, match="cannot read wg0"):
         driver.read()
+
+
+def test_a_restarted_peer_is_removed_then_created() -> None:
+    """Issue 12: the restart's removal comes before, its creation (no UPDATE_ONLY) after."""
+    other, peer = (WgPeerConfig(PublicKey(bytes([i]) * 32)) for i in (1, 2))
+    entries = kernel.encode_peer_entries(PeerChanges(update=(other,), restart=(peer,)))
+    assert entries == [
+        kernel.encode_peer_remove(peer.public_key),
+        kernel.encode_peer_set(other, update_only=True),
+        kernel.encode_peer_set(peer, update_only=False),
+    ]

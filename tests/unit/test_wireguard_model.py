@@ -117,8 +117,9 @@ def test_port_learned_behind_nat_is_kept_while_the_session_is_fresh() -> None:
         peer(1, endpoint=Endpoint(IPv4Address("203.0.113.2"), 29546)), last_handshake=1000.0
     )
     assert not diff_peers([published], {key(1): learned}, now=1100.0)
-    # stale session: the published endpoint is tried again
-    assert diff_peers([published], {key(1): learned}, now=1200.0).update == (published,)
+    # stale session: the published endpoint is tried again, on a fresh peer (no session
+    # to keep, and a fresh peer sends its handshake at once)
+    assert diff_peers([published], {key(1): learned}, now=1200.0).restart == (published,)
     # another address is a path change, applied at once
     moved = peer(1, endpoint=Endpoint(IPv4Address("198.51.100.7"), 51820))
     assert diff_peers([moved], {key(1): learned}, now=1100.0).update == (moved,)
@@ -130,9 +131,12 @@ def test_port_learned_behind_nat_is_kept_while_the_session_is_fresh() -> None:
 
 def test_changed_fields_are_updates() -> None:
     base = peer(1)
+    live = {key(1): WgPeerState(base, last_handshake=NOW - 10)}
+    moved = peer(1, endpoint=Endpoint(IPv4Address("192.0.2.99"), 51820))
+    # a session to keep: a new address is updated in place (a new port of the same
+    # address is what a NAT learned: kept, test_port_learned_behind_nat_…)
+    assert diff_peers([moved], live, now=NOW).update == (moved,)
     variants = [
-        peer(1, endpoint=Endpoint(IPv4Address("192.0.2.99"), 51820)),
-        peer(1, endpoint=Endpoint(IPv4Address("192.0.2.1"), 51821)),
         peer(1, allowed_ips=(IPv4Network("10.244.1.0/24"), IPv4Network("10.244.99.1/32"))),
         peer(1, allowed_ips=()),
         peer(1, persistent_keepalive=5),
@@ -151,3 +155,23 @@ def test_foreign_allowed_ips_force_an_update() -> None:
 def test_duplicate_desired_key_is_an_error() -> None:
     with pytest.raises(ValueError, match="twice"):
         diff_peers([peer(1), peer(1, persistent_keepalive=5)], {}, now=NOW)
+
+
+def test_a_new_endpoint_without_a_session_restarts_the_peer() -> None:
+    """Issue 12: WireGuard holds a failed handshake attempt (traffic sent while the peer
+    had no endpoint) for 5 s; an endpoint set then waits for that retry. Without a session
+    to keep, the peer is created anew, which sends its handshake at once."""
+    dialled_in = peer(1, endpoint=None)
+    verified = peer(1, endpoint=Endpoint(IPv4Address("192.0.2.31"), 51820))
+    never = {key(1): WgPeerState(dialled_in)}
+    changes = diff_peers([verified], never, now=NOW)
+    assert changes == PeerChanges(restart=(verified,))
+    assert len(changes) == 1 and changes.summary() == "+0 ~1 -0 wireguard peers (1 restarted)"
+    # the same endpoint: nothing to do; no endpoint wanted: nothing to restart for
+    assert not diff_peers([verified], {key(1): WgPeerState(verified)}, now=NOW)
+    assert not diff_peers([dialled_in], never, now=NOW)
+    # a stale session restarts too; a live one is updated in place
+    stale = {key(1): WgPeerState(dialled_in, last_handshake=NOW - 181)}
+    assert diff_peers([verified], stale, now=NOW).restart == (verified,)
+    live = {key(1): WgPeerState(dialled_in, last_handshake=NOW - 5)}
+    assert diff_peers([verified], live, now=NOW).update == (verified,)

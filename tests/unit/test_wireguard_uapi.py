@@ -217,3 +217,20 @@ def test_client_unavailable(tmp_path: Path) -> None:
     sock.close()  # the path exists but nobody listens, as after a crash
     with pytest.raises(UapiUnavailable):
         UapiClient(stale).get()
+
+
+def test_encode_set_restart_removes_then_creates_the_peer() -> None:
+    """A restarted peer (issue 12: endpoint learned while it has no session) is removed
+    with the removals and created, without update_only, with the additions."""
+    peer = WgPeerConfig(K2, Endpoint(IPv4Address("192.0.2.31"), 51820), (), 25)
+    text = encode_set(PeerChanges(remove=(K1,), restart=(peer,)))
+    lines = text.splitlines()
+    assert lines[:5] == [
+        "set=1",
+        f"public_key={K1.hex}",
+        "remove=true",
+        f"public_key={K2.hex}",
+        "remove=true",
+    ]
+    assert lines[5] == f"public_key={K2.hex}" and "update_only=true" not in lines
+    assert "endpoint=192.0.2.31:51820" in lines and "persistent_keepalive_interval=25" in lines

@@ -147,11 +147,13 @@ def encode_peer_set(peer: WgPeerConfig, *, update_only: bool) -> bytes:
 
 
 def encode_peer_entries(changes: PeerChanges) -> list[bytes]:
-    """Every peer entry of ``changes``: removals, then updates, then additions."""
+    """Every peer entry of ``changes``: removals, then updates, then additions (a
+    restarted peer is removed with the removals and created with the additions)."""
     return [
         *(encode_peer_remove(key) for key in changes.remove),
+        *(encode_peer_remove(peer.public_key) for peer in changes.restart),
         *(encode_peer_set(peer, update_only=True) for peer in changes.update),
-        *(encode_peer_set(peer, update_only=False) for peer in changes.add),
+        *(encode_peer_set(peer, update_only=False) for peer in (*changes.add, *changes.restart)),
     ]
 
 

@@ -86,11 +86,11 @@ def encode_set(
         lines.append(f"listen_port={listen_port}")
     if fwmark is not None:
         lines.append(f"fwmark={fwmark}")
-    for key in changes.remove:
+    for key in (*changes.remove, *(p.public_key for p in changes.restart)):
         lines += (f"public_key={key.hex}", "remove=true")
     for peer in changes.update:
         lines += _peer_lines(peer, update_only=True)
-    for peer in changes.add:
+    for peer in (*changes.add, *changes.restart):
         lines += _peer_lines(peer, update_only=False)
     return "\n".join(lines) + "\n\n"
 
