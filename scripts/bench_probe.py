@@ -42,7 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from overlayd.planning.path_choice import choose_path  # noqa: E402
-from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober  # noqa: E402
+from overlayd.probe.prober import Prober  # noqa: E402
+from overlayd.probe.settings import PeerTarget, ProbeConfig  # noqa: E402
 from overlayd.probe.wire import Probe, ProbeCodec, ProbeError, peek_recipient  # noqa: E402
 from overlayd.values.keys import PrivateKey, PublicKey  # noqa: E402
 from overlayd.values.paths import PeerCandidates, PeerPath  # noqa: E402

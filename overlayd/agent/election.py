@@ -25,7 +25,8 @@ from ipaddress import IPv4Network
 
 from overlayd.disk.node_key import NodeKey
 from overlayd.planning.gateway import entry_points
-from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober
+from overlayd.probe.prober import Prober
+from overlayd.probe.settings import PeerTarget, ProbeConfig
 from overlayd.runtime.retry import FIXED_1S, Retry
 from overlayd.store.api import Store
 from overlayd.values.config import GATEWAY, NetworkConfig

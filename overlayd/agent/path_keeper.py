@@ -23,7 +23,8 @@ from overlayd.planning.path_choice import (
     probe_targets,
 )
 from overlayd.planning.vxlan import is_me
-from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober, Send, Taker
+from overlayd.probe.prober import Prober, Send, Taker
+from overlayd.probe.settings import PeerTarget, ProbeConfig
 from overlayd.values.errors import ConfigError
 from overlayd.values.keys import PublicKey
 from overlayd.values.lease import LeaseRecord

@@ -29,7 +29,7 @@ from overlayd.discovery.metadata import MODES, CloudMetadata, parse_mode
 from overlayd.discovery.stun import StunServer, parse_server
 from overlayd.disk.node_key import NodeKey
 from overlayd.disk.state_dir import StateDir
-from overlayd.probe.prober import ProbeConfig
+from overlayd.probe.settings import ProbeConfig
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 from overlayd.runtime.logs import setup_logging
 from overlayd.store.etcd import EtcdStore

@@ -31,19 +31,16 @@ import logging
 import random
 import socket
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any, Generic, cast
 
-from overlayd.planning.path_choice import DEFAULT_HOLD, Observation, PathStats, PeerId
+from overlayd.planning.path_choice import Observation, PathStats, PeerId
 from overlayd.probe.observed import Observations
 from overlayd.probe.schedule import ProbedPath, Timer, Timers
+from overlayd.probe.settings import PeerTarget, ProbeConfig, ProbeCounters
 from overlayd.probe.wire import (
-    DEFAULT_PORT,
-    DEFAULT_REPLAY_CAPACITY,
-    DEFAULT_WINDOW,
     Probe,
     ProbeCodec,
     ProbeError,
@@ -51,55 +48,12 @@ from overlayd.probe.wire import (
 )
 from overlayd.runtime.logs import Throttle
 from overlayd.values.keys import PrivateKey, PublicKey
-from overlayd.values.lease import DEFAULT_SITE
 
 log = logging.getLogger("overlayd.probe")
 
-ANY = IPv4Address("0.0.0.0")
 _COALESCE = 0.005  # seconds: timers due this close together are served in one wake-up
 _REJECT_LOG_EVERY = 10.0  # seconds between log lines per rejection reason
 _SOCKET_BUFFER = 1 << 20  # bytes: absorbs the reply burst of a thousand peers
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """Prober settings; the defaults meet issue 3's 3-second failover budget."""
-
-    port: int = DEFAULT_PORT
-    bind: IPv4Address = ANY
-    fast_interval: float = 0.4  # the chosen path
-    slow_interval: float = 5.0  # every other candidate
-    timeout: float = 0.6  # an unanswered probe counts as lost after this
-    loss_threshold: int = 3  # consecutive losses that unverify a path
-    jitter: float = 0.1  # intervals vary by +-10 %
-    initial_spread: float = 1.0  # new paths get their first probe within this
-    stable_after: float = DEFAULT_HOLD  # wake the daemon when a recovered path settles
-    rtt_alpha: float = 0.2  # EWMA weight of a new RTT sample
-    window: float = DEFAULT_WINDOW  # accepted timestamp skew, seconds
-    replay_capacity: int = DEFAULT_REPLAY_CAPACITY
-
-
-@dataclass(frozen=True)
-class PeerTarget:
-    """A peer to probe: its key, candidate addresses and site (all from its lease)."""
-
-    public_key: PublicKey
-    candidates: tuple[IPv4Address, ...]
-    site: str = DEFAULT_SITE
-    port: int = DEFAULT_PORT  # the peer's probe port
-
-
-@dataclass
-class ProbeCounters:
-    """Totals since start, for metrics and tests."""
-
-    probes_sent: int = 0
-    probes_received: int = 0
-    replies_sent: int = 0
-    replies_received: int = 0
-    send_errors: int = 0
-    losses: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
 
 
 Taker = Callable[[bytes, tuple[str | Any, int]], bool]
@@ -114,10 +68,10 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
     def __init__(
         self,
         key: PrivateKey,
-        config: ProbeConfig = ProbeConfig(),
+        config: ProbeConfig | None = None,
         on_change: Callable[[PeerId | None], None] | None = None,
     ) -> None:
-        self.config = config
+        self.config = config = config or ProbeConfig()
         self.codec = ProbeCodec(key, window=config.window, replay_capacity=config.replay_capacity)
         self.counters = ProbeCounters()
         self._on_change = on_change

@@ -22,7 +22,7 @@ from overlayd.agent.path_keeper import PathKeeper
 from overlayd.disk.node_key import NodeKey
 from overlayd.disk.state_dir import StateDir
 from overlayd.planning.node import plan_node
-from overlayd.probe.prober import ProbeConfig
+from overlayd.probe.settings import ProbeConfig
 from overlayd.store.api import StoreKeys
 from overlayd.store.memory import MemStore
 from overlayd.values.config import NetworkConfig

@@ -11,7 +11,7 @@ from pathlib import Path
 from overlayd.agent.churnlog import change_counts, lease_counts, summary, wireguard_counts
 from overlayd.agent.path_keeper import PathKeeper
 from overlayd.disk.node_key import NodeKey
-from overlayd.probe.prober import ProbeConfig
+from overlayd.probe.settings import ProbeConfig
 from overlayd.runtime.logs import Churn
 from overlayd.values.kernel_state import Changes, RouteEntry
 from overlayd.values.lease import LeaseRecord

@@ -9,7 +9,7 @@ from overlayd.agent.daemon import Daemon
 from overlayd.agent.path_keeper import PathKeeper
 from overlayd.disk.node_key import NodeKey
 from overlayd.disk.state_dir import StateDir
-from overlayd.probe.prober import ProbeConfig
+from overlayd.probe.settings import ProbeConfig
 from overlayd.store.memory import MemStore
 from overlayd.values.errors import KernelError, WireGuardError
 from tests.builders import daemon_options

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.planning.linger import Linger, linger_for
-from overlayd.probe.prober import ProbeConfig
+from overlayd.probe.settings import ProbeConfig
 
 A, B = IPv4Network("10.244.1.0/24"), IPv4Network("10.244.2.0/24")
 PRIV, PUB, OTHER = IPv4Address("10.0.0.2"), IPv4Address("198.51.100.2"), IPv4Address("192.0.2.9")

@@ -29,7 +29,8 @@ from overlayd.agent.rotation import (
 )
 from overlayd.dataplane.wireguard import kernel, uapi
 from overlayd.disk.node_key import KEY_FILE, NodeKey, NodeKeyError
-from overlayd.probe.prober import PeerTarget, Prober
+from overlayd.probe.prober import Prober
+from overlayd.probe.settings import PeerTarget
 from overlayd.probe.wire import ProbeCodec, Reject
 from overlayd.store.api import ControlValue, StoreKeys
 from overlayd.values.errors import StoreError

@@ -21,7 +21,8 @@ from typing import Any
 import uvloop
 
 from overlayd.planning.path_choice import ChooseParams, choose_path, confirmed_public, probe_targets
-from overlayd.probe.prober import PeerTarget, ProbeConfig, Prober
+from overlayd.probe.prober import Prober
+from overlayd.probe.settings import PeerTarget, ProbeConfig
 from overlayd.values.keys import PrivateKey, PublicKey
 from overlayd.values.paths import PeerCandidates, PeerPath
 from tests.lab.tools import write_json
