@@ -165,15 +165,17 @@ class Daemon:
             tasks.create_task(self.reconcile_loop())
 
     async def _discover(self, discovery: AddressDiscovery, run: _Running) -> None:
-        """Learn our public address ourselves; no warning once our lease has one."""
+        """Learn our public address ourselves (a warning if one is missing and needed)."""
 
-        def confirmed() -> bool:
+        def needed() -> bool:
             held = run.keeper.held
-            return held is not None and bool(held.record.public_ips)
+            if held is None or held.record.public_ips:
+                return False
+            return any(r.site != held.record.site for r in run.fold.records.values())
 
         await discovery.run(
             self.paths.share_socket, self._on_reflexive, site_local=run.site_local,
-            confirmed=confirmed,
+            needed=needed,
         )  # fmt: skip
 
     async def _start(self) -> _Running:

@@ -9,8 +9,10 @@ and one becomes a ``PublicIPs`` address only once such a peer confirms it (the r
 addresses of ``path_keeper``), as an address learned from the peers themselves does.
 
 When nothing is learned and this node's underlay address reaches only inside its site,
-one warning says so, with the flags that would fix it: peers of other sites cannot reach
-this node then (it still reaches those with public addresses itself).
+one line says so, with the flags that would fix it: peers of other sites cannot reach
+this node then (it still reaches those with public addresses itself). It is a warning
+when there are such peers and none confirmed an address of ours, else an info line (a
+network of one site needs no public address).
 """
 
 from __future__ import annotations
@@ -73,13 +75,14 @@ class AddressDiscovery:
         on_change: Callable[[], None],
         *,
         site_local: bool,
-        confirmed: Callable[[], bool] = lambda: False,
+        needed: Callable[[], bool] = lambda: True,
     ) -> None:
         """Ask, tell ``on_change`` (after the first round, and whenever what was learned
         changed), and ask STUN again every ``interval``, from the probe socket
         (``share``: ``PathKeeping.share_socket``). ``site_local``: our underlay address
-        reaches only inside our site; then learning nothing is worth a warning, unless
-        peers ``confirmed`` a public address of ours by then."""
+        reaches only inside our site; then learning nothing is worth a warning if a public
+        address is still ``needed`` by then (peers of other sites exist, and none of them
+        confirmed an address of ours), else an info line."""
         stun = stun_over(share) if self._servers else None
         first = True
         while True:
@@ -92,8 +95,9 @@ class AddressDiscovery:
                 on_change()
             if first and not learned and site_local:
                 await self._sleep(self._warn_after)
-                if not self.learned and not confirmed():
-                    log.warning("no public address learned (%s): %s", self.summary, FIX_HINT)
+                if not self.learned:
+                    level = logging.WARNING if needed() else logging.INFO
+                    log.log(level, "no public address learned (%s): %s", self.summary, FIX_HINT)
             first = False
             if stun is None or not self._servers:
                 return  # metadata is asked once: the answer is cached for the process

@@ -19,8 +19,9 @@ import pytest
 
 from overlayd.agent.discovery import AddressDiscovery
 from overlayd.discovery.metadata import CloudMetadata, Provider
+from overlayd.store.memory import MemStore
 from overlayd.values.lease import LeaseRecord
-from tests.component.agent_harness import Agent, agent, until
+from tests.component.agent_harness import Agent, add_peer, agent, until
 from tests.component.fake_dataplane import FakeDataPlane
 from tests.component.fake_paths import FakePaths
 from tests.lab.tools.metadata_server import metadata_app, serving
@@ -55,27 +56,35 @@ def test_metadata_address_is_a_candidate_until_a_peer_confirms_it(tmp_path: Path
     asyncio.run(body())
 
 
-def test_nothing_learned_is_one_warning_with_the_flags(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("other_site", [True, False])
+def test_nothing_learned_is_one_line_with_the_flags(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, other_site: bool
 ) -> None:
+    """A warning when peers of another site exist (they cannot reach us), an info line
+    in a network of one site (it needs no public address)."""
     caplog.set_level(logging.INFO, logger="overlayd")
+    store = MemStore()
 
     async def body() -> None:
+        await add_peer(store, 2, site="b" if other_site else "default")
         async with serving({}) as bases:  # no provider answers: every port refuses
             metadata = CloudMetadata(tuple(Provider), bases=bases)
-            discovery = AddressDiscovery(metadata, (), warn_after=0.1)
+            discovery = AddressDiscovery(metadata, (), warn_after=0.3)
             dp = FakeDataPlane(underlay_address=IPv4Address("10.0.0.9"))  # behind NAT
-            async with agent(tmp_path, dp=dp, paths=FakePaths(), discovery=discovery) as a:
+            async with agent(
+                tmp_path, store=store, dp=dp, paths=FakePaths(), discovery=discovery
+            ) as a:
                 await until(_asked(discovery), "the first round")
-                await asyncio.sleep(0.5)  # past warn_after
+                await asyncio.sleep(0.8)  # past warn_after
                 me = await a.me()
                 assert me.candidates == () and me.public_ips == ()
 
     asyncio.run(body())
-    lines = [m for r in caplog.records if "no public address learned" in (m := r.getMessage())]
-    assert len(lines) == 1, lines
+    found = [r for r in caplog.records if "no public address learned" in r.getMessage()]
+    assert len(found) == 1, found
+    assert found[0].levelno == (logging.WARNING if other_site else logging.INFO)
     for flag in ("--public-ip", "--stun-server", "--cloud-metadata"):
-        assert flag in lines[0]
+        assert flag in found[0].getMessage()
 
 
 def _asked(discovery: AddressDiscovery) -> Callable[[], Awaitable[bool]]:
