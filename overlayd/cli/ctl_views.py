@@ -72,12 +72,18 @@ def plan(ctx: click.Context, node: str, output: str) -> None:
 # -- peers (from a running daemon) -------------------------------------------------------
 
 
+def _daemon_json(url: str) -> Any:
+    """The JSON document the daemon's health port serves at ``url``; ``OSError`` or
+    ``ValueError`` when it cannot be fetched or parsed."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.load(resp)
+
+
 def _daemon_peers(url: str) -> list[dict[str, Any]]:
     """The ``peers`` list of the daemon's ``/peers`` at ``url``, checked to be a list of
     objects; ``DaemonUnreachableError`` (exit 1) otherwise."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            found = json.load(resp)["peers"]
+        found = _daemon_json(url)["peers"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DaemonUnreachableError(
             f"cannot read {url}: {exc}", hint="is overlayd running there? see --daemon"
@@ -136,8 +142,7 @@ def _discovery_line(url: str) -> str | None:
     """What the daemon learned of its own public address (its ``/status``), as one line;
     None when it was given ``--public-ip`` or cannot tell (an older daemon)."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            status = json.load(resp)
+        status = _daemon_json(url)
         discovery, public = status.get("discovery"), status.get("public_ips")
     except (OSError, ValueError, AttributeError):
         return None
