@@ -219,4 +219,18 @@ def full_matrix(daemons: dict[str, OverlaydProc], timeout: float = 15) -> None:
             try:
                 wait_until(partial(a.pings, b), timeout, f"{src} -> {dst}")
             except AssertionError as exc:
-                raise AssertionError(f"{exc}\n--- log of {src}:\n{a.log()}") from None
+                raise AssertionError(f"{exc}\n{_pair_report(a, b)}") from None
+
+
+def _pair_report(a: OverlaydProc, b: OverlaydProc) -> str:
+    """Both ends' logs and WireGuard state (keys hidden), for a failed pair."""
+    parts = []
+    for d in (a, b):
+        wg = ns_run(d.ns, "wg", "show", "all", check=False)
+        wg_go = d.workdir / "state" / "wireguard-go.log"
+        wg_log = wg_go.read_text()[-2000:] if wg_go.exists() else "(none)"
+        parts.append(
+            f"--- log of {d.node}:\n{d.log()}\n--- wg show on {d.node}:\n{wg.stdout}"
+            f"--- wireguard-go log of {d.node}:\n{wg_log}"
+        )
+    return "\n".join(parts)
