@@ -22,6 +22,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.agent.churnlog import activity_churn
@@ -34,6 +35,7 @@ from overlayd.agent.lease_publish import LeasePublisher, lease_template
 from overlayd.agent.options import DaemonOptions
 from overlayd.agent.path_api import PathKeeping
 from overlayd.agent.reconcile import ReconcilePass
+from overlayd.agent.relay_keeper import RelayKeeper, annotate
 from overlayd.agent.rotation import KeyRotation
 from overlayd.agent.status import Handler, HealthServer, Reply
 from overlayd.agent.status_docs import Status, healthz, peersz, readyz, statusz
@@ -64,6 +66,7 @@ class _Running:
     reconcile: ReconcilePass
     gateway: GatewayAgent | None
     site_local: bool  # our underlay address reaches only inside our site
+    relays: RelayKeeper | None  # WireGuard in the mesh topology: stranded pairs, relay checks
 
 
 class Daemon:
@@ -150,12 +153,16 @@ class Daemon:
 
     async def _main(self) -> None:
         run = await self._start()
-        if run.cfg.topology.uses_gateways:
-            # gateways forward between the in-site VXLAN and WireGuard; any host may become one
+        held = run.keeper.held
+        if run.cfg.topology.uses_gateways or (held is not None and held.record.relay):
+            # gateways forward between the in-site VXLAN and WireGuard (any host may become
+            # one); a relay between its WireGuard peers
             await asyncio.to_thread(self.host.enable_forwarding)
         async with asyncio.TaskGroup() as tasks:
             if run.gateway is not None:
                 tasks.create_task(run.gateway.run())
+            if run.relays is not None:
+                tasks.create_task(run.relays.run())
             tasks.create_task(run.keeper.keep())
             tasks.create_task(run.rotation.watch())
             tasks.create_task(run.fold.watch(self.store, lambda full: self.mark_dirty(full=full)))
@@ -236,14 +243,17 @@ class Daemon:
         fold = LeaseFold(
             cfg.network, identity.node_id, keeper, self.paths, self._churn, self.status
         )
+        relays = None
+        if cfg.backend.uses_wireguard and not cfg.topology.uses_gateways:
+            relays = RelayKeeper(self._key, self.mark_dirty, self.clock.monotonic)
         reconcile = ReconcilePass(
             cfg, devices, self.dp, self.paths, gateway, self._ingress, self._churn, self.clock,
-            self.status, unguessable,
+            self.status, unguessable, relays,
         )  # fmt: skip
         publisher = LeasePublisher(keeper, rotation, self.paths, cfg.network, self.opts.public_ips)
         return _Running(
             cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway,
-            is_site_local(underlay.address),
+            is_site_local(underlay.address), relays,
         )  # fmt: skip
 
     async def _wait_config(self) -> NetworkConfig:
@@ -326,6 +336,10 @@ class Daemon:
         assert run.keeper.held is not None
         probed, self._probed = self._probed, set()
         fold = run.fold
+        if run.relays is not None:
+            report = partial(self.paths.report, fold.records, {})
+            rtts = run.relays.rtts(run.keeper.held.record, fold.records, report)
+            await run.publisher.publish_relay_rtts(rtts)
         planned = run.reconcile.plan(
             run.keeper.held.record, fold.records, fold.created, fold.take_changed(), probed,
             self._full,
@@ -346,6 +360,8 @@ class Daemon:
         self.paths.set_key(key)
         if run.gateway is not None:
             run.gateway.through.set_key(key.private)
+        if run.relays is not None:
+            run.relays.set_key(key.private)
         self._device_stale = True
 
     # -- health ------------------------------------------------------------------------
@@ -368,7 +384,8 @@ class Daemon:
             return peersz(None)
         if run is None:
             return peersz(self.paths.report({}, {}))
-        return peersz(self.paths.report(run.fold.records, run.reconcile.via))
+        reports = self.paths.report(run.fold.records, run.reconcile.via)
+        return peersz(annotate(reports, run.reconcile.relayed, run.reconcile.unrelayed))
 
     def _statusz(self) -> Reply:
         run = self._running

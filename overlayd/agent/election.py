@@ -23,16 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
+from overlayd.agent.through import ThroughProbes
 from overlayd.disk.node_key import NodeKey
 from overlayd.planning.gateway import entry_points
-from overlayd.probe.prober import Prober
-from overlayd.probe.settings import PeerTarget, ProbeConfig
 from overlayd.runtime.retry import FIXED_1S, Retry
 from overlayd.store.api import Store
 from overlayd.values.config import GATEWAY, NetworkConfig
 from overlayd.values.errors import StoreError
 from overlayd.values.gateway_state import GatewayClaim, GatewayState, HealthReport
-from overlayd.values.keys import PublicKey
 from overlayd.values.lease import LeaseRecord
 
 log = logging.getLogger("overlayd.gateway")
@@ -71,12 +69,9 @@ class GatewayAgent:
         self._me: LeaseRecord | None = None
         self._leases: dict[IPv4Network, LeaseRecord] = {}
         self._wake = asyncio.Event()
-        self.through_targets: set[IPv4Network] = set()
         self._through_gateway: str | None = None  # the gateway our through-probes cross
         # probes to other sites' overlay addresses: they cross our gateway
-        self.through: Prober[IPv4Network] = Prober(
-            key.private, ProbeConfig(port=0), lambda _peer: self._wake.set()
-        )
+        self.through = ThroughProbes(key, self._wake.set)
 
     @property
     def active(self) -> bool:
@@ -140,12 +135,10 @@ class GatewayAgent:
         claim = self.state.claims.get(me.site)
         mine = claim is not None and claim.node_id == me.node_id
         gateway_id = claim.node_id if claim is not None and not mine else None
-        if gateway_id != self._through_gateway:
-            # another gateway: what the probes said about the old one says nothing of it
-            self._through_gateway = gateway_id
-            self.through.set_peers({})
-            self.through_targets = set()
-        self._set_through_targets(me, member=gateway_id is not None)
+        # another gateway: what the probes said about the old one says nothing of it
+        fresh = gateway_id != self._through_gateway
+        self._through_gateway = gateway_id
+        self._set_through_targets(me, member=gateway_id is not None, fresh=fresh)
         if claim is None:
             await self._maybe_claim(me)
         elif mine:
@@ -177,32 +170,18 @@ class GatewayAgent:
             self._cooldown_until = time.monotonic() + COOLDOWN
             await self._store.resign_gateway(me.site, claim)
 
-    def _set_through_targets(self, me: LeaseRecord, *, member: bool) -> None:
-        targets: dict[IPv4Network, PeerTarget] = {}
+    def _set_through_targets(self, me: LeaseRecord, *, member: bool, fresh: bool) -> None:
+        targets: dict[IPv4Network, LeaseRecord] = {}
         if member:
             for site in sorted({r.site for r in self._leases.values()} - {me.site}):
                 for entry in entry_points(self._cfg, self._leases, self.state.claims, site):
                     if entry.public_key and entry.probe_port:
-                        targets[entry.subnet] = PeerTarget(
-                            PublicKey.from_base64(entry.public_key),
-                            (entry.overlay_ip,),
-                            entry.site,
-                            entry.probe_port,
-                        )
-        chosen = dict(sorted(targets.items())[:THROUGH_TARGETS])
-        if chosen.keys() != self.through_targets:
-            self.through.set_peers(chosen)
-            for subnet, target in chosen.items():
-                self.through.set_chosen(subnet, target.candidates[0])
-            self.through_targets = set(chosen)
+                        targets[entry.subnet] = entry
+        self.through.set_targets(dict(sorted(targets.items())[:THROUGH_TARGETS]), fresh=fresh)
 
     def forwarding(self) -> bool | None:
         """Whether our gateway forwards: None until a path through it has ever worked."""
-        stats = [s for t in self.through_targets for s in self.through.stats(t).values()]
-        ever = [s for s in stats if s.verified or s.downs]
-        if not ever:
-            return None
-        return any(s.verified for s in ever)
+        return self.through.forwarding()
 
     async def _report(self, me: LeaseRecord, claim: GatewayClaim) -> None:
         forwarding = self.forwarding()

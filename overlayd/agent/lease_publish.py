@@ -3,7 +3,8 @@
 Owns two facts peers learn from our lease after the first claim: the public key our
 devices use (changed by a rotation, then acknowledged to ``overlayctl node rotate-key``)
 and, with ``--public-ip auto``, the public addresses peers in other sites confirmed and
-those the node learned itself (``Candidates``, overlayd/agent/discovery.py). The
+those the node learned itself (``Candidates``, overlayd/agent/discovery.py), and our
+round trips to relays (``RelayRTTs``, overlayd/agent/relay_keeper.py). The
 lease keeper (overlayd/store/lease_keeper.py) writes them.
 """
 
@@ -24,6 +25,7 @@ from overlayd.values.config import NetworkConfig
 from overlayd.values.keys import PublicKey
 from overlayd.values.lease import LeaseRecord
 from overlayd.values.lease_rules import check_own_record, publishable
+from overlayd.values.paths import is_site_local
 
 log = logging.getLogger("overlayd")
 
@@ -55,6 +57,12 @@ class LeasePublisher:
         published = self._me().public_key
         await self._rotation.acknowledge(PublicKey.from_base64(published) if published else None)
 
+    async def publish_relay_rtts(self, rtts: tuple[tuple[IPv4Network, int], ...]) -> None:
+        """Our lease's ``RelayRTTs`` (overlayd/planning/relay.py ``rtts_to_publish``)."""
+        me = self._me()
+        if me.relay_rtts != rtts:
+            await self._keeper.republish(replace(me, relay_rtts=rtts))
+
     async def publish_public_ips(self, learned: tuple[IPv4Address, ...] = ()) -> None:
         """``--public-ip auto``: publish the addresses peers in other sites confirmed as
         ``PublicIPs``, and those we ``learned`` ourselves (cloud metadata, STUN) that no
@@ -68,6 +76,16 @@ class LeasePublisher:
         if wanted != tuple(sorted(me.public_ips)):
             log.info("public addresses confirmed by peers: %s", ", ".join(map(str, found)))
         await self._keeper.republish(replace(me, public_ips=wanted, candidates=candidates))
+
+
+def relays(opts: DaemonOptions, cfg: NetworkConfig, underlay: Underlay) -> bool:
+    """Whether this node relays (``--relay``; by default when it has a public address of
+    its own or from ``--public-ip``). Only WireGuard is relayed, in the mesh topology."""
+    if not cfg.backend.uses_wireguard or cfg.topology.uses_gateways:
+        return False
+    if opts.relay is not None:
+        return opts.relay
+    return bool(opts.public_ips) or not is_site_local(underlay.address)
 
 
 def lease_template(
@@ -96,6 +114,7 @@ def lease_template(
         probe_port=probe_port,
         wireguard_port=backend.listen_port if backend.uses_wireguard else None,
         gateway_candidate=opts.gateway_candidate if cfg.topology.uses_gateways else None,
+        relay=relays(opts, cfg, underlay) or None,
     )
     check_own_record(template, cfg.network)  # peers would refuse it otherwise
     return template

@@ -38,5 +38,6 @@ class DaemonOptions:
     probe_port: int = DEFAULT_PROBE_PORT
     public_ip_auto: bool = True  # publish public addresses that peers in other sites confirm
     gateway_candidate: bool = True  # may be elected its site's gateway (gateway topology)
+    relay: bool | None = None  # forward for stranded pairs; None: if it has a public address
     cloud_metadata: tuple[Provider, ...] = ()  # whose metadata service to ask (with auto)
     stun_servers: tuple[StunServer, ...] = ()  # STUN servers to ask (with auto)

@@ -44,6 +44,7 @@ class PeerReport:
     verified: tuple[IPv4Address, ...]
     via: str | None = None  # the gateway this peer is reached through, if any
     why: str | None = None  # why there is no path
+    relay: str | None = None  # the relay this peer is reached through, if any
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +58,7 @@ class PeerReport:
             "last_success": self.last_success,
             "verified": [str(a) for a in self.verified],
             "via": self.via,
+            "relay": self.relay,
         }
 
 

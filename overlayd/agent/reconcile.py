@@ -20,6 +20,7 @@ from overlayd.agent.devices import Device, Devices
 from overlayd.agent.election import GatewayAgent
 from overlayd.agent.host import Clock
 from overlayd.agent.path_api import PathKeeping
+from overlayd.agent.relay_keeper import RelayKeeper
 from overlayd.agent.status_docs import Status
 from overlayd.dataplane.api import DataPlaneApi
 from overlayd.dataplane.ingress_nft import IngressFilter
@@ -85,8 +86,10 @@ class ReconcilePass:
         clock: Clock,
         status: Status,
         unguessable: frozenset[IPv4Address],
+        relays: RelayKeeper | None = None,
     ) -> None:
-        """``unguessable``: addresses never guessed as a path (our etcd endpoints')."""
+        """``unguessable``: addresses never guessed as a path (our etcd endpoints');
+        ``relays``: stranded peers and relay checks (None: this network relays nothing)."""
         self._unguessable = unguessable
         self._cfg, self._devices, self._dp, self._paths = cfg, devices, dataplane, paths
         self._gateway, self._ingress, self._churn = gateway, ingress, churn
@@ -95,6 +98,9 @@ class ReconcilePass:
         self._plain = CrossSiteWarning()
         self._warned: set[IPv4Network] = set()  # skipped peers already logged
         self.via: dict[IPv4Network, str] = {}  # peers reached through our site's gateway
+        self._relays = relays
+        self.relayed: dict[IPv4Network, str] = {}  # peers reached through a relay
+        self.unrelayed: Mapping[IPv4Network, str] = {}  # stranded, no relay: why
 
     @property
     def _may_delete(self) -> bool:
@@ -122,18 +128,33 @@ class ReconcilePass:
         # which paths verified matters to WireGuard endpoints only: O(peers), so not per
         # event of a plain VXLAN network
         verified = paths.verified() if backend.uses_wireguard else frozenset()
+        relays = self._relays
+        stranded = frozenset() if relays is None else relays.stranded(records, verified)
         found = plan_node(
             self._cfg, me, records,
             claims=self._gateway.state.claims if self._gateway else None,
             paths=paths.paths, verified=verified, created=created,
             unguessable=self._unguessable, memo=self._memo, changed=None if full else changed,
+            stranded=stranded, broken_relays=frozenset() if relays is None else relays.broken(),
         )  # fmt: skip
+        if relays is not None:
+            relays.watch(found.relays, records)
+            self._relay_log(found)
         if self._gateway is not None and found.role != self._status.role:
             gw = found.gateway.node if found.gateway else "none"
             log.info("topology role in site %s: %s (gateway %s)", me.site, found.role, gw)
             self._status.role = found.role
         self.via = found.via
         return Planned(me, found, changed, full)
+
+    def _relay_log(self, found: NodePlan) -> None:
+        """One line per peer that starts or stops going through a relay."""
+        relayed = found.relayed
+        for subnet in sorted(relayed.keys() - self.relayed.keys()):
+            log.info("peer %s: no direct path verified; via relay %s", subnet, relayed[subnet])
+        for subnet in sorted(self.relayed.keys() - relayed.keys()):
+            log.info("peer %s: no longer via relay %s", subnet, self.relayed[subnet])
+        self.relayed, self.unrelayed = relayed, found.relays.none
 
     async def apply_vxlan(self, planned: Planned) -> VxlanPeers | None:
         """The VXLAN plan onto the device; returns its peers for the ingress filter

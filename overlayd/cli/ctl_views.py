@@ -168,6 +168,8 @@ def _peer_row(p: dict[str, Any], now: float) -> list[str]:
 
     rtt, last = number("rtt_ms"), number("last_success")
     path = f"via gateway {text('via')}" if p.get("via") else text("kind")
+    if p.get("relay"):
+        path = f"via relay {text('relay')}"
     return [
         text("node"), text("subnet"), text("site"), text("address"), path,
         "-" if rtt is None else f"{rtt:.2f}ms",

@@ -149,6 +149,12 @@ def run_daemon(opts: DaemonOptions, dataplane: DataPlane) -> None:
     default=True,
     help="May this node be elected its site's gateway (gateway topology).",
 )
+@click.option(
+    "--relay/--no-relay",
+    default=None,
+    help="Forward WireGuard traffic between peers that cannot reach each other (default: "
+    "when this node has a public address on its interface or from --public-ip).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option(
     "--lease-ttl",
@@ -186,6 +192,7 @@ def main(
     resync_interval: float,
     probe_port: int,
     gateway_candidate: bool,
+    relay: bool | None,
     debug: bool,
 ) -> None:
     """Run the overlay network daemon on this host."""
@@ -220,6 +227,7 @@ def main(
         probe_port=probe_port,
         public_ip_auto=auto,
         gateway_candidate=gateway_candidate,
+        relay=relay,
         cloud_metadata=parse_mode(cloud_metadata),
         stun_servers=stun_servers,
     )

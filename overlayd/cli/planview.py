@@ -13,6 +13,7 @@ from ipaddress import IPv4Network
 from typing import Any
 
 from overlayd.planning.node import NodePlan
+from overlayd.planning.relay import RelayPlan
 from overlayd.planning.wireguard import WireGuardPlan
 
 
@@ -36,6 +37,7 @@ def plan_json(node: str, subnet: IPv4Network, plan: NodePlan) -> dict[str, Any]:
             for k, p in sorted(plan.vxlan.paths.items())
         },
         "wireguard": wireguard_json(plan.wireguard),
+        "relays": relays_json(plan.relays),
         "skipped": [{"subnet": str(s), "reason": r} for s, r in plan.skipped],
     }
 
@@ -51,6 +53,7 @@ def plan_lines(node: str, subnet: IPv4Network, backend: str, plan: NodePlan) -> 
     lines += [f"neigh {n.ip} lladdr {n.mac} permanent" for n in sorted(state.neighs.values())]
     lines += [f"fdb {f.mac} dst {f.dst} self permanent" for f in sorted(state.fdbs.values())]
     lines += wireguard_lines(plan.wireguard)
+    lines += relay_lines(plan.relays)
     lines += [f"# skipped {s}: {reason}" for s, reason in plan.skipped]
     return lines
 
@@ -89,3 +92,26 @@ def wireguard_lines(plan: WireGuardPlan) -> list[str]:
         )
     lines += [f"wireguard route {r.dst} via {r.via} onlink" for r in sorted(plan.routes.values())]
     return lines
+
+
+def relays_json(plan: RelayPlan) -> dict[str, Any]:
+    """The relays for ``overlayctl plan -o json``: ``applied`` false offline, where the
+    plan says which relay a peer would get if no direct path to it verifies."""
+    return {
+        "applied": plan.applied,
+        "via": [
+            {"subnet": str(s), "relay": c.node, "relay_subnet": str(c.relay), "rtt_ms": c.rtt_ms}
+            for s, c in sorted(plan.chosen.items(), key=_subnet_order)
+        ],
+        "none": [{"subnet": str(s), "reason": r} for s, r in sorted(plan.none.items())],
+    }
+
+
+def relay_lines(plan: RelayPlan) -> list[str]:
+    """The relays for ``overlayctl plan``, one line per relayed (or relayable) peer."""
+    when = "" if plan.applied else "if no direct path verifies: "
+    lines = [
+        f"# relay {s}: {when}via relay {c.node} ({c.relay}, combined rtt {c.rtt_ms} ms)"
+        for s, c in sorted(plan.chosen.items(), key=_subnet_order)
+    ]
+    return lines + [f"# relay {s}: none: {r}" for s, r in sorted(plan.none.items())]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.planning.gateway import GatewayPlan, plan_gateway
+from overlayd.planning.relay import RelayPlan, apply_relays, choose_relays
 from overlayd.planning.vxlan import Plan, Planner, Touched
 from overlayd.planning.wireguard import WireGuardPlan, plan_wireguard
 from overlayd.values.config import NetworkConfig
@@ -45,7 +46,8 @@ class NodePlan:
     waiting = none elected yet); None outside the gateway topology. ``gateway``: our
     site's gateway claim. ``refused``: records the scope check refused, sorted.
     ``touched``: set when the VXLAN side was patched incrementally: the keys that may
-    differ from the previous plan (None: planned in full, diff everything).
+    differ from the previous plan (None: planned in full, diff everything). ``relays``:
+    the stranded peers and the relay carrying each (``planning/relay.py``).
 
     The mappings are keyed by subnet (peers), address or MAC, the same whatever the order
     of the input; what renders them (``skipped`` here, ``overlayd.cli.planview``) sorts.
@@ -60,6 +62,7 @@ class NodePlan:
     gateway: GatewayClaim | None = None
     refused: tuple[tuple[IPv4Network, str], ...] = ()
     touched: Touched | None = None
+    relays: RelayPlan = field(default_factory=RelayPlan)
 
     @property
     def vxlan_leases(self) -> Mapping[IPv4Network, LeaseRecord]:
@@ -80,6 +83,13 @@ class NodePlan:
     def skipped(self) -> list[tuple[IPv4Network, str]]:
         """Every peer not programmed (refused, VXLAN- or WireGuard-skipped), sorted."""
         return sorted((*self.vxlan.skipped, *self.wireguard.skipped, *self.refused))
+
+    @property
+    def relayed(self) -> dict[IPv4Network, str]:
+        """Subnets reached through a relay -> the relay's node name."""
+        if not self.relays.applied:
+            return {}
+        return {s: c.node for s, c in self.relays.chosen.items()}
 
     @property
     def via(self) -> dict[IPv4Network, str]:
@@ -145,6 +155,8 @@ def plan_node(
     unguessable: Collection[IPv4Address] = frozenset(),
     memo: PlanMemo | None = None,
     changed: Collection[IPv4Network] | None = None,
+    stranded: Collection[IPv4Network] | None = None,
+    broken_relays: Collection[tuple[IPv4Network, IPv4Network]] = frozenset(),
 ) -> NodePlan:
     """``me``'s plan under ``cfg``'s backend and topology.
 
@@ -156,6 +168,10 @@ def plan_node(
     the node's ``PlanMemo`` (a fresh one when None). ``changed``: the subnets changed since
     the previous call with ``memo`` (None: plan everything); VXLAN is then patched in
     place when the backend has no WireGuard side and the change allows it.
+    ``stranded``: WireGuard peers with no direct path verified within the grace time,
+    carried by a relay (``broken_relays``: (peer, relay) pairs not to use); None: not
+    known (offline), the plan then says which relay each WireGuard peer would get.
+    Relays carry pairs in the mesh topology only.
     """
     memo = memo or PlanMemo()
     network, backend = cfg.network, cfg.backend
@@ -171,21 +187,41 @@ def plan_node(
             unguessable=unguessable,
         )  # fmt: skip
         wireguard = topo.wireguard
-    else:
+    relays = RelayPlan()
+    if topo is None:
         wireguard = plan_wireguard(
             me, usable, backend, paths, verified=verified, network=network, created=created,
             unguessable=unguessable,
         )  # fmt: skip
+        relays = _relays(me, usable, wireguard, stranded, broken_relays)
+        wireguard = apply_relays(wireguard, relays, usable)
     if backend.uses_vxlan:
         vxlan = memo.vxlan.plan(me, wireguard.vxlan_leases, paths, network, created, unguessable)
     else:
         vxlan = Plan(KernelState(), {}, ())
     if topo is None:
-        return NodePlan(vxlan, wireguard, refused=refused)
+        return NodePlan(vxlan, wireguard, refused=refused, relays=relays)
     if topo.via_gateway:  # other sites' subnets, through our gateway
         routes = {**vxlan.state.routes, **topo.via_gateway}
         vxlan = replace(vxlan, state=replace(vxlan.state, routes=routes))
     return NodePlan(vxlan, wireguard, topo.via_gateway, topo.role, topo.gateway, refused)
+
+
+def _relays(
+    me: LeaseRecord,
+    records: Mapping[IPv4Network, LeaseRecord],
+    wireguard: WireGuardPlan,
+    stranded: Collection[IPv4Network] | None,
+    broken: Collection[tuple[IPv4Network, IPv4Network]],
+) -> RelayPlan:
+    """The relay plan of ``plan_node`` (offline: what each WireGuard peer would get)."""
+    if stranded is None:
+        if not me.relay_rtts:
+            return RelayPlan(applied=False)
+        found = choose_relays(me, records, wireguard.peers, broken, wireguard.peers)
+        return replace(found, none={}, applied=False)
+    wg_stranded = [s for s in stranded if s in wireguard.peers]
+    return choose_relays(me, records, wg_stranded, broken, wireguard.peers)
 
 
 def _patch(

@@ -21,11 +21,13 @@ from overlayd.values.errors import LeaseFormatError
 from overlayd.values.kernel_state import MacAddress
 from overlayd.values.lease_rules import (
     MAX_ADDRESSES,
+    MAX_RELAY_RTTS,
     MAX_VALUE_BYTES,
     flannel_node_name,
     is_backend_type,
     is_label,
     is_node_id,
+    relay_rtt_error,
     scope_error,
 )
 from overlayd.values.text import quote
@@ -76,6 +78,10 @@ class LeaseRecord:
     # public addresses the node learned for itself (cloud metadata, STUN) that no peer of
     # another site confirmed yet: probed by peers, never guessed (docs/nat.md)
     candidates: tuple[IPv4Address, ...] = ()
+    relay: bool | None = None  # forwards between its WireGuard peers for pairs that need it
+    # round trips (ms) to the relays this node verified, by relay subnet, sorted: both ends
+    # of a relayed pair choose the same relay from them (overlayd/planning/relay.py)
+    relay_rtts: tuple[tuple[IPv4Network, int], ...] = ()
 
     @property
     def overlay_ip(self) -> IPv4Address:
@@ -103,6 +109,10 @@ class LeaseRecord:
                 out[key] = value
         if self.candidates:
             out["Candidates"] = [str(a) for a in self.candidates]
+        if self.relay is not None:
+            out["Relay"] = self.relay
+        if self.relay_rtts:
+            out["RelayRTTs"] = {subnet_key_name(s): ms for s, ms in self.relay_rtts}
         return json.dumps(out, sort_keys=True)
 
 
@@ -155,6 +165,30 @@ def _public_key(obj: dict[str, Any]) -> str | None:
     if len(raw) != 32:
         raise LeaseFormatError(f"PublicKey must be 32 bytes of base64, got {quote(value)}")
     return str(value)
+
+
+def _relay_rtts(value: Any) -> tuple[tuple[IPv4Network, int], ...]:
+    """``RelayRTTs``: an object of relay subnet keys (``10.244.3.0-24``) to milliseconds."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise LeaseFormatError(f"RelayRTTs must be an object, got {quote(value)}")
+    if len(value) > MAX_RELAY_RTTS:
+        raise LeaseFormatError(
+            f"RelayRTTs has {len(value)} entries, at most {MAX_RELAY_RTTS} allowed"
+        )
+    out = []
+    for key, ms in value.items():
+        try:
+            subnet = parse_subnet_key_name(key)
+        except LeaseFormatError:  # its message quotes the whole key
+            raise LeaseFormatError(
+                f"RelayRTTs key {quote(key)} is not a subnet key (a.b.c.d-len)"
+            ) from None
+        if (why := relay_rtt_error(ms)) is not None:
+            raise LeaseFormatError(f"RelayRTTs {subnet_key_name(subnet)} {why}, got {quote(ms)}")
+        out.append((subnet, ms))
+    return tuple(sorted(out, key=lambda item: (int(item[0].network_address), item[0].prefixlen)))
 
 
 def _str(obj: dict[str, Any], key: str, default: str) -> str:
@@ -242,4 +276,6 @@ def _record(subnet: IPv4Network, raw: dict[str, Any]) -> LeaseRecord:
         wireguard_port=_port(raw, "WireGuardPort"),
         gateway_candidate=_optional_bool(raw, "GatewayCandidate"),
         candidates=_addrs(raw.get("Candidates"), "Candidates"),
+        relay=_optional_bool(raw, "Relay"),
+        relay_rtts=_relay_rtts(raw.get("RelayRTTs")),
     )

@@ -34,6 +34,10 @@ MAX_VALUE_BYTES = 8192
 """A lease value's size limit. A real record with 16 addresses in each list is ~1.3 KiB."""
 MAX_ADDRESSES = 16
 """At most this many ``PrivateIPs`` and this many ``PublicIPs``."""
+MAX_RELAY_RTTS = 16
+"""At most this many entries in ``RelayRTTs`` (the relays a node measured, docs/nat.md)."""
+MAX_RELAY_RTT_MS = 60_000
+"""A ``RelayRTTs`` value above this (milliseconds) is not a round trip but a hostile value."""
 MAX_NODE_ID = 64
 MAX_BACKEND_TYPE = 32
 MAX_LABEL = 63
@@ -57,6 +61,15 @@ def is_node_id(text: str) -> bool:
 def is_backend_type(text: str) -> bool:
     """A backend type name: 1-32 of [a-z0-9+._-]; unknown ones decode, planners skip them."""
     return len(text) <= MAX_BACKEND_TYPE and _BACKEND_TYPE.fullmatch(text) is not None
+
+
+def relay_rtt_error(value: object) -> str | None:
+    """Why ``value`` is not a ``RelayRTTs`` round trip (whole milliseconds), None if it is."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return "must be whole milliseconds"
+    if not 0 <= value <= MAX_RELAY_RTT_MS:
+        return f"must be 0..{MAX_RELAY_RTT_MS} ms"
+    return None
 
 
 def flannel_node_name(public_ip: IPv4Address) -> str:

@@ -1,0 +1,200 @@
+"""The daemon's side of relays: which peers are stranded, whether their relay forwards,
+and the round trips to relays this node publishes (docs/nat.md, "Relays").
+
+The choice itself is pure (overlayd/planning/relay.py); this module owns the clock-bound
+facts it needs:
+
+* **stranded**: a peer whose direct path has not been verified by our probes for
+  ``grace`` seconds (since we first saw it, or since its path stopped answering). It
+  leaves the relay only once a direct path has been verified for ``upgrade_hold``
+  seconds without a break (hysteresis: a flapping direct path never moves traffic).
+* **data-plane check**: each relayed peer is probed at its overlay address
+  (``ThroughProbes``, as members check their gateway), so the probes cross the relay both
+  ways. A relay whose probes stop being answered, or are never answered within
+  ``through_grace``, is *broken* for that peer for ``cooldown`` seconds: the planner
+  moves the pair to the next relay, or reports it with no path and why.
+* **published RTTs**: the round trip of our verified path to each relay, given to
+  ``rtts_to_publish`` (hysteresis) for our lease's ``RelayRTTs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import replace
+from ipaddress import IPv4Network
+
+from overlayd.agent.path_keeper import PeerReport
+from overlayd.agent.through import ThroughProbes
+from overlayd.disk.node_key import NodeKey
+from overlayd.planning.relay import RelayPlan, RelayRtts, rtts_to_publish
+from overlayd.values.keys import PrivateKey
+from overlayd.values.lease import LeaseRecord
+
+log = logging.getLogger("overlayd.relay")
+
+GRACE = 3.0  # seconds a peer's direct path may take to verify before a relay carries it
+UPGRADE_HOLD = 3.0  # seconds a direct path must stay verified before the relay is left
+THROUGH_GRACE = 5.0  # seconds the probes through a new relay may take to be answered
+COOLDOWN = 60.0  # seconds a relay that stopped forwarding for a peer is not used for it
+
+
+class RelayKeeper:
+    """Stranded peers, broken relays and our relay RTTs; ``on_change`` wakes the daemon
+    (a grace time ran out, a probe through a relay changed its verdict)."""
+
+    def __init__(
+        self,
+        key: NodeKey,
+        on_change: Callable[[], None],
+        clock: Callable[[], float],
+        *,
+        grace: float = GRACE,
+        upgrade_hold: float = UPGRADE_HOLD,
+    ) -> None:
+        self._on_change, self._clock = on_change, clock
+        self._grace, self._hold = grace, upgrade_hold
+        self.through = ThroughProbes(key, on_change)
+        self._unverified: dict[IPv4Network, float] = {}  # peer -> since when
+        self._verified: dict[IPv4Network, float] = {}  # stranded peer -> verified since
+        self._stranded: set[IPv4Network] = set()
+        self._carrying: dict[IPv4Network, tuple[IPv4Network, float]] = {}  # relay, since
+        self._broken: dict[tuple[IPv4Network, IPv4Network], float] = {}  # -> until
+        self._timers: set[float] = set()
+
+    async def run(self) -> None:
+        """Probe through the relays until cancelled."""
+        await self.through.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.through.close()
+
+    def set_key(self, key: PrivateKey) -> None:
+        self.through.set_key(key)
+
+    def stranded(
+        self, peers: Iterable[IPv4Network], verified: Collection[IPv4Network]
+    ) -> frozenset[IPv4Network]:
+        """The ``peers`` a relay should carry now, given those whose direct path our
+        probes verify (see the module docstring)."""
+        now = self._clock()
+        wanted = set(peers)
+        for gone in (self._unverified.keys() | self._stranded) - wanted:
+            self._unverified.pop(gone, None)
+            self._verified.pop(gone, None)
+            self._stranded.discard(gone)
+        for subnet in wanted:
+            if subnet in verified:
+                self._unverified.pop(subnet, None)
+                if subnet in self._stranded:
+                    since = self._verified.setdefault(subnet, now)
+                    if now - since >= self._hold:
+                        self._stranded.discard(subnet)
+                        del self._verified[subnet]
+                        log.info("direct path to %s verified: leaving its relay", subnet)
+                    else:
+                        self._wake_at(since + self._hold)
+                continue
+            self._verified.pop(subnet, None)
+            since = self._unverified.setdefault(subnet, now)
+            if subnet not in self._stranded:
+                if now - since >= self._grace:
+                    self._stranded.add(subnet)
+                else:
+                    self._wake_at(since + self._grace)
+        return frozenset(self._stranded)
+
+    def broken(self) -> frozenset[tuple[IPv4Network, IPv4Network]]:
+        """(peer, relay) pairs whose relay stopped forwarding for the peer lately."""
+        now = self._clock()
+        for pair in [p for p, until in self._broken.items() if until <= now]:
+            del self._broken[pair]
+        return frozenset(self._broken)
+
+    def watch(self, plan: RelayPlan, records: Mapping[IPv4Network, LeaseRecord]) -> None:
+        """Probe the peers ``plan`` relays through their relay, and judge what the probes
+        said so far (a relay found broken wakes the daemon: plan again)."""
+        now = self._clock()
+        chosen = {s: c.relay for s, c in plan.chosen.items()} if plan.applied else {}
+        moved = {s for s, (relay, _) in self._carrying.items() if chosen.get(s) != relay}
+        for subnet in moved:
+            del self._carrying[subnet]
+        for subnet, relay in chosen.items():
+            if subnet not in self._carrying:
+                self._carrying[subnet] = (relay, now)
+                self._wake_at(now + THROUGH_GRACE)
+        # another relay: what the probes said of the old one says nothing of the new one
+        self.through.set_targets(
+            {s: records[s] for s in self._carrying if s in records}, fresh=bool(moved)
+        )
+        for subnet, (relay, since) in list(self._carrying.items()):
+            verdict = self.through.verdict(subnet)
+            if verdict is False or (verdict is None and now - since >= THROUGH_GRACE):
+                what = "stopped forwarding" if verdict is False else "does not forward"
+                name = records[relay].node if relay in records else str(relay)
+                log.warning("relay %s %s for %s; trying another", name, what, subnet)
+                self._broken[(subnet, relay)] = now + COOLDOWN
+                self._wake_at(now + COOLDOWN)
+                del self._carrying[subnet]
+                self._on_change()
+
+    def measured(
+        self, records: Mapping[IPv4Network, LeaseRecord], reports: Iterable[PeerReport]
+    ) -> dict[IPv4Network, float]:
+        """Round trips (ms) of our verified paths to relays, from the path keeper's report."""
+        out = {}
+        for r in reports:
+            record = records.get(r.subnet)
+            if (
+                record is not None
+                and record.relay
+                and r.path is not None
+                and r.path.address in r.verified
+                and r.rtt_ms is not None
+            ):
+                out[r.subnet] = r.rtt_ms
+        return out
+
+    def rtts(
+        self,
+        me: LeaseRecord,
+        records: Mapping[IPv4Network, LeaseRecord],
+        report: Callable[[], Iterable[PeerReport]],
+    ) -> RelayRtts:
+        """What our lease's ``RelayRTTs`` should say now (``rtts_to_publish``); ``report``
+        is the path keeper's, asked only when a relay exists."""
+        if not me.relay_rtts and not any(r.relay for r in records.values()):
+            return ()
+        return rtts_to_publish(me.relay_rtts, self.measured(records, report()))
+
+    def _wake_at(self, when: float) -> None:
+        """Wake the daemon at ``when`` (the clock's time), once per distinct time."""
+        if when in self._timers:
+            return
+        self._timers.add(when)
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.discard(when)
+            self._on_change()
+
+        loop.call_later(max(0.0, when - self._clock()) + 0.05, fire)
+
+
+def annotate(
+    reports: Iterable[PeerReport],
+    relayed: Mapping[IPv4Network, str],
+    none: Mapping[IPv4Network, str],
+) -> list[PeerReport]:
+    """``/peers`` with relays: a relayed peer says its relay (``via relay R``), a
+    stranded peer that no relay can carry has no path, and says why."""
+    out = []
+    for r in reports:
+        if r.subnet in relayed:
+            r = replace(r, relay=relayed[r.subnet])
+        elif r.subnet in none:
+            r = replace(r, path=None, rtt_ms=None, why=none[r.subnet])
+        out.append(r)
+    return out

@@ -1,0 +1,143 @@
+"""Issue 11, relays: two masquerade-only clouds and one public host (the relay).
+
+The world is ``build_multicloud_world(nat_a="masquerade", nat_b=...)``: a1, a2 behind
+cloud A's masquerade, b1 behind cloud B's (port-preserving, or with random ports), and the
+bare host with a public address on its interface, which relays by default. a1 and b1
+cannot reach each other directly (this branch punches no holes), so after the grace time
+both route the pair through the bare host over WireGuard on both legs:
+
+* the full overlay matrix pings; ``overlayctl peers`` on a1 and b1 says ``via relay bare``,
+  and the pair's packets cross the relay (an nftables counter in its forward hook);
+* 50 MB go from a1 to b1 over TCP through the relay;
+* on the internet, nothing of the overlay crosses in clear: a capture on the internet's
+  bridge sees no packet with an overlay address and no VXLAN while the pair works;
+* when the relay host dies (its link down), the pair reports no path and why.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from functools import partial
+
+import pytest
+
+from tests.daemons import (
+    BIN,
+    OverlaydProc,
+    full_matrix,
+    init_network,
+    ns_run,
+    running,
+    wait_until,
+)
+from tests.lab.world import (
+    NatMode,
+    World,
+    counter_packets,
+    multicloud_world,
+    ping,
+    tcp_transfer,
+)
+
+pytestmark = pytest.mark.root
+HOSTS = ("a1", "a2", "b1", "bare")
+NETWORK = "10.244.0.0/16"
+RELAY_TIMEOUT = 30.0  # seconds: probes, the grace time, the RTTs in both leases
+COUNTERS = "ovrelay"
+
+
+@pytest.fixture(
+    params=[
+        ("wireguard", "masquerade"),
+        ("vxlan+wireguard", "masquerade"),
+        ("wireguard", "masquerade-random"),
+    ],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def world(
+    request: pytest.FixtureRequest, prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    backend, nat_b = request.param
+    nat: NatMode = nat_b
+    with multicloud_world(
+        prefix, nat_a="masquerade", nat_b=nat, workdir=tmp_path_factory.mktemp("relay")
+    ) as w:
+        init_network(w, backend, NETWORK)
+        yield w
+
+
+@pytest.fixture
+def daemons(world: World) -> Iterator[dict[str, OverlaydProc]]:
+    with running(world, HOSTS) as d:
+        yield d
+
+
+def _relay_of(src: OverlaydProc, dst: OverlaydProc) -> str | None:
+    return src.peers().get(dst.node, {}).get("relay")
+
+
+def _count_forwarded(world: World, a: OverlaydProc, b: OverlaydProc) -> None:
+    """An nftables counter on the relay of packets from ``a``'s subnet to ``b``'s."""
+    sa, sb = a.require_status()["subnet"], b.require_status()["subnet"]
+    world.host("bare").ns.nft(
+        f"table ip {COUNTERS} {{ counter pair {{ }}\n"
+        f"  chain relayed {{ type filter hook forward priority 0; policy accept;\n"
+        f"    ip saddr {sa} ip daddr {sb} counter name pair\n  }}\n}}\n"
+    )
+
+
+def _capture_internet(world: World, seconds: float) -> list[str]:
+    """Packets a capture on the internet's bridge sees during ``seconds`` (bounded: at
+    most 400) that are WireGuard, VXLAN or carry an overlay address, one line each."""
+    cap = subprocess.run(
+        [
+            "ip", "netns", "exec", f"{world.prefix}inet", "timeout", str(seconds),
+            "tcpdump", "-i", "br0", "-n", "-l", "-q", "-c", "400",
+            f"udp port 51820 or udp port 8472 or net {NETWORK}",
+        ],
+        capture_output=True, text=True, timeout=seconds + 10, check=False,
+    )  # fmt: skip
+    return [line for line in cap.stdout.splitlines() if line.strip()]
+
+
+def test_nat_pair_goes_through_the_relay(world: World, daemons: dict[str, OverlaydProc]) -> None:
+    a1, b1 = daemons["a1"], daemons["b1"]
+    wait_until(lambda: _relay_of(a1, b1) == "bare", RELAY_TIMEOUT, "a1 -> b1 via relay bare")
+    wait_until(lambda: _relay_of(b1, a1) == "bare", RELAY_TIMEOUT, "b1 -> a1 via relay bare")
+    full_matrix(daemons)
+    ctl = ns_run(a1.ns, str(BIN / "overlayctl"), "peers", "--daemon", "http://127.0.0.1:10256")
+    assert "via relay bare" in ctl.stdout, ctl.stdout
+
+    _count_forwarded(world, a1, b1)
+    assert ping(a1.host.ns, b1.overlay_ip(), count=5).ok
+    assert counter_packets(world.host("bare").ns, COUNTERS, "pair") >= 5
+
+    pinger = a1.host.ns.popen(
+        ["ping", "-n", "-q", "-c", "30", "-i", "0.1", str(b1.overlay_ip())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen = _capture_internet(world, 3.0)
+    pinger.wait(timeout=30)
+    clear = [line for line in seen if "10.244." in line or ".8472" in line]
+    assert not clear, "overlay traffic in clear on the internet:\n" + "\n".join(clear)
+    assert any(".51820" in line for line in seen), "the capture saw no WireGuard at all"
+
+    moved = tcp_transfer(a1.host.ns, b1.host.ns, b1.overlay_ip())
+    assert moved.nbytes == 50 * 2**20
+
+
+def test_dead_relay_leaves_the_pair_with_no_path(
+    world: World, daemons: dict[str, OverlaydProc]
+) -> None:
+    a1, b1 = daemons["a1"], daemons["b1"]
+    wait_until(lambda: _relay_of(a1, b1) == "bare", RELAY_TIMEOUT, "a1 -> b1 via relay bare")
+    wait_until(partial(a1.pings, b1), 15, "a1 -> b1 through the relay")
+    world.host("bare").ns.run(["ip", "link", "set", "eth0", "down"])  # the relay host dies
+
+    def no_path() -> bool:
+        peer = a1.peers().get("b1", {})
+        return peer.get("kind") == "none" and "relay" in (peer.get("reason") or "")
+
+    wait_until(no_path, 20, "a1 reports b1 with no path")
+    assert "relay" in a1.log()
