@@ -177,7 +177,8 @@ class GatewayAgent:
                 for entry in entry_points(self._cfg, self._leases, self.state.claims, site):
                     if entry.public_key and entry.probe_port:
                         targets[entry.subnet] = entry
-        self.through.set_targets(dict(sorted(targets.items())[:THROUGH_TARGETS]), fresh=fresh)
+        chosen = dict(sorted(targets.items())[:THROUGH_TARGETS])
+        self.through.set_targets(chosen, fresh=self.through.targets if fresh else ())
 
     def forwarding(self) -> bool | None:
         """Whether our gateway forwards: None until a path through it has ever worked."""

@@ -129,7 +129,10 @@ class ReconcilePass:
         # event of a plain VXLAN network
         verified = paths.verified() if backend.uses_wireguard else frozenset()
         relays = self._relays
-        stranded = frozenset() if relays is None else relays.stranded(records, verified)
+        stranded: frozenset[IPv4Network] = frozenset()
+        if relays is not None:
+            stranded = relays.stranded(records, verified)
+            relays.judge(records)
         found = plan_node(
             self._cfg, me, records,
             claims=self._gateway.state.claims if self._gateway else None,
@@ -152,6 +155,10 @@ class ReconcilePass:
         relayed = found.relayed
         for subnet in sorted(relayed.keys() - self.relayed.keys()):
             log.info("peer %s: no direct path verified; via relay %s", subnet, relayed[subnet])
+        for subnet in sorted(s for s in relayed.keys() & self.relayed.keys()):
+            if relayed[subnet] != self.relayed[subnet]:
+                was = self.relayed[subnet]
+                log.info("peer %s: via relay %s (was %s)", subnet, relayed[subnet], was)
         for subnet in sorted(self.relayed.keys() - relayed.keys()):
             log.info("peer %s: no longer via relay %s", subnet, self.relayed[subnet])
         self.relayed, self.unrelayed = relayed, found.relays.none

@@ -42,7 +42,8 @@ COOLDOWN = 60.0  # seconds a relay that stopped forwarding for a peer is not use
 
 class RelayKeeper:
     """Stranded peers, broken relays and our relay RTTs; ``on_change`` wakes the daemon
-    (a grace time ran out, a probe through a relay changed its verdict)."""
+    (a grace time ran out, a probe through a relay changed its verdict). Each pass calls
+    ``stranded``, ``judge`` and ``broken`` before it plans and ``watch`` after."""
 
     def __init__(
         self,
@@ -113,22 +114,11 @@ class RelayKeeper:
             del self._broken[pair]
         return frozenset(self._broken)
 
-    def watch(self, plan: RelayPlan, records: Mapping[IPv4Network, LeaseRecord]) -> None:
-        """Probe the peers ``plan`` relays through their relay, and judge what the probes
-        said so far (a relay found broken wakes the daemon: plan again)."""
+    def judge(self, records: Mapping[IPv4Network, LeaseRecord]) -> None:
+        """Judge what the probes through each pair's relay said so far, before the pass
+        plans: a relay found not forwarding is broken for that pair (so the plan moves
+        it even if something else, a lease, changed in the same pass)."""
         now = self._clock()
-        chosen = {s: c.relay for s, c in plan.chosen.items()} if plan.applied else {}
-        moved = {s for s, (relay, _) in self._carrying.items() if chosen.get(s) != relay}
-        for subnet in moved:
-            del self._carrying[subnet]
-        for subnet, relay in chosen.items():
-            if subnet not in self._carrying:
-                self._carrying[subnet] = (relay, now)
-                self._wake_at(now + THROUGH_GRACE)
-        # another relay: what the probes said of the old one says nothing of the new one
-        self.through.set_targets(
-            {s: records[s] for s in self._carrying if s in records}, fresh=bool(moved)
-        )
         for subnet, (relay, since) in list(self._carrying.items()):
             verdict = self.through.verdict(subnet)
             if verdict is False or (verdict is None and now - since >= THROUGH_GRACE):
@@ -138,7 +128,20 @@ class RelayKeeper:
                 self._broken[(subnet, relay)] = now + COOLDOWN
                 self._wake_at(now + COOLDOWN)
                 del self._carrying[subnet]
-                self._on_change()
+
+    def watch(self, plan: RelayPlan, records: Mapping[IPv4Network, LeaseRecord]) -> None:
+        """Probe the peers ``plan`` relays, at their overlay addresses: through the relay."""
+        now = self._clock()
+        chosen = {s: c.relay for s, c in plan.chosen.items()} if plan.applied else {}
+        for subnet in [s for s, (relay, _) in self._carrying.items() if chosen.get(s) != relay]:
+            del self._carrying[subnet]
+        new = [s for s in chosen if s not in self._carrying]
+        for subnet in new:
+            self._carrying[subnet] = (chosen[subnet], now)
+            self._wake_at(now + THROUGH_GRACE)
+        # a new relay for these: what the probes said of the old one says nothing of it
+        targets = {s: records[s] for s in self._carrying if s in records}
+        self.through.set_targets(targets, fresh=new)
 
     def measured(
         self, records: Mapping[IPv4Network, LeaseRecord], reports: Iterable[PeerReport]

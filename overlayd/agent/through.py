@@ -40,9 +40,12 @@ class ThroughProbes:
         """Probe with a new node key (a rotation)."""
         self.prober.set_key(key)
 
-    def set_targets(self, peers: Mapping[IPv4Network, LeaseRecord], *, fresh: bool = False) -> None:
-        """Probe ``peers`` (those whose lease has a key and a probe port); ``fresh``: forget
-        what was learned so far (the forwarder changed: old verdicts say nothing of it)."""
+    def set_targets(
+        self, peers: Mapping[IPv4Network, LeaseRecord], *, fresh: Collection[IPv4Network] = ()
+    ) -> None:
+        """Probe ``peers`` (those whose lease has a key and a probe port); ``fresh``: the
+        targets whose verdicts are forgotten (their forwarder changed: what the probes said
+        of the old one says nothing of the new one)."""
         targets = {
             subnet: PeerTarget(
                 PublicKey.from_base64(peer.public_key),
@@ -53,9 +56,9 @@ class ThroughProbes:
             for subnet, peer in peers.items()
             if peer.public_key and peer.probe_port
         }
-        if fresh:
-            self.prober.set_peers({})
-            self.targets = frozenset()
+        if forget := self.targets & set(fresh):
+            self.prober.set_peers({s: t for s, t in targets.items() if s not in forget})
+            self.targets -= forget
         if targets.keys() == self.targets:
             return
         self.prober.set_peers(targets)

@@ -37,11 +37,13 @@ RelayRtts = tuple[tuple[IPv4Network, int], ...]
 @dataclass(frozen=True)
 class RelayParams:
     """When a measured RTT replaces the published one: it moved by more than ``margin_ms``
-    and by more than ``margin_ratio`` of the published value. ``limit``: at most this many
-    relays are published (the nearest)."""
+    and by more than ``margin_ratio`` of the published value. Wide on purpose: what
+    matters is a relay next door against one across an ocean, and every republished value
+    may move pairs (a 3 ms path whose average a few delayed probes pushed to 20 ms must
+    not). ``limit``: at most this many relays are published (the nearest)."""
 
-    margin_ms: int = 5
-    margin_ratio: float = 0.25
+    margin_ms: int = 20
+    margin_ratio: float = 0.5
     limit: int = MAX_RELAY_RTTS
 
 
@@ -106,13 +108,21 @@ def choose_relays(
     ``broken``: (peer, relay) pairs whose relay stopped forwarding for that peer.
     ``reachable``: the relays we hold as WireGuard peers (None: any); a relay that is
     not one cannot carry anything for us. A relay is never the pair's own end.
+
+    A pair one of whose ends is a relay is never relayed: a relay has a public address
+    of its own, so the other end reaches it directly (and dials it, behind NAT) even when
+    the relay's probes cannot reach that end. Were the relay to send through a third node
+    meanwhile, the ends would disagree and WireGuard at the other end would drop what the
+    third node forwards. Both ends read ``Relay`` from the same leases, so they agree.
     """
     mine = dict(me.relay_rtts)
     chosen: dict[IPv4Network, RelayChoice] = {}
     none: dict[IPv4Network, str] = {}
+    if me.relay:
+        return RelayPlan()
     for subnet in sorted(stranded, key=_order):
         peer = records.get(subnet)
-        if peer is None:
+        if peer is None or peer.relay:
             continue
         theirs = dict(peer.relay_rtts)
         best: tuple[int, tuple[int, int], RelayChoice] | None = None

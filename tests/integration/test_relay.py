@@ -11,7 +11,9 @@ both route the pair through the bare host over WireGuard on both legs:
 * 50 MB go from a1 to b1 over TCP through the relay;
 * on the internet, nothing of the overlay crosses in clear: a capture on the internet's
   bridge sees no packet with an overlay address and no VXLAN while the pair works;
-* when the relay host dies (its link down), the pair reports no path and why.
+* with two relays (``more_public=1``): when the pair's relay stops forwarding (but still
+  answers probes: only the data-plane check through it can tell), the pair moves to the
+  other relay; when that host dies too, the pair reports no path and why.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +42,7 @@ from tests.lab.world import (
     ping,
     tcp_transfer,
 )
+from tests.topology import drop_forwarded, kill_host
 
 pytestmark = pytest.mark.root
 HOSTS = ("a1", "a2", "b1", "bare")
@@ -127,17 +131,38 @@ def test_nat_pair_goes_through_the_relay(world: World, daemons: dict[str, Overla
     assert moved.nbytes == 50 * 2**20
 
 
-def test_dead_relay_leaves_the_pair_with_no_path(
-    world: World, daemons: dict[str, OverlaydProc]
+@pytest.fixture
+def two_relays(prefix: str, tmp_path: Path) -> Iterator[dict[str, OverlaydProc]]:
+    """The random-port world with a second public host (``bare2``): two relays."""
+    with multicloud_world(
+        prefix, nat_a="masquerade", nat_b="masquerade-random", more_public=1, workdir=tmp_path
+    ) as w:
+        init_network(w, "wireguard", NETWORK)
+        with running(w, ("a1", "b1", "bare", "bare2")) as d:
+            yield d
+
+
+def test_dead_relay_moves_the_pair_to_the_other_then_leaves_it_with_no_path(
+    two_relays: dict[str, OverlaydProc],
 ) -> None:
-    a1, b1 = daemons["a1"], daemons["b1"]
-    wait_until(lambda: _relay_of(a1, b1) == "bare", RELAY_TIMEOUT, "a1 -> b1 via relay bare")
-    wait_until(partial(a1.pings, b1), 15, "a1 -> b1 through the relay")
-    world.host("bare").ns.run(["ip", "link", "set", "eth0", "down"])  # the relay host dies
+    a1, b1 = two_relays["a1"], two_relays["b1"]
+    wait_until(lambda: _relay_of(a1, b1) in ("bare", "bare2"), RELAY_TIMEOUT, "a1 relayed")
+    first = _relay_of(a1, b1)
+    assert first is not None
+    wait_until(lambda: _relay_of(b1, a1) == first, RELAY_TIMEOUT, f"b1 via relay {first}")
+    wait_until(partial(a1.pings, b1), 15, "a1 -> b1 through the first relay")
+    other = "bare2" if first == "bare" else "bare"
+
+    drop_forwarded(two_relays, first)  # it answers probes, but forwards nothing
+    wait_until(lambda: _relay_of(a1, b1) == other, 20, f"a1 -> b1 moves to relay {other}")
+    wait_until(lambda: _relay_of(b1, a1) == other, 20, f"b1 -> a1 moves to relay {other}")
+    wait_until(partial(a1.pings, b1), 15, f"a1 -> b1 through relay {other}")
+
+    assert f"relay {first} stopped forwarding" in a1.log()
+    kill_host(two_relays, other)
 
     def no_path() -> bool:
         peer = a1.peers().get("b1", {})
         return peer.get("kind") == "none" and "relay" in (peer.get("reason") or "")
 
-    wait_until(no_path, 20, "a1 reports b1 with no path")
-    assert "relay" in a1.log()
+    wait_until(no_path, 20, "a1 reports b1 with no path, and why")

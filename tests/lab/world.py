@@ -456,6 +456,7 @@ def build_multicloud_world(
     metadata: Mapping[str, str] | None = None,
     stun: bool = False,
     workdir: Path | None = None,
+    more_public: int = 0,
 ) -> World:
     """Build the multi-cloud world (see the module docstring); ``destroy`` removes it.
 
@@ -463,7 +464,8 @@ def build_multicloud_world(
     ``public_host=False`` leaves out the bare host, so no overlay host has a public
     address on its interface (etcd stays on the internet). ``metadata``: site -> provider
     (``services.METADATA_ADDRESSES``) whose metadata API that site's router serves;
-    ``stun``: run a STUN server on the internet (``World.stun_endpoint``).
+    ``stun``: run a STUN server on the internet (``World.stun_endpoint``). ``more_public``:
+    that many more hosts like the bare one (``Pbare2``.. at 192.0.2.32.., site ``bare``).
 
     ``delay_ms``: every frame crossing a site's link to the internet (cloud A's, cloud B's,
     the bare host's; not etcd's) waits this long, so a cross-site round trip gains
@@ -524,10 +526,10 @@ def build_multicloud_world(
             routers.append(router)
         stun_endpoint = b.stun(inet, "br0", core[40]) if stun else None
 
-        if public_host:
-            bare_ip = IPv4Interface(f"{core[31]}/24")
+        for i in range(0 if public_host else 1, 1 + more_public):
+            bare_ip, name = IPv4Interface(f"{core[31 + i]}/24"), f"bare{i + 1}" if i else "bare"
             hosts.append(
-                b.host("bare", "bare", bare_ip, core[1], bare_ip.ip, inet, "br0", delay_ms=delay_ms)
+                b.host(name, "bare", bare_ip, core[1], bare_ip.ip, inet, "br0", delay_ms=delay_ms)
             )
         return b.world("multicloud", hosts, routers, etcd_ns, delay_ms, services, stun_endpoint)
     except BaseException:
@@ -560,12 +562,13 @@ def multicloud_world(
     metadata: Mapping[str, str] | None = None,
     stun: bool = False,
     workdir: Path | None = None,
+    more_public: int = 0,
 ) -> Iterator[World]:
     """``build_multicloud_world`` for a ``with`` block, destroyed even on failure."""
     world = build_multicloud_world(
         prefix, colliding=colliding, hairpin=hairpin, nat_a=nat_a, nat_b=nat_b,
         public_host=public_host, delay_ms=delay_ms, metadata=metadata, stun=stun,
-        workdir=workdir,
+        workdir=workdir, more_public=more_public,
     )  # fmt: skip
     try:
         yield world
