@@ -142,8 +142,10 @@ def phases(d: OverlaydProc) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in PHASE.finditer(text)}
 
 
-def start_all(world: World, hosts: Iterable[str], tag: str = "") -> dict[str, OverlaydProc]:
-    return {h: OverlaydProc(world, world.host(h), ("--debug",), tag=tag).start() for h in hosts}
+def start_all(
+    world: World, hosts: Iterable[str], flags: tuple[str, ...], tag: str = ""
+) -> dict[str, OverlaydProc]:
+    return {h: OverlaydProc(world, world.host(h), flags, tag=tag).start() for h in hosts}
 
 
 @dataclass(frozen=True)
@@ -161,14 +163,14 @@ def _forgot(d: OverlaydProc, node: str) -> bool:
     return node not in d.peers()
 
 
-def one_run(backend: str, newcomer: str, index: int, idle_s: float) -> Run:
+def one_run(backend: str, newcomer: str, index: int, idle_s: float, flags: tuple[str, ...]) -> Run:
     """One fresh world: the start of all six, idle, then the newcomer's fresh join."""
     world = build_multicloud_world(f"ovbs{index}-")
     daemons: dict[str, OverlaydProc] = {}
     try:
         init_network(world, backend)
         t0 = time.time()
-        daemons = start_all(world, [h.name for h in world.hosts])
+        daemons = start_all(world, [h.name for h in world.hosts], flags)
         matrix = time_pairs(t0, daemons.values(), daemons.values(), 60)
         cpu, rss = idle(list(daemons.values()), idle_s)
         # the newcomer leaves for good (host killed, lease revoked) and a new one joins
@@ -179,7 +181,7 @@ def one_run(backend: str, newcomer: str, index: int, idle_s: float) -> Run:
         for d in others:
             wait_until(partial(_forgot, d, newcomer), 30, f"{d.node} forgot {newcomer}")
         t1 = time.time()
-        new = daemons[f"{newcomer}-join"] = start_all(world, [newcomer], "-join")[newcomer]
+        new = daemons[f"{newcomer}-join"] = start_all(world, [newcomer], flags, "-join")[newcomer]
         join = max(time_pairs(t1, [new], others, 60), time_pairs(t1, others, [new], 60))
         with contextlib.suppress(AssertionError):  # a daemon before issue 12 logs none
             wait_until(lambda: "last peer programmed" in phases(new), 5, "the newcomer's phases")
@@ -196,13 +198,17 @@ def main() -> int:
     parser.add_argument("--backend", action="append", choices=BACKENDS)
     parser.add_argument("--newcomer", default="a3", help="the host that joins last")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measured")
+    parser.add_argument(
+        "--no-debug", action="store_true", help="daemons without --debug (no phases logged)"
+    )
     args = parser.parse_args()
     # as installed: byte-compiled (this environment may set PYTHONDONTWRITEBYTECODE)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "overlayd")], check=True)
     for backend in args.backend or BACKENDS:
         rows = []
         for i in range(args.runs):
-            row = one_run(backend, args.newcomer, i, args.idle)
+            flags = () if args.no_debug else ("--debug",)
+            row = one_run(backend, args.newcomer, i, args.idle, flags)
             rows.append(row)
             print(json.dumps({"backend": backend, **asdict(row)}), flush=True)
         for key in ("matrix_s", "join_s", "idle_cpu_pct", "rss_mb"):
