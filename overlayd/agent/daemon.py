@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ from overlayd.dataplane.api import DataPlaneApi, Underlay
 from overlayd.dataplane.ingress_nft import IngressFilter, IngressTable
 from overlayd.disk.node_key import NodeKey
 from overlayd.disk.state_dir import NodeIdentity, StateDir
+from overlayd.runtime.phases import Phase, PhaseClock
 from overlayd.runtime.retry import FIXED_1S, Backoff, Retry, retry
 from overlayd.store.api import Store
 from overlayd.store.lease_keeper import HeldLease, LeaseKeeper
@@ -51,6 +53,7 @@ from overlayd.values.errors import ConfigMissingError, OverlaydError
 from overlayd.values.paths import is_site_local
 
 log = logging.getLogger("overlayd")
+HEALTH_DEFER = 2.0  # seconds: the status port's aiohttp is not a start-up cost (status.py)
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ class Daemon:
     """One node's agent. ``store`` is connected by the caller, which also closes it and
     the data plane after ``run``; ``key`` is the node key loaded from ``state_dir``;
     ``paths`` chooses each peer's underlay path (started and closed by ``run``);
-    ``discovery`` learns our public address by itself (None: ``--public-ip`` given)."""
+    ``discovery`` learns our public address by itself (None: ``--public-ip`` given);
+    ``phases``: the start-up phase clock the composition root began (None: one of our own)."""
 
     def __init__(
         self,
@@ -86,6 +90,7 @@ class Daemon:
         host: Host | None = None,
         clock: Clock | None = None,
         discovery: AddressDiscovery | None = None,
+        phases: PhaseClock | None = None,
     ) -> None:
         self.opts = opts
         self.dp = dataplane
@@ -96,10 +101,12 @@ class Daemon:
         self.host = host or Host()
         self.clock = clock or Clock()
         self.status = Status(started=self.clock.monotonic())
+        self.phases = phases or PhaseClock(log, clock=self.clock.monotonic)
         self._key = key
         self._running: _Running | None = None  # from ``_start``
         self._probing = False  # the path keeper was started (``/peers`` answers)
         self._dirty = asyncio.Event()
+        self._first_pass = asyncio.Event()  # the first reconcile pass ran (the status port serves)
         self._stop = asyncio.Event()  # set by SIGTERM/SIGINT or ``stop()``
         self._full = True  # replan and diff everything (not just what changed)
         self._device_stale = True
@@ -132,14 +139,18 @@ class Daemon:
         health = self._health = HealthServer(
             self.opts.healthz_listen, self.opts.healthz_port, self._routes()
         )
+        serving = None
         if self.opts.healthz_port:
-            await health.start()
+            health.listen()  # now: a port another overlayd holds ends us before any change
+            serving = asyncio.create_task(self._serve_health(health))
         main = asyncio.create_task(self._main())
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        main.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await main
+        for task in (main, serving):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await health.close()
         await self.paths.close()
         if main in done and main.exception() is not None:
@@ -165,11 +176,20 @@ class Daemon:
                 tasks.create_task(run.relays.run())
             tasks.create_task(run.keeper.keep())
             tasks.create_task(run.rotation.watch())
-            tasks.create_task(run.fold.watch(self.store, lambda full: self.mark_dirty(full=full)))
+            tasks.create_task(run.fold.watch(self.store, self._on_batch))
             tasks.create_task(self._resync_timer())
             if self.discovery is not None:
                 tasks.create_task(self._discover(self.discovery, run))
             tasks.create_task(self.reconcile_loop())
+
+    async def _serve_health(self, health: HealthServer) -> None:
+        """Answer on the status port (bound since the start) once the first pass has run, or
+        after ``HEALTH_DEFER`` seconds of a start-up that waits (for its config, a lease): it
+        is alive. aiohttp is imported on a thread, so the loop keeps answering probes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_pass.wait(), HEALTH_DEFER)
+        await asyncio.to_thread(importlib.import_module, "aiohttp.web")
+        await health.serve()
 
     async def _discover(self, discovery: AddressDiscovery, run: _Running) -> None:
         """Learn our public address ourselves (a warning if one is missing and needed)."""
@@ -192,6 +212,7 @@ class Daemon:
         unguessable = await asyncio.to_thread(self.store.endpoint_addresses)
         self._probing = True
         await self.paths.start(self._on_probe, unguessable)
+        self.phases.reach(Phase.PROBES)
         underlay = await self.dp.underlay(self.opts.iface)
         log.info(
             "node %s (id %s…), underlay %s on %s, mtu %d",
@@ -203,6 +224,7 @@ class Daemon:
         )
         rotation = KeyRotation(self.store, self.opts.node_name, self.mark_dirty)
         cfg = await self._wait_config()
+        self.phases.reach(Phase.CONFIG)
         keeper = LeaseKeeper(
             self.store,
             cfg,
@@ -212,8 +234,10 @@ class Daemon:
             lambda _held: self.mark_dirty(device=True),
         )
         held = await keeper.acquire()
+        self.phases.reach(Phase.LEASE)
         run = self._running = self._compose(cfg, identity, underlay, keeper, rotation, unguessable)
         await self._configure(run, held)
+        self.phases.reach(Phase.DEVICES)
         self.host.notify("READY=1")
         return run
 
@@ -282,13 +306,21 @@ class Daemon:
 
     # -- inputs ------------------------------------------------------------------------
 
+    def _on_batch(self, full: bool) -> None:
+        """The lease fold absorbed a watch batch; ``full``: it carried a snapshot."""
+        if full:
+            self.phases.reach(Phase.SNAPSHOT)
+        self.mark_dirty(full=full)
+
     def _on_probe(self, peer: IPv4Network | None) -> None:
         """A path of ``peer`` became (un)verified or settled; None: our reflexive address."""
         if peer is None:
             self._on_reflexive()
-        else:
-            self._probed.add(peer)
-            self.mark_dirty()
+            return
+        self._probed.add(peer)
+        if not self.phases.done(Phase.FIRST_PATH) and peer in self.paths.verified():
+            self.phases.reach(Phase.FIRST_PATH)
+        self.mark_dirty()
 
     def _on_reflexive(self) -> None:
         """What peers see of us, or what we learned ourselves, changed: republish."""
@@ -318,8 +350,10 @@ class Daemon:
                 # one failed pass must not end the daemon
                 self.status.last_error = str(exc)
                 log.error("reconcile failed: %s; retrying", exc)
+                self._first_pass.set()  # /status says why
                 await backoff.pause()
                 self.mark_dirty(dump=True, device=True)
+            self._first_pass.set()
 
     async def _reconcile(self) -> None:
         run = self._running
@@ -347,6 +381,20 @@ class Daemon:
         ingress = await run.reconcile.apply_vxlan(planned)
         self._full = False
         await run.reconcile.finish(planned, ingress)
+        self._phases_after_pass(run, bool(probed))
+
+    def _phases_after_pass(self, run: _Running, probed: bool) -> None:
+        """The start-up phases a pass may end: the first one, and the one after which every
+        peer's chosen path is verified and programmed (checked only after probe news)."""
+        self.phases.reach(Phase.FIRST_RECONCILE)
+        if self.phases.done(Phase.LAST_PEER) or not self.status.snapshot_loaded:
+            return
+        if probed or self.status.reconciles == 1:
+            held = run.keeper.held
+            me = held.record.node_id if held is not None else None
+            peers = {s for s, r in run.fold.records.items() if r.node_id != me}
+            if peers <= self.paths.verified():
+                self.phases.reach(Phase.LAST_PEER)
 
     def _switch_key_if_requested(self, run: _Running) -> None:
         """Serve a key rotation request (overlayd/agent/rotation.py): probes use the new key at

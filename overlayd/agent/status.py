@@ -7,8 +7,10 @@ a JSON 404, other methods than GET/HEAD a JSON 405. Where it listens is a ``List
 (loopback by default, see ``health_listen``); what a client may do (deadline, sizes,
 connection cap, log lines) is a ``Limits`` (see ``health_guard``).
 
-aiohttp is imported when the server starts, not with this module: it costs about 0.3 s of
-start-up (see the README), which ``overlayd --help`` and a disabled port need not pay.
+aiohttp is imported when the server starts serving, not with this module: it costs about
+0.3 s of CPU and 4 MB, which ``overlayd --help`` and a disabled port need not pay, and which
+the daemon pays after its first reconcile pass (``listen`` binds the port at start, so a
+port taken fails at once and early clients wait in the backlog; ``serve`` answers them).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -83,7 +86,9 @@ class HealthServer:
         self._bugs = Throttle(limits.log_interval)
         self._guard: ConnectionGuard | None = None
         self._runner: web.AppRunner | None = None
-        self._servers: dict[IPAddress, asyncio.Server] = {}
+        self._sockets: dict[IPAddress, socket.socket] = {}  # bound, listening
+        self._servers: dict[IPAddress, asyncio.Server] = {}  # served (once ``serve`` ran)
+        self._listening = False
         self._overlay: IPv4Address | None = None
 
     def add(self, path: str, handler: Handler) -> None:
@@ -100,18 +105,39 @@ class HealthServer:
     @property
     def bound(self) -> list[tuple[IPAddress, int]]:
         """The (address, port) pairs listened on now, sorted."""
-        addresses = sorted(self._servers, key=address_order)
+        addresses = sorted(self._sockets, key=address_order)
         return [(address, self.bound_port(address)) for address in addresses]
 
     async def start(self) -> None:
-        """Listen on the fixed addresses; ``ConfigError`` if one cannot be bound."""
+        """``listen``, then ``serve``."""
+        self.listen()
+        await self.serve()
+
+    def listen(self) -> None:
+        """Bind the fixed addresses; ``ConfigError`` if one cannot be bound. Connections
+        wait in the backlog until ``serve``; aiohttp is not imported yet."""
+        self._listening = True
+        for address in self._listen.addresses:
+            try:
+                self._bind(address)
+            except OSError as exc:
+                self._close_sockets()
+                raise ConfigError(
+                    f"cannot listen on health port {address}:{self._port}: {exc.strerror}",
+                    hint="is another overlayd running in this network namespace? "
+                    "see --healthz-port and --healthz-ip",
+                ) from None
+            self._warn_exposed(address, None)
+
+    async def serve(self) -> None:
+        """Answer on every address bound (now and later); ``listen`` first."""
         from aiohttp import web
 
         app = web.Application(middlewares=[web.middleware(_json_errors)])
         for path, handler in sorted(self._handlers.items()):
             app.router.add_get(path, self._route(path, handler))
         limits = self._limits
-        self._runner = web.AppRunner(
+        runner = web.AppRunner(
             app,
             handle_signals=False,
             shutdown_timeout=1.0,  # connections are aborted before (close_all)
@@ -123,44 +149,37 @@ class HealthServer:
             max_field_size=limits.max_field_size,
             max_headers=limits.max_headers,
         )
-        await self._runner.setup()
+        await runner.setup()
+        self._runner = runner
         self._guard = ConnectionGuard(limits, self._trouble)
-        for address in self._listen.addresses:
-            try:
-                await self._bind(address)
-            except OSError as exc:
-                await self.close()
-                raise ConfigError(
-                    f"cannot listen on health port {address}:{self._port}: {exc.strerror}",
-                    hint="is another overlayd running in this network namespace? "
-                    "see --healthz-port and --healthz-ip",
-                ) from None
-            self._warn_exposed(address, None)
+        for address in list(self._sockets):
+            await self._attach(address)
 
     async def follow_overlay(self, address: IPv4Address, network: IPv4Network) -> None:
         """With ``--healthz-ip overlay``: listen on this node's overlay ``address`` (once it
         is on the device), instead of a previous one. Failures are logged, not raised: the
         loopback port keeps serving."""
-        if not self._listen.overlay or self._guard is None or address == self._overlay:
+        if not self._listen.overlay or not self._listening or address == self._overlay:
             return
         wanted = set(self._listen.binds(address))
-        for old in [a for a in self._servers if a not in wanted]:  # the previous overlay address
-            await self._unbind(old)
-        if address not in self._servers:  # (unless it is one of the fixed addresses too)
+        for old in [a for a in self._sockets if a not in wanted]:  # the previous overlay address
+            self._unbind(old)
+        if address not in self._sockets:  # (unless it is one of the fixed addresses too)
             try:
-                await self._bind(address)
+                self._bind(address)
             except OSError as exc:  # retried when the device is configured again
                 log.error(
                     "cannot listen on health port %s:%d: %s", address, self._port, exc.strerror
                 )
                 return
+            if self._runner is not None:
+                await self._attach(address)
             self._warn_exposed(address, network)
         self._overlay = address
 
     async def close(self) -> None:
         """Stop listening, cut open connections, release aiohttp's handlers."""
-        for address in list(self._servers):
-            await self._unbind(address)
+        self._close_sockets()
         if self._guard is not None:
             await self._guard.close_all()
         if self._runner is not None:
@@ -169,24 +188,48 @@ class HealthServer:
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _bind(self, address: IPAddress) -> None:
+    def _bind(self, address: IPAddress) -> None:
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's own
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((str(address), self._port))
+            sock.listen(100)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sockets[address] = sock
+        log.info("health port listening on %s", _hostport(address, self.bound_port(address)))
+
+    async def _attach(self, address: IPAddress) -> None:
+        """Serve the bound socket of ``address``."""
         assert self._runner is not None and self._runner.server is not None
         assert self._guard is not None
         loop = asyncio.get_running_loop()
         self._servers[address] = await loop.create_server(
-            self._guard.factory(self._runner.server), str(address), self._port
+            self._guard.factory(self._runner.server), sock=self._sockets[address]
         )
-        log.info("health port listening on %s", _hostport(address, self.bound_port(address)))
 
-    async def _unbind(self, address: IPAddress) -> None:
+    def _unbind(self, address: IPAddress) -> None:
         server = self._servers.pop(address, None)
+        sock = self._sockets.pop(address, None)
         if server is not None:
             server.close()
+        elif sock is not None:
+            sock.close()
+        if sock is not None:
             log.info("health port no longer listening on %s", address)
+
+    def _close_sockets(self) -> None:
+        for address in list(self._sockets):
+            self._unbind(address)
 
     def bound_port(self, address: IPAddress) -> int:
         """The port listened on at ``address`` (``port`` unless that was 0)."""
-        return int(self._servers[address].sockets[0].getsockname()[1])
+        return int(self._sockets[address].getsockname()[1])
 
     def _warn_exposed(self, address: IPAddress, overlay: IPv4Network | None) -> None:
         who = exposure(address, overlay)

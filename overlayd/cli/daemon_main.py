@@ -32,11 +32,13 @@ from overlayd.disk.state_dir import StateDir
 from overlayd.probe.settings import ProbeConfig
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 from overlayd.runtime.logs import setup_logging
+from overlayd.runtime.phases import Phase, PhaseClock, process_age
 from overlayd.store.etcd import EtcdStore
 from overlayd.values.lease import DEFAULT_SITE
 from overlayd.values.lease_rules import default_node_name, own_addresses, own_label
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
+log = logging.getLogger("overlayd")
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -49,11 +51,12 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas)
 
 
-async def _compose_and_run(opts: DaemonOptions, dataplane: DataPlane) -> None:
+async def _compose_and_run(opts: DaemonOptions, dataplane: DataPlane, phases: PhaseClock) -> None:
     """The composition root: the real store, node key and path keeper, given to ``Daemon``."""
     store = EtcdStore(opts.etcd)
     try:
         await store.connect()  # first: bad TLS files end the daemon before side effects
+        phases.reach(Phase.STORE)
         key = NodeKey.load_or_create(opts.state_dir)
         paths = PathKeeper(key, ProbeConfig(port=opts.probe_port))
         discovery = None
@@ -61,23 +64,25 @@ async def _compose_and_run(opts: DaemonOptions, dataplane: DataPlane) -> None:
             metadata = CloudMetadata(opts.cloud_metadata) if opts.cloud_metadata else None
             discovery = AddressDiscovery(metadata, opts.stun_servers)
         daemon = Daemon(
-            opts, store, dataplane, StateDir(opts.state_dir), key, paths, discovery=discovery
-        )
+            opts, store, dataplane, StateDir(opts.state_dir), key, paths, discovery=discovery,
+            phases=phases,
+        )  # fmt: skip
         await daemon.run()
     finally:
         await store.close()
         dataplane.close()
 
 
-def run_daemon(opts: DaemonOptions, dataplane: DataPlane) -> None:
-    """Run until SIGTERM/SIGINT with the real collaborators; uvloop when available."""
+def run_daemon(opts: DaemonOptions, dataplane: DataPlane, phases: PhaseClock) -> None:
+    """Run until SIGTERM/SIGINT with the real collaborators; uvloop when available.
+    ``phases``: the start-up phase clock, begun when the process started."""
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
-    runner(_compose_and_run(opts, dataplane))
+    runner(_compose_and_run(opts, dataplane, phases))
 
 
 @click.command(context_settings={"auto_envvar_prefix": "OVERLAYD", "show_default": True})
@@ -196,8 +201,10 @@ def main(
     debug: bool,
 ) -> None:
     """Run the overlay network daemon on this host."""
+    phases = PhaseClock(log, age=process_age())  # first: the imports count from exec
     limit_malloc_arenas()
     setup_logging(log_format, logging.DEBUG if debug else logging.INFO)
+    phases.reach(Phase.IMPORTS)
     try:
         publics = tuple(IPv4Address(p) for p in public_ips if p != "auto")
     except ValueError as exc:
@@ -231,4 +238,5 @@ def main(
         cloud_metadata=parse_mode(cloud_metadata),
         stun_servers=stun_servers,
     )
-    run_daemon(opts, DataPlane())
+    phases.reach(Phase.OPTIONS)
+    run_daemon(opts, DataPlane(), phases)

@@ -3,6 +3,9 @@
 pyroute2's asyncio API fails under uvloop, and netlink sockets are not thread-safe, so
 every link/route/neighbour operation runs on a single dedicated worker thread; the
 notification monitor has its own thread and hands batches back to the event loop.
+
+The WireGuard drivers (overlayd/dataplane/wireguard) are imported when the first WireGuard
+device is set up: a plain VXLAN daemon never loads them.
 """
 
 from __future__ import annotations
@@ -13,15 +16,17 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Interface
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from overlayd.dataplane.netlink.link import LinkAction, Links, Underlay, VxlanSpec
 from overlayd.dataplane.netlink.monitor import KernelEvent, Monitor, MonitorEvent
 from overlayd.dataplane.netlink.rtnl import ApplyResult, Rtnl
-from overlayd.dataplane.wireguard.driver import Driver, open_driver
 from overlayd.values.errors import WireGuardError
 from overlayd.values.kernel_state import Changes, KernelState
 from overlayd.values.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig
+
+if TYPE_CHECKING:
+    from overlayd.dataplane.wireguard.driver import Driver
 
 log = logging.getLogger("overlayd.dataplane")
 T = TypeVar("T")
@@ -121,6 +126,8 @@ class DataPlane:
 
         def work() -> tuple[int, bool]:
             if self._wireguard is None:
+                from overlayd.dataplane.wireguard.driver import open_driver  # see the docstring
+
                 self._wireguard = open_driver(ifname, self._l(), log_path=log_path, on_exit=on_exit)
                 log.info("WireGuard device %s: %s driver", ifname, self._wireguard.kind)
             created = self._wireguard.ensure_device(device)

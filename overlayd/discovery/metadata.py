@@ -42,12 +42,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import AddressValueError, IPv4Address
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from overlayd.values.errors import ConfigError, DiscoveryError
 from overlayd.values.lease_rules import public_error
 from overlayd.values.text import quote
+
+if TYPE_CHECKING:
+    import aiohttp  # imported when a session opens: a daemon given --public-ip never pays it
 
 log = logging.getLogger("overlayd.discovery")
 
@@ -253,6 +255,8 @@ def _settle(
 
 
 def _session(timeout: float) -> aiohttp.ClientSession:
+    import aiohttp
+
     # No proxies from the environment (a metadata service is never behind one), no
     # redirects, no compression: an answer is a few bytes from the host we asked.
     return aiohttp.ClientSession(
@@ -266,6 +270,8 @@ def _session(timeout: float) -> aiohttp.ClientSession:
 
 async def _ask(session: aiohttp.ClientSession, source: _Source, base: str) -> IPv4Address:
     """The address ``source`` at ``base`` answers; raises ``DiscoveryError`` with why not."""
+    import aiohttp
+
     try:
         headers = dict(source.headers)
         if source.token is not None:

@@ -137,6 +137,9 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    # --debug is ours: the libraries' debug lines (pyroute2 logs every netlink message)
+    # would drown it and cost more CPU than the daemon's own work
+    root.setLevel(max(level, logging.INFO))
+    logging.getLogger("overlayd").setLevel(level)
     # the etcd client logs every reconnect attempt of its watch at WARNING; ours say enough
     logging.getLogger("etcd3aio").setLevel(logging.ERROR)
