@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from overlayd.cli.planview import plan_json, plan_lines
 from overlayd.planning.node import plan_node
 from overlayd.planning.relay import (
     RelayChoice,
@@ -265,3 +266,24 @@ def test_hostile_relay_fields_refuse_the_record_in_one_short_line(
         decode_lease(net(5), raw(**fields))
     text = str(info.value)
     assert match in text and len(text) < 200, text
+
+
+def test_overlayctl_plan_shows_relays_applied_and_offline() -> None:
+    records = world({10: 1}, {10: 2}, (10,))
+    daemon = plan_node(cfg(), records[net(1)], records, stranded={net(2)})
+    line = "# relay 10.244.2.0/24: via relay node10 (10.244.10.0/24, combined rtt 3 ms)"
+    assert line in plan_lines("node1", net(1), WIREGUARD, daemon)
+    offline = plan_node(cfg(), records[net(1)], records)
+    assert (
+        "# relay 10.244.2.0/24: if no direct path verifies: via relay node10 "
+        "(10.244.10.0/24, combined rtt 3 ms)"
+    ) in plan_lines("node1", net(1), WIREGUARD, offline)
+    doc = plan_json("node1", net(1), offline)["relays"]
+    assert doc["applied"] is False and doc["via"][0]["relay"] == "node10"
+    none = plan_node(
+        cfg(), records[net(1)], records, stranded={net(2)}, broken_relays={(net(2), net(10))}
+    )
+    assert any(
+        line.startswith("# relay 10.244.2.0/24: none: ")
+        for line in plan_lines("n", net(1), WIREGUARD, none)
+    )
