@@ -337,7 +337,7 @@ class Daemon:
         probed, self._probed = self._probed, set()
         fold = run.fold
         if run.relays is not None:
-            report = partial(self.paths.report, fold.records, {})
+            report = partial(self.paths.report, via={})
             rtts = run.relays.rtts(run.keeper.held.record, fold.records, report)
             await run.publisher.publish_relay_rtts(rtts)
         planned = run.reconcile.plan(

@@ -164,13 +164,14 @@ class RelayKeeper:
         self,
         me: LeaseRecord,
         records: Mapping[IPv4Network, LeaseRecord],
-        report: Callable[[], Iterable[PeerReport]],
+        report: Callable[[Mapping[IPv4Network, LeaseRecord]], Iterable[PeerReport]],
     ) -> RelayRtts:
         """What our lease's ``RelayRTTs`` should say now (``rtts_to_publish``); ``report``
-        is the path keeper's, asked only when a relay exists."""
-        if not me.relay_rtts and not any(r.relay for r in records.values()):
+        is the path keeper's, asked about the relays only, and only when there are any."""
+        relays = {s: r for s, r in records.items() if r.relay and s != me.subnet}
+        if not relays:
             return ()
-        return rtts_to_publish(me.relay_rtts, self.measured(records, report()))
+        return rtts_to_publish(me.relay_rtts, self.measured(relays, report(relays)))
 
     def _wake_at(self, when: float) -> None:
         """Wake the daemon at ``when`` (the clock's time), once per distinct time."""

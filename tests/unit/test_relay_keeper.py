@@ -5,6 +5,7 @@ which round trips are published."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from overlayd.agent.path_keeper import PeerReport
 from overlayd.agent.relay_keeper import RelayKeeper, annotate
 from overlayd.disk.node_key import NodeKey
+from overlayd.values.lease import LeaseRecord
 from overlayd.values.paths import PUBLIC, PeerPath
 from tests.builders import record
 
@@ -137,14 +139,14 @@ def test_rtts_ask_the_path_keeper_only_when_a_relay_exists(tmp_path: Path) -> No
     me = record(str(A), "a", "id-a", 1)
     asked: list[int] = []
 
-    def report() -> list[PeerReport]:
-        asked.append(1)
+    def report(peers: Mapping[IPv4Network, LeaseRecord]) -> list[PeerReport]:
+        asked.append(len(peers))
         return [_report(R, 4.0, True)]
 
     k = keeper(tmp_path, Clock())
     assert k.rtts(me, {B: record(str(B), "b", "id-b", 2)}, report) == () and asked == []
-    records = {R: record(str(R), "r", "id-r", 10, relay=True)}
-    assert k.rtts(me, records, report) == ((R, 4),) and asked == [1]
+    records = {R: record(str(R), "r", "id-r", 10, relay=True), B: record(str(B), "b", "id-b", 2)}
+    assert k.rtts(me, records, report) == ((R, 4),) and asked == [1]  # asked of R alone
 
 
 def test_peers_say_their_relay_or_why_they_have_no_path() -> None:
