@@ -36,7 +36,7 @@ log = logging.getLogger("overlayd.relay")
 
 GRACE = 3.0  # seconds a peer's direct path may take to verify before a relay carries it
 UPGRADE_HOLD = 3.0  # seconds a direct path must stay verified before the relay is left
-THROUGH_GRACE = 5.0  # seconds the probes through a new relay may take to be answered
+THROUGH_GRACE = 8.0  # seconds the probes through a new relay may take to be answered (a busy host)
 COOLDOWN = 60.0  # seconds a relay that stopped forwarding for a peer is not used for it
 
 

@@ -105,6 +105,18 @@ def _capture_internet(world: World, seconds: float) -> list[str]:
     return [line for line in cap.stdout.splitlines() if line.strip()]
 
 
+def _state(daemons: dict[str, OverlaydProc]) -> str:
+    """Each daemon's WireGuard device (keys hidden by wg) and the end of its log."""
+    parts = []
+    for name, d in daemons.items():
+        links = ns_run(d.ns, "ip", "-o", "link", "show").stdout
+        dev = next((p.split("@")[0].rstrip(":") for p in links.split() if p.startswith("ovwg")), "")
+        wg = ns_run(d.ns, "wg", "show", dev, check=False).stdout if dev else "(no device)"
+        routes = ns_run(d.ns, "ip", "route", "show", "dev", dev, check=False).stdout
+        parts.append(f"--- {name}:\n{wg}{routes}{d.log()[-2500:]}")
+    return "\n".join(parts)
+
+
 def test_nat_pair_goes_through_the_relay(world: World, daemons: dict[str, OverlaydProc]) -> None:
     a1, b1 = daemons["a1"], daemons["b1"]
     wait_until(lambda: _relay_of(a1, b1) == "bare", RELAY_TIMEOUT, "a1 -> b1 via relay bare")
@@ -156,7 +168,10 @@ def test_dead_relay_moves_the_pair_to_the_other_then_leaves_it_with_no_path(
     drop_forwarded(two_relays, first)  # it answers probes, but forwards nothing
     wait_until(lambda: _relay_of(a1, b1) == other, 20, f"a1 -> b1 moves to relay {other}")
     wait_until(lambda: _relay_of(b1, a1) == other, 20, f"b1 -> a1 moves to relay {other}")
-    wait_until(partial(a1.pings, b1), 15, f"a1 -> b1 through relay {other}")
+    try:
+        wait_until(partial(a1.pings, b1), 15, f"a1 -> b1 through relay {other}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_state(two_relays)}") from None
 
     assert f"relay {first} stopped forwarding" in a1.log()
     kill_host(two_relays, other)
