@@ -66,7 +66,7 @@ class _Running:
     reconcile: ReconcilePass
     gateway: GatewayAgent | None
     site_local: bool  # our underlay address reaches only inside our site
-    relays: RelayKeeper | None  # WireGuard in the mesh topology: stranded pairs, relay checks
+    relays: RelayKeeper | None  # WireGuard backends: stranded pairs, relay checks
 
 
 class Daemon:
@@ -244,7 +244,7 @@ class Daemon:
             cfg.network, identity.node_id, keeper, self.paths, self._churn, self.status
         )
         relays = None
-        if cfg.backend.uses_wireguard and not cfg.topology.uses_gateways:
+        if cfg.backend.uses_wireguard:
             relays = RelayKeeper(self._key, self.mark_dirty, self.clock.monotonic)
         reconcile = ReconcilePass(
             cfg, devices, self.dp, self.paths, gateway, self._ingress, self._churn, self.clock,
