@@ -69,7 +69,7 @@ class _Running:
     reconcile: ReconcilePass
     gateway: GatewayAgent | None
     site_local: bool  # our underlay address reaches only inside our site
-    relays: RelayKeeper | None  # WireGuard in the mesh topology: stranded pairs, relay checks
+    relays: RelayKeeper | None  # WireGuard backends: stranded pairs, relay checks
 
 
 class Daemon:
@@ -268,7 +268,7 @@ class Daemon:
             cfg.network, identity.node_id, keeper, self.paths, self._churn, self.status
         )
         relays = None
-        if cfg.backend.uses_wireguard and not cfg.topology.uses_gateways:
+        if cfg.backend.uses_wireguard:
             relays = RelayKeeper(self._key, self.mark_dirty, self.clock.monotonic)
         reconcile = ReconcilePass(
             cfg, devices, self.dp, self.paths, gateway, self._ingress, self._churn, self.clock,
@@ -371,7 +371,7 @@ class Daemon:
         probed, self._probed = self._probed, set()
         fold = run.fold
         if run.relays is not None:
-            report = partial(self.paths.report, fold.records, {})
+            report = partial(self.paths.report, via={})
             rtts = run.relays.rtts(run.keeper.held.record, fold.records, report)
             await run.publisher.publish_relay_rtts(rtts)
         planned = run.reconcile.plan(

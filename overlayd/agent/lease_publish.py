@@ -80,8 +80,9 @@ class LeasePublisher:
 
 def relays(opts: DaemonOptions, cfg: NetworkConfig, underlay: Underlay) -> bool:
     """Whether this node relays (``--relay``; by default when it has a public address of
-    its own or from ``--public-ip``). Only WireGuard is relayed, in the mesh topology."""
-    if not cfg.backend.uses_wireguard or cfg.topology.uses_gateways:
+    its own or from ``--public-ip``). Only WireGuard is relayed (in the gateway topology,
+    by a node while it is an entry point: a gateway, or a host of a mesh-mode site)."""
+    if not cfg.backend.uses_wireguard:
         return False
     if opts.relay is not None:
         return opts.relay

@@ -131,7 +131,7 @@ class ReconcilePass:
         relays = self._relays
         stranded: frozenset[IPv4Network] = frozenset()
         if relays is not None:
-            stranded = relays.stranded(records, verified)
+            stranded = relays.stranded(records.keys() - {me.subnet}, verified)
             relays.judge(records)
         found = plan_node(
             self._cfg, me, records,

@@ -36,7 +36,7 @@ log = logging.getLogger("overlayd.relay")
 
 GRACE = 3.0  # seconds a peer's direct path may take to verify before a relay carries it
 UPGRADE_HOLD = 3.0  # seconds a direct path must stay verified before the relay is left
-THROUGH_GRACE = 5.0  # seconds the probes through a new relay may take to be answered
+THROUGH_GRACE = 8.0  # seconds the probes through a new relay may take to be answered (a busy host)
 COOLDOWN = 60.0  # seconds a relay that stopped forwarding for a peer is not used for it
 
 
@@ -164,13 +164,14 @@ class RelayKeeper:
         self,
         me: LeaseRecord,
         records: Mapping[IPv4Network, LeaseRecord],
-        report: Callable[[], Iterable[PeerReport]],
+        report: Callable[[Mapping[IPv4Network, LeaseRecord]], Iterable[PeerReport]],
     ) -> RelayRtts:
         """What our lease's ``RelayRTTs`` should say now (``rtts_to_publish``); ``report``
-        is the path keeper's, asked only when a relay exists."""
-        if not me.relay_rtts and not any(r.relay for r in records.values()):
+        is the path keeper's, asked about the relays only, and only when there are any."""
+        relays = {s: r for s, r in records.items() if r.relay and s != me.subnet}
+        if not relays:
             return ()
-        return rtts_to_publish(me.relay_rtts, self.measured(records, report()))
+        return rtts_to_publish(me.relay_rtts, self.measured(relays, report(relays)))
 
     def _wake_at(self, when: float) -> None:
         """Wake the daemon at ``when`` (the clock's time), once per distinct time."""

@@ -170,8 +170,9 @@ def plan_node(
     place when the backend has no WireGuard side and the change allows it.
     ``stranded``: WireGuard peers with no direct path verified within the grace time,
     carried by a relay (``broken_relays``: (peer, relay) pairs not to use); None: not
-    known (offline), the plan then says which relay each WireGuard peer would get.
-    Relays carry pairs in the mesh topology only.
+    known (offline), the plan then says which relay each WireGuard peer would get. In the
+    gateway topology the pairs are entry points (a site's gateway: every subnet it carries
+    goes through the relay).
     """
     memo = memo or PlanMemo()
     network, backend = cfg.network, cfg.backend
@@ -187,14 +188,13 @@ def plan_node(
             unguessable=unguessable,
         )  # fmt: skip
         wireguard = topo.wireguard
-    relays = RelayPlan()
-    if topo is None:
+    else:
         wireguard = plan_wireguard(
             me, usable, backend, paths, verified=verified, network=network, created=created,
             unguessable=unguessable,
         )  # fmt: skip
-        relays = _relays(me, usable, wireguard, stranded, broken_relays)
-        wireguard = apply_relays(wireguard, relays, usable)
+    relays = _relays(me, usable, wireguard, stranded, broken_relays)
+    wireguard = apply_relays(wireguard, relays, usable)
     if backend.uses_vxlan:
         vxlan = memo.vxlan.plan(me, wireguard.vxlan_leases, paths, network, created, unguessable)
     else:
@@ -204,7 +204,9 @@ def plan_node(
     if topo.via_gateway:  # other sites' subnets, through our gateway
         routes = {**vxlan.state.routes, **topo.via_gateway}
         vxlan = replace(vxlan, state=replace(vxlan.state, routes=routes))
-    return NodePlan(vxlan, wireguard, topo.via_gateway, topo.role, topo.gateway, refused)
+    return NodePlan(
+        vxlan, wireguard, topo.via_gateway, topo.role, topo.gateway, refused, relays=relays
+    )
 
 
 def _relays(

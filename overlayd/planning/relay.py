@@ -15,9 +15,10 @@ RTT only when it moved by more than ``RelayParams`` allows (jitter never moves a
 relay that stops forwarding for the pair (the daemon's data-plane check) is ``broken`` for
 it: the next relay takes over, or the peer is left with no path and the reason.
 
-``apply_relays`` rewrites a WireGuard plan: the relayed peer's subnet goes into the relay's
-AllowedIPs and is routed via the relay's overlay address; the peer's own WireGuard peer is
-left out (its subnet cannot be the AllowedIPs of two peers). Both legs are WireGuard.
+``apply_relays`` rewrites a WireGuard plan: the relayed peer's AllowedIPs (its subnet; for
+a remote gateway, every subnet of its site) go into the relay's and are routed via the
+relay's overlay address; the peer's own WireGuard peer is left out (a subnet cannot be the
+AllowedIPs of two peers). Both legs are WireGuard.
 """
 
 from __future__ import annotations
@@ -164,9 +165,9 @@ def _no_relay_reason(peer: LeaseRecord, failed: list[str]) -> str:
 def apply_relays(
     plan: WireGuardPlan, relays: RelayPlan, records: Mapping[IPv4Network, LeaseRecord]
 ) -> WireGuardPlan:
-    """``plan`` with each chosen pair carried by its relay: the peer's subnet in the
-    relay's AllowedIPs and routed via the relay's overlay address, the peer's own
-    WireGuard peer left out. Pairs whose relay is not a peer of ``plan`` stay as they are."""
+    """``plan`` with each chosen pair carried by its relay: the peer's AllowedIPs in the
+    relay's and routed via the relay's overlay address, the peer's own WireGuard peer
+    left out. Pairs whose relay is not a peer of ``plan`` stay as they are."""
     if not relays.applied or not relays.chosen:
         return plan
     peers, routes, paths = dict(plan.peers), dict(plan.routes), dict(plan.paths)
@@ -176,12 +177,13 @@ def apply_relays(
         # a relay that is itself relayed cannot carry anyone (it is no peer of ours then)
         if choice.relay in relays.chosen or choice.relay not in peers or subnet not in peers:
             continue
-        del peers[subnet]
+        carried = peers.pop(subnet).allowed_ips
         paths.pop(subnet, None)
         if subnet in dial_in:
             dial_in.remove(subnet)
-        extra.setdefault(choice.relay, []).append(subnet)
-        routes[subnet] = RouteEntry(subnet, records[choice.relay].overlay_ip)
+        extra.setdefault(choice.relay, []).extend(carried)
+        via = records[choice.relay].overlay_ip
+        routes.update((s, RouteEntry(s, via)) for s in carried)
     for relay, subnets in extra.items():
         peers[relay] = replace(peers[relay], allowed_ips=(*peers[relay].allowed_ips, *subnets))
     return replace(plan, peers=peers, routes=routes, paths=paths, dial_in=tuple(dial_in))

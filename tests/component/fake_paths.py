@@ -32,6 +32,7 @@ class FakePaths:
         self.taker: Taker | None = None  # who shares the probe socket (STUN)
         self.sent: list[tuple[bytes, tuple[str, int]]] = []  # what it sent through it
         self._paths: dict[IPv4Network, PeerPath] = {}
+        self._verified: dict[IPv4Network, float] = {}  # set by ``verify``: peer -> RTT (ms)
         self._on_change: Callable[[IPv4Network | None], None] | None = None
 
     @property
@@ -94,7 +95,7 @@ class FakePaths:
         return send
 
     def verified(self) -> set[IPv4Network]:
-        return set()
+        return set(self._verified)
 
     def public_addresses(self, me: LeaseRecord) -> tuple[IPv4Address, ...]:
         return self.confirmed
@@ -102,7 +103,21 @@ class FakePaths:
     def report(
         self, peers: Mapping[IPv4Network, LeaseRecord], via: Mapping[IPv4Network, str]
     ) -> list[PeerReport]:
-        return []
+        out = []
+        for subnet, rtt in self._verified.items():
+            path = self._paths.get(subnet)
+            if subnet in peers and path is not None:
+                peer = peers[subnet]
+                out.append(
+                    PeerReport(peer.node, subnet, peer.site, path, rtt, None, (path.address,))
+                )
+        return out
+
+    def verify(self, subnet: IPv4Network, rtt_ms: float = 1.0) -> None:
+        """From now on ``subnet``'s path is verified by probes, with round trip ``rtt_ms``."""
+        self._verified[subnet] = rtt_ms
+        assert self._on_change is not None, "not started"
+        self._on_change(subnet)
 
     def reflect(self, *addresses: IPv4Address) -> None:
         """From now on peers of other sites confirm that they see us at ``addresses``."""

@@ -4,11 +4,13 @@ published RTTs' hysteresis and the lease fields' validation."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from ipaddress import IPv4Network
 from typing import Any
 
 import pytest
 
+from overlayd.cli.planview import plan_json, plan_lines
 from overlayd.planning.node import plan_node
 from overlayd.planning.relay import (
     RelayChoice,
@@ -19,6 +21,7 @@ from overlayd.planning.relay import (
 )
 from overlayd.values.config import WIREGUARD
 from overlayd.values.errors import LeaseFormatError
+from overlayd.values.gateway_state import GatewayClaim
 from overlayd.values.kernel_state import RouteEntry
 from overlayd.values.lease import LeaseRecord, decode_lease
 from overlayd.values.lease_rules import MAX_RELAY_RTT_MS, MAX_RELAY_RTTS
@@ -32,10 +35,12 @@ def net(n: int) -> IPv4Network:
     return IPv4Network(f"10.244.{n}.0/24")
 
 
-def node(n: int, rtts: dict[int, int] | None = None, *, relay: bool | None = None) -> LeaseRecord:
+def node(
+    n: int, rtts: dict[int, int] | None = None, *, relay: bool | None = None, site: str = ""
+) -> LeaseRecord:
     return record(
-        str(net(n)), f"node{n}", f"id{n}", n, site=SITES.get(n, "r"), backend_type=WIREGUARD,
-        public_key=wg_key(n), wireguard_port=51820, relay=relay,
+        str(net(n)), f"node{n}", f"id{n}", n, site=site or SITES.get(n, "r"),
+        backend_type=WIREGUARD, public_key=wg_key(n), wireguard_port=51820, relay=relay,
         relay_rtts=tuple(sorted((net(r), ms) for r, ms in (rtts or {}).items())),
     )  # fmt: skip
 
@@ -265,3 +270,48 @@ def test_hostile_relay_fields_refuse_the_record_in_one_short_line(
         decode_lease(net(5), raw(**fields))
     text = str(info.value)
     assert match in text and len(text) < 200, text
+
+
+def test_overlayctl_plan_shows_relays_applied_and_offline() -> None:
+    records = world({10: 1}, {10: 2}, (10,))
+    daemon = plan_node(cfg(), records[net(1)], records, stranded={net(2)})
+    line = "# relay 10.244.2.0/24: via relay node10 (10.244.10.0/24, combined rtt 3 ms)"
+    assert line in plan_lines("node1", net(1), WIREGUARD, daemon)
+    offline = plan_node(cfg(), records[net(1)], records)
+    assert (
+        "# relay 10.244.2.0/24: if no direct path verifies: via relay node10 "
+        "(10.244.10.0/24, combined rtt 3 ms)"
+    ) in plan_lines("node1", net(1), WIREGUARD, offline)
+    doc = plan_json("node1", net(1), offline)["relays"]
+    assert doc["applied"] is False and doc["via"][0]["relay"] == "node10"
+    none = plan_node(
+        cfg(), records[net(1)], records, stranded={net(2)}, broken_relays={(net(2), net(10))}
+    )
+    assert any(
+        line.startswith("# relay 10.244.2.0/24: none: ")
+        for line in plan_lines("n", net(1), WIREGUARD, none)
+    )
+
+
+def test_gateway_topology_relays_a_remote_gateway_with_its_whole_site() -> None:
+    # sites a (node1 gateway, node4 member) and b (node2 gateway, node5 member) in gateway
+    # mode; relay node10 alone in site r, in mesh mode: an entry point of its own
+    gcfg = config(
+        Network="10.244.0.0/16", Backend={"Type": "vxlan+wireguard"},
+        Topology={"Mode": "gateway", "Sites": {"r": "mesh"}},
+    )  # fmt: skip
+    records = world({10: 2}, {10: 3}, (10,))
+    records.update({net(4): node(4, site="a"), net(5): node(5, site="b")})
+    records = {s: replace(r, backend_type="vxlan+wireguard") for s, r in records.items()}
+    claims = {
+        "a": GatewayClaim("a", "node1", "id1", net(1)),
+        "b": GatewayClaim("b", "node2", "id2", net(2)),
+    }
+    plan = plan_node(gcfg, records[net(1)], records, claims=claims, stranded={net(2)})
+    wg = plan.wireguard
+    assert plan.role == "gateway" and plan.relayed == {net(2): "node10"}
+    assert net(2) not in wg.peers
+    assert wg.peers[net(10)].allowed_ips == (net(2), net(5), net(10))
+    assert wg.routes[net(5)] == RouteEntry(net(5), net(10).network_address)
+    member = plan_node(gcfg, records[net(4)], records, claims=claims, stranded={net(2)})
+    assert member.role == "member" and member.relayed == {} and not member.wireguard.peers
