@@ -4,7 +4,9 @@ desired entries' own key objects (not the copies decoded from the kernel)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 from overlayd.dataplane.mirror import KernelMirror
 from overlayd.dataplane.netlink.monitor import KernelEvent
@@ -31,16 +33,19 @@ def entries(n: int) -> KernelState:
     return KernelState(routes=routes, neighs=neighs, fdbs=fdbs)
 
 
+def same_objects(have: Mapping[Any, object], want: Mapping[Any, object]) -> bool:
+    """Whether every key and value of ``have`` is the very object ``want`` holds."""
+    canonical = {id(k) for k in want}
+    return all(id(k) in canonical and have[k] is want[k] for k in have)
+
+
 def keys_are_desired(mirror: KernelMirror, desired: KernelState) -> bool:
-    for have, want in (
-        (mirror.state.routes, desired.routes),
-        (mirror.state.neighs, desired.neighs),
-        (mirror.state.fdbs, desired.fdbs),
-    ):
-        canonical = {id(k) for k in want}
-        if any(id(k) not in canonical or have[k] is not want[k] for k in have):
-            return False
-    return True
+    state = mirror.state
+    return (
+        same_objects(state.routes, desired.routes)
+        and same_objects(state.neighs, desired.neighs)
+        and same_objects(state.fdbs, desired.fdbs)
+    )
 
 
 def test_empty_dump() -> None:
