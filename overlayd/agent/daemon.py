@@ -163,20 +163,24 @@ class Daemon:
         self._stop.set()
 
     async def _main(self) -> None:
-        run = await self._start()
-        held = run.keeper.held
-        if run.cfg.topology.uses_gateways or (held is not None and held.record.relay):
-            # gateways forward between the in-site VXLAN and WireGuard (any host may become
-            # one); a relay between its WireGuard peers
-            await asyncio.to_thread(self.host.enable_forwarding)
+        run, held = await self._start()
         async with asyncio.TaskGroup() as tasks:
+            # the lease watch first: its snapshot starts the probes to peers while the
+            # devices are set up, so paths verify in parallel with that work
+            tasks.create_task(run.fold.watch(self.store, self._on_batch))
+            await self._configure(run, held)
+            self.phases.reach(Phase.DEVICES)
+            self.host.notify("READY=1")
+            if run.cfg.topology.uses_gateways or held.record.relay:
+                # gateways forward between the in-site VXLAN and WireGuard (any host may become
+                # one); a relay between its WireGuard peers
+                await asyncio.to_thread(self.host.enable_forwarding)
             if run.gateway is not None:
                 tasks.create_task(run.gateway.run())
             if run.relays is not None:
                 tasks.create_task(run.relays.run())
             tasks.create_task(run.keeper.keep())
             tasks.create_task(run.rotation.watch())
-            tasks.create_task(run.fold.watch(self.store, self._on_batch))
             tasks.create_task(self._resync_timer())
             if self.discovery is not None:
                 tasks.create_task(self._discover(self.discovery, run))
@@ -205,8 +209,8 @@ class Daemon:
             needed=needed,
         )  # fmt: skip
 
-    async def _start(self) -> _Running:
-        """Probing, the underlay, the config, our lease, the devices; then READY=1."""
+    async def _start(self) -> tuple[_Running, HeldLease]:
+        """Probing, the underlay, the config, our lease (``_main`` sets the devices up)."""
         identity = self.state_dir.identity()
         # resolving endpoint names may block: not on the event loop
         unguessable = await asyncio.to_thread(self.store.endpoint_addresses)
@@ -236,10 +240,7 @@ class Daemon:
         held = await keeper.acquire()
         self.phases.reach(Phase.LEASE)
         run = self._running = self._compose(cfg, identity, underlay, keeper, rotation, unguessable)
-        await self._configure(run, held)
-        self.phases.reach(Phase.DEVICES)
-        self.host.notify("READY=1")
-        return run
+        return run, held
 
     def _compose(
         self,
