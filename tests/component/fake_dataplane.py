@@ -4,7 +4,8 @@ It implements overlayd.dataplane.api.DataPlaneApi: each device (by ifindex) keep
 neighbours and FDB entries; ``dump`` answers from that state, ``apply`` changes it, is
 recorded, and notifies the device's monitor as the kernel does (the daemon's mirror is
 kept from notifications, not from what it asked for). Tests may put entries in beforehand
-(what a previous run left) with ``preload``.
+(what a previous run left) with ``preload``. ``writes`` names every call that changed
+something (what the real data plane would have written), ``dumps`` counts read-backs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ UNDERLAY_ADDRESS = IPv4Address("192.0.2.1")
 
 @dataclass
 class FakeDataPlane:
-    """Devices as dicts; ``applied`` lists every (ifindex, changes) the daemon applied."""
+    """Devices as dicts; ``applied`` lists every (ifindex, changes) the daemon applied,
+    ``writes`` every call that changed a device, its address or its peers."""
 
     underlay_address: IPv4Address = UNDERLAY_ADDRESS
     mtu: int = 1500
@@ -42,6 +44,8 @@ class FakeDataPlane:
     wg_peers: dict[PublicKey, WgPeerConfig] = field(default_factory=dict)
     applied: list[tuple[int, Changes]] = field(default_factory=list)
     monitors: dict[int, Callable[[list[KernelEvent] | None], None]] = field(default_factory=dict)
+    writes: list[str] = field(default_factory=list)
+    dumps: int = 0
 
     def preload(self, ifindex: int, state: KernelState) -> None:
         """Entries a device holds before the daemon starts (a previous run's)."""
@@ -64,6 +68,8 @@ class FakeDataPlane:
         return Underlay(link, self.underlay_address)
 
     async def ensure_device(self, spec: VxlanSpec, address: IPv4Interface) -> int:
+        if (self.specs.get(VXLAN_INDEX), self.addresses.get(VXLAN_INDEX)) != (spec, address):
+            self.writes.append("vxlan device")
         self.specs[VXLAN_INDEX] = spec
         self.addresses[VXLAN_INDEX] = address
         self.state(VXLAN_INDEX)
@@ -78,6 +84,8 @@ class FakeDataPlane:
         on_exit: Callable[[], None],
     ) -> tuple[int, bool]:
         created = WIREGUARD_INDEX not in self.devices
+        if created or self.addresses.get(WIREGUARD_INDEX) != address:
+            self.writes.append("wireguard device")
         self.addresses[WIREGUARD_INDEX] = address
         self.state(WIREGUARD_INDEX)
         return WIREGUARD_INDEX, created
@@ -94,9 +102,13 @@ class FakeDataPlane:
         for k in remove:
             del self.wg_peers[k]
         self.wg_peers.update(wanted)
-        return PeerChanges(add=add, update=update, remove=remove)
+        changes = PeerChanges(add=add, update=update, remove=remove)
+        if changes:
+            self.writes.append("wireguard peers")
+        return changes
 
     async def dump(self, ifindex: int) -> KernelState:
+        self.dumps += 1
         s = self.state(ifindex)
         return KernelState(routes=dict(s.routes), neighs=dict(s.neighs), fdbs=dict(s.fdbs))
 
@@ -112,6 +124,8 @@ class FakeDataPlane:
         s.neighs.update((n.ip, n) for n in changes.set_neighs)
         s.fdbs.update((f.mac, f) for f in changes.set_fdbs)
         self.applied.append((ifindex, changes))
+        if changes:
+            self.writes.append(f"entries on {ifindex}")
         self._notify(ifindex, changes)
         return ApplyResult(ok=len(changes))
 
