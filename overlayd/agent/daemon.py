@@ -37,6 +37,7 @@ from overlayd.agent.reconcile import ReconcilePass
 from overlayd.agent.rotation import KeyRotation
 from overlayd.agent.status import Handler, HealthServer, Reply
 from overlayd.agent.status_docs import Status, healthz, peersz, readyz, statusz
+from overlayd.agent.traffic import TrafficSampler
 from overlayd.dataplane.api import DataPlaneApi, Underlay
 from overlayd.dataplane.ingress_nft import IngressFilter, IngressTable
 from overlayd.disk.node_key import NodeKey
@@ -64,6 +65,7 @@ class _Running:
     reconcile: ReconcilePass
     gateway: GatewayAgent | None
     site_local: bool  # our underlay address reaches only inside our site
+    traffic: TrafficSampler  # which peers carry traffic, for the probe pace
 
 
 class Daemon:
@@ -160,6 +162,7 @@ class Daemon:
             tasks.create_task(run.rotation.watch())
             tasks.create_task(run.fold.watch(self.store, lambda full: self.mark_dirty(full=full)))
             tasks.create_task(self._resync_timer())
+            tasks.create_task(run.traffic.run())
             if self.discovery is not None:
                 tasks.create_task(self._discover(self.discovery, run))
             tasks.create_task(self.reconcile_loop())
@@ -241,9 +244,12 @@ class Daemon:
             self.status, unguessable,
         )  # fmt: skip
         publisher = LeasePublisher(keeper, rotation, self.paths, cfg.network, self.opts.public_ips)
+        traffic = TrafficSampler(
+            cfg.backend, lambda: devices.vxlan.ifindex, self.dp, self.paths, lambda: fold.records
+        )
         return _Running(
             cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway,
-            is_site_local(underlay.address),
+            is_site_local(underlay.address), traffic,
         )  # fmt: skip
 
     async def _wait_config(self) -> NetworkConfig:

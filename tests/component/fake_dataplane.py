@@ -11,6 +11,7 @@ something (what the real data plane would have written), ``dumps`` counts read-b
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
@@ -21,9 +22,16 @@ from overlayd.dataplane.netlink.link import LinkInfo
 from overlayd.dataplane.netlink.monitor import KernelEvent
 from overlayd.dataplane.netlink.rtnl import ApplyResult
 from overlayd.dataplane.netlink.rtnl_messages import Action, FdbMessage, NeighMessage, RouteMessage
-from overlayd.values.kernel_state import Changes, FdbEntry, KernelState, NeighEntry, RouteEntry
+from overlayd.values.kernel_state import (
+    Changes,
+    FdbEntry,
+    KernelState,
+    MacAddress,
+    NeighEntry,
+    RouteEntry,
+)
 from overlayd.values.keys import PublicKey
-from overlayd.values.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig
+from overlayd.values.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig, WgPeerState
 
 UNDERLAY_INDEX = 2
 VXLAN_INDEX = 10
@@ -42,6 +50,8 @@ class FakeDataPlane:
     addresses: dict[int, IPv4Interface] = field(default_factory=dict)
     specs: dict[int, VxlanSpec] = field(default_factory=dict)
     wg_peers: dict[PublicKey, WgPeerConfig] = field(default_factory=dict)
+    wg_bytes: dict[PublicKey, int] = field(default_factory=dict)  # rx + tx of each peer
+    fdb_used: dict[MacAddress, float] = field(default_factory=dict)  # when each FDB entry sent
     applied: list[tuple[int, Changes]] = field(default_factory=list)
     monitors: dict[int, Callable[[list[KernelEvent] | None], None]] = field(default_factory=dict)
     writes: list[str] = field(default_factory=list)
@@ -143,6 +153,19 @@ class FakeDataPlane:
         ]
         if events:  # delivered later on the loop, as the monitor thread's bursts are
             asyncio.get_running_loop().call_soon(on_events, events)
+
+    async def fdb_idle(self, ifindex: int) -> dict[MacAddress, float]:
+        """Seconds since each FDB entry sent (``fdb_used``: monotonic times; never: 300 s)."""
+        now = time.monotonic()
+        return {
+            mac: now - self.fdb_used[mac] if mac in self.fdb_used else 300.0
+            for mac in self.state(ifindex).fdbs
+        }
+
+    async def wireguard_peers(self) -> dict[PublicKey, WgPeerState]:
+        return {
+            k: WgPeerState(p, rx_bytes=self.wg_bytes.get(k, 0)) for k, p in self.wg_peers.items()
+        }
 
     def start_monitor(
         self, ifindex: int, on_events: Callable[[list[KernelEvent] | None], None]
