@@ -13,11 +13,17 @@ only, deleted at the end). Two processes, both under uvloop:
   prober from every identity at the fast interval -- each real peer probes us too, so the
   prober pays for answering as well.
 
+With ``--active M`` only the first M peers carry traffic: once every chosen path is
+verified, the prober is told the others are idle (``Prober.set_idle``, as the daemon's
+path keeper does from its traffic samples), and the responder probes from the idle
+identities at the idle interval only. Without it every peer is probed fast (as before the
+probe pace existed).
+
 Reported: time until every peer has a verified path, then over the measuring window
 packets/s sent and received by the prober and its CPU% (getrusage), plus the responder's
 CPU% for reference.
 
-    sudo .venv/bin/python scripts/bench_probe.py [--peers 1000] [--seconds 10]
+    sudo .venv/bin/python scripts/bench_probe.py [--peers 1000] [--active 50] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ def _cpu() -> float:
 
 
 async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) -> dict[str, Any]:
+    """Probe every peer; ``keys["active"]``: how many carry traffic (the rest go idle)."""
     config = ProbeConfig(port=PROBER_PORT, bind=IPv4Address("127.0.0.1"))
     changed = asyncio.Event()
     prober: Prober[int] = Prober(
@@ -117,6 +124,11 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
             break
         await asyncio.sleep(0.05)
     verified_after = time.monotonic() - start
+    active = keys.get("active")
+    if active is not None:
+        prober.set_idle(range(active, len(peers)))
+        # the probes already scheduled at the fast and slow intervals go out first
+        await asyncio.sleep(config.slow_interval * (1 + config.jitter))
     await asyncio.sleep(3.0)  # let start-up spread and first slow probes settle
     c = prober.counters
     probes0, replies0 = c.probes_sent, c.replies_sent
@@ -128,6 +140,7 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
     wall = t1 - t0
     result = {
         "peers": len(peers),
+        "active": len(peers) if active is None else active,
         "all_verified_after_s": round(verified_after, 2),
         "verified_chosen": sum(
             1 for i in peers if (s := prober.stats(i).get(current[i].address)) and s.verified
@@ -183,9 +196,10 @@ class Responder(asyncio.DatagramProtocol):
             self.transport.sendto(codec.encode_reply(msg, observed), addr)
             self.answered += 1
 
-    async def probe_forever(self, interval: float) -> None:
-        """Every identity probes the prober once per ``interval``, evenly spread."""
-        codecs = list(self.codecs.values())
+    async def probe_forever(self, interval: float, codecs: list[ProbeCodec]) -> None:
+        """Each of ``codecs`` probes the prober once per ``interval``, evenly spread."""
+        if not codecs:
+            return
         step = interval / len(codecs)
         target = ("127.0.0.1", PROBER_PORT)
         next_at = time.monotonic()
@@ -199,7 +213,7 @@ class Responder(asyncio.DatagramProtocol):
                 delay = next_at - time.monotonic()
                 if delay > 0.002:
                     await asyncio.sleep(delay)
-            if len(self.outstanding) > 4 * len(codecs):  # lost replies: keep it bounded
+            if len(self.outstanding) > 4 * len(self.codecs):  # lost replies: keep it bounded
                 self.outstanding.clear()
 
 
@@ -211,10 +225,16 @@ async def run_responder(keys: dict[str, Any]) -> dict[str, Any]:
     identities = [PrivateKey.from_base64(k) for k in keys["peer_private"]]
     proto = Responder(identities, PrivateKey.from_base64(keys["prober"]).public_key())
     await loop.create_datagram_endpoint(lambda: proto, local_addr=("0.0.0.0", RESPONDER_PORT))
-    prober_task = asyncio.create_task(proto.probe_forever(ProbeConfig().fast_interval))
+    codecs, config = list(proto.codecs.values()), ProbeConfig()
+    active = keys.get("active", len(codecs))
+    tasks = [
+        asyncio.create_task(proto.probe_forever(config.fast_interval, codecs[:active])),
+        asyncio.create_task(proto.probe_forever(config.idle_interval, codecs[active:])),
+    ]
     cpu0, t0 = _cpu(), time.monotonic()
     await stop.wait()
-    prober_task.cancel()
+    for task in tasks:
+        task.cancel()
     return {
         "cpu_percent": round(100 * (_cpu() - cpu0) / (time.monotonic() - t0), 1),
         "answered": proto.answered,
@@ -233,6 +253,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--peers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window")
+    parser.add_argument("--active", type=int, help="peers carrying traffic (default: all)")
     parser.add_argument("--role", choices=["prober", "responder"], help=argparse.SUPPRESS)
     parser.add_argument("--keys", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -260,6 +281,7 @@ def main() -> None:
                     "prober": PrivateKey.generate().reveal_base64(),
                     "peers": [k.public_key().base64 for k in peers],
                     "peer_private": [k.reveal_base64() for k in peers],
+                    **({} if args.active is None else {"active": args.active}),
                 }
             )
         )
@@ -286,7 +308,10 @@ def main() -> None:
     result = json.loads(prober.stdout)
     other = json.loads(responder_out)
     pps = result["probes_sent_pps"] + result["replies_sent_pps"] + result["received_pps"]
-    print(f"peers                          {result['peers']} (2 candidates each)")
+    print(
+        f"peers                          {result['peers']} (2 candidates each), "
+        f"{result['active']} with traffic"
+    )
     print(f"all chosen paths verified      {result['all_verified_after_s']} s after start")
     print(
         f"verified chosen / private      {result['verified_chosen']} / {result['private_chosen']}"

@@ -32,6 +32,7 @@ from overlayd.planning.probe_pace import (
     idle_peers,
     observe,
     retain,
+    vouched,
 )
 from overlayd.planning.vxlan import is_me
 from overlayd.probe.prober import Prober, Send, Taker
@@ -215,10 +216,16 @@ class PathKeeper:
         return changed
 
     def note_traffic(self, samples: Mapping[IPv4Network, PeerSample]) -> None:
-        """One sample of the peers' traffic (overlayd/agent/traffic.py): re-pace the probes."""
+        """One sample of the peers' traffic (overlayd/agent/traffic.py): re-pace the probes,
+        and let live WireGuard sessions stand in for idle peers' probes."""
         now = time.monotonic()
+        alive = vouched(self._activity, samples, self._pace)
         self._activity = retain(observe(self._activity, samples, now, self._pace), self._targets)
         self._repace(now)
+        for subnet, address in alive.items():
+            path = self.paths.get(subnet)
+            if path is not None and path.address == address:
+                self.prober.vouch(subnet, address)
 
     def _repace(self, now: float) -> None:
         """Tell the prober which peers are idle now, if that changed."""

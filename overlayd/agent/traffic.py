@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from ipaddress import IPv4Network
 
@@ -21,11 +22,25 @@ from overlayd.runtime.logs import Throttle
 from overlayd.values.config import BackendConfig
 from overlayd.values.errors import OverlaydError
 from overlayd.values.lease import LeaseRecord
+from overlayd.values.wireguard import WgPeerState
 
 log = logging.getLogger("overlayd")
 
 SAMPLE_INTERVAL = 5.0  # seconds: how soon a peer that starts carrying traffic is probed fast
 _ERROR_LOG_EVERY = 60.0  # seconds between log lines about failed samples
+
+
+def _wireguard_sample(vxlan: PeerSample | None, peer: WgPeerState, wall: float) -> PeerSample:
+    """A WireGuard peer's sample (with the VXLAN part, if any, kept)."""
+    endpoint = peer.config.endpoint
+    shook = peer.last_handshake
+    return PeerSample(
+        idle_for=None if vxlan is None else vxlan.idle_for,
+        wg_bytes=peer.rx_bytes + peer.tx_bytes,
+        wg_rx=peer.rx_bytes,
+        wg_endpoint=None if endpoint is None else endpoint.address,
+        wg_handshake_age=None if shook is None else wall - shook,
+    )
 
 
 class TrafficSampler:
@@ -57,12 +72,12 @@ class TrafficSampler:
                 if subnet is not None:
                     out[subnet] = PeerSample(idle_for=idle_for)
         if self._backend.uses_wireguard:
+            wall = time.time()  # WireGuard's handshake times are wall-clock
             by_key = {r.public_key: s for s, r in records.items() if r.public_key}
             for key, peer in (await self._dp.wireguard_peers()).items():
                 subnet = by_key.get(key.base64)
                 if subnet is not None:
-                    vxlan_sample = out.get(subnet, PeerSample())
-                    out[subnet] = PeerSample(vxlan_sample.idle_for, peer.rx_bytes + peer.tx_bytes)
+                    out[subnet] = _wireguard_sample(out.get(subnet), peer, wall)
         return out
 
     async def run(self, interval: float = SAMPLE_INTERVAL) -> None:

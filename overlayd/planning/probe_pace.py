@@ -14,6 +14,12 @@ what the data plane already counts, sampled every few seconds (overlayd/agent/tr
   than ``PaceParams.min_bytes`` between two samples is a keepalive or a handshake, not
   traffic; a counter that fell (a new wireguard-go) is a new start, not traffic.
 
+WireGuard also *stands in* for probes of an idle peer (``vouched``): when its rx counter
+grew since the last sample (keepalives count: the peer's authenticated packets arrived),
+its session is fresh (a handshake within ``PaceParams.handshake_fresh``, WireGuard's own
+REJECT_AFTER_TIME) and the device sends to the address we chose, that path is alive
+without a probe of ours.
+
 Times are ``time.monotonic()`` seconds, as the prober's.
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -35,6 +42,7 @@ class PaceParams:
     # WireGuard bytes per sample that are traffic: a keepalive is 32 bytes, a handshake
     # 148 + 92; a ping each second is ~120 bytes per second each way
     min_bytes: int = 512
+    handshake_fresh: float = 180.0  # seconds: a WireGuard session older than this is dead
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,9 @@ class PeerSample:
 
     idle_for: float | None = None  # VXLAN: seconds since its FDB entry last forwarded a frame
     wg_bytes: int | None = None  # WireGuard: rx + tx bytes since the device started
+    wg_rx: int | None = None  # WireGuard: rx bytes alone
+    wg_endpoint: IPv4Address | None = None  # where the device sends to this peer
+    wg_handshake_age: float | None = None  # seconds since the last handshake (None: never)
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class PeerActivity:
 
     last_traffic: float | None = None  # when traffic was last seen (None: never)
     wg_bytes: int | None = None  # the counter at the last sample
+    wg_rx: int | None = None  # the rx counter at the last sample
 
 
 def observe(
@@ -76,7 +88,30 @@ def observe(
         if grown:
             last = now
         wg_bytes = sample.wg_bytes if sample.wg_bytes is not None else before.wg_bytes
-        out[peer] = PeerActivity(last, wg_bytes)
+        wg_rx = sample.wg_rx if sample.wg_rx is not None else before.wg_rx
+        out[peer] = PeerActivity(last, wg_bytes, wg_rx)
+    return out
+
+
+def vouched(
+    previous: Mapping[K, PeerActivity], samples: Mapping[K, PeerSample], params: PaceParams
+) -> dict[K, IPv4Address]:
+    """The peers whose WireGuard session proves, in this sample, that the device's
+    endpoint for them reaches them: rx grew since ``previous`` (before ``observe``) and
+    the last handshake is fresh. By peer, that endpoint's address."""
+    out = {}
+    for peer, sample in samples.items():
+        before = previous.get(peer)
+        rx_then = None if before is None else before.wg_rx
+        if (
+            sample.wg_endpoint is not None
+            and sample.wg_rx is not None
+            and rx_then is not None
+            and sample.wg_rx > rx_then
+            and sample.wg_handshake_age is not None
+            and 0 <= sample.wg_handshake_age < params.handshake_fresh
+        ):
+            out[peer] = sample.wg_endpoint
     return out
 
 

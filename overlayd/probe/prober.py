@@ -231,6 +231,17 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         if woken:
             self._wake.set()
 
+    def vouch(self, peer: PeerId, address: IPv4Address) -> None:
+        """Something else just proved ``peer``'s path via ``address`` alive (its WireGuard
+        session, overlayd/planning/probe_pace.py): for an idle peer's verified path that
+        stands in for a reply, and its next probe moves an idle interval away."""
+        path = self._paths.get((peer, address))
+        if path is None or path.verified_since is None or peer not in self._idle:
+            return
+        now = self._clock()
+        path.record_vouch(now)
+        self._timers.schedule(path, now + self._interval(path))
+
     # -- what the daemon reads -------------------------------------------------------
 
     def stats(self, peer: PeerId) -> dict[IPv4Address, PathStats]:

@@ -82,6 +82,13 @@ class ProbedPath(Generic[PeerId]):
         self.verified_since = now
         return True
 
+    def record_vouch(self, now: float) -> None:
+        """Count proof of life from elsewhere (a WireGuard session on this path) as a
+        success, without a probe: no RTT sample, and only for a verified path."""
+        if self.verified_since is not None:
+            self.losses = 0
+            self.last_success = now
+
     def record_loss(self, threshold: int) -> bool:
         """Count an unanswered probe; True if that unverified the path (``threshold``
         consecutive losses)."""

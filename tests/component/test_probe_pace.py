@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 from overlayd.probe.prober import Prober
@@ -113,5 +114,48 @@ def test_a_peer_that_is_idle_stays_idle_across_set_peers() -> None:
                 assert to_quiet <= 1
             finally:
                 await prober.close()
+
+    asyncio.run(body())
+
+
+async def until_true(check: Callable[[], bool], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not check():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def test_a_vouched_idle_path_is_not_probed() -> None:
+    """Two probers on loopback answer each other; once ``a``'s path to ``b`` is verified
+    and idle, vouching for it (as a live WireGuard session does) stands in for probes."""
+
+    async def body() -> None:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        config = replace(FAST, idle_interval=1.0)
+        a: Prober[str] = Prober(key_a, replace(config, bind=BUSY))
+        b: Prober[str] = Prober(key_b, replace(config, bind=QUIET, idle_interval=3600.0))
+        await a.start()
+        await b.start()
+        try:
+            b.set_idle(["a"])  # b's own probes stay out of the count
+            b.set_peers({"a": PeerTarget(key_a.public_key(), (BUSY,), port=a.port)})
+            a.set_peers({"b": PeerTarget(key_b.public_key(), (QUIET,), port=b.port)})
+            a.set_chosen("b", QUIET)
+            await until_true(lambda: a.stats("b")[QUIET].verified, "a verifies b")
+            a.set_idle(["b"])
+            await asyncio.sleep(config.fast_interval * 2)  # fast probes still due go out
+            before = b.counters.probes_received
+            for _ in range(30):  # 3 s: three idle probes' worth, were nothing vouching
+                a.vouch("b", QUIET)
+                await asyncio.sleep(0.1)
+            assert b.counters.probes_received - before <= 1
+            assert a.stats("b")[QUIET].verified
+            vouched = b.counters.probes_received
+            await until_true(lambda: b.counters.probes_received >= vouched + 2, "idle probes")
+            a.vouch("b", BUSY)  # not one of b's paths: nothing happens
+        finally:
+            await a.close()
+            await b.close()
 
     asyncio.run(body())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,6 +15,7 @@ from overlayd.planning.probe_pace import (
     is_fast,
     observe,
     retain,
+    vouched,
 )
 from overlayd.probe.schedule import base_interval
 from overlayd.probe.settings import ProbeConfig
@@ -120,3 +123,26 @@ def test_intervals_of_the_four_kinds_of_path() -> None:
     assert base_interval(c, chosen=False, idle=False) == 5
     assert base_interval(c, chosen=True, idle=True) == 30
     assert base_interval(c, chosen=False, idle=True) == 120
+
+
+ENDPOINT = IPv4Address("198.51.100.7")
+
+
+def _wg(rx: int, age: float | None = 10.0, endpoint: IPv4Address | None = ENDPOINT) -> PeerSample:
+    return PeerSample(wg_bytes=rx, wg_rx=rx, wg_endpoint=endpoint, wg_handshake_age=age)
+
+
+def test_a_live_wireguard_session_vouches_for_its_endpoint() -> None:
+    first = observe({}, {"a": _wg(1000)}, NOW, P)
+    assert vouched({}, {"a": _wg(1000)}, P) == {}  # nothing to compare with yet
+    assert vouched(first, {"a": _wg(1032)}, P) == {"a": ENDPOINT}  # a keepalive arrived
+
+
+def test_no_vouch_without_rx_a_fresh_session_or_an_endpoint() -> None:
+    first = observe({}, {"a": _wg(1000)}, NOW, P)
+    assert vouched(first, {"a": _wg(1000)}, P) == {}  # nothing arrived
+    assert vouched(first, {"a": _wg(1032, age=P.handshake_fresh)}, P) == {}  # stale session
+    assert vouched(first, {"a": _wg(1032, age=None)}, P) == {}  # never shook hands
+    assert vouched(first, {"a": _wg(1032, age=-1.0)}, P) == {}  # a handshake in the future
+    assert vouched(first, {"a": _wg(1032, endpoint=None)}, P) == {}
+    assert vouched(first, {"b": _wg(5000)}, P) == {}  # another peer's first sample
