@@ -77,7 +77,8 @@ def _cpu() -> float:
 
 async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) -> dict[str, Any]:
     """Probe every peer; ``keys["active"]``: how many carry traffic (the rest go idle)."""
-    config = ProbeConfig(port=PROBER_PORT, bind=IPv4Address("127.0.0.1"))
+    spread = keys.get("spread", ProbeConfig().initial_spread)
+    config = ProbeConfig(port=PROBER_PORT, bind=IPv4Address("127.0.0.1"), initial_spread=spread)
     changed = asyncio.Event()
     prober: Prober[int] = Prober(
         PrivateKey.from_base64(keys["prober"]), config, lambda _peer: changed.set()
@@ -254,6 +255,9 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window")
     parser.add_argument("--active", type=int, help="peers carrying traffic (default: all)")
+    parser.add_argument(
+        "--spread", type=float, default=1.0, help="seconds over which first probes go out"
+    )
     parser.add_argument("--role", choices=["prober", "responder"], help=argparse.SUPPRESS)
     parser.add_argument("--keys", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -262,7 +266,7 @@ def main() -> None:
     if args.role is not None:
         keys = json.loads(args.keys.read_text())
         if args.role == "prober":
-            out = uvloop.run(run_prober(keys, warmup_limit=30.0, seconds=args.seconds))
+            out = uvloop.run(run_prober(keys, warmup_limit=120.0, seconds=args.seconds))
         else:
             out = uvloop.run(run_responder(keys))
         print(json.dumps(out))
@@ -282,6 +286,7 @@ def main() -> None:
                     "peers": [k.public_key().base64 for k in peers],
                     "peer_private": [k.reveal_base64() for k in peers],
                     **({} if args.active is None else {"active": args.active}),
+                    "spread": args.spread,
                 }
             )
         )
@@ -302,7 +307,12 @@ def main() -> None:
                 check=True,
             )
             responder.terminate()
-            responder_out, _ = responder.communicate(timeout=30)
+            try:
+                responder_out, _ = responder.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # swamped: no figure of its own
+                responder.kill()
+                responder.communicate()
+                responder_out = json.dumps({"cpu_percent": -1})
         finally:
             subprocess.run(["ip", "netns", "del", ns], check=False)
     result = json.loads(prober.stdout)

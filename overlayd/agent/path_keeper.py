@@ -177,6 +177,7 @@ class PathKeeper:
     ) -> set[IPv4Network]:
         """Rechoose the paths of ``which`` peers; returns those whose path, or whose
         lingering address, changed."""
+        repace = self._targets_changed  # new or changed candidates are verified fast
         if self._targets_changed:
             self.prober.set_peers(self._targets)
             self._targets_changed = False
@@ -211,7 +212,7 @@ class PathKeeper:
             else:
                 self.paths[subnet] = path
                 self._pathless.pop(subnet, None)
-        if changed:
+        if changed or repace:
             self._repace(now)
         return changed
 

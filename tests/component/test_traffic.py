@@ -114,3 +114,21 @@ def test_path_keeper_paces_by_traffic(tmp_path: Path) -> None:
     assert probing == {"peer2": "idle", "peer3": "fast", "peer4": "idle"}
     keeper.note_traffic({})  # no news: traffic seen stays seen (for traffic_hold)
     assert {r.node for r in keeper.report(others, {}) if r.idle} == {"peer2", "peer4"}
+
+
+def test_new_and_changed_peers_are_probed_fast(tmp_path: Path) -> None:
+    me = record("10.244.1.0/24", node="self", node_id="id1", n=1, public_key=wg_key(1))
+    keeper = PathKeeper(
+        NodeKey.load_or_create(tmp_path), ProbeConfig(port=0, bind=LOOPBACK),
+        pace=PaceParams(change_hold=3600.0),
+    )  # fmt: skip
+    others = {}
+    for n in range(2, 4):
+        public = PrivateKey.generate().public_key().base64
+        rec = record(f"10.244.{n}.0/24", node=f"peer{n}", node_id=f"id{n}", n=n,
+                     public_key=public, probe_port=8473)  # fmt: skip
+        others[rec.subnet] = rec
+        keeper.lease_changed(me, rec.subnet, rec)
+    keeper.recompute(me, others, others)
+    keeper.note_traffic({})
+    assert {r.node: r.idle for r in keeper.report(others, {})} == {"peer2": False, "peer3": False}
