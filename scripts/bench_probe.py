@@ -13,8 +13,8 @@ only, deleted at the end). Two processes, both under uvloop:
   prober from every identity at the fast interval -- each real peer probes us too, so the
   prober pays for answering as well.
 
-With ``--active M`` only the first M peers carry traffic: once every chosen path is
-verified, the prober is told the others are idle (``Prober.set_idle``, as the daemon's
+With ``--active M`` only the first M peers carry traffic: the prober is told from the
+start that the others are idle (``Prober.set_idle``, as the daemon's
 path keeper does from its traffic samples), and the responder probes from the idle
 identities at the idle interval only. Without it every peer is probed fast (as before the
 probe pace existed).
@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -77,8 +78,13 @@ def _cpu() -> float:
 
 async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) -> dict[str, Any]:
     """Probe every peer; ``keys["active"]``: how many carry traffic (the rest go idle)."""
-    spread = keys.get("spread", ProbeConfig().initial_spread)
-    config = ProbeConfig(port=PROBER_PORT, bind=IPv4Address("127.0.0.1"), initial_spread=spread)
+    defaults = ProbeConfig()
+    config = ProbeConfig(
+        port=PROBER_PORT,
+        bind=IPv4Address("127.0.0.1"),
+        initial_spread=keys.get("spread", defaults.initial_spread),
+        timeout=keys.get("timeout", defaults.timeout),
+    )
     changed = asyncio.Event()
     prober: Prober[int] = Prober(
         PrivateKey.from_base64(keys["prober"]), config, lambda _peer: changed.set()
@@ -87,6 +93,9 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
     cands = {i: PeerCandidates(SITE, (_private(i),), (_public(i),)) for i in peers}
     await prober.start()
     start = time.monotonic()
+    active = keys.get("active")
+    if active is not None:  # steady state: the peers without traffic are idle from the start
+        prober.set_idle(range(active, len(peers)))
     prober.set_peers(
         {
             i: PeerTarget(key, (_private(i), _public(i)), SITE, RESPONDER_PORT)
@@ -125,10 +134,7 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
             break
         await asyncio.sleep(0.05)
     verified_after = time.monotonic() - start
-    active = keys.get("active")
-    if active is not None:
-        prober.set_idle(range(active, len(peers)))
-        # the probes already scheduled at the fast and slow intervals go out first
+    if active is not None:  # the first probes of the idle peers' other paths go out first
         await asyncio.sleep(config.slow_interval * (1 + config.jitter))
     await asyncio.sleep(3.0)  # let start-up spread and first slow probes settle
     c = prober.counters
@@ -173,6 +179,7 @@ class Responder(asyncio.DatagramProtocol):
         self.outstanding: dict[bytes, PublicKey] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self.answered = self.rejected = 0
+        self.reasons: Counter[str] = Counter()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -189,8 +196,9 @@ class Responder(asyncio.DatagramProtocol):
         known: Callable[[PublicKey], bool] = self.prober_key.__eq__
         try:
             msg = codec.decode(data, known=known, expects_reply=self._expects)
-        except ProbeError:
+        except ProbeError as exc:
             self.rejected += 1
+            self.reasons[exc.reason] += 1
             return
         if isinstance(msg, Probe):
             observed = (IPv4Address(addr[0]), addr[1])
@@ -207,7 +215,7 @@ class Responder(asyncio.DatagramProtocol):
         while True:
             for codec in codecs:
                 nonce, data = codec.encode_probe(self.prober_key)
-                self.outstanding[nonce] = codec.public
+                self.outstanding[nonce] = self.prober_key  # the reply comes from it
                 if self.transport is not None:
                     self.transport.sendto(data, target)
                 next_at += step
@@ -240,6 +248,7 @@ async def run_responder(keys: dict[str, Any]) -> dict[str, Any]:
         "cpu_percent": round(100 * (_cpu() - cpu0) / (time.monotonic() - t0), 1),
         "answered": proto.answered,
         "rejected": proto.rejected,
+        "reasons": dict(proto.reasons),
     }
 
 
@@ -257,6 +266,9 @@ def main() -> None:
     parser.add_argument("--active", type=int, help="peers carrying traffic (default: all)")
     parser.add_argument(
         "--spread", type=float, default=1.0, help="seconds over which first probes go out"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=0.6, help="probe timeout (a loaded machine: longer)"
     )
     parser.add_argument("--role", choices=["prober", "responder"], help=argparse.SUPPRESS)
     parser.add_argument("--keys", type=Path, help=argparse.SUPPRESS)
@@ -287,6 +299,7 @@ def main() -> None:
                     "peer_private": [k.reveal_base64() for k in peers],
                     **({} if args.active is None else {"active": args.active}),
                     "spread": args.spread,
+                    "timeout": args.timeout,
                 }
             )
         )
@@ -340,6 +353,7 @@ def main() -> None:
     print(f"replans in window              {result['replans']}")
     print(f"rejected (whole run)           {result['rejected']}")
     print(f"responder CPU (reference)      {other['cpu_percent']} % of one core")
+    print(f"responder rejected             {other.get('reasons', '-')}")
 
 
 if __name__ == "__main__":
