@@ -6,8 +6,9 @@ only, deleted at the end). Two processes, both under uvloop:
 
 * the *prober*: one ``Prober`` with N peers, each with two candidates -- 127.1.x.y
   ("private", chosen, probed every fast interval) and 127.2.x.y ("public", probed every slow
-  interval) -- plus the daemon's part: on every ``on_change`` it runs ``choose_path`` for
-  all peers and ``set_chosen``, as the reconcile loop would;
+  interval) -- plus the daemon's part: after ``on_change`` it runs ``choose_path`` for
+  the peers that changed and ``set_chosen``, as the path keeper would (a replan of every
+  peer per change blocked the loop for longer than the probe timeout at 5,000 peers);
 * the *responder*: N identities (N keys) on one socket (any 127/8 address is local), which
   answers the prober's probes as the identity each one is addressed to, and also probes the
   prober from every identity at the fast interval -- each real peer probes us too, so the
@@ -86,9 +87,14 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
         timeout=keys.get("timeout", defaults.timeout),
     )
     changed = asyncio.Event()
-    prober: Prober[int] = Prober(
-        PrivateKey.from_base64(keys["prober"]), config, lambda _peer: changed.set()
-    )
+    probed: set[int] = set()  # the peers whose paths changed (the daemon's _probed)
+
+    def on_change(peer: int | None) -> None:
+        if peer is not None:
+            probed.add(peer)
+        changed.set()
+
+    prober: Prober[int] = Prober(PrivateKey.from_base64(keys["prober"]), config, on_change)
     peers = {i: PublicKey.from_base64(k) for i, k in enumerate(keys["peers"])}
     cands = {i: PeerCandidates(SITE, (_private(i),), (_public(i),)) for i in peers}
     await prober.start()
@@ -105,11 +111,13 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
     current: dict[int, PeerPath] = {}
     replans = 0
 
-    def replan() -> None:
+    def replan(which: set[int] | None = None) -> None:
+        """Rechoose the paths of ``which`` (None: all), as the path keeper does."""
         nonlocal replans
         replans += 1
         now = time.monotonic()
-        for i, pc in cands.items():
+        for i in cands if which is None else which:
+            pc = cands[i]
             path = choose_path(SITE, pc, prober.stats(i), current.get(i), now)
             if path is not None and current.get(i) != path:
                 current[i] = path
@@ -119,7 +127,9 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
         while True:
             await changed.wait()
             changed.clear()
-            replan()
+            which = set(probed)
+            probed.clear()
+            replan(which)
             await asyncio.sleep(0.05)  # the reconcile loop coalesces bursts of changes
 
     def all_verified() -> bool:

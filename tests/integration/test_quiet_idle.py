@@ -131,7 +131,7 @@ def test_idle_peers_are_probed_slowly(daemons: dict[str, OverlaydProc]) -> None:
     sent = probe_counter(a3)
     before = sent()
     time.sleep(20)
-    # idle: each path probed every 30 s (chosen) or 120 s (others), +-10 %, so in 20 s
+    # idle: each path probed every 60 s (chosen) or 300 s (others), +-10 %, so in 20 s
     # at most one probe per path -- a3 has 7 (2 per same-site peer, 1 per other) -- and
     # one reply per path of its peers'; at the fast pace it would be ~200
     assert sent() - before <= 2 * 7 + 4
