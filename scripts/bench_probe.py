@@ -6,18 +6,25 @@ only, deleted at the end). Two processes, both under uvloop:
 
 * the *prober*: one ``Prober`` with N peers, each with two candidates -- 127.1.x.y
   ("private", chosen, probed every fast interval) and 127.2.x.y ("public", probed every slow
-  interval) -- plus the daemon's part: on every ``on_change`` it runs ``choose_path`` for
-  all peers and ``set_chosen``, as the reconcile loop would;
+  interval) -- plus the daemon's part: after ``on_change`` it runs ``choose_path`` for
+  the peers that changed and ``set_chosen``, as the path keeper would (a replan of every
+  peer per change blocked the loop for longer than the probe timeout at 5,000 peers);
 * the *responder*: N identities (N keys) on one socket (any 127/8 address is local), which
   answers the prober's probes as the identity each one is addressed to, and also probes the
   prober from every identity at the fast interval -- each real peer probes us too, so the
   prober pays for answering as well.
 
+With ``--active M`` only the first M peers carry traffic: the prober is told from the
+start that the others are idle (``Prober.set_idle``, as the daemon's
+path keeper does from its traffic samples), and the responder probes from the idle
+identities at the idle interval only. Without it every peer is probed fast (as before the
+probe pace existed).
+
 Reported: time until every peer has a verified path, then over the measuring window
 packets/s sent and received by the prober and its CPU% (getrusage), plus the responder's
 CPU% for reference.
 
-    sudo .venv/bin/python scripts/bench_probe.py [--peers 1000] [--seconds 10]
+    sudo .venv/bin/python scripts/bench_probe.py [--peers 1000] [--active 50] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -70,15 +78,30 @@ def _cpu() -> float:
 
 
 async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) -> dict[str, Any]:
-    config = ProbeConfig(port=PROBER_PORT, bind=IPv4Address("127.0.0.1"))
-    changed = asyncio.Event()
-    prober: Prober[int] = Prober(
-        PrivateKey.from_base64(keys["prober"]), config, lambda _peer: changed.set()
+    """Probe every peer; ``keys["active"]``: how many carry traffic (the rest go idle)."""
+    defaults = ProbeConfig()
+    config = ProbeConfig(
+        port=PROBER_PORT,
+        bind=IPv4Address("127.0.0.1"),
+        initial_spread=keys.get("spread", defaults.initial_spread),
+        timeout=keys.get("timeout", defaults.timeout),
     )
+    changed = asyncio.Event()
+    probed: set[int] = set()  # the peers whose paths changed (the daemon's _probed)
+
+    def on_change(peer: int | None) -> None:
+        if peer is not None:
+            probed.add(peer)
+        changed.set()
+
+    prober: Prober[int] = Prober(PrivateKey.from_base64(keys["prober"]), config, on_change)
     peers = {i: PublicKey.from_base64(k) for i, k in enumerate(keys["peers"])}
     cands = {i: PeerCandidates(SITE, (_private(i),), (_public(i),)) for i in peers}
     await prober.start()
     start = time.monotonic()
+    active = keys.get("active")
+    if active is not None:  # steady state: the peers without traffic are idle from the start
+        prober.set_idle(range(active, len(peers)))
     prober.set_peers(
         {
             i: PeerTarget(key, (_private(i), _public(i)), SITE, RESPONDER_PORT)
@@ -88,11 +111,13 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
     current: dict[int, PeerPath] = {}
     replans = 0
 
-    def replan() -> None:
+    def replan(which: set[int] | None = None) -> None:
+        """Rechoose the paths of ``which`` (None: all), as the path keeper does."""
         nonlocal replans
         replans += 1
         now = time.monotonic()
-        for i, pc in cands.items():
+        for i in cands if which is None else which:
+            pc = cands[i]
             path = choose_path(SITE, pc, prober.stats(i), current.get(i), now)
             if path is not None and current.get(i) != path:
                 current[i] = path
@@ -102,7 +127,9 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
         while True:
             await changed.wait()
             changed.clear()
-            replan()
+            which = set(probed)
+            probed.clear()
+            replan(which)
             await asyncio.sleep(0.05)  # the reconcile loop coalesces bursts of changes
 
     def all_verified() -> bool:
@@ -117,6 +144,8 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
             break
         await asyncio.sleep(0.05)
     verified_after = time.monotonic() - start
+    if active is not None:  # the first probes of the idle peers' other paths go out first
+        await asyncio.sleep(config.slow_interval * (1 + config.jitter))
     await asyncio.sleep(3.0)  # let start-up spread and first slow probes settle
     c = prober.counters
     probes0, replies0 = c.probes_sent, c.replies_sent
@@ -128,6 +157,7 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
     wall = t1 - t0
     result = {
         "peers": len(peers),
+        "active": len(peers) if active is None else active,
         "all_verified_after_s": round(verified_after, 2),
         "verified_chosen": sum(
             1 for i in peers if (s := prober.stats(i).get(current[i].address)) and s.verified
@@ -159,6 +189,7 @@ class Responder(asyncio.DatagramProtocol):
         self.outstanding: dict[bytes, PublicKey] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self.answered = self.rejected = 0
+        self.reasons: Counter[str] = Counter()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -175,31 +206,33 @@ class Responder(asyncio.DatagramProtocol):
         known: Callable[[PublicKey], bool] = self.prober_key.__eq__
         try:
             msg = codec.decode(data, known=known, expects_reply=self._expects)
-        except ProbeError:
+        except ProbeError as exc:
             self.rejected += 1
+            self.reasons[exc.reason] += 1
             return
         if isinstance(msg, Probe):
             observed = (IPv4Address(addr[0]), addr[1])
             self.transport.sendto(codec.encode_reply(msg, observed), addr)
             self.answered += 1
 
-    async def probe_forever(self, interval: float) -> None:
-        """Every identity probes the prober once per ``interval``, evenly spread."""
-        codecs = list(self.codecs.values())
+    async def probe_forever(self, interval: float, codecs: list[ProbeCodec]) -> None:
+        """Each of ``codecs`` probes the prober once per ``interval``, evenly spread."""
+        if not codecs:
+            return
         step = interval / len(codecs)
         target = ("127.0.0.1", PROBER_PORT)
         next_at = time.monotonic()
         while True:
             for codec in codecs:
                 nonce, data = codec.encode_probe(self.prober_key)
-                self.outstanding[nonce] = codec.public
+                self.outstanding[nonce] = self.prober_key  # the reply comes from it
                 if self.transport is not None:
                     self.transport.sendto(data, target)
                 next_at += step
                 delay = next_at - time.monotonic()
                 if delay > 0.002:
                     await asyncio.sleep(delay)
-            if len(self.outstanding) > 4 * len(codecs):  # lost replies: keep it bounded
+            if len(self.outstanding) > 4 * len(self.codecs):  # lost replies: keep it bounded
                 self.outstanding.clear()
 
 
@@ -211,14 +244,21 @@ async def run_responder(keys: dict[str, Any]) -> dict[str, Any]:
     identities = [PrivateKey.from_base64(k) for k in keys["peer_private"]]
     proto = Responder(identities, PrivateKey.from_base64(keys["prober"]).public_key())
     await loop.create_datagram_endpoint(lambda: proto, local_addr=("0.0.0.0", RESPONDER_PORT))
-    prober_task = asyncio.create_task(proto.probe_forever(ProbeConfig().fast_interval))
+    codecs, config = list(proto.codecs.values()), ProbeConfig()
+    active = keys.get("active", len(codecs))
+    tasks = [
+        asyncio.create_task(proto.probe_forever(config.fast_interval, codecs[:active])),
+        asyncio.create_task(proto.probe_forever(config.idle_interval, codecs[active:])),
+    ]
     cpu0, t0 = _cpu(), time.monotonic()
     await stop.wait()
-    prober_task.cancel()
+    for task in tasks:
+        task.cancel()
     return {
         "cpu_percent": round(100 * (_cpu() - cpu0) / (time.monotonic() - t0), 1),
         "answered": proto.answered,
         "rejected": proto.rejected,
+        "reasons": dict(proto.reasons),
     }
 
 
@@ -233,6 +273,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--peers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window")
+    parser.add_argument("--active", type=int, help="peers carrying traffic (default: all)")
+    parser.add_argument(
+        "--spread", type=float, default=1.0, help="seconds over which first probes go out"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=0.6, help="probe timeout (a loaded machine: longer)"
+    )
     parser.add_argument("--role", choices=["prober", "responder"], help=argparse.SUPPRESS)
     parser.add_argument("--keys", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -241,7 +288,7 @@ def main() -> None:
     if args.role is not None:
         keys = json.loads(args.keys.read_text())
         if args.role == "prober":
-            out = uvloop.run(run_prober(keys, warmup_limit=30.0, seconds=args.seconds))
+            out = uvloop.run(run_prober(keys, warmup_limit=120.0, seconds=args.seconds))
         else:
             out = uvloop.run(run_responder(keys))
         print(json.dumps(out))
@@ -260,6 +307,9 @@ def main() -> None:
                     "prober": PrivateKey.generate().reveal_base64(),
                     "peers": [k.public_key().base64 for k in peers],
                     "peer_private": [k.reveal_base64() for k in peers],
+                    **({} if args.active is None else {"active": args.active}),
+                    "spread": args.spread,
+                    "timeout": args.timeout,
                 }
             )
         )
@@ -280,13 +330,21 @@ def main() -> None:
                 check=True,
             )
             responder.terminate()
-            responder_out, _ = responder.communicate(timeout=30)
+            try:
+                responder_out, _ = responder.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # swamped: no figure of its own
+                responder.kill()
+                responder.communicate()
+                responder_out = json.dumps({"cpu_percent": -1})
         finally:
             subprocess.run(["ip", "netns", "del", ns], check=False)
     result = json.loads(prober.stdout)
     other = json.loads(responder_out)
     pps = result["probes_sent_pps"] + result["replies_sent_pps"] + result["received_pps"]
-    print(f"peers                          {result['peers']} (2 candidates each)")
+    print(
+        f"peers                          {result['peers']} (2 candidates each), "
+        f"{result['active']} with traffic"
+    )
     print(f"all chosen paths verified      {result['all_verified_after_s']} s after start")
     print(
         f"verified chosen / private      {result['verified_chosen']} / {result['private_chosen']}"
@@ -305,6 +363,7 @@ def main() -> None:
     print(f"replans in window              {result['replans']}")
     print(f"rejected (whole run)           {result['rejected']}")
     print(f"responder CPU (reference)      {other['cpu_percent']} % of one core")
+    print(f"responder rejected             {other.get('reasons', '-')}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from overlayd.agent.relay_keeper import RelayKeeper, annotate
 from overlayd.agent.rotation import KeyRotation
 from overlayd.agent.status import Handler, HealthServer, Reply
 from overlayd.agent.status_docs import Status, healthz, peersz, readyz, statusz
+from overlayd.agent.traffic import TrafficSampler
 from overlayd.dataplane.api import DataPlaneApi, Underlay
 from overlayd.dataplane.ingress_nft import IngressFilter, IngressTable
 from overlayd.disk.node_key import NodeKey
@@ -70,6 +71,7 @@ class _Running:
     gateway: GatewayAgent | None
     site_local: bool  # our underlay address reaches only inside our site
     relays: RelayKeeper | None  # WireGuard backends: stranded pairs, relay checks
+    traffic: TrafficSampler  # which peers carry traffic, for the probe pace
 
 
 class Daemon:
@@ -182,6 +184,7 @@ class Daemon:
             tasks.create_task(run.keeper.keep())
             tasks.create_task(run.rotation.watch())
             tasks.create_task(self._resync_timer())
+            tasks.create_task(run.traffic.run())
             if self.discovery is not None:
                 tasks.create_task(self._discover(self.discovery, run))
             tasks.create_task(self.reconcile_loop())
@@ -276,9 +279,12 @@ class Daemon:
             self.status, unguessable, relays,
         )  # fmt: skip
         publisher = LeasePublisher(keeper, rotation, self.paths, cfg.network, self.opts.public_ips)
+        traffic = TrafficSampler(
+            cfg.backend, lambda: devices.vxlan.ifindex, self.dp, self.paths, lambda: fold.records
+        )
         return _Running(
             cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway,
-            is_site_local(underlay.address), relays,
+            is_site_local(underlay.address), relays, traffic,
         )  # fmt: skip
 
     async def _wait_config(self) -> NetworkConfig:

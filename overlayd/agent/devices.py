@@ -20,7 +20,7 @@ from overlayd.agent.options import DaemonOptions
 from overlayd.agent.status import HealthServer
 from overlayd.agent.status_docs import Status
 from overlayd.dataplane.api import DataPlaneApi, Underlay, VxlanSpec
-from overlayd.dataplane.masq import masq_ruleset
+from overlayd.dataplane.masq import MasqTable
 from overlayd.dataplane.mirror import KernelMirror
 from overlayd.dataplane.netlink.monitor import KernelEvent
 from overlayd.disk.node_key import NodeKey
@@ -76,6 +76,7 @@ class Devices:
         self.vxlan = Device("vxlan")
         self.wg = Device("wireguard")
         self.vxlan_spec: VxlanSpec | None = None
+        self._masq = MasqTable(host.run_nft, host.read_nft)
 
     def used(self) -> list[Device]:
         """The devices the backend uses."""
@@ -118,10 +119,9 @@ class Devices:
             self.vxlan_spec = spec
         if backend.uses_wireguard:
             await self._configure_wireguard(address, key)
-        if self._opts.ip_masq:
-            await asyncio.to_thread(
-                self._host.run_nft, masq_ruleset(cfg.network, held.record.subnet)
-            )
+        masq = self._opts.ip_masq
+        if masq and await asyncio.to_thread(self._masq.apply, cfg.network, held.record.subnet):
+            log.info("masquerade rules for %s written", held.record.subnet)
         if self._status.subnet != held.record.subnet:
             self._write_subnet_file(held)
         if self._health is not None:  # --healthz-ip overlay: the address is on the device now

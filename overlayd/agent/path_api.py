@@ -13,6 +13,7 @@ from typing import Protocol
 
 from overlayd.agent.path_keeper import PeerReport
 from overlayd.disk.node_key import NodeKey
+from overlayd.planning.probe_pace import PeerSample
 from overlayd.probe.prober import Send, Taker
 from overlayd.values.lease import LeaseRecord
 from overlayd.values.paths import PeerPath
@@ -59,6 +60,10 @@ class PathKeeping(Protocol):
     ) -> set[IPv4Network]:
         """Rechoose the paths of ``which``; returns the peers whose path (or lingering
         address) changed."""
+
+    def note_traffic(self, samples: Mapping[IPv4Network, PeerSample]) -> None:
+        """One sample of which peers carry traffic (overlayd/agent/traffic.py): peers with
+        traffic or a recent path change are probed fast, the others at the idle pace."""
 
     def share_socket(self, taker: Taker) -> Send:
         """Let one other protocol (STUN) send from the probe socket, whose NAT mapping

@@ -1,8 +1,11 @@
 """Per-peer underlay choice for the daemon: probe targets in, chosen paths out.
 
 Glues the authenticated prober (overlayd/probe) to the planner: keeps each peer's probe
-target from its lease, recomputes the chosen path of peers whose probe state changed, and
-turns reflexive observations into our confirmed public addresses (``--public-ip auto``).
+target from its lease, recomputes the chosen path of peers whose probe state changed,
+turns reflexive observations into our confirmed public addresses (``--public-ip auto``),
+and paces the probes: peers with traffic (``note_traffic``, from overlayd/agent/traffic.py)
+or a recent path change are probed fast, the others at the idle pace
+(overlayd/planning/probe_pace.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,15 @@ from overlayd.planning.path_choice import (
     choose_path,
     confirmed_public,
     probe_targets,
+)
+from overlayd.planning.probe_pace import (
+    PaceParams,
+    PeerActivity,
+    PeerSample,
+    idle_peers,
+    observe,
+    retain,
+    vouched,
 )
 from overlayd.planning.vxlan import is_me
 from overlayd.probe.prober import Prober, Send, Taker
@@ -45,6 +57,7 @@ class PeerReport:
     via: str | None = None  # the gateway this peer is reached through, if any
     why: str | None = None  # why there is no path
     relay: str | None = None  # the relay this peer is reached through, if any
+    idle: bool = False  # probed at the idle pace (no traffic, no recent path change)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +72,7 @@ class PeerReport:
             "verified": [str(a) for a in self.verified],
             "via": self.via,
             "relay": self.relay,
+            "probing": "idle" if self.idle else "fast",
         }
 
 
@@ -70,6 +84,7 @@ class PathKeeper:
         key: NodeKey,
         config: ProbeConfig,
         params: ChooseParams | None = None,
+        pace: PaceParams | None = None,
     ) -> None:
         self.prober: Prober[IPv4Network] = Prober(key.private, config, self._changed)
         self._on_change: Callable[[IPv4Network | None], None] | None = None  # from ``start``
@@ -82,6 +97,10 @@ class PathKeeper:
         self._targets_changed = False
         self.paths: dict[IPv4Network, PeerPath] = {}
         self._pathless: dict[IPv4Network, str] = {}  # peers with no path: why
+        self._pace = pace or PaceParams()
+        self._activity: dict[IPv4Network, PeerActivity] = {}  # traffic samples folded
+        self._changed_at: dict[IPv4Network, float] = {}  # when each peer's path last changed
+        self._idle: frozenset[IPv4Network] = frozenset()  # what the prober was told
 
     def _changed(self, peer: IPv4Network | None) -> None:
         if self._on_change is not None:
@@ -143,11 +162,14 @@ class PathKeeper:
                 self._targets.pop(subnet, None)
             else:
                 self._targets[subnet] = target
+                self._changed_at[subnet] = time.monotonic()  # new candidates: verify fast
             self._targets_changed = True
         if peer is None:
             self.paths.pop(subnet, None)
             self._pathless.pop(subnet, None)
             self.linger.forget(subnet)
+            self._changed_at.pop(subnet, None)
+            self._activity.pop(subnet, None)
 
     def recompute(
         self,
@@ -157,6 +179,7 @@ class PathKeeper:
     ) -> set[IPv4Network]:
         """Rechoose the paths of ``which`` peers; returns those whose path, or whose
         lingering address, changed."""
+        repace = self._targets_changed  # new or changed candidates are verified fast
         if self._targets_changed:
             self.prober.set_peers(self._targets)
             self._targets_changed = False
@@ -179,6 +202,7 @@ class PathKeeper:
             old = None if current is None else current.address
             if address != old:
                 changed.add(subnet)
+                self._changed_at[subnet] = now
                 self.prober.set_chosen(subnet, address if subnet in self._targets else None)
                 published = (peer.public_ip, *peer.public_ips, *peer.private_ips)
                 if self.linger.left(subnet, old, address, published, now) and self._loop:
@@ -190,7 +214,28 @@ class PathKeeper:
             else:
                 self.paths[subnet] = path
                 self._pathless.pop(subnet, None)
+        if changed or repace:
+            self._repace(now)
         return changed
+
+    def note_traffic(self, samples: Mapping[IPv4Network, PeerSample]) -> None:
+        """One sample of the peers' traffic (overlayd/agent/traffic.py): re-pace the probes,
+        and let live WireGuard sessions stand in for idle peers' probes."""
+        now = time.monotonic()
+        alive = vouched(self._activity, samples, self._pace)
+        self._activity = retain(observe(self._activity, samples, now, self._pace), self._targets)
+        self._repace(now)
+        for subnet, address in alive.items():
+            path = self.paths.get(subnet)
+            if path is not None and path.address == address:
+                self.prober.vouch(subnet, address)
+
+    def _repace(self, now: float) -> None:
+        """Tell the prober which peers are idle now, if that changed."""
+        idle = idle_peers(self._targets, self._activity, self._changed_at, now, self._pace)
+        if idle != self._idle:
+            self._idle = idle
+            self.prober.set_idle(idle)
 
     def share_socket(self, taker: Taker) -> Send:
         """The probe socket for one other protocol (``Prober.share_socket``)."""
@@ -245,6 +290,7 @@ class PathKeeper:
                     else mine.last_success + wall_offset,
                     verified=tuple(sorted(a for a, s in stats.items() if s.verified)),
                     via=via.get(subnet),
+                    idle=subnet in self._idle,
                 )
             )
         return sorted(out, key=lambda r: (r.node, r.subnet))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Interface
 from pathlib import Path
@@ -22,8 +22,9 @@ from overlayd.dataplane.netlink.link import LinkAction, Links, Underlay, VxlanSp
 from overlayd.dataplane.netlink.monitor import KernelEvent, Monitor, MonitorEvent
 from overlayd.dataplane.netlink.rtnl import ApplyResult, Rtnl
 from overlayd.values.errors import WireGuardError
-from overlayd.values.kernel_state import Changes, KernelState
-from overlayd.values.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig
+from overlayd.values.kernel_state import Changes, KernelState, MacAddress
+from overlayd.values.keys import PublicKey
+from overlayd.values.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig, WgPeerState
 
 if TYPE_CHECKING:
     from overlayd.dataplane.wireguard.driver import Driver
@@ -63,6 +64,14 @@ class DataPlaneApi(Protocol):
         ...
 
     async def apply(self, ifindex: int, changes: Changes) -> ApplyResult: ...
+
+    async def fdb_idle(self, ifindex: int) -> Mapping[MacAddress, float]:
+        """Per FDB entry of ours on ``ifindex``, seconds since it last forwarded a frame."""
+        ...
+
+    async def wireguard_peers(self) -> Mapping[PublicKey, WgPeerState]:
+        """The WireGuard device's peers as read back: counters, handshake, endpoint."""
+        ...
 
     def start_monitor(
         self, ifindex: int, on_events: Callable[[list[KernelEvent] | None], None]
@@ -155,6 +164,15 @@ class DataPlane:
 
     async def apply(self, ifindex: int, changes: Changes) -> ApplyResult:
         return await self._on_thread(lambda: self._r().apply(ifindex, changes))
+
+    async def fdb_idle(self, ifindex: int) -> Mapping[MacAddress, float]:
+        return await self._on_thread(lambda: self._r().fdb_idle(ifindex))
+
+    async def wireguard_peers(self) -> Mapping[PublicKey, WgPeerState]:
+        driver = self._wireguard
+        if driver is None:
+            return {}
+        return await self._on_thread(lambda: driver.read().peers)
 
     def start_monitor(
         self, ifindex: int, on_events: Callable[[list[KernelEvent] | None], None]

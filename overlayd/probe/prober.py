@@ -4,7 +4,8 @@ One UDP socket (default port 8473) and one scheduler task on the daemon's event 
 (asyncio or uvloop). Each (peer, address) pair is a *path* with its own schedule: the path
 the daemon currently uses is probed every ``fast_interval`` so its death is noticed within
 about ``loss_threshold`` intervals plus ``timeout``; every other path every
-``slow_interval``. Intervals are jittered and new paths start spread over
+``slow_interval``; the paths of the peers the daemon calls idle (``set_idle``) at the idle
+intervals (``schedule.base_interval``). Intervals are jittered and new paths start spread over
 ``initial_spread``, so 1,000 peers never probe in one burst.
 
 The prober does not decide anything: it keeps stats (``PathStats``) and reflexive
@@ -32,13 +33,13 @@ import random
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from ipaddress import IPv4Address
 from typing import Any, Generic, cast
 
 from overlayd.planning.path_choice import Observation, PathStats, PeerId
 from overlayd.probe.observed import Observations
-from overlayd.probe.schedule import ProbedPath, Timer, Timers
+from overlayd.probe.schedule import ProbedPath, Timer, Timers, base_interval
 from overlayd.probe.settings import PeerTarget, ProbeConfig, ProbeCounters
 from overlayd.probe.wire import (
     Probe,
@@ -84,6 +85,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         self._keys: set[PublicKey] = set()
         self._paths: dict[tuple[PeerId, IPv4Address], ProbedPath[PeerId]] = {}
         self._chosen: dict[PeerId, IPv4Address] = {}
+        self._idle: frozenset[PeerId] = frozenset()  # probed at the idle pace
         self._outstanding: dict[bytes, tuple[ProbedPath[PeerId], float]] = {}
         self._deadlines: deque[tuple[float, bytes]] = deque()  # FIFO: timeout is constant
         self._timers: Timers[PeerId] = Timers()
@@ -213,6 +215,33 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             self._timers.schedule(path, now + self._rng.uniform(0, self.config.fast_interval))
             self._wake.set()
 
+    def set_idle(self, peers: Iterable[PeerId]) -> None:
+        """Probe ``peers`` at the idle pace from now on, every other peer at the fast one;
+        a peer turning fast has each path probed within its fast (or slow) interval."""
+        idle = frozenset(peers)
+        woken, self._idle = self._idle - idle, idle
+        now = self._clock()
+        for peer in woken:
+            target = self._peers.get(peer)
+            for address in () if target is None else target.candidates:
+                path = self._paths[(peer, address)]
+                limit = base_interval(self.config, path.fast, idle=False)
+                if path.due > now + limit:
+                    self._timers.schedule(path, now + self._rng.uniform(0, limit))
+        if woken:
+            self._wake.set()
+
+    def vouch(self, peer: PeerId, address: IPv4Address) -> None:
+        """Something else just proved ``peer``'s path via ``address`` alive (its WireGuard
+        session, overlayd/planning/probe_pace.py): for an idle peer's verified path that
+        stands in for a reply, and its next probe moves an idle interval away."""
+        path = self._paths.get((peer, address))
+        if path is None or path.verified_since is None or peer not in self._idle:
+            return
+        now = self._clock()
+        path.record_vouch(now)
+        self._timers.schedule(path, now + self._interval(path))
+
     # -- what the daemon reads -------------------------------------------------------
 
     def stats(self, peer: PeerId) -> dict[IPv4Address, PathStats]:
@@ -229,7 +258,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
     # -- scheduling ------------------------------------------------------------------
 
     def _interval(self, path: ProbedPath[PeerId]) -> float:
-        base = self.config.fast_interval if path.fast else self.config.slow_interval
+        base = base_interval(self.config, path.fast, path.peer in self._idle)
         return base * self._rng.uniform(1 - self.config.jitter, 1 + self.config.jitter)
 
     async def _run(self) -> None:

@@ -1,5 +1,7 @@
-"""The prober's paths and their timers: one ``ProbedPath`` per (peer, address), and the
-heap of when each is next probed or next checked for having settled.
+"""The prober's paths and their timers: one ``ProbedPath`` per (peer, address), the heap
+of when each is next probed or next checked for having settled, and each path's interval
+(``base_interval``: fast for the chosen path, slow for the others, both stretched for an
+idle peer).
 
 No sockets, no clock: times are given by the caller (``Prober``, on its monotonic clock).
 Superseded timers are not removed from the heap when a path is rescheduled or dropped;
@@ -16,6 +18,7 @@ from ipaddress import IPv4Address
 from typing import Generic
 
 from overlayd.planning.path_choice import PathStats, PeerId
+from overlayd.probe.settings import ProbeConfig
 from overlayd.values.keys import PublicKey
 
 
@@ -79,6 +82,13 @@ class ProbedPath(Generic[PeerId]):
         self.verified_since = now
         return True
 
+    def record_vouch(self, now: float) -> None:
+        """Count proof of life from elsewhere (a WireGuard session on this path) as a
+        success, without a probe: no RTT sample, and only for a verified path."""
+        if self.verified_since is not None:
+            self.losses = 0
+            self.last_success = now
+
     def record_loss(self, threshold: int) -> bool:
         """Count an unanswered probe; True if that unverified the path (``threshold``
         consecutive losses)."""
@@ -88,6 +98,14 @@ class ProbedPath(Generic[PeerId]):
         self.verified_since = None
         self.downs += 1
         return True
+
+
+def base_interval(config: ProbeConfig, chosen: bool, idle: bool) -> float:
+    """Seconds between two probes of a path, before jitter: ``chosen`` is the path the
+    daemon uses, ``idle`` says its peer is idle (overlayd/planning/probe_pace.py)."""
+    if idle:
+        return config.idle_interval if chosen else config.idle_slow_interval
+    return config.fast_interval if chosen else config.slow_interval
 
 
 class Timer(IntEnum):

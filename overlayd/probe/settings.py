@@ -23,6 +23,9 @@ class ProbeConfig:
     bind: IPv4Address = ANY
     fast_interval: float = 0.4  # the chosen path
     slow_interval: float = 5.0  # every other candidate
+    # an idle peer's (overlayd/planning/probe_pace.py): no traffic, no recent path change
+    idle_interval: float = 60.0  # its chosen path
+    idle_slow_interval: float = 300.0  # its other candidates
     timeout: float = 0.6  # an unanswered probe counts as lost after this
     loss_threshold: int = 3  # consecutive losses that unverify a path
     jitter: float = 0.1  # intervals vary by +-10 %

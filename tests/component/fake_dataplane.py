@@ -4,12 +4,14 @@ It implements overlayd.dataplane.api.DataPlaneApi: each device (by ifindex) keep
 neighbours and FDB entries; ``dump`` answers from that state, ``apply`` changes it, is
 recorded, and notifies the device's monitor as the kernel does (the daemon's mirror is
 kept from notifications, not from what it asked for). Tests may put entries in beforehand
-(what a previous run left) with ``preload``.
+(what a previous run left) with ``preload``. ``writes`` names every call that changed
+something (what the real data plane would have written), ``dumps`` counts read-backs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
@@ -20,9 +22,16 @@ from overlayd.dataplane.netlink.link import LinkInfo
 from overlayd.dataplane.netlink.monitor import KernelEvent
 from overlayd.dataplane.netlink.rtnl import ApplyResult
 from overlayd.dataplane.netlink.rtnl_messages import Action, FdbMessage, NeighMessage, RouteMessage
-from overlayd.values.kernel_state import Changes, FdbEntry, KernelState, NeighEntry, RouteEntry
+from overlayd.values.kernel_state import (
+    Changes,
+    FdbEntry,
+    KernelState,
+    MacAddress,
+    NeighEntry,
+    RouteEntry,
+)
 from overlayd.values.keys import PublicKey
-from overlayd.values.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig
+from overlayd.values.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig, WgPeerState
 
 UNDERLAY_INDEX = 2
 VXLAN_INDEX = 10
@@ -32,7 +41,8 @@ UNDERLAY_ADDRESS = IPv4Address("192.0.2.1")
 
 @dataclass
 class FakeDataPlane:
-    """Devices as dicts; ``applied`` lists every (ifindex, changes) the daemon applied."""
+    """Devices as dicts; ``applied`` lists every (ifindex, changes) the daemon applied,
+    ``writes`` every call that changed a device, its address or its peers."""
 
     underlay_address: IPv4Address = UNDERLAY_ADDRESS
     mtu: int = 1500
@@ -40,8 +50,12 @@ class FakeDataPlane:
     addresses: dict[int, IPv4Interface] = field(default_factory=dict)
     specs: dict[int, VxlanSpec] = field(default_factory=dict)
     wg_peers: dict[PublicKey, WgPeerConfig] = field(default_factory=dict)
+    wg_bytes: dict[PublicKey, int] = field(default_factory=dict)  # rx + tx of each peer
+    fdb_used: dict[MacAddress, float] = field(default_factory=dict)  # when each FDB entry sent
     applied: list[tuple[int, Changes]] = field(default_factory=list)
     monitors: dict[int, Callable[[list[KernelEvent] | None], None]] = field(default_factory=dict)
+    writes: list[str] = field(default_factory=list)
+    dumps: int = 0
 
     def preload(self, ifindex: int, state: KernelState) -> None:
         """Entries a device holds before the daemon starts (a previous run's)."""
@@ -64,6 +78,8 @@ class FakeDataPlane:
         return Underlay(link, self.underlay_address)
 
     async def ensure_device(self, spec: VxlanSpec, address: IPv4Interface) -> int:
+        if (self.specs.get(VXLAN_INDEX), self.addresses.get(VXLAN_INDEX)) != (spec, address):
+            self.writes.append("vxlan device")
         self.specs[VXLAN_INDEX] = spec
         self.addresses[VXLAN_INDEX] = address
         self.state(VXLAN_INDEX)
@@ -78,6 +94,8 @@ class FakeDataPlane:
         on_exit: Callable[[], None],
     ) -> tuple[int, bool]:
         created = WIREGUARD_INDEX not in self.devices
+        if created or self.addresses.get(WIREGUARD_INDEX) != address:
+            self.writes.append("wireguard device")
         self.addresses[WIREGUARD_INDEX] = address
         self.state(WIREGUARD_INDEX)
         return WIREGUARD_INDEX, created
@@ -94,9 +112,13 @@ class FakeDataPlane:
         for k in remove:
             del self.wg_peers[k]
         self.wg_peers.update(wanted)
-        return PeerChanges(add=add, update=update, remove=remove)
+        changes = PeerChanges(add=add, update=update, remove=remove)
+        if changes:
+            self.writes.append("wireguard peers")
+        return changes
 
     async def dump(self, ifindex: int) -> KernelState:
+        self.dumps += 1
         s = self.state(ifindex)
         return KernelState(routes=dict(s.routes), neighs=dict(s.neighs), fdbs=dict(s.fdbs))
 
@@ -112,6 +134,8 @@ class FakeDataPlane:
         s.neighs.update((n.ip, n) for n in changes.set_neighs)
         s.fdbs.update((f.mac, f) for f in changes.set_fdbs)
         self.applied.append((ifindex, changes))
+        if changes:
+            self.writes.append(f"entries on {ifindex}")
         self._notify(ifindex, changes)
         return ApplyResult(ok=len(changes))
 
@@ -129,6 +153,19 @@ class FakeDataPlane:
         ]
         if events:  # delivered later on the loop, as the monitor thread's bursts are
             asyncio.get_running_loop().call_soon(on_events, events)
+
+    async def fdb_idle(self, ifindex: int) -> dict[MacAddress, float]:
+        """Seconds since each FDB entry sent (``fdb_used``: monotonic times; never: 300 s)."""
+        now = time.monotonic()
+        return {
+            mac: now - self.fdb_used[mac] if mac in self.fdb_used else 300.0
+            for mac in self.state(ifindex).fdbs
+        }
+
+    async def wireguard_peers(self) -> dict[PublicKey, WgPeerState]:
+        return {
+            k: WgPeerState(p, rx_bytes=self.wg_bytes.get(k, 0)) for k, p in self.wg_peers.items()
+        }
 
     def start_monitor(
         self, ifindex: int, on_events: Callable[[list[KernelEvent] | None], None]

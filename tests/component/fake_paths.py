@@ -13,6 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.agent.path_keeper import PeerReport
 from overlayd.disk.node_key import NodeKey
+from overlayd.planning.probe_pace import PeerSample
 from overlayd.planning.vxlan import is_me
 from overlayd.probe.prober import Send, Taker
 from overlayd.values.lease import LeaseRecord
@@ -31,6 +32,7 @@ class FakePaths:
         self.confirmed: tuple[IPv4Address, ...] = ()  # "peers of other sites saw us at"
         self.taker: Taker | None = None  # who shares the probe socket (STUN)
         self.sent: list[tuple[bytes, tuple[str, int]]] = []  # what it sent through it
+        self.traffic: list[Mapping[IPv4Network, PeerSample]] = []  # samples, in order
         self._paths: dict[IPv4Network, PeerPath] = {}
         self._verified: dict[IPv4Network, float] = {}  # set by ``verify``: peer -> RTT (ms)
         self._on_change: Callable[[IPv4Network | None], None] | None = None
@@ -85,6 +87,9 @@ class FakePaths:
             else:
                 self._paths[subnet] = path
         return changed
+
+    def note_traffic(self, samples: Mapping[IPv4Network, PeerSample]) -> None:
+        self.traffic.append(samples)
 
     def share_socket(self, taker: Taker) -> Send:
         self.taker = taker

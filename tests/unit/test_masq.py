@@ -12,12 +12,72 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.dataplane.masq import TABLE, masq_ruleset
+from overlayd.dataplane.masq import TABLE, MasqTable, masq_ruleset
+from overlayd.values.errors import KernelError
 from tests.lab.netns import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 NETWORK = IPv4Network("10.244.0.0/16")
 SUBNET = IPv4Network("10.244.3.0/24")
+
+
+class FakeNft:
+    """One nftables table in memory: what the last script wrote, ``fail`` refuses scripts."""
+
+    def __init__(self) -> None:
+        self.listing: str | None = None
+        self.scripts: list[str] = []
+        self.fail = False
+
+    def run(self, script: str) -> None:
+        if self.fail:
+            raise KernelError("nft failed: refused")
+        self.scripts.append(script)
+        self.listing = f"listing of {len(self.scripts)}"
+
+    def read(self, family: str, table: str) -> str | None:
+        assert (family, table) == ("ip", TABLE)
+        return self.listing
+
+
+def test_masq_table_is_written_once_while_nothing_changes() -> None:
+    nft = FakeNft()
+    table = MasqTable(nft.run, nft.read)
+    assert table.apply(NETWORK, SUBNET)
+    assert not table.apply(NETWORK, SUBNET)
+    assert not table.apply(NETWORK, SUBNET)
+    assert nft.scripts == [masq_ruleset(NETWORK, SUBNET)]
+
+
+def test_masq_table_is_written_again_for_a_new_subnet() -> None:
+    nft = FakeNft()
+    table = MasqTable(nft.run, nft.read)
+    other = IPv4Network("10.244.9.0/24")
+    table.apply(NETWORK, SUBNET)
+    assert table.apply(NETWORK, other)
+    assert nft.scripts[-1] == masq_ruleset(NETWORK, other)
+
+
+@pytest.mark.parametrize("listing", [None, "table ip overlayd { edited by someone }"])
+def test_masq_table_removed_or_edited_is_written_again(listing: str | None) -> None:
+    nft = FakeNft()
+    table = MasqTable(nft.run, nft.read)
+    table.apply(NETWORK, SUBNET)
+    nft.listing = listing
+    assert table.apply(NETWORK, SUBNET)
+    assert len(nft.scripts) == 2
+    assert not table.apply(NETWORK, SUBNET)
+
+
+def test_masq_table_refused_is_written_at_the_next_apply() -> None:
+    nft = FakeNft()
+    table = MasqTable(nft.run, nft.read)
+    table.apply(NETWORK, SUBNET)
+    nft.fail = True
+    with pytest.raises(KernelError):
+        table.apply(NETWORK, IPv4Network("10.244.9.0/24"))
+    nft.fail = False
+    assert table.apply(NETWORK, SUBNET)
 
 
 def test_ruleset_text() -> None:

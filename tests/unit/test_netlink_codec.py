@@ -426,3 +426,29 @@ def test_apply_result_raises_with_entry_and_reason() -> None:
     )
     with pytest.raises(KernelError, match=r"1 of 3 .*10\.244\.5\.0/24.*unreachable"):
         failed.raise_for_errors()
+
+
+def test_fdb_cache_info_says_how_long_ago_the_entry_was_used() -> None:
+    msg = ndmsg()
+    msg["header"]["type"] = rtnl_messages.RTM_NEWNEIGH
+    msg["family"], msg["ifindex"] = rtnl_messages.AF_BRIDGE, IFINDEX
+    msg["state"], msg["flags"] = rtnl_messages.NUD_PERMANENT, rtnl_messages.NTF_SELF
+    cache = {"ndm_confirmed": 0, "ndm_used": 250, "ndm_updated": 900, "ndm_refcnt": 0}
+    msg["attrs"] = [
+        ("NDA_DST", "192.0.2.17"),
+        ("NDA_LLADDR", "0a:1b:2c:3d:4e:5f"),
+        ("NDA_CACHEINFO", cache),
+    ]
+    msg.encode()
+    decoded = _only(bytes(msg.data))
+    assert isinstance(decoded, FdbMessage) and decoded.entry == FDB
+    assert decoded.used == 2.5  # clock_t: 100 per second
+    # the age is no part of the entry's identity: notifications still compare equal
+    assert decoded == FdbMessage(
+        Action.NEW, IFINDEX, FDB.mac, FDB.dst, decoded.state, decoded.flags
+    )
+
+
+def test_fdb_without_cache_info_has_no_age() -> None:
+    decoded = _only(rtnl_encode.encode_fdb_set(1, IFINDEX, FDB))
+    assert isinstance(decoded, FdbMessage) and decoded.used is None

@@ -49,7 +49,14 @@ from overlayd.dataplane.netlink.rtnl_messages import (
     RouteMessage,
 )
 from overlayd.values.errors import KernelError
-from overlayd.values.kernel_state import Changes, FdbEntry, KernelState, NeighEntry, RouteEntry
+from overlayd.values.kernel_state import (
+    Changes,
+    FdbEntry,
+    KernelState,
+    MacAddress,
+    NeighEntry,
+    RouteEntry,
+)
 
 # Each queued ACK costs its skb's truesize (832 bytes measured on 6.x, with headroom for error
 # ACKs carrying an extended-ACK text) against the receive buffer. If the ACKs of one
@@ -265,6 +272,21 @@ class Rtnl:
                 elif isinstance(msg, FdbMessage) and msg.entry is not None:
                     fdbs.append(msg.entry)
         return KernelState.of(routes, neighs, fdbs)
+
+    def fdb_idle(self, ifindex: int) -> dict[MacAddress, float]:
+        """Per FDB entry of ours on ``ifindex`` (by MAC), seconds since the kernel last
+        forwarded a frame through it: what we send to each VXLAN peer, at the cost of one
+        dump (overlayd/planning/probe_pace.py)."""
+        found = self._dump(
+            lambda seq: rtnl_encode.encode_neigh_dump(
+                seq, AF_BRIDGE, ifindex, filtered=self._strict
+            )
+        )
+        return {
+            msg.mac: msg.used
+            for msg in found
+            if isinstance(msg, FdbMessage) and msg.owned_on(ifindex) and msg.used is not None
+        }
 
     def _dump(self, request: Callable[[int], bytes]) -> list[EntryMessage]:
         """Run one dump; retried if the kernel says the table changed under it."""

@@ -27,6 +27,7 @@ from overlayd.dataplane.netlink.nlmsg import (
 from overlayd.dataplane.netlink.rtnl_messages import (
     AF_BRIDGE,
     AF_INET,
+    NDA_CACHEINFO,
     NDA_DST,
     NDA_LLADDR,
     NDMSG,
@@ -48,6 +49,8 @@ from overlayd.dataplane.netlink.rtnl_messages import (
 from overlayd.values.kernel_state import MacAddress
 
 _U32 = struct.Struct("=I")
+_CACHEINFO = struct.Struct("=IIII")  # nda_cacheinfo: confirmed, used, updated, refcnt
+_USER_HZ = 100  # clock_t ticks per second in what the kernel reports to user space
 
 Decoded = RouteMessage | NeighMessage | FdbMessage | ErrorMessage | DoneMessage
 
@@ -114,7 +117,11 @@ def decode_neigh(action: Action, payload: memoryview) -> NeighMessage | FdbMessa
     mac = _mac(attrs.get(NDA_LLADDR))
     if mac is None:
         return None
-    return FdbMessage(action, ifindex, mac, _ipv4(attrs.get(NDA_DST)), state, flags)
+    info = attrs.get(NDA_CACHEINFO)
+    used = None
+    if info is not None and len(info) >= _CACHEINFO.size:
+        used = _CACHEINFO.unpack_from(info)[1] / _USER_HZ
+    return FdbMessage(action, ifindex, mac, _ipv4(attrs.get(NDA_DST)), state, flags, used)
 
 
 def decode_message(hdr: Header, payload: memoryview) -> Decoded | None:

@@ -14,7 +14,7 @@ they travel in is ``nlmsg``. ``rtnl_encode`` builds requests from these constant
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 
@@ -50,6 +50,7 @@ RTA_TABLE = 15
 
 NDA_DST = 1
 NDA_LLADDR = 2
+NDA_CACHEINFO = 3  # struct nda_cacheinfo: confirmed, used, updated, refcnt (u32, in clock_t)
 NDA_IFINDEX = 8
 
 NUD_PERMANENT = 0x80
@@ -128,7 +129,8 @@ class FdbMessage:
     """A bridge FDB entry (family AF_BRIDGE) as the kernel reported it.
 
     ``dst`` is None if the entry has no IPv4 remote (local addresses of ordinary
-    devices, IPv6 remotes).
+    devices, IPv6 remotes). ``used``: seconds since the kernel last forwarded a frame
+    through the entry (None if not reported); not part of the entry's identity.
     """
 
     action: Action
@@ -137,6 +139,7 @@ class FdbMessage:
     dst: IPv4Address | None
     state: int
     flags: int
+    used: float | None = field(default=None, compare=False)
 
     @property
     def entry(self) -> FdbEntry | None:

@@ -1,0 +1,148 @@
+"""The probe pace policy (overlayd/planning/probe_pace.py): who is probed fast, who idly."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from overlayd.planning.probe_pace import (
+    PaceParams,
+    PeerActivity,
+    PeerSample,
+    idle_peers,
+    is_fast,
+    observe,
+    retain,
+    vouched,
+)
+from overlayd.probe.schedule import base_interval
+from overlayd.probe.settings import ProbeConfig
+
+P = PaceParams(traffic_hold=60.0, change_hold=30.0, min_bytes=512)
+NOW = 1000.0
+
+
+def test_no_peers_none_idle() -> None:
+    assert observe({}, {}, NOW, P) == {}
+    assert idle_peers([], {}, {}, NOW, P) == frozenset()
+
+
+def test_a_peer_never_seen_with_traffic_nor_changed_is_idle() -> None:
+    assert idle_peers(["a"], {}, {}, NOW, P) == {"a"}
+
+
+def test_vxlan_fdb_use_is_traffic_when_it_was_recent() -> None:
+    seen = observe({}, {"a": PeerSample(idle_for=2.0), "b": PeerSample(idle_for=300.0)}, NOW, P)
+    assert seen["a"].last_traffic == NOW - 2.0
+    assert idle_peers(["a", "b"], seen, {}, NOW, P) == {"b"}
+    # a peer stays fast for traffic_hold after its last frame, then turns idle
+    assert not is_fast(seen["a"], None, NOW - 2.0 + P.traffic_hold, P)
+    assert is_fast(seen["a"], None, NOW - 2.0 + P.traffic_hold - 0.1, P)
+
+
+def test_an_older_fdb_reading_never_moves_traffic_back() -> None:
+    first = observe({}, {"a": PeerSample(idle_for=1.0)}, NOW, P)
+    later = observe(first, {"a": PeerSample(idle_for=400.0)}, NOW + 5, P)
+    assert later["a"].last_traffic == NOW - 1.0
+
+
+def test_negative_age_counts_as_now() -> None:
+    seen = observe({}, {"a": PeerSample(idle_for=-5.0)}, NOW, P)
+    assert seen["a"].last_traffic == NOW
+
+
+def test_wireguard_counters_growing_are_traffic() -> None:
+    first = observe({}, {"a": PeerSample(wg_bytes=10_000)}, NOW, P)
+    assert first["a"].last_traffic is None  # one reading says nothing yet
+    second = observe(first, {"a": PeerSample(wg_bytes=10_000 + 4096)}, NOW + 5, P)
+    assert second["a"] == PeerActivity(NOW + 5, 14_096)
+
+
+def test_keepalives_and_handshakes_are_not_traffic() -> None:
+    first = observe({}, {"a": PeerSample(wg_bytes=10_000)}, NOW, P)
+    # a keepalive (32 bytes) and a handshake (148 + 92) in one sample
+    second = observe(first, {"a": PeerSample(wg_bytes=10_000 + 32 + 240)}, NOW + 5, P)
+    assert second["a"].last_traffic is None
+    assert idle_peers(["a"], second, {}, NOW + 5, P) == {"a"}
+
+
+def test_a_counter_that_fell_is_a_new_device_not_traffic() -> None:
+    first = observe({}, {"a": PeerSample(wg_bytes=1_000_000)}, NOW, P)
+    second = observe(first, {"a": PeerSample(wg_bytes=100)}, NOW + 5, P)
+    assert second["a"] == PeerActivity(None, 100)
+    third = observe(second, {"a": PeerSample(wg_bytes=100 + 5000)}, NOW + 10, P)
+    assert third["a"].last_traffic == NOW + 10
+
+
+def test_peers_missing_from_a_sample_keep_what_they_had() -> None:
+    first = observe({}, {"a": PeerSample(idle_for=0.0)}, NOW, P)
+    assert observe(first, {}, NOW + 5, P) == first
+
+
+def test_a_recent_path_change_is_fast_without_traffic() -> None:
+    changed = {"a": NOW - 10.0, "b": NOW - P.change_hold}
+    assert idle_peers(["a", "b"], {}, changed, NOW, P) == {"b"}
+
+
+def test_retain_forgets_departed_peers() -> None:
+    seen = observe({}, {"a": PeerSample(idle_for=0.0), "b": PeerSample(idle_for=0.0)}, NOW, P)
+    assert set(retain(seen, ["b", "c"])) == {"b"}
+
+
+@given(
+    st.dictionaries(
+        st.integers(0, 50),
+        st.tuples(
+            st.none() | st.floats(-10, 1e6, allow_nan=False),
+            st.none() | st.integers(0, 2**40),
+        ),
+        max_size=30,
+    ),
+    st.dictionaries(st.integers(0, 50), st.floats(0, 2000, allow_nan=False), max_size=30),
+)
+def test_idle_peers_is_a_subset_and_samples_of_now_are_fast(
+    samples: dict[int, tuple[float | None, int | None]], changed: dict[int, float]
+) -> None:
+    peers = set(range(51))
+    seen = observe({}, {p: PeerSample(*s) for p, s in samples.items()}, NOW, P)
+    idle = idle_peers(peers, seen, changed, NOW, P)
+    assert idle <= peers
+    for p, (idle_for, _) in samples.items():
+        if idle_for is not None and idle_for < P.traffic_hold:
+            assert p not in idle
+    for p, at in changed.items():
+        if NOW - P.change_hold < at <= NOW:
+            assert p not in idle
+
+
+def test_intervals_of_the_four_kinds_of_path() -> None:
+    c = ProbeConfig(fast_interval=0.4, slow_interval=5, idle_interval=30, idle_slow_interval=120)
+    assert base_interval(c, chosen=True, idle=False) == 0.4
+    assert base_interval(c, chosen=False, idle=False) == 5
+    assert base_interval(c, chosen=True, idle=True) == 30
+    assert base_interval(c, chosen=False, idle=True) == 120
+
+
+ENDPOINT = IPv4Address("198.51.100.7")
+
+
+def _wg(rx: int, age: float | None = 10.0, endpoint: IPv4Address | None = ENDPOINT) -> PeerSample:
+    return PeerSample(wg_bytes=rx, wg_rx=rx, wg_endpoint=endpoint, wg_handshake_age=age)
+
+
+def test_a_live_wireguard_session_vouches_for_its_endpoint() -> None:
+    first = observe({}, {"a": _wg(1000)}, NOW, P)
+    assert vouched({}, {"a": _wg(1000)}, P) == {}  # nothing to compare with yet
+    assert vouched(first, {"a": _wg(1032)}, P) == {"a": ENDPOINT}  # a keepalive arrived
+
+
+def test_no_vouch_without_rx_a_fresh_session_or_an_endpoint() -> None:
+    first = observe({}, {"a": _wg(1000)}, NOW, P)
+    assert vouched(first, {"a": _wg(1000)}, P) == {}  # nothing arrived
+    assert vouched(first, {"a": _wg(1032, age=P.handshake_fresh)}, P) == {}  # stale session
+    assert vouched(first, {"a": _wg(1032, age=None)}, P) == {}  # never shook hands
+    assert vouched(first, {"a": _wg(1032, age=-1.0)}, P) == {}  # a handshake in the future
+    assert vouched(first, {"a": _wg(1032, endpoint=None)}, P) == {}
+    assert vouched(first, {"b": _wg(5000)}, P) == {}  # another peer's first sample
