@@ -1,15 +1,17 @@
 """What this node publishes in its own lease: the first record, and what it republishes.
 
-Owns two facts peers learn from our lease after the first claim: the public key our
-devices use (changed by a rotation, then acknowledged to ``overlayctl node rotate-key``)
-and, with ``--public-ip auto``, the public addresses peers in other sites confirmed and
-those the node learned itself (``Candidates``, overlayd/agent/discovery.py). The
+Owns the facts peers learn from our lease after the first claim: the public key our
+devices use (changed by a rotation, then acknowledged to ``overlayctl node rotate-key``);
+with ``--public-ip auto``, the public addresses peers in other sites confirmed and
+those the node learned itself (``Candidates``, overlayd/agent/discovery.py); and the
+endpoints peers saw us at and we saw them at (``Endpoints``, ``Seen``: docs/nat.md). The
 lease keeper (overlayd/store/lease_keeper.py) writes them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -54,6 +56,22 @@ class LeasePublisher:
             await self._keeper.republish(replace(me, public_key=ours))
         published = self._me().public_key
         await self._rotation.acknowledge(PublicKey.from_base64(published) if published else None)
+
+    async def publish_observed(self, peers: Mapping[IPv4Network, LeaseRecord]) -> None:
+        """Our ``Endpoints`` (what peers of other sites saw of our sockets) and our
+        ``Seen`` (what we saw of peers behind NAT): docs/nat.md, "Endpoints seen by
+        others"."""
+        me = self._me()
+        endpoints, seen = self._paths.observed(me, peers)
+        if endpoints == me.endpoints and seen == me.seen:
+            return
+        if endpoints != me.endpoints:
+            log.info(
+                "endpoints peers see us at: probe %s, WireGuard %s",
+                ", ".join(map(str, endpoints.probe)) or "-",
+                ", ".join(map(str, endpoints.wireguard)) or "-",
+            )
+        await self._keeper.republish(replace(me, endpoints=endpoints, seen=seen))
 
     async def publish_public_ips(self, learned: tuple[IPv4Address, ...] = ()) -> None:
         """``--public-ip auto``: publish the addresses peers in other sites confirmed as

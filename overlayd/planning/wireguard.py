@@ -162,10 +162,11 @@ def _endpoint(
     verified: Collection[IPv4Network],
 ) -> Endpoint | None:
     """Where to send ``peer``'s WireGuard packets along ``path``; None (it dials in) unless
-    that address reaches it: same site, a verified path, or one of its public addresses."""
+    that address reaches it: same site, a verified path, or one of its public addresses.
+    A punched path goes to its NAT's WireGuard mapping (``PeerPath.wireguard_port``)."""
     if peer.site == me.site or subnet in verified or path.address in peer.public_ips:
         assert peer.wireguard_port is not None
-        return Endpoint(path.address, peer.wireguard_port)
+        return Endpoint(path.address, path.wireguard_port or peer.wireguard_port)
     return None
 
 

@@ -34,6 +34,10 @@ MAX_VALUE_BYTES = 8192
 """A lease value's size limit. A real record with 16 addresses in each list is ~1.3 KiB."""
 MAX_ADDRESSES = 16
 """At most this many ``PrivateIPs`` and this many ``PublicIPs``."""
+MAX_ENDPOINTS = 4
+"""At most this many ``Endpoints.Probe`` and this many ``Endpoints.WireGuard``."""
+MAX_SEEN = 16
+"""At most this many ``Seen`` entries (peers seen behind NAT, until they publish it)."""
 MAX_NODE_ID = 64
 MAX_BACKEND_TYPE = 32
 MAX_LABEL = 63
@@ -120,6 +124,10 @@ def check_scope(record: LeaseRecord, network: IPv4Network) -> str | None:
     for address in underlay_addresses(record):
         if address in network:
             return f"underlay address {address} is inside the overlay network {network}"
+    seen = [e for s in record.seen for e in (s.probe, s.wireguard) if e is not None]
+    for endpoint in (*record.endpoints.probe, *record.endpoints.wireguard, *seen):
+        if endpoint.address in network:
+            return f"endpoint {endpoint} is inside the overlay network {network}"
     return None
 
 

@@ -22,7 +22,7 @@ from overlayd.dataplane.netlink.rtnl import ApplyResult
 from overlayd.dataplane.netlink.rtnl_messages import Action, FdbMessage, NeighMessage, RouteMessage
 from overlayd.values.kernel_state import Changes, FdbEntry, KernelState, NeighEntry, RouteEntry
 from overlayd.values.keys import PublicKey
-from overlayd.values.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig
+from overlayd.values.wireguard import Endpoint, PeerChanges, WgDeviceConfig, WgPeerConfig
 
 UNDERLAY_INDEX = 2
 VXLAN_INDEX = 10
@@ -40,6 +40,8 @@ class FakeDataPlane:
     addresses: dict[int, IPv4Interface] = field(default_factory=dict)
     specs: dict[int, VxlanSpec] = field(default_factory=dict)
     wg_peers: dict[PublicKey, WgPeerConfig] = field(default_factory=dict)
+    # endpoints "learned from handshakes", as the device reports them beside configured ones
+    wg_learned: dict[PublicKey, Endpoint] = field(default_factory=dict)
     applied: list[tuple[int, Changes]] = field(default_factory=list)
     monitors: dict[int, Callable[[list[KernelEvent] | None], None]] = field(default_factory=dict)
 
@@ -95,6 +97,10 @@ class FakeDataPlane:
             del self.wg_peers[k]
         self.wg_peers.update(wanted)
         return PeerChanges(add=add, update=update, remove=remove)
+
+    async def wireguard_endpoints(self) -> dict[PublicKey, Endpoint]:
+        learned = {k: p.endpoint for k, p in self.wg_peers.items() if p.endpoint is not None}
+        return {**learned, **self.wg_learned}
 
     async def dump(self, ifindex: int) -> KernelState:
         s = self.state(ifindex)
