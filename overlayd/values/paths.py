@@ -73,12 +73,18 @@ class PeerCandidates:
     @classmethod
     def between(cls, me: LeaseRecord, peer: LeaseRecord) -> PeerCandidates:
         """``peer``'s candidates as seen from ``me``. When both sit behind NAT in
-        different sites (``behind_nat``), every address of ``peer`` is its NAT's and
+        different sites (``behind_nat``) and both run WireGuard (what a punched path
+        carries), every address of ``peer`` is its NAT's and
         crosses ours too: its public addresses and candidates become punch endpoints
         (with its probe and WireGuard ports), reached only by punching, never guessed --
         an early datagram would spoil the other NAT's mapping (docs/nat.md)."""
         found = cls.from_lease(peer)
-        if me.site == peer.site or not (behind_nat(me) and behind_nat(peer)):
+        if (
+            me.site == peer.site
+            or me.wireguard_port is None  # plain VXLAN: no punching, probed as before
+            or peer.wireguard_port is None
+            or not (behind_nat(me) and behind_nat(peer))
+        ):
             return found
         addresses = (*peer.public_ips, *peer.candidates)
         probe = [Endpoint(a, peer.probe_port) for a in addresses if peer.probe_port]
