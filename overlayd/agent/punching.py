@@ -91,6 +91,7 @@ class Punching:
         self._wake: Callable[[IPv4Network], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticking = False
+        self._wakes: dict[IPv4Network, float] = {}  # the wake-up set per peer: one each
 
     def start(self, loop: asyncio.AbstractEventLoop, wake: Callable[[IPv4Network], None]) -> None:
         """Wake-ups (a phase ended) go to ``wake(peer)`` on ``loop``."""
@@ -105,6 +106,7 @@ class Punching:
     def forget(self, subnet: IPv4Network) -> None:
         self._attempts.pop(subnet, None)
         self._opening.pop(subnet, None)
+        self._wakes.pop(subnet, None)
 
     def update(
         self,
@@ -153,8 +155,16 @@ class Punching:
         return Punch(ours, probe_from, f"punching through its NAT ({age:.1f} s so far)")
 
     def _wake_at(self, subnet: IPv4Network, when: float | None, now: float) -> None:
-        if when is not None and self._loop is not None and self._wake is not None:
-            self._loop.call_later(max(0.0, when - now) + 0.01, self._wake, subnet)
+        """Wake the daemon for ``subnet`` at ``when`` (once: every pass asks again)."""
+        if when is None or self._loop is None or self._wakes.get(subnet) == when:
+            return
+        self._wakes[subnet] = when
+        self._loop.call_later(max(0.0, when - now) + 0.01, self._woken, subnet, when)
+
+    def _woken(self, subnet: IPv4Network, when: float) -> None:
+        if self._wakes.get(subnet) == when and self._wake is not None:
+            del self._wakes[subnet]
+            self._wake(subnet)
 
     def _tick(self) -> None:
         """One round of openers now, and the next in ``OPENER_INTERVAL`` while any
