@@ -32,7 +32,7 @@ from overlayd.probe.settings import PeerTarget, ProbeConfig
 from overlayd.values.errors import ConfigError
 from overlayd.values.keys import PublicKey
 from overlayd.values.lease import LeaseRecord, NodeEndpoints, SeenEndpoints
-from overlayd.values.paths import PeerCandidates, PeerPath, no_path_reason
+from overlayd.values.paths import PeerCandidates, PeerPath, behind_nat, no_path_reason
 from overlayd.values.wireguard import Endpoint
 
 
@@ -176,12 +176,14 @@ class PathKeeper:
         if not found.punched:
             return found
         heard = self.prober.probe_sources().get(subnet)
+        wireguard: tuple[Endpoint, ...] = ()
+        if behind_nat(me):  # else it dials in: WireGuard learns its port from the handshake
+            learned = self._wireguard_seen.get(subnet)
+            wireguard = pick(found.punched_wireguard, peer.wireguard_port, learned)
         return replace(
             found,
             punched=pick(found.punched, peer.probe_port, heard),
-            punched_wireguard=pick(
-                found.punched_wireguard, peer.wireguard_port, self._wireguard_seen.get(subnet)
-            ),
+            punched_wireguard=wireguard,
         )
 
     def _probe_port(self) -> int:
