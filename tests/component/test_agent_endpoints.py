@@ -6,17 +6,22 @@ learned from peers' handshakes and hands them to the path keeper."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Network
 from pathlib import Path
 
+import pytest
+
+from overlayd.store.api import DEFAULT_PREFIX, StoreKeys
 from overlayd.store.memory import MemStore
 from overlayd.values.keys import PublicKey
 from overlayd.values.lease import NodeEndpoints, SeenEndpoints
 from overlayd.values.wireguard import Endpoint
-from tests.builders import config, wg_key
-from tests.component.agent_harness import NETWORK, Agent, add_peer, agent, until
-from tests.component.fake_dataplane import FakeDataPlane
+from tests.builders import config, record, wg_key
+from tests.component.agent_harness import NETWORK, Agent, add_peer, agent, converged, until
+from tests.component.fake_dataplane import VXLAN_INDEX, FakeDataPlane
 from tests.component.fake_paths import FakePaths
 
 PEER = IPv4Network("10.244.9.0/24")
@@ -65,3 +70,33 @@ def _lease_is(
         return bool(mine) and mine[0].endpoints == endpoints and mine[0].seen == seen
 
     return check
+
+
+def test_a_hostile_seen_or_endpoints_refuses_the_record_with_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer's lease claiming that it saw us at a loopback endpoint, or with ten
+    probe ``Endpoints``: refused whole, one line each, and the rest converges."""
+    caplog.set_level(logging.INFO, logger="overlayd")
+    bad_seen, bad_endpoints = IPv4Network("10.244.50.0/24"), IPv4Network("10.244.51.0/24")
+
+    async def body() -> None:
+        async with agent(tmp_path, peers=2) as a:
+            keys = StoreKeys(DEFAULT_PREFIX)
+            good = json.loads(record(str(bad_seen), node="x", node_id="x", n=50).to_json())
+            loopback = [{"Subnet": "10.244.1.0-24", "Probe": "127.0.0.1:1"}]
+            a.store.put_raw(keys.lease(bad_seen), json.dumps({**good, "Seen": loopback}))
+            hostile = {**good, "Endpoints": {"Probe": ["203.0.113.2:8473"] * 10}}
+            a.store.put_raw(keys.lease(bad_endpoints), json.dumps(hostile))
+            await until(converged(a), "the well-formed leases converged")
+            await add_peer(a.store, 7)  # more events and passes after the bad records
+            await until(converged(a), "convergence with a later peer")
+            routes = a.dp.state(VXLAN_INDEX).routes
+            assert bad_seen not in routes and bad_endpoints not in routes
+
+    asyncio.run(body())
+    lines = [r.getMessage() for r in caplog.records if "ignoring malformed lease" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert any("loopback" in line for line in lines)
+    assert any("Endpoints.Probe has 10 items, at most 4" in line for line in lines)
+    assert all(len(line) < 400 for line in lines)
