@@ -25,7 +25,7 @@ from overlayd.store.lease_keeper import LeaseKeeper
 from overlayd.values.config import NetworkConfig
 from overlayd.values.keys import PublicKey
 from overlayd.values.lease import LeaseRecord
-from overlayd.values.lease_rules import check_own_record, publishable
+from overlayd.values.lease_rules import check_own_record, check_scope, publishable
 
 log = logging.getLogger("overlayd")
 
@@ -63,6 +63,10 @@ class LeasePublisher:
         others"."""
         me = self._me()
         endpoints, seen = self._paths.observed(me, peers)
+        # peers would refuse our whole lease for an endpoint inside the overlay network
+        if why := check_scope(replace(me, endpoints=endpoints, seen=seen), self._network):
+            log.warning("not publishing the endpoints seen: %s", why)
+            return
         if endpoints == me.endpoints and seen == me.seen:
             return
         if endpoints != me.endpoints:

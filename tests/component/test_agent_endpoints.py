@@ -100,3 +100,24 @@ def test_a_hostile_seen_or_endpoints_refuses_the_record_with_one_line(
     assert any("loopback" in line for line in lines)
     assert any("Endpoints.Probe has 10 items, at most 4" in line for line in lines)
     assert all(len(line) < 400 for line in lines)
+
+
+def test_endpoints_inside_the_overlay_network_are_not_published(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Peers would refuse our whole lease for them: we publish nothing and say why."""
+    caplog.set_level(logging.INFO, logger="overlayd")
+
+    async def body() -> None:
+        paths = FakePaths()
+        async with agent(tmp_path, paths=paths) as a:
+            await until(_lease_is(a, NodeEndpoints(), ()), "our lease")
+            paths.observe(NodeEndpoints((Endpoint.parse("10.244.9.1:8473"),)), ())
+
+            async def warned() -> bool:
+                return any("not publishing the endpoints" in r.getMessage() for r in caplog.records)
+
+            await until(warned, "the warning")
+            assert await _lease_is(a, NodeEndpoints(), ())()
+
+    asyncio.run(body())
