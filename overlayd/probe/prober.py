@@ -37,7 +37,7 @@ from ipaddress import IPv4Address
 from typing import Any, Generic, cast
 
 from overlayd.planning.path_choice import Observation, PathStats, PeerId
-from overlayd.probe.observed import Observations
+from overlayd.probe.observed import MAX_OBSERVED, Observations
 from overlayd.probe.schedule import ProbedPath, Timer, Timers
 from overlayd.probe.settings import PeerTarget, ProbeConfig, ProbeCounters
 from overlayd.probe.wire import (
@@ -84,6 +84,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         self._peers: dict[PeerId, PeerTarget] = {}
         self._keys: dict[PublicKey, PeerId] = {}
         self._sources: dict[PeerId, Endpoint] = {}  # where each peer's probes come from
+        self._heard: dict[PeerId, tuple[Endpoint, ...]] = {}  # its latest distinct sources
         self._paths: dict[tuple[PeerId, IPv4Address], ProbedPath[PeerId]] = {}
         self._chosen: dict[PeerId, IPv4Address] = {}
         self._outstanding: dict[bytes, tuple[ProbedPath[PeerId], float]] = {}
@@ -181,6 +182,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             del self._chosen[peer]
         for peer in [p for p in self._sources if p not in self._peers]:
             del self._sources[peer]
+            self._heard.pop(peer, None)
         self._observed.retain(self._peers)
         self.codec.retain(self._keys.keys())
         self._timers.compact(len(self._paths))
@@ -368,9 +370,15 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
 
     def _note_source(self, sender: PublicKey, source: Endpoint) -> None:
         peer = self._keys.get(sender)
-        if peer is not None and self._sources.get(peer) != source:
-            self._sources[peer] = source
-            self._changed(None)  # what we publish as seen for it may change
+        if peer is None or self._sources.get(peer) == source:
+            return
+        self._sources[peer] = source
+        heard = self._heard.get(peer, ())
+        if source not in heard:
+            # a multi-homed peer probes from several sources in turn: only a new one may
+            # change what we publish as seen for it (``Observations``' bound, per peer)
+            self._heard[peer] = (*heard, source)[-MAX_OBSERVED:]
+            self._changed(None)
 
     def _count_reject(self, exc: ProbeError, addr: tuple[str | Any, int] | None) -> None:
         reason = exc.reason
