@@ -56,6 +56,9 @@ from overlayd.values.paths import is_site_local
 log = logging.getLogger("overlayd")
 HEALTH_DEFER = 2.0  # seconds: the status port's aiohttp is not a start-up cost (status.py)
 
+WIREGUARD_SEEN_INTERVAL = 1.0
+"""Seconds between reads of the endpoints our WireGuard device learned (docs/nat.md)."""
+
 
 @dataclass(frozen=True)
 class _Running:
@@ -187,6 +190,8 @@ class Daemon:
             tasks.create_task(run.traffic.run())
             if self.discovery is not None:
                 tasks.create_task(self._discover(self.discovery, run))
+            if run.cfg.backend.uses_wireguard:
+                tasks.create_task(self._watch_wireguard_endpoints())
             tasks.create_task(self.reconcile_loop())
 
     async def _serve_health(self, health: HealthServer) -> None:
@@ -197,6 +202,14 @@ class Daemon:
             await asyncio.wait_for(self._first_pass.wait(), HEALTH_DEFER)
         await asyncio.to_thread(importlib.import_module, "aiohttp.web")
         await health.serve()
+
+    async def _watch_wireguard_endpoints(self) -> None:
+        """What our WireGuard device learned of its peers' endpoints, every
+        ``WIREGUARD_SEEN_INTERVAL``: the path keeper publishes those of peers behind NAT."""
+        while True:
+            await asyncio.sleep(WIREGUARD_SEEN_INTERVAL)
+            with contextlib.suppress(OverlaydError):  # not set up (yet): the loop repairs it
+                self.paths.wireguard_seen(await self.dp.wireguard_endpoints())
 
     async def _discover(self, discovery: AddressDiscovery, run: _Running) -> None:
         """Learn our public address ourselves (a warning if one is missing and needed)."""
@@ -370,10 +383,12 @@ class Daemon:
             await self._configure(run, run.keeper.held)
         await run.publisher.publish_key(self._key)
         await run.devices.dump_stale()
-        if self._reflexive_changed and self.opts.public_ip_auto:
+        if self._reflexive_changed:
             self._reflexive_changed = False
-            learned = self.discovery.learned if self.discovery is not None else ()
-            await run.publisher.publish_public_ips(learned)
+            if self.opts.public_ip_auto:
+                learned = self.discovery.learned if self.discovery is not None else ()
+                await run.publisher.publish_public_ips(learned)
+            await run.publisher.publish_observed(run.fold.records)
         assert run.keeper.held is not None
         probed, self._probed = self._probed, set()
         fold = run.fold

@@ -1,16 +1,18 @@
 """What this node publishes in its own lease: the first record, and what it republishes.
 
-Owns two facts peers learn from our lease after the first claim: the public key our
-devices use (changed by a rotation, then acknowledged to ``overlayctl node rotate-key``)
-and, with ``--public-ip auto``, the public addresses peers in other sites confirmed and
-those the node learned itself (``Candidates``, overlayd/agent/discovery.py), and our
-round trips to relays (``RelayRTTs``, overlayd/agent/relay_keeper.py). The
+Owns the facts peers learn from our lease after the first claim: the public key our
+devices use (changed by a rotation, then acknowledged to ``overlayctl node rotate-key``);
+with ``--public-ip auto``, the public addresses peers in other sites confirmed and
+those the node learned itself (``Candidates``, overlayd/agent/discovery.py); our round
+trips to relays (``RelayRTTs``, overlayd/agent/relay_keeper.py); and the endpoints peers
+saw us at and we saw them at (``Endpoints``, ``Seen``: docs/nat.md). The
 lease keeper (overlayd/store/lease_keeper.py) writes them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -24,7 +26,7 @@ from overlayd.store.lease_keeper import LeaseKeeper
 from overlayd.values.config import NetworkConfig
 from overlayd.values.keys import PublicKey
 from overlayd.values.lease import LeaseRecord
-from overlayd.values.lease_rules import check_own_record, publishable
+from overlayd.values.lease_rules import check_own_record, check_scope, publishable
 from overlayd.values.paths import is_site_local
 
 log = logging.getLogger("overlayd")
@@ -62,6 +64,26 @@ class LeasePublisher:
         me = self._me()
         if me.relay_rtts != rtts:
             await self._keeper.republish(replace(me, relay_rtts=rtts))
+
+    async def publish_observed(self, peers: Mapping[IPv4Network, LeaseRecord]) -> None:
+        """Our ``Endpoints`` (what peers of other sites saw of our sockets) and our
+        ``Seen`` (what we saw of peers behind NAT): docs/nat.md, "Endpoints seen by
+        others"."""
+        me = self._me()
+        endpoints, seen = self._paths.observed(me, peers)
+        # peers would refuse our whole lease for an endpoint inside the overlay network
+        if why := check_scope(replace(me, endpoints=endpoints, seen=seen), self._network):
+            log.warning("not publishing the endpoints seen: %s", why)
+            return
+        if endpoints == me.endpoints and seen == me.seen:
+            return
+        if endpoints != me.endpoints:
+            log.info(
+                "endpoints peers see us at: probe %s, WireGuard %s",
+                ", ".join(map(str, endpoints.probe)) or "-",
+                ", ".join(map(str, endpoints.wireguard)) or "-",
+            )
+        await self._keeper.republish(replace(me, endpoints=endpoints, seen=seen))
 
     async def publish_public_ips(self, learned: tuple[IPv4Address, ...] = ()) -> None:
         """``--public-ip auto``: publish the addresses peers in other sites confirmed as

@@ -15,8 +15,10 @@ from overlayd.agent.path_keeper import PeerReport
 from overlayd.disk.node_key import NodeKey
 from overlayd.planning.probe_pace import PeerSample
 from overlayd.probe.prober import Send, Taker
-from overlayd.values.lease import LeaseRecord
+from overlayd.values.keys import PublicKey
+from overlayd.values.lease import LeaseRecord, NodeEndpoints, SeenEndpoints
 from overlayd.values.paths import PeerPath
+from overlayd.values.wireguard import Endpoint
 
 
 class PathKeeping(Protocol):
@@ -74,6 +76,14 @@ class PathKeeping(Protocol):
 
     def public_addresses(self, me: LeaseRecord) -> tuple[IPv4Address, ...]:
         """Our public addresses as peers in other sites confirmed them (sorted)."""
+
+    def wireguard_seen(self, endpoints: Mapping[PublicKey, Endpoint]) -> None:
+        """The endpoints our WireGuard device learned from its peers' handshakes."""
+
+    def observed(
+        self, me: LeaseRecord, peers: Mapping[IPv4Network, LeaseRecord]
+    ) -> tuple[NodeEndpoints, tuple[SeenEndpoints, ...]]:
+        """Our ``Endpoints`` as peers saw them, and our ``Seen`` of peers behind NAT."""
 
     def report(
         self, peers: Mapping[IPv4Network, LeaseRecord], via: Mapping[IPv4Network, str]

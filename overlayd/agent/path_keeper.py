@@ -1,10 +1,12 @@
 """Per-peer underlay choice for the daemon: probe targets in, chosen paths out.
 
 Glues the authenticated prober (overlayd/probe) to the planner: keeps each peer's probe
-target from its lease, recomputes the chosen path of peers whose probe state changed,
-turns reflexive observations into our confirmed public addresses (``--public-ip auto``),
-and paces the probes: peers with traffic (``note_traffic``, from overlayd/agent/traffic.py)
-or a recent path change are probed fast, the others at the idle pace
+target from its lease (with its NAT's endpoints while a punch attempt runs,
+overlayd/agent/punching.py), recomputes the chosen path of peers whose probe state
+changed, turns reflexive observations into our confirmed public addresses (``--public-ip
+auto``), says what we saw of peers behind NAT and what they saw of us (``observed``), and
+paces the probes: peers with traffic (``note_traffic``, from overlayd/agent/traffic.py) or
+a recent path change are probed fast, the others at the idle pace
 (overlayd/planning/probe_pace.py).
 """
 
@@ -13,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from overlayd.agent.punching import Punching
 from overlayd.disk.node_key import NodeKey
 from overlayd.planning.linger import Linger, linger_for
 from overlayd.planning.path_choice import (
@@ -34,13 +37,15 @@ from overlayd.planning.probe_pace import (
     retain,
     vouched,
 )
+from overlayd.planning.punch import PunchParams, collect_endpoints, pick, seen_to_publish
 from overlayd.planning.vxlan import is_me
 from overlayd.probe.prober import Prober, Send, Taker
 from overlayd.probe.settings import PeerTarget, ProbeConfig
 from overlayd.values.errors import ConfigError
 from overlayd.values.keys import PublicKey
-from overlayd.values.lease import LeaseRecord
-from overlayd.values.paths import PeerCandidates, PeerPath, no_path_reason
+from overlayd.values.lease import LeaseRecord, NodeEndpoints, SeenEndpoints
+from overlayd.values.paths import PeerCandidates, PeerPath, behind_nat, no_path_reason
+from overlayd.values.wireguard import Endpoint
 
 
 @dataclass(frozen=True)
@@ -85,16 +90,22 @@ class PathKeeper:
         config: ProbeConfig,
         params: ChooseParams | None = None,
         pace: PaceParams | None = None,
+        punching: Punching | None = None,
     ) -> None:
         self.prober: Prober[IPv4Network] = Prober(key.private, config, self._changed)
+        # without openers (no raw socket): punching works only through NATs that let
+        # the first datagram in
+        self.punching = punching or Punching(PunchParams(), None, time.monotonic)
         self._on_change: Callable[[IPv4Network | None], None] | None = None  # from ``start``
         self._loop: asyncio.AbstractEventLoop | None = None
         # the addresses we left, still accepted from the peer (overlayd/planning/linger.py)
         self.linger = Linger(linger_for(config.slow_interval, config.jitter, config.timeout))
         self.unguessable: frozenset[IPv4Address] = frozenset()  # etcd endpoints: from ``start``
         self._params = params or ChooseParams(hold=config.stable_after)
+        self._base: dict[IPv4Network, PeerTarget] = {}  # from the lease, without punching
         self._targets: dict[IPv4Network, PeerTarget] = {}
         self._targets_changed = False
+        self._wireguard_seen: dict[IPv4Network, Endpoint] = {}  # our device's learned ones
         self.paths: dict[IPv4Network, PeerPath] = {}
         self._pathless: dict[IPv4Network, str] = {}  # peers with no path: why
         self._pace = pace or PaceParams()
@@ -125,6 +136,7 @@ class PathKeeper:
         ``PathKeeping.start``'s; ``ConfigError`` if the port cannot be bound."""
         self._on_change, self.unguessable = on_change, unguessable
         self._loop = asyncio.get_running_loop()
+        self.punching.start(self._loop, self._changed)
         try:
             await self.prober.start()
         except OSError as exc:
@@ -135,6 +147,7 @@ class PathKeeper:
             ) from None
 
     async def close(self) -> None:
+        self.punching.close()
         await self.prober.close()
 
     def set_key(self, key: NodeKey) -> None:
@@ -153,23 +166,76 @@ class PathKeeper:
         if peer is not None and peer.public_key and peer.probe_port:
             target = PeerTarget(
                 PublicKey.from_base64(peer.public_key),
-                probe_targets(me.site, PeerCandidates.from_lease(peer)),
+                probe_targets(me.site, PeerCandidates.between(me, peer)),
                 peer.site,
                 peer.probe_port,
             )
-        if self._targets.get(subnet) != target:
+        if self._base.get(subnet) != target:
             if target is None:
+                self._base.pop(subnet, None)
                 self._targets.pop(subnet, None)
             else:
-                self._targets[subnet] = target
+                self._base[subnet] = self._targets[subnet] = target
                 self._changed_at[subnet] = time.monotonic()  # new candidates: verify fast
             self._targets_changed = True
         if peer is None:
             self.paths.pop(subnet, None)
             self._pathless.pop(subnet, None)
+            self._wireguard_seen.pop(subnet, None)
+            self.punching.forget(subnet)
             self.linger.forget(subnet)
             self._changed_at.pop(subnet, None)
             self._activity.pop(subnet, None)
+        if (peer is not None and any(s.subnet == me.subnet for s in peer.seen)) or (
+            self.prober.heard_from(subnet) or subnet in self._wireguard_seen
+        ):
+            self._changed(None)  # what we saw of it, or it of us: ``observed`` may change
+
+    def _candidates(
+        self, me: LeaseRecord, subnet: IPv4Network, peer: LeaseRecord
+    ) -> PeerCandidates:
+        """``peer``'s candidates, with one endpoint of its NAT per address for each socket
+        (``punch.pick``: what we heard from it first)."""
+        found = PeerCandidates.between(me, peer)
+        if not found.punched:
+            return found
+        heard = self.prober.probe_sources().get(subnet)
+        wireguard: tuple[Endpoint, ...] = ()
+        if behind_nat(me):  # else it dials in: WireGuard learns its port from the handshake
+            learned = self._wireguard_seen.get(subnet)
+            wireguard = pick(found.punched_wireguard, peer.wireguard_port, learned)
+        return replace(
+            found,
+            punched=pick(found.punched, peer.probe_port, heard),
+            punched_wireguard=wireguard,
+        )
+
+    def _probe_port(self) -> int:
+        return self.prober.port if self._loop is not None else self.prober.config.port
+
+    def _punch(
+        self, me: LeaseRecord, subnet: IPv4Network, peer: LeaseRecord, current: PeerPath | None
+    ) -> str | None:
+        """Bring ``subnet``'s target in step with its punch attempt; the no-path reason."""
+        base = self._base.get(subnet)
+        if base is None:
+            return None
+        punch = self.punching.update(
+            me,
+            subnet,
+            peer,
+            self._candidates(me, subnet, peer),
+            self.prober.stats(subnet),
+            current,
+            self._probe_port(),
+        )
+        target = base
+        if punch is not None and punch.endpoints:
+            target = replace(base, punched=punch.endpoints, punch_from=punch.probe_from)
+        if self._targets.get(subnet) != target:
+            self._targets[subnet] = target
+            self._targets_changed = True
+        return None if punch is None else punch.reason
 
     def recompute(
         self,
@@ -179,6 +245,12 @@ class PathKeeper:
     ) -> set[IPv4Network]:
         """Rechoose the paths of ``which`` peers; returns those whose path, or whose
         lingering address, changed."""
+        which = list(which)
+        punch_reasons: dict[IPv4Network, str | None] = {}
+        for subnet in which:
+            peer = peers.get(subnet)
+            if peer is not None and not is_me(me, subnet, peer):
+                punch_reasons[subnet] = self._punch(me, subnet, peer, self.paths.get(subnet))
         repace = self._targets_changed  # new or changed candidates are verified fast
         if self._targets_changed:
             self.prober.set_peers(self._targets)
@@ -194,7 +266,7 @@ class PathKeeper:
                 continue
             current = self.paths.get(subnet)
             stats = self.prober.stats(subnet)
-            candidates = PeerCandidates.from_lease(peer)
+            candidates = self._candidates(me, subnet, peer)
             path = choose_path(
                 me.site, candidates, stats, current, now, self._params, self.unguessable
             )
@@ -210,7 +282,8 @@ class PathKeeper:
                     self._loop.call_later(self.linger.seconds + 0.1, self._changed, subnet)
             if path is None:
                 self.paths.pop(subnet, None)
-                self._pathless[subnet] = no_path_reason(me.site, candidates)
+                why = punch_reasons.get(subnet)
+                self._pathless[subnet] = why or no_path_reason(me.site, candidates)
             else:
                 self.paths[subnet] = path
                 self._pathless.pop(subnet, None)
@@ -249,6 +322,24 @@ class PathKeeper:
             if stats is not None and stats.verified:
                 out.add(subnet)
         return out
+
+    def wireguard_seen(self, endpoints: Mapping[PublicKey, Endpoint]) -> None:
+        """The endpoints our WireGuard device learned for its peers (by key, read back
+        from the device): what we publish as seen of peers behind NAT."""
+        by_key = {t.public_key: s for s, t in self._base.items()}
+        seen = {by_key[k]: e for k, e in endpoints.items() if k in by_key}
+        if seen != self._wireguard_seen:
+            self._wireguard_seen = seen
+            self._changed(None)
+
+    def observed(
+        self, me: LeaseRecord, peers: Mapping[IPv4Network, LeaseRecord]
+    ) -> tuple[NodeEndpoints, tuple[SeenEndpoints, ...]]:
+        """Our ``Endpoints`` (what peers of other sites saw of our sockets) and our
+        ``Seen`` (what we saw of theirs, while it is news to them): planning/punch.py."""
+        own = collect_endpoints(me, peers, self.prober.observations())
+        seen = seen_to_publish(me, peers, self.prober.probe_sources(), self._wireguard_seen)
+        return own, seen
 
     def public_addresses(self, me: LeaseRecord) -> tuple[IPv4Address, ...]:
         """Our public addresses as peers in other sites confirmed them (sorted)."""

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import logging
 import socket
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from overlayd.agent.daemon import Daemon
 from overlayd.agent.discovery import AddressDiscovery
 from overlayd.agent.options import DaemonOptions
 from overlayd.agent.path_keeper import PathKeeper
+from overlayd.agent.punching import Punching
 from overlayd.agent.status_listen import DEFAULT_LISTEN, parse_listen
 from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
 from overlayd.dataplane.api import DataPlane
@@ -29,6 +31,8 @@ from overlayd.discovery.metadata import MODES, CloudMetadata, parse_mode
 from overlayd.discovery.stun import StunServer, parse_server
 from overlayd.disk.node_key import NodeKey
 from overlayd.disk.state_dir import StateDir
+from overlayd.planning.punch import PunchParams
+from overlayd.probe.opener import open_raw
 from overlayd.probe.settings import ProbeConfig
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 from overlayd.runtime.logs import setup_logging
@@ -51,6 +55,18 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas)
 
 
+def _punching() -> Punching:
+    """Hole punching with low-TTL openers from a raw socket (docs/nat.md)."""
+    params = PunchParams()
+    opener = open_raw(params.ttl)
+    if isinstance(opener, str):
+        logging.getLogger("overlayd").warning(
+            "%s: hole punching works only through NATs that let the first datagram in", opener
+        )
+        return Punching(params, None, time.monotonic)
+    return Punching(params, opener, time.monotonic)
+
+
 async def _compose_and_run(opts: DaemonOptions, dataplane: DataPlane, phases: PhaseClock) -> None:
     """The composition root: the real store, node key and path keeper, given to ``Daemon``."""
     store = EtcdStore(opts.etcd)
@@ -58,7 +74,7 @@ async def _compose_and_run(opts: DaemonOptions, dataplane: DataPlane, phases: Ph
         await store.connect()  # first: bad TLS files end the daemon before side effects
         phases.reach(Phase.STORE)
         key = NodeKey.load_or_create(opts.state_dir)
-        paths = PathKeeper(key, ProbeConfig(port=opts.probe_port))
+        paths = PathKeeper(key, ProbeConfig(port=opts.probe_port), punching=_punching())
         discovery = None
         if opts.public_ip_auto:  # --public-ip given: nothing to discover
             metadata = CloudMetadata(opts.cloud_metadata) if opts.cloud_metadata else None

@@ -4,8 +4,10 @@ Pure and deterministic: the same inputs always give the same answer, so the daem
 replan from full state whenever it likes and ``overlayctl`` can explain a choice offline.
 Times are ``time.monotonic()`` seconds, as the prober records them.
 
-Order (issue 3): a verified private address of a same-site peer; then a verified public
-address; nothing verified -> the best guess by site (``guess_path``'s rule). Hysteresis:
+Order (issues 3 and 11): a verified private address of a same-site peer; then a verified
+public address; then the lease ``PublicIP``; then a verified punched endpoint (the peer's
+NAT mapping as others saw it, docs/nat.md); nothing verified -> the best guess by site
+(``guess_path``'s rule; a punched endpoint is never guessed). Hysteresis:
 
 * the current path is kept while it is verified, even if another path of the same rank
   answers faster -- RTT jitter never moves traffic;
@@ -27,6 +29,7 @@ from typing import Generic, TypeVar
 from overlayd.values.paths import (
     PRIVATE,
     PUBLIC,
+    PUNCHED,
     PeerCandidates,
     PeerPath,
     guess,
@@ -94,6 +97,9 @@ def _ranked(me_site: str, peer: PeerCandidates) -> list[tuple[int, IPv4Address, 
         # node has no public one; verified, it beats guessing the same address unverified
         # (another site's site-local one is not even probed: it is not that peer's)
         add(2, fallback, PRIVATE if fallback in peer.private else PUBLIC)
+    if peer.site != me_site:
+        for endpoint in peer.punched:
+            add(3, endpoint.address, PUNCHED)
     return out
 
 
@@ -102,9 +108,22 @@ def probe_targets(me_site: str, peer: PeerCandidates) -> tuple[IPv4Address, ...]
 
     A private address of a peer in another site is not probed (unless it is the lease's
     fallback and not site-local, ``usable_fallback``): in overlapping ranges it belongs to
-    some unrelated local host.
+    some unrelated local host. Punched endpoints are not among them: they are probed only
+    during a punch attempt (``overlayd/planning/punch.py``), after both NATs were opened.
     """
-    return tuple(address for _, address, _ in _ranked(me_site, peer))
+    return tuple(address for rank, address, _ in _ranked(me_site, peer) if rank < 3)
+
+
+def direct_verified(
+    me_site: str, peer: PeerCandidates, stats: Mapping[IPv4Address, PathStats]
+) -> bool:
+    """Whether a direct path (private, public or the lease ``PublicIP``) to ``peer`` is
+    verified: then there is nothing to punch."""
+    return any(
+        (s := stats.get(address)) is not None and s.verified
+        for rank, address, _ in _ranked(me_site, peer)
+        if rank < 3
+    )
 
 
 def _describe(rank: int, kind: str) -> str:
@@ -112,7 +131,16 @@ def _describe(rank: int, kind: str) -> str:
         return "verified private address, same site"
     if rank == 1:
         return "verified public address"
+    if rank == 3:
+        return "verified punched path through NAT"
     return f"verified lease PublicIP ({kind})"
+
+
+def _path(peer: PeerCandidates, address: IPv4Address, kind: str, reason: str) -> PeerPath:
+    if kind != PUNCHED:
+        return PeerPath(address, kind, reason)
+    ports = [e.port for e in peer.punched_wireguard if e.address == address]
+    return PeerPath(address, kind, reason, ports[0] if ports else None)
 
 
 def _settled(stats: PathStats, now: float, params: ChooseParams) -> bool:
@@ -155,13 +183,14 @@ def choose_path(
             if rank >= cur[0]:
                 break
             if _settled(stats[address], now, params):
-                return PeerPath(address, kind, f"moved to better path: {_describe(rank, kind)}")
-        return PeerPath(cur[1], cur[2], _describe(cur[0], cur[2]))
+                reason = f"moved to better path: {_describe(rank, kind)}"
+                return _path(peer, address, kind, reason)
+        return _path(peer, cur[1], cur[2], _describe(cur[0], cur[2]))
     rank, address, kind = verified[0]
     reason = _describe(rank, kind)
     if cur is not None and (s := stats.get(cur[1])) is not None and s.downs:
         reason = f"failover from {cur[1]} (stopped answering): {reason}"
-    return PeerPath(address, kind, reason)
+    return _path(peer, address, kind, reason)
 
 
 @dataclass(frozen=True)

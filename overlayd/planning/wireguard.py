@@ -29,7 +29,7 @@ from overlayd.values.lease import LeaseRecord
 
 # plan.py's own rules for "this lease is us" and "this peer cannot be programmed", so a
 # peer is judged alike whichever data plane carries it
-from overlayd.values.paths import PeerPath, guess_path
+from overlayd.values.paths import PUNCHED, PeerPath, guess_path
 from overlayd.values.wireguard import Endpoint, WgPeerConfig
 
 
@@ -162,7 +162,11 @@ def _endpoint(
     verified: Collection[IPv4Network],
 ) -> Endpoint | None:
     """Where to send ``peer``'s WireGuard packets along ``path``; None (it dials in) unless
-    that address reaches it: same site, a verified path, or one of its public addresses."""
+    that address reaches it: same site, a verified path, or one of its public addresses.
+    A punched path goes to its NAT's WireGuard mapping (``PeerPath.wireguard_port``);
+    without one (we are reachable ourselves: it dials in) it has none."""
+    if path.kind == PUNCHED:
+        return None if path.wireguard_port is None else Endpoint(path.address, path.wireguard_port)
     if peer.site == me.site or subnet in verified or path.address in peer.public_ips:
         assert peer.wireguard_port is not None
         return Endpoint(path.address, peer.wireguard_port)

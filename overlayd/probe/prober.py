@@ -38,7 +38,7 @@ from ipaddress import IPv4Address
 from typing import Any, Generic, cast
 
 from overlayd.planning.path_choice import Observation, PathStats, PeerId
-from overlayd.probe.observed import Observations
+from overlayd.probe.observed import MAX_OBSERVED, Observations
 from overlayd.probe.schedule import ProbedPath, Timer, Timers, base_interval
 from overlayd.probe.settings import PeerTarget, ProbeConfig, ProbeCounters
 from overlayd.probe.wire import (
@@ -49,6 +49,7 @@ from overlayd.probe.wire import (
 )
 from overlayd.runtime.logs import Throttle
 from overlayd.values.keys import PrivateKey, PublicKey
+from overlayd.values.wireguard import Endpoint
 
 log = logging.getLogger("overlayd.probe")
 
@@ -82,7 +83,9 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._peers: dict[PeerId, PeerTarget] = {}
-        self._keys: set[PublicKey] = set()
+        self._keys: dict[PublicKey, PeerId] = {}
+        self._sources: dict[PeerId, Endpoint] = {}  # where each peer's probes come from
+        self._heard: dict[PeerId, tuple[Endpoint, ...]] = {}  # its latest distinct sources
         self._paths: dict[tuple[PeerId, IPv4Address], ProbedPath[PeerId]] = {}
         self._chosen: dict[PeerId, IPv4Address] = {}
         self._idle: frozenset[PeerId] = frozenset()  # probed at the idle pace
@@ -153,7 +156,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         now = self._clock()
         old = self._peers
         self._peers = dict(peers)
-        self._keys = {t.public_key for t in self._peers.values()}
+        self._keys = {t.public_key: p for p, t in self._peers.items()}
         wanted: set[tuple[PeerId, IPv4Address]] = set()
         for peer, target in self._peers.items():
             before = old.get(peer)
@@ -161,22 +164,29 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
                 before.public_key != target.public_key or before.port != target.port
             ):
                 self._drop_peer_paths(peer)
-            for address in target.candidates:
+            for address, (port, not_before) in target.probed().items():
                 wanted.add((peer, address))
-                if (peer, address) not in self._paths:
-                    path = ProbedPath(peer, address, target.public_key, target.port)
-                    path.fast = self._chosen.get(peer) == address
-                    self._paths[(peer, address)] = path
-                    # the path in use first: when a peer's key changed (a rotation) it is
-                    # verified again before any other, so the choice does not wander
-                    spread = 0.0 if path.fast else self.config.initial_spread
-                    self._timers.schedule(path, now + self._rng.uniform(0, spread))
+                known = self._paths.get((peer, address))
+                if known is not None and known.port == port:
+                    continue
+                if known is not None:  # a punched endpoint whose port changed: a new path
+                    known.live = False
+                path = ProbedPath(peer, address, target.public_key, port)
+                path.fast = self._chosen.get(peer) == address
+                self._paths[(peer, address)] = path
+                # the path in use first: when a peer's key changed (a rotation) it is
+                # verified again before any other, so the choice does not wander
+                spread = 0.0 if path.fast else self.config.initial_spread
+                self._timers.schedule(path, max(now + self._rng.uniform(0, spread), not_before))
         for key in [k for k in self._paths if k not in wanted]:
             self._paths.pop(key).live = False
         for peer in [p for p in self._chosen if p not in self._peers]:
             del self._chosen[peer]
+        for peer in [p for p in self._sources if p not in self._peers]:
+            del self._sources[peer]
+            self._heard.pop(peer, None)
         self._observed.retain(self._peers)
-        self.codec.retain(self._keys)
+        self.codec.retain(self._keys.keys())
         self._timers.compact(len(self._paths))
         self._wake.set()
 
@@ -249,11 +259,20 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         target = self._peers.get(peer)
         if target is None:
             return {}
-        return {a: self._paths[(peer, a)].stats() for a in target.candidates}
+        return {a: self._paths[(peer, a)].stats() for a in target.probed()}
 
     def observations(self) -> tuple[Observation[PeerId], ...]:
         """Our addresses as peers reported them (feed to ``choose.confirmed_public``)."""
         return self._observed.all()
+
+    def heard_from(self, peer: PeerId) -> bool:
+        """Whether ``peer`` has probed us (``probe_sources``)."""
+        return peer in self._sources
+
+    def probe_sources(self) -> dict[PeerId, Endpoint]:
+        """Where each peer's latest accepted probe came from: its probe socket's NAT
+        mapping as we see it (published for it as ``Seen``, overlayd/planning/punch.py)."""
+        return dict(self._sources)
 
     # -- scheduling ------------------------------------------------------------------
 
@@ -344,6 +363,8 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         return entry is not None and entry[0].key == sender and entry[0].live
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if not data:
+            return  # a hole-punching opener that got this far (overlayd/probe/opener.py)
         if self._taker is not None and self._taker(data, addr):
             return
         try:
@@ -355,8 +376,9 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             return
         if isinstance(message, Probe):
             self.counters.probes_received += 1
+            observed = (IPv4Address(str(addr[0])), addr[1])
+            self._note_source(message.sender, Endpoint(*observed))
             if self._transport is not None:
-                observed = (IPv4Address(str(addr[0])), addr[1])
                 try:
                     self._transport.sendto(self.codec.encode_reply(message, observed), addr)
                     self.counters.replies_sent += 1
@@ -374,6 +396,18 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             self._changed(path.peer)
         if self._observed.observe(path.peer, self._peers[path.peer].site, message.observed, now):
             self._changed(None)  # new, or corroborated: may change our confirmed public address
+
+    def _note_source(self, sender: PublicKey, source: Endpoint) -> None:
+        peer = self._keys.get(sender)
+        if peer is None or self._sources.get(peer) == source:
+            return
+        self._sources[peer] = source
+        heard = self._heard.get(peer, ())
+        if source not in heard:
+            # a multi-homed peer probes from several sources in turn: only a new one may
+            # change what we publish as seen for it (``Observations``' bound, per peer)
+            self._heard[peer] = (*heard, source)[-MAX_OBSERVED:]
+            self._changed(None)
 
     def _count_reject(self, exc: ProbeError, addr: tuple[str | Any, int] | None) -> None:
         reason = exc.reason

@@ -11,6 +11,7 @@ from overlayd.planning.path_choice import DEFAULT_HOLD
 from overlayd.probe.wire import DEFAULT_PORT, DEFAULT_REPLAY_CAPACITY, DEFAULT_WINDOW
 from overlayd.values.keys import PublicKey
 from overlayd.values.lease import DEFAULT_SITE
+from overlayd.values.wireguard import Endpoint
 
 ANY = IPv4Address("0.0.0.0")
 
@@ -38,12 +39,23 @@ class ProbeConfig:
 
 @dataclass(frozen=True)
 class PeerTarget:
-    """A peer to probe: its key, candidate addresses and site (all from its lease)."""
+    """A peer to probe: its key, candidate addresses and site (all from its lease), and
+    during a punch attempt its NAT's probe endpoints, probed from ``punch_from`` on
+    (``time.monotonic()``; before that only openers go out: overlayd/planning/punch.py)."""
 
     public_key: PublicKey
     candidates: tuple[IPv4Address, ...]
     site: str = DEFAULT_SITE
     port: int = DEFAULT_PORT  # the peer's probe port
+    punched: tuple[Endpoint, ...] = ()
+    punch_from: float = 0.0
+
+    def probed(self) -> dict[IPv4Address, tuple[int, float]]:
+        """Every address to probe: its port and the time before which it is not probed
+        (a punched endpoint at a candidate's address is the candidate's)."""
+        out = {e.address: (e.port, self.punch_from) for e in self.punched}
+        out.update({a: (self.port, 0.0) for a in self.candidates})
+        return out
 
 
 @dataclass

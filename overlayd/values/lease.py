@@ -21,7 +21,9 @@ from overlayd.values.errors import LeaseFormatError
 from overlayd.values.kernel_state import MacAddress
 from overlayd.values.lease_rules import (
     MAX_ADDRESSES,
+    MAX_ENDPOINTS,
     MAX_RELAY_RTTS,
+    MAX_SEEN,
     MAX_VALUE_BYTES,
     flannel_node_name,
     is_backend_type,
@@ -31,6 +33,7 @@ from overlayd.values.lease_rules import (
     scope_error,
 )
 from overlayd.values.text import quote
+from overlayd.values.wireguard import Endpoint
 
 DEFAULT_SITE = "default"
 
@@ -58,6 +61,29 @@ def parse_subnet_arg(text: str) -> IPv4Network:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeEndpoints:
+    """Where peers of other sites saw this node's datagrams come from, per socket: the
+    probe port's and the WireGuard port's NAT mappings (docs/nat.md, "Endpoints seen by
+    others"). Empty for a node nobody saw behind a NAT."""
+
+    probe: tuple[Endpoint, ...] = ()
+    wireguard: tuple[Endpoint, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.probe or self.wireguard)
+
+
+@dataclass(frozen=True, slots=True)
+class SeenEndpoints:
+    """What this node saw of one peer's sockets: the source of its probes and the
+    endpoint our WireGuard device learned from its handshakes (None: not seen)."""
+
+    subnet: IPv4Network
+    probe: Endpoint | None = None
+    wireguard: Endpoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseRecord:
     """What a node publishes about itself with its subnet."""
 
@@ -82,6 +108,10 @@ class LeaseRecord:
     # round trips (ms) to the relays this node verified, by relay subnet, sorted: both ends
     # of a relayed pair choose the same relay from them (overlayd/planning/relay.py)
     relay_rtts: tuple[tuple[IPv4Network, int], ...] = ()
+    # our sockets' NAT mappings as peers of other sites saw them (collected from their
+    # ``seen``), and what we saw of peers behind NAT for them to collect (docs/nat.md)
+    endpoints: NodeEndpoints = NodeEndpoints()
+    seen: tuple[SeenEndpoints, ...] = ()
 
     @property
     def overlay_ip(self) -> IPv4Address:
@@ -113,7 +143,23 @@ class LeaseRecord:
             out["Relay"] = self.relay
         if self.relay_rtts:
             out["RelayRTTs"] = {subnet_key_name(s): ms for s, ms in self.relay_rtts}
+        if self.endpoints:
+            out["Endpoints"] = {
+                "Probe": [str(e) for e in self.endpoints.probe],
+                "WireGuard": [str(e) for e in self.endpoints.wireguard],
+            }
+        if self.seen:
+            out["Seen"] = [_seen_json(s) for s in self.seen]
         return json.dumps(out, sort_keys=True)
+
+
+def _seen_json(seen: SeenEndpoints) -> dict[str, str]:
+    out = {"Subnet": subnet_key_name(seen.subnet)}
+    if seen.probe is not None:
+        out["Probe"] = str(seen.probe)
+    if seen.wireguard is not None:
+        out["WireGuard"] = str(seen.wireguard)
+    return out
 
 
 def _addr(value: Any, what: str) -> IPv4Address:
@@ -136,6 +182,62 @@ def _addrs(value: Any, what: str) -> tuple[IPv4Address, ...]:
     if len(value) > MAX_ADDRESSES:
         raise LeaseFormatError(f"{what} has {len(value)} items, at most {MAX_ADDRESSES} allowed")
     return tuple(_addr(v, what) for v in value)
+
+
+def _endpoint(value: Any, what: str) -> Endpoint:
+    if not isinstance(value, str) or len(value) > 21:  # "255.255.255.255:65535"
+        raise LeaseFormatError(f"{what} must be an a.b.c.d:port string, got {quote(value)}")
+    try:
+        endpoint = Endpoint.parse(value)
+    except ValueError:
+        raise LeaseFormatError(f"{what} {quote(value)} is not an a.b.c.d:port endpoint") from None
+    _addr(str(endpoint.address), what)  # the scope rules of every underlay address
+    return endpoint
+
+
+def _endpoint_list(obj: dict[str, Any], key: str, what: str) -> tuple[Endpoint, ...]:
+    value = obj.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise LeaseFormatError(f"{what} must be a list, got {quote(value)}")
+    if len(value) > MAX_ENDPOINTS:
+        raise LeaseFormatError(f"{what} has {len(value)} items, at most {MAX_ENDPOINTS} allowed")
+    return tuple(_endpoint(v, what) for v in value)
+
+
+def _endpoints(value: Any) -> NodeEndpoints:
+    if value is None:
+        return NodeEndpoints()
+    if not isinstance(value, dict):
+        raise LeaseFormatError(f"Endpoints must be an object, got {quote(value)}")
+    return NodeEndpoints(
+        _endpoint_list(value, "Probe", "Endpoints.Probe"),
+        _endpoint_list(value, "WireGuard", "Endpoints.WireGuard"),
+    )
+
+
+def _seen(value: Any) -> tuple[SeenEndpoints, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise LeaseFormatError(f"Seen must be a list, got {quote(value)}")
+    if len(value) > MAX_SEEN:
+        raise LeaseFormatError(f"Seen has {len(value)} items, at most {MAX_SEEN} allowed")
+    out = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise LeaseFormatError(f"Seen items must be objects, got {quote(item)}")
+        subnet = parse_subnet_key_name(_str(item, "Subnet", ""))
+        probe, wireguard = item.get("Probe"), item.get("WireGuard")
+        out.append(
+            SeenEndpoints(
+                subnet,
+                None if probe is None else _endpoint(probe, "Seen.Probe"),
+                None if wireguard is None else _endpoint(wireguard, "Seen.WireGuard"),
+            )
+        )
+    return tuple(out)
 
 
 def _port(obj: dict[str, Any], key: str) -> int | None:
@@ -278,4 +380,6 @@ def _record(subnet: IPv4Network, raw: dict[str, Any]) -> LeaseRecord:
         candidates=_addrs(raw.get("Candidates"), "Candidates"),
         relay=_optional_bool(raw, "Relay"),
         relay_rtts=_relay_rtts(raw.get("RelayRTTs")),
+        endpoints=_endpoints(raw.get("Endpoints")),
+        seen=_seen(raw.get("Seen")),
     )

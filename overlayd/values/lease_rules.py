@@ -38,6 +38,10 @@ MAX_RELAY_RTTS = 16
 """At most this many entries in ``RelayRTTs`` (the relays a node measured, docs/nat.md)."""
 MAX_RELAY_RTT_MS = 60_000
 """A ``RelayRTTs`` value above this (milliseconds) is not a round trip but a hostile value."""
+MAX_ENDPOINTS = 4
+"""At most this many ``Endpoints.Probe`` and this many ``Endpoints.WireGuard``."""
+MAX_SEEN = 16
+"""At most this many ``Seen`` entries (peers seen behind NAT, until they publish it)."""
 MAX_NODE_ID = 64
 MAX_BACKEND_TYPE = 32
 MAX_LABEL = 63
@@ -133,6 +137,10 @@ def check_scope(record: LeaseRecord, network: IPv4Network) -> str | None:
     for address in underlay_addresses(record):
         if address in network:
             return f"underlay address {address} is inside the overlay network {network}"
+    seen = [e for s in record.seen for e in (s.probe, s.wireguard) if e is not None]
+    for endpoint in (*record.endpoints.probe, *record.endpoints.wireguard, *seen):
+        if endpoint.address in network:
+            return f"endpoint {endpoint} is inside the overlay network {network}"
     return None
 
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.values.lease import LeaseRecord
+from overlayd.values.wireguard import Endpoint
 
-PRIVATE, PUBLIC = "private", "public"
+PRIVATE, PUBLIC, PUNCHED = "private", "public", "punched"
 
 SITE_LOCAL = tuple(
     IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
@@ -41,8 +42,11 @@ class PeerPath:
     """The underlay address chosen for a peer, and why."""
 
     address: IPv4Address
-    kind: str  # PRIVATE | PUBLIC
+    kind: str  # PRIVATE | PUBLIC | PUNCHED
     reason: str
+    # PUNCHED only: the peer's WireGuard port as its NAT maps it (others' ports are its
+    # lease's ``WireGuardPort``); None elsewhere
+    wireguard_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,13 +58,48 @@ class PeerCandidates:
     public: tuple[IPv4Address, ...] = ()
     fallback: IPv4Address | None = None  # flannel's PublicIP: the guess of last resort
     unconfirmed: tuple[IPv4Address, ...] = ()  # learned by the peer itself: probe, never guess
+    # its NAT's mappings as others saw them (lease ``Endpoints``): probe endpoints to punch
+    # and the WireGuard endpoints that go with them; chosen once verified, never guessed
+    punched: tuple[Endpoint, ...] = ()
+    punched_wireguard: tuple[Endpoint, ...] = ()
 
     @classmethod
     def from_lease(cls, record: LeaseRecord) -> PeerCandidates:
         return cls(
             record.site, record.private_ips, record.public_ips, record.public_ip,
-            record.candidates,
+            record.candidates, record.endpoints.probe, record.endpoints.wireguard,
         )  # fmt: skip
+
+    @classmethod
+    def between(cls, me: LeaseRecord, peer: LeaseRecord) -> PeerCandidates:
+        """``peer``'s candidates as seen from ``me``. When both sit behind NAT in
+        different sites (``behind_nat``) and both run WireGuard (what a punched path
+        carries), every address of ``peer`` is its NAT's and
+        crosses ours too: its public addresses and candidates become punch endpoints
+        (with its probe and WireGuard ports), reached only by punching, never guessed --
+        an early datagram would spoil the other NAT's mapping (docs/nat.md)."""
+        found = cls.from_lease(peer)
+        if (
+            me.site == peer.site
+            or me.wireguard_port is None  # plain VXLAN: no punching, probed as before
+            or peer.wireguard_port is None
+            or not (behind_nat(me) and behind_nat(peer))
+        ):
+            return found
+        addresses = (*peer.public_ips, *peer.candidates)
+        probe = [Endpoint(a, peer.probe_port) for a in addresses if peer.probe_port]
+        wg = [Endpoint(a, peer.wireguard_port) for a in addresses if peer.wireguard_port]
+        return cls(
+            peer.site, peer.private_ips, (), found.fallback, (),
+            (*found.punched, *probe), (*found.punched_wireguard, *wg),
+        )  # fmt: skip
+
+
+def behind_nat(record: LeaseRecord) -> bool:
+    """Whether the node of ``record`` has no public address of its own: its lease
+    ``PublicIP`` (its interface's address, unless ``--public-ip`` was given) reaches only
+    inside its site. Its public addresses, if any, are then its NAT's."""
+    return is_site_local(record.public_ip)
 
 
 def guess(
@@ -90,8 +129,9 @@ def guess(
 def guess_path(
     me: LeaseRecord, peer: LeaseRecord, unguessable: Collection[IPv4Address] = frozenset()
 ) -> PeerPath | None:
-    """``guess`` for a peer's lease."""
-    return guess(me.site, PeerCandidates.from_lease(peer), unguessable)
+    """``guess`` for a peer's lease (``PeerCandidates.between``: nothing is guessed
+    between two nodes behind NAT)."""
+    return guess(me.site, PeerCandidates.between(me, peer), unguessable)
 
 
 NOT_GUESSED = "no verified path, and its addresses are etcd endpoints: not guessed"

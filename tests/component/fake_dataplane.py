@@ -31,7 +31,13 @@ from overlayd.values.kernel_state import (
     RouteEntry,
 )
 from overlayd.values.keys import PublicKey
-from overlayd.values.wireguard import PeerChanges, WgDeviceConfig, WgPeerConfig, WgPeerState
+from overlayd.values.wireguard import (
+    Endpoint,
+    PeerChanges,
+    WgDeviceConfig,
+    WgPeerConfig,
+    WgPeerState,
+)
 
 UNDERLAY_INDEX = 2
 VXLAN_INDEX = 10
@@ -52,6 +58,8 @@ class FakeDataPlane:
     wg_peers: dict[PublicKey, WgPeerConfig] = field(default_factory=dict)
     wg_bytes: dict[PublicKey, int] = field(default_factory=dict)  # rx + tx of each peer
     fdb_used: dict[MacAddress, float] = field(default_factory=dict)  # when each FDB entry sent
+    # endpoints "learned from handshakes", as the device reports them beside configured ones
+    wg_learned: dict[PublicKey, Endpoint] = field(default_factory=dict)
     applied: list[tuple[int, Changes]] = field(default_factory=list)
     monitors: dict[int, Callable[[list[KernelEvent] | None], None]] = field(default_factory=dict)
     writes: list[str] = field(default_factory=list)
@@ -116,6 +124,10 @@ class FakeDataPlane:
         if changes:
             self.writes.append("wireguard peers")
         return changes
+
+    async def wireguard_endpoints(self) -> dict[PublicKey, Endpoint]:
+        learned = {k: p.endpoint for k, p in self.wg_peers.items() if p.endpoint is not None}
+        return {**learned, **self.wg_learned}
 
     async def dump(self, ifindex: int) -> KernelState:
         self.dumps += 1

@@ -16,8 +16,10 @@ from overlayd.disk.node_key import NodeKey
 from overlayd.planning.probe_pace import PeerSample
 from overlayd.planning.vxlan import is_me
 from overlayd.probe.prober import Send, Taker
-from overlayd.values.lease import LeaseRecord
+from overlayd.values.keys import PublicKey
+from overlayd.values.lease import LeaseRecord, NodeEndpoints, SeenEndpoints
 from overlayd.values.paths import PUBLIC, PeerPath, guess_path
+from overlayd.values.wireguard import Endpoint
 
 FAKE_PROBE_PORT = 51999  # published in the lease; nothing listens on it
 
@@ -33,6 +35,9 @@ class FakePaths:
         self.taker: Taker | None = None  # who shares the probe socket (STUN)
         self.sent: list[tuple[bytes, tuple[str, int]]] = []  # what it sent through it
         self.traffic: list[Mapping[IPv4Network, PeerSample]] = []  # samples, in order
+        self.endpoints = NodeEndpoints()  # "peers of other sites saw our sockets at"
+        self.seen: tuple[SeenEndpoints, ...] = ()  # "we saw peers behind NAT at"
+        self.wireguard_learned: list[dict[PublicKey, Endpoint]] = []  # as the daemon read them
         self._paths: dict[IPv4Network, PeerPath] = {}
         self._verified: dict[IPv4Network, float] = {}  # set by ``verify``: peer -> RTT (ms)
         self._on_change: Callable[[IPv4Network | None], None] | None = None
@@ -105,6 +110,14 @@ class FakePaths:
     def public_addresses(self, me: LeaseRecord) -> tuple[IPv4Address, ...]:
         return self.confirmed
 
+    def wireguard_seen(self, endpoints: Mapping[PublicKey, Endpoint]) -> None:
+        self.wireguard_learned.append(dict(endpoints))
+
+    def observed(
+        self, me: LeaseRecord, peers: Mapping[IPv4Network, LeaseRecord]
+    ) -> tuple[NodeEndpoints, tuple[SeenEndpoints, ...]]:
+        return self.endpoints, self.seen
+
     def report(
         self, peers: Mapping[IPv4Network, LeaseRecord], via: Mapping[IPv4Network, str]
     ) -> list[PeerReport]:
@@ -123,6 +136,12 @@ class FakePaths:
         self._verified[subnet] = rtt_ms
         assert self._on_change is not None, "not started"
         self._on_change(subnet)
+
+    def observe(self, endpoints: NodeEndpoints, seen: tuple[SeenEndpoints, ...]) -> None:
+        """From now on we are seen at ``endpoints`` and have ``seen`` peers behind NAT."""
+        self.endpoints, self.seen = endpoints, seen
+        assert self._on_change is not None, "not started"
+        self._on_change(None)
 
     def reflect(self, *addresses: IPv4Address) -> None:
         """From now on peers of other sites confirm that they see us at ``addresses``."""

@@ -14,7 +14,7 @@ from overlayd.values.config import VXLAN, VXLAN_WIREGUARD, WIREGUARD, BackendCon
 from overlayd.values.kernel_state import RouteEntry
 from overlayd.values.keys import PublicKey
 from overlayd.values.lease import LeaseRecord
-from overlayd.values.paths import PeerPath
+from overlayd.values.paths import PUNCHED, PeerPath
 from overlayd.values.wireguard import Endpoint, PresharedKey, WgPeerState, diff_peers
 from tests.builders import node_lease
 from tests.builders import wg_key as key
@@ -180,6 +180,28 @@ def test_endpoint_follows_the_chosen_path() -> None:
     again = plan_wireguard(ME, leases(a2, b3), WG, moved)
     assert again.peers[net(3)].endpoint == endpoint("198.51.100.3")
     assert again.peers[net(2)] == plan.peers[net(2)]
+
+
+def test_punched_path_goes_to_the_nat_mapping_or_dials_in() -> None:
+    # b4 behind masquerade: its NAT maps its WireGuard port 51820 to 40000 towards us
+    b4 = rec(4, site="b", private=("10.0.2.4",))
+    nat = IPv4Address("203.0.113.2")
+    punched = PeerPath(nat, PUNCHED, "verified punched path through NAT", 40000)
+    plan = plan_wireguard(ME, leases(b4), WG, {net(4): punched}, verified={net(4)})
+    assert plan.peers[net(4)].endpoint == endpoint("203.0.113.2", 40000)
+    # we are reachable ourselves: no WireGuard port chosen, it dials in (WireGuard learns
+    # the port its NAT chose from its handshake, and we never overwrite it)
+    reachable = PeerPath(nat, PUNCHED, "verified punched path through NAT")
+    plan = plan_wireguard(ME, leases(b4), WG, {net(4): reachable}, verified={net(4)})
+    assert plan.peers[net(4)].endpoint is None and plan.dial_in == (net(4),)
+
+
+def test_two_hosts_behind_nat_guess_nothing() -> None:
+    # both PublicIPs site-local: b5's public address is its NAT's, reached only punched
+    me = rec(1, site="a", public=("198.51.100.2",), public_ip="10.0.0.1")
+    b5 = rec(5, site="b", public=("203.0.113.2",), public_ip="10.0.2.5")
+    plan = plan_wireguard(me, leases(b5), WG)
+    assert plan.peers[net(5)].endpoint is None and plan.dial_in == (net(5),)
 
 
 def test_same_site_peer_always_has_an_endpoint() -> None:
