@@ -31,6 +31,7 @@ from overlayd.agent.election import GatewayAgent, GatewayOptions
 from overlayd.agent.host import Clock, Host
 from overlayd.agent.lease_fold import LeaseFold
 from overlayd.agent.lease_publish import LeasePublisher, lease_template
+from overlayd.agent.names import NameOptions, NameService
 from overlayd.agent.options import DaemonOptions
 from overlayd.agent.path_api import PathKeeping
 from overlayd.agent.reconcile import ReconcilePass
@@ -64,6 +65,7 @@ class _Running:
     reconcile: ReconcilePass
     gateway: GatewayAgent | None
     site_local: bool  # our underlay address reaches only inside our site
+    names: NameService | None  # the DNS responder and container names (docs/dns.md)
 
 
 class Daemon:
@@ -158,11 +160,18 @@ class Daemon:
                 tasks.create_task(run.gateway.run())
             tasks.create_task(run.keeper.keep())
             tasks.create_task(run.rotation.watch())
-            tasks.create_task(run.fold.watch(self.store, lambda full: self.mark_dirty(full=full)))
+            tasks.create_task(run.fold.watch(self.store, lambda full: self._leases_changed(full)))
+            if run.names is not None:
+                tasks.create_task(run.names.run())
             tasks.create_task(self._resync_timer())
             if self.discovery is not None:
                 tasks.create_task(self._discover(self.discovery, run))
             tasks.create_task(self.reconcile_loop())
+
+    def _leases_changed(self, full: bool) -> None:
+        self.mark_dirty(full=full)
+        if self._running is not None and self._running.names is not None:
+            self._running.names.leases_changed()
 
     async def _discover(self, discovery: AddressDiscovery, run: _Running) -> None:
         """Learn our public address ourselves (a warning if one is missing and needed)."""
@@ -241,9 +250,14 @@ class Daemon:
             self.status, unguessable,
         )  # fmt: skip
         publisher = LeasePublisher(keeper, rotation, self.paths, cfg.network, self.opts.public_ips)
+        names = None
+        opts = self.opts
+        if opts.dns_listen.enabled or opts.names_socket is not None:
+            names_opts = NameOptions(opts.node_name, opts.dns_listen, opts.names_socket)
+            names = NameService(names_opts, cfg, self.store, fold, lambda: keeper.held)
         return _Running(
             cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway,
-            is_site_local(underlay.address),
+            is_site_local(underlay.address), names,
         )  # fmt: skip
 
     async def _wait_config(self) -> NetworkConfig:
@@ -268,6 +282,8 @@ class Daemon:
 
     async def _configure(self, run: _Running, held: HeldLease) -> None:
         await run.devices.configure(held, self._key)
+        if run.names is not None:  # the overlay address is on the device now
+            await run.names.follow(held)
         self._device_stale = False
 
     # -- inputs ------------------------------------------------------------------------

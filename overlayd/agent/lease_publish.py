@@ -96,6 +96,7 @@ def lease_template(
         probe_port=probe_port,
         wireguard_port=backend.listen_port if backend.uses_wireguard else None,
         gateway_candidate=opts.gateway_candidate if cfg.topology.uses_gateways else None,
+        dns_names=opts.dns_names,
     )
     check_own_record(template, cfg.network)  # peers would refuse it otherwise
     return template

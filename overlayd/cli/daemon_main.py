@@ -20,7 +20,7 @@ import click
 
 from overlayd.agent.daemon import Daemon
 from overlayd.agent.discovery import AddressDiscovery
-from overlayd.agent.options import DaemonOptions
+from overlayd.agent.options import NAMES_SOCKET, DaemonOptions
 from overlayd.agent.path_keeper import PathKeeper
 from overlayd.agent.status_listen import DEFAULT_LISTEN, parse_listen
 from overlayd.cli.common import etcd_options, etcd_settings, friendly_errors
@@ -34,7 +34,13 @@ from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 from overlayd.runtime.logs import setup_logging
 from overlayd.store.etcd import EtcdStore
 from overlayd.values.lease import DEFAULT_SITE
-from overlayd.values.lease_rules import default_node_name, own_addresses, own_label
+from overlayd.values.lease_rules import (
+    default_node_name,
+    own_addresses,
+    own_dns_names,
+    own_label,
+)
+from overlayd.values.names import parse_dns_listen
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
 
@@ -149,6 +155,25 @@ def run_daemon(opts: DaemonOptions, dataplane: DataPlane) -> None:
     default=True,
     help="May this node be elected its site's gateway (gateway topology).",
 )
+@click.option(
+    "--dns-name",
+    "dns_names",
+    multiple=True,
+    help="An alias of this node in the network's DNS zone (e.g. peer0.org1); repeatable.",
+)
+@click.option(
+    "--dns-listen",
+    multiple=True,
+    default=("overlay",),
+    help="Where the DNS responder listens: 'overlay[:PORT]' (this node's overlay address, "
+    "port 53 by default), 'IP[:PORT]' (e.g. 127.0.0.1:5354) or 'off'; repeatable.",
+)
+@click.option(
+    "--names-socket",
+    type=click.Path(path_type=Path),
+    default=NAMES_SOCKET,
+    help="Unix socket the CNI plugin registers container names on ('' : off).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option(
     "--lease-ttl",
@@ -186,6 +211,9 @@ def main(
     resync_interval: float,
     probe_port: int,
     gateway_candidate: bool,
+    dns_names: tuple[str, ...],
+    dns_listen: tuple[str, ...],
+    names_socket: Path,
     debug: bool,
 ) -> None:
     """Run the overlay network daemon on this host."""
@@ -222,5 +250,8 @@ def main(
         gateway_candidate=gateway_candidate,
         cloud_metadata=parse_mode(cloud_metadata),
         stun_servers=stun_servers,
+        dns_names=own_dns_names(dns_names, "--dns-name"),
+        dns_listen=parse_dns_listen(dns_listen),
+        names_socket=names_socket if str(names_socket) not in ("", ".") else None,
     )
     run_daemon(opts, DataPlane())

@@ -21,9 +21,11 @@ from overlayd.values.errors import LeaseFormatError
 from overlayd.values.kernel_state import MacAddress
 from overlayd.values.lease_rules import (
     MAX_ADDRESSES,
+    MAX_DNS_NAMES,
     MAX_VALUE_BYTES,
     flannel_node_name,
     is_backend_type,
+    is_dns_name,
     is_label,
     is_node_id,
     scope_error,
@@ -76,6 +78,7 @@ class LeaseRecord:
     # public addresses the node learned for itself (cloud metadata, STUN) that no peer of
     # another site confirmed yet: probed by peers, never guessed (docs/nat.md)
     candidates: tuple[IPv4Address, ...] = ()
+    dns_names: tuple[str, ...] = ()  # aliases in the network's zone (docs/dns.md), sorted
 
     @property
     def overlay_ip(self) -> IPv4Address:
@@ -103,6 +106,8 @@ class LeaseRecord:
                 out[key] = value
         if self.candidates:
             out["Candidates"] = [str(a) for a in self.candidates]
+        if self.dns_names:
+            out["DNSNames"] = list(self.dns_names)
         return json.dumps(out, sort_keys=True)
 
 
@@ -155,6 +160,21 @@ def _public_key(obj: dict[str, Any]) -> str | None:
     if len(raw) != 32:
         raise LeaseFormatError(f"PublicKey must be 32 bytes of base64, got {quote(value)}")
     return str(value)
+
+
+def _dns_names(obj: dict[str, Any]) -> tuple[str, ...]:
+    """``DNSNames``: a list of at most ``MAX_DNS_NAMES`` DNS names (read lower-cased)."""
+    value = obj.get("DNSNames")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise LeaseFormatError(f"DNSNames must be a list, got {quote(value)}")
+    if len(value) > MAX_DNS_NAMES:
+        raise LeaseFormatError(f"DNSNames has {len(value)} items, at most {MAX_DNS_NAMES}")
+    for name in value:
+        if not isinstance(name, str) or not is_dns_name(name):
+            raise LeaseFormatError(f"DNSNames item {quote(name)} is not a DNS name")
+    return tuple(sorted({name.lower() for name in value}))
 
 
 def _str(obj: dict[str, Any], key: str, default: str) -> str:
@@ -242,4 +262,5 @@ def _record(subnet: IPv4Network, raw: dict[str, Any]) -> LeaseRecord:
         wireguard_port=_port(raw, "WireGuardPort"),
         gateway_candidate=_optional_bool(raw, "GatewayCandidate"),
         candidates=_addrs(raw.get("Candidates"), "Candidates"),
+        dns_names=_dns_names(raw),
     )

@@ -1,0 +1,261 @@
+"""The daemon's names: the zone it serves, the DNS responder's sockets, container names.
+
+Owns (docs/dns.md): rebuilding the ``Zone`` (``overlayd.planning.names``) from the lease
+table the daemon already holds and from the container names in the store, whenever
+either changes (coalesced: one rebuild per wake-up, never an etcd read per query); the
+warnings about names claimed twice (a warning when this node is involved, else info) and
+the one error line per malformed container record; where the responder listens (fixed
+addresses at start, the overlay address once it is on the device); the Unix socket the
+CNI plugin registers container attachments on, and publishing those in the store bound
+to our own etcd lease (again after the lease changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from overlayd.agent.lease_fold import LeaseFold
+from overlayd.dns.server import DnsServer
+from overlayd.dns.wire import Responder
+from overlayd.planning.names import Conflict, Zone, build_zone
+from overlayd.store.api import NameStore, NameTable
+from overlayd.store.lease_keeper import HeldLease
+from overlayd.values.config import NetworkConfig
+from overlayd.values.errors import LeaseFormatError, OverlaydError
+from overlayd.values.names import (
+    MAX_REGISTRATION,
+    ContainerName,
+    DnsListen,
+    Registration,
+    decode_registration,
+)
+from overlayd.values.text import quote
+
+log = logging.getLogger("overlayd.dns")
+
+REGISTRATION_TIMEOUT = 2.0  # seconds a CNI plugin may take to send its one line
+CONFLICT_LINES = 10  # more new conflicts than this in one rebuild: one summary line
+
+
+@dataclass(frozen=True)
+class NameOptions:
+    """What the flags say about names."""
+
+    node: str
+    listen: DnsListen
+    socket: Path | None  # the CNI registration socket (None: containers get no names)
+
+
+class NameService:
+    """Serves ``cfg``'s zone from ``fold``'s leases and ``store``'s container names;
+    ``held`` gives our lease now (None before the first claim)."""
+
+    def __init__(
+        self,
+        opts: NameOptions,
+        cfg: NetworkConfig,
+        store: NameStore,
+        fold: LeaseFold,
+        held: Callable[[], HeldLease | None],
+        on_zone: Callable[[Zone], None] | None = None,
+    ) -> None:
+        self._opts, self._cfg, self._store, self._fold, self._held = opts, cfg, store, fold, held
+        self._on_zone = on_zone
+        self.responder = Responder()
+        self.server = DnsServer(self.responder)
+        self._table = NameTable(0, ())
+        self._dirty = asyncio.Event()
+        self._conflicts: frozenset[Conflict] = frozenset()
+        self._refused: set[tuple[str, str]] = set()
+        self._local: dict[str, ContainerName] = {}  # our registrations, by container id
+        self._published: tuple[int, object] | None = None  # (lease id, subnet) published under
+        self._overlay: IPv4Address | None = None
+        self._adopted = False  # the first table's names of ours were taken as ours
+
+    @property
+    def zone(self) -> Zone | None:
+        return self.responder.zone
+
+    def leases_changed(self) -> None:
+        """The lease table changed: rebuild the zone soon."""
+        self._dirty.set()
+
+    async def run(self) -> None:
+        """Listen on the fixed addresses, then keep the zone and the registrations served."""
+        for address, port in self._opts.listen.fixed:
+            try:
+                await self.server.bind(address, port)
+            except OSError as exc:
+                log.error("cannot listen for DNS on %s:%d: %s", address, port, exc.strerror)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._watch_names())
+                tasks.create_task(self._rebuild_loop())
+                if self._opts.socket is not None:
+                    tasks.create_task(self._serve_registrations(self._opts.socket))
+        finally:
+            await self.server.close()
+
+    async def follow(self, held: HeldLease) -> None:
+        """Our lease is on the devices: listen on its overlay address (not a previous one)
+        and publish our containers' names bound to its etcd lease."""
+        port = self._opts.listen.overlay_port
+        address = held.record.overlay_ip
+        if port is not None and address != self._overlay:
+            if self._overlay is not None:
+                await self.server.unbind(self._overlay)
+            try:
+                await self.server.bind(address, port)
+                self._overlay = address
+            except OSError as exc:  # retried when the devices are configured again
+                log.error("cannot listen for DNS on %s:%d: %s", address, port, exc.strerror)
+        if self._published != (held.lease_id, held.record.subnet):
+            await self._republish(held)
+
+    # -- the zone --------------------------------------------------------------------------
+
+    async def _rebuild_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            self._rebuild()
+            await asyncio.sleep(0)  # events that arrived meanwhile: one more rebuild
+
+    def _rebuild(self) -> None:
+        fold = self._fold
+        serial = max((s.mod_revision for s in fold.leases.values()), default=0)
+        zone = build_zone(
+            self._cfg.dns_zone, self._cfg.network, self._opts.node, fold.records, fold.created,
+            self._table.names, max(serial, self._table.revision, 1),
+        )  # fmt: skip
+        self.responder.set_zone(zone)
+        self._note_conflicts(frozenset(zone.conflicts))
+        if self._on_zone is not None:
+            self._on_zone(zone)
+
+    def _note_conflicts(self, conflicts: frozenset[Conflict]) -> None:
+        new = sorted(conflicts - self._conflicts)
+        self._conflicts = conflicts
+        if len(new) > CONFLICT_LINES:
+            log.warning("%d DNS names are claimed by more than one node", len(new))
+            return
+        me = self._opts.node
+        for conflict in new:
+            level = logging.WARNING if me in (conflict.winner, *conflict.losers) else logging.INFO
+            log.log(
+                level,
+                "DNS name %s is claimed by %s and %s: served by %s",
+                conflict.name,
+                quote(conflict.winner),
+                ", ".join(quote(n) for n in conflict.losers),
+                quote(conflict.winner),
+            )
+
+    async def _watch_names(self) -> None:
+        """The container names of every node (retried on store errors)."""
+        while True:
+            try:
+                async for table in self._store.watch_names():
+                    held = self._held()
+                    if self._absorb(table, held) and held is not None:
+                        await self._republish(held)
+            except OverlaydError as exc:
+                if not exc.retryable:
+                    raise
+                log.warning("container name watch failed: %s; retrying in 1s", exc)
+                await asyncio.sleep(1.0)
+
+    def _absorb(self, table: NameTable, held: HeldLease | None) -> bool:
+        """Take the current table; True when it held names of ours we did not know (after
+        a restart: they are ours again, to be bound to our current etcd lease)."""
+        self._table = table
+        for error in table.errors:
+            if error not in self._refused:
+                self._refused.add(error)
+                log.error("ignoring malformed container name %s", error[1])
+        self._refused &= set(table.errors)
+        self._dirty.set()
+        if held is None or self._adopted:
+            return False
+        self._adopted = True
+        mine = [n for n in table.names if n.subnet == held.record.subnet]
+        adopted = [n for n in mine if n.container_id not in self._local]
+        self._local |= {n.container_id: n for n in adopted}
+        return bool(adopted)
+
+    # -- container registrations (the CNI plugin, overlayd/cni/plugin.py) -------------------
+
+    async def _republish(self, held: HeldLease) -> None:
+        try:
+            for name in sorted(self._local.values()):
+                moved = ContainerName(
+                    held.record.subnet, name.container_id, name.name, name.address
+                )
+                if moved.address in held.record.subnet:
+                    await self._store.put_name(moved, held.lease_id)
+                    self._local[name.container_id] = moved
+            self._published = (held.lease_id, held.record.subnet)
+        except OverlaydError as exc:
+            log.error("cannot publish container names: %s; retrying with the next pass", exc)
+
+    async def _serve_registrations(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a socket left by an earlier run
+        old = os.umask(0o177)  # the socket is the owner's (root's) only: 0600
+        try:
+            server = await asyncio.start_unix_server(
+                self._registration, str(path), limit=MAX_REGISTRATION + 2
+            )
+        finally:
+            os.umask(old)
+        log.info("container names: CNI registrations on %s", path)
+        async with server:
+            await server.serve_forever()
+
+    async def _registration(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            async with asyncio.timeout(REGISTRATION_TIMEOUT):
+                line = await reader.readline()
+            reply = await self.register(decode_registration(line))
+        except LeaseFormatError as exc:
+            reply = f"error: {exc}"
+        except (TimeoutError, ValueError, ConnectionError):
+            reply = "error: no registration line"
+        with contextlib.suppress(ConnectionError):
+            writer.write(reply.encode() + b"\n")
+            await writer.drain()
+        writer.close()
+
+    async def register(self, reg: Registration) -> str:
+        """Publish (or, without an address, withdraw) a container's name: ``ok`` or
+        ``error: …`` for the plugin."""
+        held = self._held()
+        if held is None:
+            return "error: this node holds no lease yet"
+        subnet = held.record.subnet
+        try:
+            if reg.address is None:
+                self._local.pop(reg.container_id, None)
+                await self._store.delete_name(subnet, reg.container_id)
+                log.info("container %s left", quote(reg.container_id[:12]))
+                return "ok"
+            if reg.address not in subnet or reg.address == held.record.overlay_ip:
+                return f"error: {reg.address} is not a container address in {subnet}"
+            name = ContainerName(subnet, reg.container_id, reg.name, reg.address)
+            await self._store.put_name(name, held.lease_id)
+        except OverlaydError as exc:
+            return f"error: {exc}"
+        self._local[reg.container_id] = name
+        log.info("container %s is %s.%s (%s)", quote(reg.container_id[:12]), reg.name,
+                 self._opts.node, reg.address)  # fmt: skip
+        return "ok"

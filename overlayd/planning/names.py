@@ -1,0 +1,255 @@
+"""The network's DNS zone from the leases, and the answer to one question (pure).
+
+``build_zone`` turns the lease table (and the container records) into a ``Zone``:
+``<node>.<zone>`` and ``<node>.<site>.<zone>`` for every node, ``<container>.<node>.<zone>``
+for every container record whose address lies in its node's subnet, and every alias
+(``DNSNames``) as ``<alias>.<zone>``; PTR records for the addresses. When several nodes
+claim one name, the winner is deterministic: node names before site names before
+container names before aliases, then the older lease (etcd create revision), then the
+node name and id. A lost name is a ``Conflict`` (the agent warns); every node keeps its
+own node name unless another node has the same one.
+
+``resolve`` answers one question from a ``Zone`` as the DNS would: records, NXDOMAIN for
+an unknown name in the zone, NOERROR without records (NODATA) for a name without records
+of that type, REFUSED for any name outside the zone and the overlay's reverse zone. The
+wire format is the adapter's (overlayd/dns/). docs/dns.md describes the zone.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from overlayd.values.lease import LeaseRecord
+from overlayd.values.names import TTL, ContainerName
+
+REVERSE_SUFFIX = "in-addr.arpa"
+
+
+class Kind(enum.IntEnum):
+    """What a name is; the lower value wins a name claimed twice."""
+
+    NODE = 0
+    SITE = 1
+    CONTAINER = 2
+    ALIAS = 3
+
+
+class RType(enum.Enum):
+    """The record types the zone holds (and the adapter renders)."""
+
+    A = "A"
+    PTR = "PTR"
+    NS = "NS"
+    SOA = "SOA"
+
+
+class Rcode(enum.Enum):
+    NOERROR = "NOERROR"
+    NXDOMAIN = "NXDOMAIN"
+    REFUSED = "REFUSED"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class NameEntry:
+    """One name of the zone and whose it is."""
+
+    name: str  # fully qualified, lower case, no trailing dot
+    address: IPv4Address
+    kind: Kind
+    node: str
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Conflict:
+    """``name`` was claimed by several nodes; ``winner`` serves it, ``losers`` do not."""
+
+    name: str
+    winner: str
+    losers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Zone:
+    """Everything a responder answers from; the mappings are not changed after building."""
+
+    origin: str  # e.g. overlay.internal
+    reverse_origin: str  # the overlay network's reverse zone, e.g. 244.10.in-addr.arpa
+    network: IPv4Network
+    ns: str  # the name of the node serving this zone (its own node name)
+    serial: int
+    entries: tuple[NameEntry, ...]  # sorted by name
+    conflicts: tuple[Conflict, ...]
+    forward: Mapping[str, IPv4Address]
+    reverse: Mapping[IPv4Address, str]
+    nodes: frozenset[str]  # every name that exists (empty non-terminals too)
+
+    @property
+    def soa(self) -> str:
+        """The SOA record's data, in zone-file form (the responder's own name as master)."""
+        return f"{self.ns}. hostmaster.{self.origin}. {self.serial} {TTL} {TTL} {TTL} {TTL}"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    name: str
+    rtype: RType
+    data: str  # zone-file form: an address, a target name with its dot, or the SOA
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    rcode: Rcode
+    answer: tuple[Record, ...] = ()
+    authority: tuple[Record, ...] = ()
+
+
+def reverse_origin(network: IPv4Network) -> str:
+    """The reverse zone covering ``network``, at an octet boundary (``10.244.0.0/16`` →
+    ``244.10.in-addr.arpa``; a /12 is covered by its /8's)."""
+    octets = str(network.network_address).split(".")[: network.prefixlen // 8]
+    return ".".join([*reversed(octets), REVERSE_SUFFIX])
+
+
+def reverse_name(address: IPv4Address) -> str:
+    return ".".join([*reversed(str(address).split(".")), REVERSE_SUFFIX])
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class _Claim:
+    kind: Kind
+    created: int
+    node: str
+    node_id: str
+    address: IPv4Address
+
+
+def _claims(
+    origin: str,
+    records: Mapping[IPv4Network, LeaseRecord],
+    created: Mapping[IPv4Network, int],
+    containers: Iterable[ContainerName],
+) -> dict[str, list[_Claim]]:
+    """Every name any record asks for, with every claim on it."""
+    claims: dict[str, list[_Claim]] = {}
+
+    def claim(name: str, kind: Kind, rec: LeaseRecord, address: IPv4Address) -> None:
+        made = _Claim(kind, created.get(rec.subnet, 0), rec.node, rec.node_id, address)
+        claims.setdefault(f"{name}.{origin}", []).append(made)
+
+    for rec in records.values():
+        node = rec.node.lower()
+        claim(node, Kind.NODE, rec, rec.overlay_ip)
+        claim(f"{node}.{rec.site.lower()}", Kind.SITE, rec, rec.overlay_ip)
+        for alias in rec.dns_names:
+            claim(alias, Kind.ALIAS, rec, rec.overlay_ip)
+    for ctr in containers:
+        owner = records.get(ctr.subnet)
+        # a record for a subnet with no lease, or an address outside it, names nothing
+        if owner is not None and ctr.address in owner.subnet and ctr.address != owner.overlay_ip:
+            claim(f"{ctr.name}.{owner.node.lower()}", Kind.CONTAINER, owner, ctr.address)
+    return claims
+
+
+def build_zone(
+    origin: str,
+    network: IPv4Network,
+    ns: str,
+    records: Mapping[IPv4Network, LeaseRecord],
+    created: Mapping[IPv4Network, int],
+    containers: Iterable[ContainerName] = (),
+    serial: int = 1,
+) -> Zone:
+    """The zone ``origin`` of ``network`` as the node named ``ns`` serves it."""
+    entries: list[NameEntry] = []
+    conflicts: list[Conflict] = []
+    for name, found in sorted(_claims(origin, records, created, containers).items()):
+        best = min(found)
+        entries.append(NameEntry(name, best.address, best.kind, best.node))
+        losers = sorted({c.node for c in found if (c.node, c.node_id) != (best.node, best.node_id)})
+        if losers:
+            conflicts.append(Conflict(name, best.node, tuple(losers)))
+    forward = {e.name: e.address for e in entries}
+    reverse: dict[IPv4Address, str] = {}
+    for entry in sorted(entries, key=lambda e: (e.kind, e.name)):  # a node's own name first
+        reverse.setdefault(entry.address, entry.name)
+    nodes = {origin}
+    for name in forward:
+        labels = name[: -len(origin) - 1].split(".")
+        nodes.update(".".join([*labels[i:], origin]) for i in range(len(labels)))
+    return Zone(
+        origin=origin,
+        reverse_origin=reverse_origin(network),
+        network=network,
+        ns=f"{ns.lower()}.{origin}",
+        serial=serial % (1 << 32),
+        entries=tuple(entries),
+        conflicts=tuple(conflicts),
+        forward=forward,
+        reverse=reverse,
+        nodes=frozenset(nodes),
+    )
+
+
+def _under(name: str, origin: str) -> bool:
+    return name == origin or name.endswith("." + origin)
+
+
+def _parse_reverse(name: str, origin: str) -> IPv4Address | None:
+    """The address a full ``a.b.c.d.in-addr.arpa`` name under ``origin`` stands for."""
+    labels = name[: -len(REVERSE_SUFFIX) - 1].split(".") if name != REVERSE_SUFFIX else []
+    if len(labels) != 4 or not all(p.isascii() and p.isdigit() and len(p) <= 3 for p in labels):
+        return None
+    if any(p != str(int(p)) or int(p) > 255 for p in labels):
+        return None
+    return IPv4Address(".".join(reversed(labels)))
+
+
+def resolve(zone: Zone, qname: str, rtype: RType | None) -> Answer:
+    """The answer to ``qname`` (any case, trailing dot or not) of type ``rtype`` (None:
+    a type the zone holds none of, e.g. AAAA or TXT)."""
+    name = qname.rstrip(".").lower()
+    if _under(name, zone.origin):
+        return _forward(zone, name, rtype)
+    if _under(name, zone.reverse_origin):
+        return _reverse(zone, name, rtype)
+    return Answer(Rcode.REFUSED)
+
+
+def _negative(zone: Zone, origin: str, rcode: Rcode) -> Answer:
+    return Answer(rcode, authority=(Record(origin, RType.SOA, zone.soa),))
+
+
+def _apex(zone: Zone, origin: str, rtype: RType | None) -> Answer:
+    if rtype is RType.SOA:
+        return Answer(Rcode.NOERROR, (Record(origin, RType.SOA, zone.soa),))
+    if rtype is RType.NS:
+        return Answer(Rcode.NOERROR, (Record(origin, RType.NS, zone.ns + "."),))
+    return _negative(zone, origin, Rcode.NOERROR)
+
+
+def _forward(zone: Zone, name: str, rtype: RType | None) -> Answer:
+    if name == zone.origin:
+        return _apex(zone, name, rtype)
+    address = zone.forward.get(name)
+    if address is not None and rtype is RType.A:
+        return Answer(Rcode.NOERROR, (Record(name, RType.A, str(address)),))
+    if name in zone.nodes:
+        return _negative(zone, zone.origin, Rcode.NOERROR)
+    return _negative(zone, zone.origin, Rcode.NXDOMAIN)
+
+
+def _reverse(zone: Zone, name: str, rtype: RType | None) -> Answer:
+    if name == zone.reverse_origin:
+        return _apex(zone, name, rtype)
+    address = _parse_reverse(name, zone.reverse_origin)
+    if address is not None and address not in zone.network:
+        return Answer(Rcode.REFUSED)  # in our /8 or /16 reverse zone, but not the overlay's
+    target = zone.reverse.get(address) if address is not None else None
+    if target is None:
+        return _negative(zone, zone.reverse_origin, Rcode.NXDOMAIN)
+    if rtype is RType.PTR:
+        return Answer(Rcode.NOERROR, (Record(name, RType.PTR, target + "."),))
+    return _negative(zone, zone.reverse_origin, Rcode.NOERROR)
