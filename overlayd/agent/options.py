@@ -15,7 +15,7 @@ from overlayd.discovery.metadata import Provider
 from overlayd.discovery.stun import StunServer
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 from overlayd.store.etcd import EtcdSettings
-from overlayd.values.names import DnsListen
+from overlayd.values.names import DNS_OFF, DnsListen
 
 NAMES_SOCKET = Path("/run/overlayd/names.sock")  # the CNI plugin registers containers here
 
@@ -45,5 +45,5 @@ class DaemonOptions:
     stun_servers: tuple[StunServer, ...] = ()  # STUN servers to ask (with auto)
     dns_names: tuple[str, ...] = ()  # aliases published in our lease (docs/dns.md)
     # where the DNS responder listens (the flag's default: the overlay address, port 53)
-    dns_listen: DnsListen = DnsListen(overlay_port=None)
+    dns_listen: DnsListen = DNS_OFF
     names_socket: Path | None = None  # the CNI plugin's registrations (flag default NAMES_SOCKET)

@@ -107,7 +107,7 @@ class DnsServer:
                 )
             writer.close()
             return
-        self._open[writer] = asyncio.current_task()  # type: ignore[assignment,unused-ignore]
+        self._open[writer] = asyncio.current_task()
         try:
             for _ in range(limits.queries_per_connection):
                 async with asyncio.timeout(limits.idle):

@@ -52,6 +52,10 @@ class DnsListen:
         return self.overlay_port is not None or bool(self.fixed)
 
 
+DNS_OFF = DnsListen(overlay_port=None)
+"""Not listening anywhere."""
+
+
 def _listen_item(text: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     if not sep:
