@@ -64,8 +64,17 @@ class DnsServer:
         return sorted(self._ports.items())
 
     async def bind(self, address: IPv4Address, port: int) -> None:
-        """Serve on ``address``:``port`` (0: the same free port for UDP and TCP); OSError
-        if it cannot be bound."""
+        """Serve on ``address``:``port`` (0: a free port, the same for UDP and TCP);
+        OSError if it cannot be bound."""
+        for _ in range(20 if port == 0 else 1):  # port 0: UDP's free port may be taken in TCP
+            try:
+                await self._bind(address, port)
+                return
+            except OSError as exc:
+                error = exc
+        raise error
+
+    async def _bind(self, address: IPv4Address, port: int) -> None:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Udp(self._responder.respond), local_addr=(str(address), port)
