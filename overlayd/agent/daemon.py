@@ -112,6 +112,11 @@ class Daemon:
 
     # -- wiring ------------------------------------------------------------------------
 
+    @property
+    def names(self) -> NameService | None:
+        """The DNS responder and container names, once the lease is held (docs/dns.md)."""
+        return self._running.names if self._running is not None else None
+
     def mark_dirty(self, *, dump: bool = False, device: bool = False, full: bool = False) -> None:
         """Wake the loop; ``dump``: read the devices and the ingress table back,
         ``device``: set the devices up again, ``full``: replan every peer."""

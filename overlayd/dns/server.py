@@ -30,6 +30,9 @@ class TcpLimits:
     queries_per_connection: int = 100
 
 
+DEFAULT_TCP = TcpLimits()
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, respond: Callable[[bytes, int], bytes | None]) -> None:
         self._respond = respond
@@ -50,7 +53,7 @@ class _Udp(asyncio.DatagramProtocol):
 class DnsServer:
     """Serves ``responder`` on UDP and TCP at each bound address."""
 
-    def __init__(self, responder: Responder, limits: TcpLimits = TcpLimits()) -> None:
+    def __init__(self, responder: Responder, limits: TcpLimits = DEFAULT_TCP) -> None:
         self._responder, self._limits = responder, limits
         self._udp: dict[IPv4Address, asyncio.DatagramTransport] = {}
         self._tcp: dict[IPv4Address, asyncio.Server] = {}

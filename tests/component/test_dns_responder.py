@@ -4,6 +4,7 @@ input (random bytes, truncated, oversize, responses, floods) does not stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import socket
@@ -18,7 +19,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from overlayd.dns.server import DnsServer, TcpLimits
+from overlayd.dns.server import DEFAULT_TCP, DnsServer, TcpLimits
 from overlayd.dns.wire import Responder
 from overlayd.planning.names import build_zone
 from tests.builders import node_lease
@@ -35,12 +36,13 @@ def synchronous(body: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], N
 
     return run
 
+
 ZONE = "overlay.internal"
 
 
 @asynccontextmanager
 async def serving(
-    aliases: tuple[str, ...] = (), limits: TcpLimits = TcpLimits()
+    aliases: tuple[str, ...] = (), limits: TcpLimits = DEFAULT_TCP
 ) -> AsyncIterator[tuple[Responder, int]]:
     records = [
         node_lease(1, "192.0.2.1", site="aws", dns_names=aliases),
@@ -148,10 +150,8 @@ def flood(port: int, count: int) -> None:
         query = dns.message.make_query("node1.overlay.internal", "A").to_wire()
         for i in range(count):
             payload = os.urandom(40) if i % 2 else query
-            try:
+            with contextlib.suppress(BlockingIOError):  # our send buffer full: the flood
                 sock.sendto(payload, (str(LOOPBACK), port))
-            except BlockingIOError:
-                pass  # our own send buffer full: that is the flood
 
 
 @synchronous
