@@ -257,8 +257,10 @@ class Daemon:
         publisher = LeasePublisher(keeper, rotation, self.paths, cfg.network, self.opts.public_ips)
         names = None
         opts = self.opts
-        if opts.dns_listen.enabled or opts.names_socket is not None:
-            names_opts = NameOptions(opts.node_name, opts.dns_listen, opts.names_socket)
+        if opts.dns_listen.enabled or opts.names_socket or opts.hosts_file:
+            names_opts = NameOptions(
+                opts.node_name, opts.dns_listen, opts.names_socket, opts.hosts_file
+            )
             names = NameService(names_opts, cfg, self.store, fold, lambda: keeper.held)
         return _Running(
             cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway,

@@ -7,7 +7,8 @@ warnings about names claimed twice (a warning when this node is involved, else i
 the one error line per malformed container record; where the responder listens (fixed
 addresses at start, the overlay address once it is on the device); the Unix socket the
 CNI plugin registers container attachments on, and publishing those in the store bound
-to our own etcd lease (again after the lease changes).
+to our own etcd lease (again after the lease changes); with ``--hosts-file``, the zone's
+block in that file (rewritten when the names change).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from overlayd.agent.lease_fold import LeaseFold
+from overlayd.disk.hosts_file import update_hosts_file
 from overlayd.dns.server import DnsServer
 from overlayd.dns.wire import Responder
-from overlayd.planning.names import Conflict, Zone, build_zone
+from overlayd.planning.names import Conflict, NameEntry, Zone, build_zone
 from overlayd.store.api import NameStore, NameTable
 from overlayd.store.lease_keeper import HeldLease
 from overlayd.values.config import NetworkConfig
@@ -51,6 +53,7 @@ class NameOptions:
     node: str
     listen: DnsListen
     socket: Path | None  # the CNI registration socket (None: containers get no names)
+    hosts_file: Path | None = None  # --hosts-file: keep our block in it (docs/dns.md)
 
 
 class NameService:
@@ -64,10 +67,9 @@ class NameService:
         store: NameStore,
         fold: LeaseFold,
         held: Callable[[], HeldLease | None],
-        on_zone: Callable[[Zone], None] | None = None,
     ) -> None:
         self._opts, self._cfg, self._store, self._fold, self._held = opts, cfg, store, fold, held
-        self._on_zone = on_zone
+        self._written: tuple[NameEntry, ...] | None = None  # what the hosts file holds
         self.responder = Responder()
         self.server = DnsServer(self.responder)
         self._table = NameTable(0, ())
@@ -125,10 +127,22 @@ class NameService:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            self._rebuild()
+            zone = self._rebuild()
+            if self._opts.hosts_file is not None and zone.entries != self._written:
+                await self._write_hosts(self._opts.hosts_file, zone)
             await asyncio.sleep(0)  # events that arrived meanwhile: one more rebuild
 
-    def _rebuild(self) -> None:
+    async def _write_hosts(self, path: Path, zone: Zone) -> None:
+        try:
+            await asyncio.to_thread(update_hosts_file, path, zone)
+        except OSError as exc:  # tried again with the next change
+            log.error("cannot update the hosts file %s: %s", path, exc.strerror or exc)
+            return
+        if self._written is None:
+            log.info("hosts file %s: %d names of %s", path, len(zone.entries), zone.origin)
+        self._written = zone.entries
+
+    def _rebuild(self) -> Zone:
         fold = self._fold
         serial = max((s.mod_revision for s in fold.leases.values()), default=0)
         zone = build_zone(
@@ -137,8 +151,7 @@ class NameService:
         )  # fmt: skip
         self.responder.set_zone(zone)
         self._note_conflicts(frozenset(zone.conflicts))
-        if self._on_zone is not None:
-            self._on_zone(zone)
+        return zone
 
     def _note_conflicts(self, conflicts: frozenset[Conflict]) -> None:
         new = sorted(conflicts - self._conflicts)

@@ -46,4 +46,5 @@ class DaemonOptions:
     dns_names: tuple[str, ...] = ()  # aliases published in our lease (docs/dns.md)
     # where the DNS responder listens (the flag's default: the overlay address, port 53)
     dns_listen: DnsListen = DNS_OFF
+    hosts_file: Path | None = None  # --hosts-file: the zone's names kept in its marked block
     names_socket: Path | None = None  # the CNI plugin's registrations (flag default NAMES_SOCKET)

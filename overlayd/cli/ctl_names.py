@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import socket
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import click
 
 from overlayd.cli.common import friendly_errors
 from overlayd.cli.context import run_with_store
 from overlayd.cli.output import echo_json, echo_table, output_option
+from overlayd.disk.hosts_file import remove_hosts_block
 from overlayd.planning.names import Answer, RType, Zone, build_zone, resolve
 from overlayd.store.api import Store
-from overlayd.values.errors import NotFoundError
+from overlayd.values.errors import ConfigError, NotFoundError
+from overlayd.values.names import DEFAULT_ZONE, parse_zone
 from overlayd.values.text import quote
 
 
@@ -76,6 +79,25 @@ def _question(name: str, zone: Zone) -> tuple[str, RType]:
         return (fqdn if in_zone or name.endswith(".") else f"{fqdn}.{zone.origin}"), RType.A
     octets = str(address).split(".")
     return ".".join([*reversed(octets), "in-addr.arpa"]), RType.PTR
+
+
+@names.command("cleanup")
+@click.option(
+    "--hosts-file",
+    type=click.Path(path_type=Path),
+    default=Path("/etc/hosts"),
+    help="The hosts file a daemon kept the names in (overlayd --hosts-file).",
+)
+@click.option("--zone", default=DEFAULT_ZONE, help="The zone whose block to remove.")
+@friendly_errors
+def names_cleanup(hosts_file: Path, zone: str) -> None:
+    """Remove overlayd's block of names from a hosts file (nothing else is touched)."""
+    origin = parse_zone(zone, "--zone")
+    try:
+        removed = remove_hosts_block(hosts_file, origin)
+    except OSError as exc:
+        raise ConfigError(f"cannot rewrite {hosts_file}: {exc.strerror or exc}") from None
+    click.echo(f"{'removed' if removed else 'no'} block of {origin} in {hosts_file}")
 
 
 @names.command("resolve")

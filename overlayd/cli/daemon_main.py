@@ -169,6 +169,13 @@ def run_daemon(opts: DaemonOptions, dataplane: DataPlane) -> None:
     "port 53 by default), 'IP[:PORT]' (e.g. 127.0.0.1:5354) or 'off'; repeatable.",
 )
 @click.option(
+    "--hosts-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep the zone's names in a marked block of this hosts file (e.g. /etc/hosts), "
+    "rewritten atomically when names change ('overlayctl names cleanup' removes it).",
+)
+@click.option(
     "--names-socket",
     type=click.Path(path_type=Path),
     default=NAMES_SOCKET,
@@ -213,6 +220,7 @@ def main(
     gateway_candidate: bool,
     dns_names: tuple[str, ...],
     dns_listen: tuple[str, ...],
+    hosts_file: Path | None,
     names_socket: Path,
     debug: bool,
 ) -> None:
@@ -252,6 +260,7 @@ def main(
         stun_servers=stun_servers,
         dns_names=own_dns_names(dns_names, "--dns-name"),
         dns_listen=parse_dns_listen(dns_listen),
+        hosts_file=hosts_file,
         names_socket=names_socket if str(names_socket) not in ("", ".") else None,
     )
     run_daemon(opts, DataPlane())
