@@ -31,13 +31,8 @@ from overlayd.store.api import NameStore, NameTable
 from overlayd.store.lease_keeper import HeldLease
 from overlayd.values.config import NetworkConfig
 from overlayd.values.errors import LeaseFormatError, OverlaydError
-from overlayd.values.names import (
-    MAX_REGISTRATION,
-    ContainerName,
-    DnsListen,
-    Registration,
-    decode_registration,
-)
+from overlayd.values.names import ContainerName, DnsListen
+from overlayd.values.registration import MAX_REGISTRATION, Registration, decode_registration
 from overlayd.values.text import quote
 
 log = logging.getLogger("overlayd.dns")

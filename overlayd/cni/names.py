@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
-from overlayd.values.names import Registration, container_label, is_container_id
+from overlayd.values.registration import Registration, container_label, is_container_id
 
 TIMEOUT = 1.0  # seconds: the daemon answers in milliseconds; a stuck one must not stall ADD
 

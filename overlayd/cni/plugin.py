@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ipaddress import IPv4Network
     from typing import Any, BinaryIO
 
-    from overlayd.values.names import Registration
+    from overlayd.values.registration import Registration
 
 
 def log(message: str) -> None:

@@ -3,23 +3,23 @@
 Every daemon answers DNS for the network's zone (``DNSZone`` in the network config, default
 ``overlay.internal``; docs/dns.md) from the leases it watches. Containers are named by the
 CNI plugin, which tells the local daemon over a Unix socket (``Registration``, one JSON
-line); the daemon publishes each one under ``<prefix>/names/<subnet-key>/<id>``
-(``ContainerName``), bound to its own etcd lease. What a container record may say is
-checked here as the lease rules check a lease: a bounded value, a DNS label for a name,
-an address inside the node's subnet (that check needs the lease: ``planning/names.py``).
+line: overlayd/values/registration.py); the daemon publishes each one under
+``<prefix>/names/<subnet-key>/<id>`` (``ContainerName``), bound to its own etcd lease.
+What a container record may say is checked here as the lease rules check a lease: a
+bounded value, a DNS label for a name, an address inside the node's subnet (that check
+needs the lease: ``planning/names.py``).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
 
 from overlayd.values.errors import ConfigError, LeaseFormatError
 from overlayd.values.lease import parse_subnet_key_name, subnet_key_name
-from overlayd.values.lease_rules import MAX_LABEL, is_dns_name, is_label
+from overlayd.values.lease_rules import is_dns_name, is_label
+from overlayd.values.registration import is_container_id
 from overlayd.values.text import quote
 
 DEFAULT_ZONE = "overlay.internal"
@@ -30,9 +30,6 @@ TTL = 5
 """Seconds every answer (and a negative answer) may be cached: names follow leases fast."""
 MAX_CONTAINER_VALUE = 512
 """A container record's size limit (a real one is ~60 bytes)."""
-MAX_CONTAINER_ID = 64
-MAX_REGISTRATION = 1024
-"""A registration line's size limit on the daemon's Unix socket."""
 
 DNS_PORT = 53
 OVERLAY = "overlay"
@@ -90,9 +87,6 @@ def parse_dns_listen(values: tuple[str, ...]) -> DnsListen:
     return DnsListen(overlay, tuple(sorted(fixed)))
 
 
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
 def parse_zone(text: str, where: str = "DNSZone") -> str:
     """``text`` as a zone name (lower case, no trailing dot), else a ``ConfigError``."""
     zone = text.strip().rstrip(".").lower()
@@ -103,20 +97,6 @@ def parse_zone(text: str, where: str = "DNSZone") -> str:
             f"characters, not under .arpa (default: {DEFAULT_ZONE})",
         )
     return zone
-
-
-def is_container_id(text: str) -> bool:
-    """A container id as a key part: up to 64 of [A-Za-z0-9._-], not starting with . or -."""
-    return len(text) <= MAX_CONTAINER_ID and _ID.fullmatch(text) is not None
-
-
-def container_label(name: str, container_id: str) -> str:
-    """The DNS label a container is known by: its runtime name lower-cased when that is a
-    label, else the first 12 characters of its id (as ``podman ps`` shows it)."""
-    if is_label(name):
-        return name.lower()
-    short = container_id[:12].lower()
-    return short if is_label(short) else ""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -164,46 +144,3 @@ def decode_container(key_part: str, value: bytes) -> ContainerName:
             f"name {quote(key_part)}: IP {quote(address)} is not an address in {subnet}"
         )
     return ContainerName(subnet, container_id, name.lower(), ip)
-
-
-@dataclass(frozen=True, slots=True)
-class Registration:
-    """What the CNI plugin tells its daemon: attachment ``container_id`` got ``address``
-    (ADD, ``name`` given) or is gone (DEL, ``address`` None)."""
-
-    container_id: str
-    name: str = ""
-    address: IPv4Address | None = None
-
-    def to_line(self) -> bytes:
-        body: dict[str, Any] = {"ID": self.container_id}
-        if self.address is not None:
-            body |= {"IP": str(self.address), "Name": self.name}
-        return json.dumps(body, sort_keys=True).encode() + b"\n"
-
-
-def decode_registration(line: bytes) -> Registration:
-    """A registration line, checked; ``LeaseFormatError`` when it is not one."""
-    if len(line) > MAX_REGISTRATION:
-        raise LeaseFormatError(f"registration is {len(line)} bytes, at most {MAX_REGISTRATION}")
-    try:
-        raw = json.loads(line)
-    except (ValueError, RecursionError):
-        raise LeaseFormatError("registration is not JSON") from None
-    if not isinstance(raw, dict):
-        raise LeaseFormatError("registration must be a JSON object")
-    container_id = raw.get("ID")
-    if not isinstance(container_id, str) or not is_container_id(container_id):
-        raise LeaseFormatError(f"registration ID {quote(container_id)} is not a container id")
-    if raw.get("IP") is None:
-        return Registration(container_id)
-    name = raw.get("Name")
-    if not isinstance(name, str) or len(name) > MAX_LABEL or not is_label(name):
-        raise LeaseFormatError(f"registration Name {quote(name)} is not a DNS label")
-    try:
-        address = IPv4Address(raw["IP"]) if isinstance(raw["IP"], str) else None
-    except ValueError:
-        address = None
-    if address is None:
-        raise LeaseFormatError(f"registration IP {quote(raw['IP'])} is not an address")
-    return Registration(container_id, name.lower(), address)

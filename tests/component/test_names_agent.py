@@ -19,7 +19,8 @@ import pytest
 from overlayd.agent.names import NameService
 from overlayd.cni.names import send
 from overlayd.store.api import StoreKeys
-from overlayd.values.names import ContainerName, DnsListen, Registration
+from overlayd.values.names import ContainerName, DnsListen
+from overlayd.values.registration import Registration
 from tests.component.agent_harness import LOOPBACK, Agent, add_peer, agent, until
 
 ZONE = "overlay.internal"

@@ -16,13 +16,11 @@ from overlayd.values.names import (
     DEFAULT_ZONE,
     ContainerName,
     DnsListen,
-    Registration,
-    container_label,
     decode_container,
-    decode_registration,
     parse_dns_listen,
     parse_zone,
 )
+from overlayd.values.registration import Registration, container_label, decode_registration
 from tests.builders import node_lease
 
 SUBNET = IPv4Network("10.244.1.0/24")
