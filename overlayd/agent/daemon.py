@@ -40,6 +40,7 @@ from overlayd.agent.status import Handler, HealthServer, Reply
 from overlayd.agent.status_docs import Status, healthz, peersz, readyz, statusz
 from overlayd.dataplane.api import DataPlaneApi, Underlay
 from overlayd.dataplane.ingress_nft import IngressFilter, IngressTable
+from overlayd.disk.container_names import FILE as CONTAINER_NAMES
 from overlayd.disk.node_key import NodeKey
 from overlayd.disk.state_dir import NodeIdentity, StateDir
 from overlayd.runtime.retry import FIXED_1S, Backoff, Retry, retry
@@ -259,8 +260,9 @@ class Daemon:
         opts = self.opts
         if opts.dns_listen.enabled or opts.names_socket or opts.hosts_file:
             names_opts = NameOptions(
-                opts.node_name, opts.dns_listen, opts.names_socket, opts.hosts_file
-            )
+                opts.node_name, opts.dns_listen, opts.names_socket, opts.hosts_file,
+                opts.state_dir / CONTAINER_NAMES,
+            )  # fmt: skip
             names = NameService(names_opts, cfg, self.store, fold, lambda: keeper.held)
         return _Running(
             cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway,

@@ -23,6 +23,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from overlayd.agent.lease_fold import LeaseFold
+from overlayd.disk.container_names import load_names, save_names
 from overlayd.disk.hosts_file import update_hosts_file
 from overlayd.dns.server import DnsServer
 from overlayd.dns.wire import Responder
@@ -49,6 +50,7 @@ class NameOptions:
     listen: DnsListen
     socket: Path | None  # the CNI registration socket (None: containers get no names)
     hosts_file: Path | None = None  # --hosts-file: keep our block in it (docs/dns.md)
+    saved: Path | None = None  # where our registrations survive a restart (the state dir)
 
 
 class NameService:
@@ -71,10 +73,11 @@ class NameService:
         self._dirty = asyncio.Event()
         self._conflicts: frozenset[Conflict] = frozenset()
         self._refused: set[tuple[str, str]] = set()
-        self._local: dict[str, ContainerName] = {}  # our registrations, by container id
+        # our registrations, by container id: published again under each new etcd lease
+        saved = load_names(opts.saved) if opts.saved is not None else []
+        self._local: dict[str, ContainerName] = {n.container_id: n for n in saved}
         self._published: tuple[int, object] | None = None  # (lease id, subnet) published under
         self._overlay: IPv4Address | None = None
-        self._adopted = False  # the first table's names of ours were taken as ours
 
     @property
     def zone(self) -> Zone | None:
@@ -171,18 +174,14 @@ class NameService:
         while True:
             try:
                 async for table in self._store.watch_names():
-                    held = self._held()
-                    if self._absorb(table, held) and held is not None:
-                        await self._republish(held)
+                    self._absorb(table)
             except OverlaydError as exc:
                 if not exc.retryable:
                     raise
                 log.warning("container name watch failed: %s; retrying in 1s", exc)
                 await asyncio.sleep(1.0)
 
-    def _absorb(self, table: NameTable, held: HeldLease | None) -> bool:
-        """Take the current table; True when it held names of ours we did not know (after
-        a restart: they are ours again, to be bound to our current etcd lease)."""
+    def _absorb(self, table: NameTable) -> None:
         self._table = table
         for error in table.errors:
             if error not in self._refused:
@@ -190,13 +189,6 @@ class NameService:
                 log.error("ignoring malformed container name %s", error[1])
         self._refused &= set(table.errors)
         self._dirty.set()
-        if held is None or self._adopted:
-            return False
-        self._adopted = True
-        mine = [n for n in table.names if n.subnet == held.record.subnet]
-        adopted = [n for n in mine if n.container_id not in self._local]
-        self._local |= {n.container_id: n for n in adopted}
-        return bool(adopted)
 
     # -- container registrations (the CNI plugin, overlayd/cni/plugin.py) -------------------
 
@@ -244,6 +236,14 @@ class NameService:
             await writer.drain()
         writer.close()
 
+    async def _save(self) -> None:
+        if self._opts.saved is None:
+            return
+        try:
+            await asyncio.to_thread(save_names, self._opts.saved, list(self._local.values()))
+        except OSError as exc:  # the names stay published; only a restart would lose them
+            log.error("cannot keep container names in %s: %s", self._opts.saved, exc)
+
     async def register(self, reg: Registration) -> str:
         """Publish (or, without an address, withdraw) a container's name: ``ok`` or
         ``error: …`` for the plugin."""
@@ -254,6 +254,7 @@ class NameService:
         try:
             if reg.address is None:
                 self._local.pop(reg.container_id, None)
+                await self._save()
                 await self._store.delete_name(subnet, reg.container_id)
                 log.info("container %s left", quote(reg.container_id[:12]))
                 return "ok"
@@ -264,6 +265,7 @@ class NameService:
         except OverlaydError as exc:
             return f"error: {exc}"
         self._local[reg.container_id] = name
+        await self._save()
         log.info("container %s is %s.%s (%s)", quote(reg.container_id[:12]), reg.name,
                  self._opts.node, reg.address)  # fmt: skip
         return "ok"

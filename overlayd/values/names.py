@@ -115,6 +115,12 @@ class ContainerName:
     def to_json(self) -> str:
         return json.dumps({"IP": str(self.address), "Name": self.name}, sort_keys=True)
 
+    def under(self, subnet: IPv4Network) -> ContainerName | None:
+        """This name under the node's current ``subnet`` (None: its address is not in it)."""
+        if self.address not in subnet or self.address == subnet.network_address:
+            return None
+        return ContainerName(subnet, self.container_id, self.name, self.address)
+
 
 def decode_container(key_part: str, value: bytes) -> ContainerName:
     """The record under ``names/<key_part>``; ``LeaseFormatError`` says what is wrong."""

@@ -10,24 +10,18 @@ its name is NXDOMAIN everywhere.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from overlayd.cni.install import build_zipapp
-from tests.cni.cnitest import SYSTEM_CNI_BIN
-from tests.cni.podman_harness import PodmanHost, overlay_conflist
-from tests.cni.test_e2e_multicloud import NETWORK, Node
-from tests.daemons import BIN, OverlaydProc, ns_run, wait_until
+from tests.cni.test_e2e_multicloud import Node, podman_nodes
+from tests.daemons import ns_run, wait_until
 from tests.lab.world import World, build_multicloud_world, destroy
 
 pytestmark = pytest.mark.root
-HOSTS = ("a1", "b1")
 ZONE = "overlay.internal"
 
 
@@ -37,30 +31,7 @@ def nodes(prefix_factory: Callable[[], str], tmp_path: Path) -> Iterator[dict[st
     with ExitStack() as stack:
         world: World = build_multicloud_world(prefix_factory(), workdir=tmp_path / "world")
         stack.callback(destroy, world)
-        ns_run(world.host("a1").ns.name, str(BIN / "overlayctl"), "--etcd-endpoints",
-               world.etcd_endpoint, "network", "init", "--network", str(NETWORK),
-               "--backend", "vxlan")  # fmt: skip
-        daemons = {n: OverlaydProc(world, world.host(n)) for n in HOSTS}
-        for daemon in daemons.values():
-            stack.callback(daemon.kill9)
-            daemon.start()
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
-        build_zipapp(bin_dir / "overlay")
-        network = f"ovcni-dns-{secrets.token_hex(3)}"
-        result: dict[str, Node] = {}
-        for name, daemon in daemons.items():
-            podman = stack.enter_context(PodmanHost(daemon.ns, (bin_dir, SYSTEM_CNI_BIN)))
-            result[name] = Node(name, daemon, podman, tmp_path / name, network)
-        with ThreadPoolExecutor(len(result)) as pool:
-            list(pool.map(lambda node: node.podman.import_image(), result.values()))
-        for node in result.values():
-            node.daemon.wait_ready()
-            node.podman.add_network(
-                overlay_conflist(network, node.daemon.subnet_file, node.cache_dir,
-                                 node.lease_dir, node.daemon.names_socket)
-            )  # fmt: skip
-        yield result
+        yield podman_nodes(stack, world, tmp_path, names=True)
 
 
 def dig(on: Node, name: str) -> str:

@@ -19,6 +19,7 @@ import pytest
 from overlayd.agent.names import NameService
 from overlayd.cni.names import send
 from overlayd.store.api import StoreKeys
+from overlayd.store.memory import MemStore
 from overlayd.values.names import ContainerName, DnsListen
 from overlayd.values.registration import Registration
 from tests.component.agent_harness import LOOPBACK, Agent, add_peer, agent, until
@@ -43,9 +44,9 @@ async def resolves(a: Agent, name: str) -> str | None:
     return reply.answer[0][0].to_text() if reply.answer else None
 
 
-def start(tmp_path: Path) -> AbstractAsyncContextManager[Agent]:
+def start(tmp_path: Path, store: MemStore | None = None) -> AbstractAsyncContextManager[Agent]:
     return agent(
-        tmp_path, peers=1, node="self",
+        tmp_path, peers=0 if store else 1, store=store, node="self",
         dns_listen=DnsListen(None, ((LOOPBACK, 0),)), names_socket=tmp_path / "names.sock",
         dns_names=("web",),
     )  # fmt: skip
@@ -162,3 +163,23 @@ def test_hostile_container_records_are_logged_once_and_name_nothing(
 
     with caplog.at_level(logging.INFO, logger="overlayd.dns"):
         asyncio.run(body())
+
+
+def test_registered_names_survive_a_restart(tmp_path: Path) -> None:
+    sock = tmp_path / "names.sock"
+
+    async def body() -> None:
+        async with start(tmp_path) as a:
+            await until(lambda: _ready(a, "self"), "our own name")
+            address = (await a.me()).subnet.network_address + 7
+            reply = await asyncio.to_thread(send, sock, Registration("c7", "cache", address))
+            assert reply == "ok"
+            await until(lambda: _ready(a, "cache.self"), "the container's name")
+            store = a.store
+        # the restart binds our lease to a fresh etcd lease and revokes the old one, and the
+        # names bound to it with it: the daemon publishes them again from its state dir
+        async with start(tmp_path, store) as again:
+            await until(lambda: _ready(again, "cache.self"), "the name after the restart")
+            assert await resolves(again, f"cache.self.{ZONE}") == str(address)
+
+    asyncio.run(body())
