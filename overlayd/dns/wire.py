@@ -24,6 +24,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from overlayd.dns.fastpath import Rendered, plain_question, render, respond
 from overlayd.planning.names import Answer, Rcode, Record, RType, Zone, resolve
 from overlayd.values.names import TTL
 
@@ -93,6 +94,7 @@ class Responder:
         self.counters = Counters()
         self._zone: Zone | None = None
         self._cache: dict[tuple[str, int], _Rendered] = {}
+        self._wire_cache: dict[tuple[str, int], Rendered] = {}
 
     @property
     def zone(self) -> Zone | None:
@@ -100,7 +102,7 @@ class Responder:
 
     def set_zone(self, zone: Zone) -> None:
         self._zone = zone
-        self._cache = {}
+        self._cache, self._wire_cache = {}, {}
 
     def respond(self, wire: bytes, max_size: int) -> bytes | None:
         """The response to ``wire`` (None: send nothing); ``max_size``: what the transport
@@ -113,6 +115,9 @@ class Responder:
         if header[1] & _QR:
             self.counters.dropped += 1  # a response: answering it could start a loop
             return None
+        fast = self._fast(wire)
+        if fast is not None:
+            return fast
         try:
             query = dns.message.from_wire(wire)
         except (dns.exception.DNSException, ValueError, UnicodeError):
@@ -132,6 +137,29 @@ class Responder:
             response.answer, response.authority = [], []
             response.flags |= dns.flags.TC
             return response.to_wire(max_size=max_size)
+
+    def _fast(self, wire: bytes) -> bytes | None:
+        """The plain query's response through ``fastpath`` (None: take the full path)."""
+        question = plain_question(wire)
+        if question is None or self._zone is None:
+            return None
+        key = (question.name.lower(), question.rdtype)
+        rendered = self._wire_cache.get(key)
+        if rendered is None:
+            found = self._lookup(
+                question.name,
+                dns.rdatatype.RdataType.make(question.rdtype),
+                dns.rdataclass.IN,
+            )
+            assert found is not None  # a zone is set
+            rendered = render(found.rcode, found.authoritative, found.answer, found.authority)
+            if len(self._wire_cache) >= CACHE_LIMIT:
+                self._wire_cache = {}
+            self._wire_cache[key] = rendered
+        response = respond(wire, question, rendered)
+        if response is not None:
+            self._count(dns.rcode.Rcode.make(rendered.flags & 0xF))
+        return response
 
     def _answer(self, query: dns.message.Message) -> dns.message.Message:
         question = query.question[0]

@@ -19,6 +19,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
+from overlayd.dns.fastpath import plain_question
 from overlayd.dns.server import DEFAULT_TCP, DnsServer, TcpLimits
 from overlayd.dns.wire import Responder
 from overlayd.planning.names import build_zone
@@ -190,3 +191,45 @@ async def test_not_ready_is_servfail() -> None:
         assert reply.rcode() == dns.rcode.SERVFAIL
     finally:
         await server.close()
+
+
+QUESTIONS = [
+    ("node1.overlay.internal", "A"),
+    ("NoDe2.OVERLAY.internal", "A"),
+    ("nobody.overlay.internal", "A"),
+    ("node1.overlay.internal", "AAAA"),
+    ("example.com", "A"),
+    ("0.2.244.10.in-addr.arpa", "PTR"),
+    ("overlay.internal", "SOA"),
+    ("overlay.internal", "NS"),
+]
+
+
+@synchronous
+async def test_the_plain_path_answers_as_dnspython_does() -> None:
+    """Queries without EDNS take the fast path (overlayd/dns/fastpath.py); with EDNS the
+    full one: both give the same answer, and the question keeps the case it was sent in."""
+    async with serving() as (_, port):
+        for name, rtype in QUESTIONS:
+            plain = dns.message.make_query(name, rtype, use_edns=False)
+            full = dns.message.make_query(name, rtype, use_edns=0)
+            got = await dns.asyncquery.udp(plain, str(LOOPBACK), port=port, timeout=5)
+            want = await dns.asyncquery.udp(full, str(LOOPBACK), port=port, timeout=5)
+            assert got.id == plain.id and got.question[0].name.to_text() == name + "."
+            assert (got.rcode(), got.flags) == (want.rcode(), want.flags), name
+            assert got.answer == want.answer and got.authority == want.authority, name
+            assert got.edns < 0 <= want.edns
+
+
+def test_plain_question_refuses_what_it_does_not_parse() -> None:
+    wire = dns.message.make_query("node1.overlay.internal", "A", use_edns=False).to_wire()
+    question = plain_question(wire)
+    assert question is not None and question.name == "node1.overlay.internal."
+    assert plain_question(wire + b"\x00") is None  # trailing bytes
+    assert plain_question(wire[:-1]) is None
+    pointer = wire[:12] + b"\xc0\x0c" + wire[-4:]  # a compression pointer in a question
+    assert plain_question(pointer) is None
+    edns = dns.message.make_query("node1.overlay.internal", "A", use_edns=0).to_wire()
+    assert plain_question(edns) is None
+    dotted = wire[:12] + b"\x03a.b\x00" + wire[-4:]
+    assert plain_question(dotted) is None
