@@ -117,13 +117,8 @@ def reverse_name(address: IPv4Address) -> str:
     return ".".join([*reversed(str(address).split(".")), REVERSE_SUFFIX])
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class _Claim:
-    kind: Kind
-    created: int
-    node: str
-    node_id: str
-    address: IPv4Address
+# (kind, created, node, node_id, address): a tuple, so the lowest claim is the winner
+_Claim = tuple[Kind, int, str, str, IPv4Address]
 
 
 def _claims(
@@ -134,22 +129,26 @@ def _claims(
 ) -> dict[str, list[_Claim]]:
     """Every name any record asks for, with every claim on it."""
     claims: dict[str, list[_Claim]] = {}
-
-    def claim(name: str, kind: Kind, rec: LeaseRecord, address: IPv4Address) -> None:
-        made = _Claim(kind, created.get(rec.subnet, 0), rec.node, rec.node_id, address)
-        claims.setdefault(f"{name}.{origin}", []).append(made)
-
-    for rec in records.values():
-        node = rec.node.lower()
-        claim(node, Kind.NODE, rec, rec.overlay_ip)
-        claim(f"{node}.{rec.site.lower()}", Kind.SITE, rec, rec.overlay_ip)
-        for alias in rec.dns_names:
-            claim(alias, Kind.ALIAS, rec, rec.overlay_ip)
+    suffix = "." + origin
+    for subnet, rec in records.items():
+        node, when, address = rec.node.lower(), created.get(subnet, 0), rec.overlay_ip
+        for kind, name in (
+            (Kind.NODE, node),
+            (Kind.SITE, f"{node}.{rec.site.lower()}"),
+            *((Kind.ALIAS, alias) for alias in rec.dns_names),
+        ):
+            claims.setdefault(name + suffix, []).append(
+                (kind, when, rec.node, rec.node_id, address)
+            )
     for ctr in containers:
         owner = records.get(ctr.subnet)
         # a record for a subnet with no lease, or an address outside it, names nothing
         if owner is not None and ctr.address in owner.subnet and ctr.address != owner.overlay_ip:
-            claim(f"{ctr.name}.{owner.node.lower()}", Kind.CONTAINER, owner, ctr.address)
+            name = f"{ctr.name}.{owner.node.lower()}{suffix}"
+            when = created.get(ctr.subnet, 0)
+            claims.setdefault(name, []).append(
+                (Kind.CONTAINER, when, owner.node, owner.node_id, ctr.address)
+            )
     return claims
 
 
@@ -166,19 +165,20 @@ def build_zone(
     entries: list[NameEntry] = []
     conflicts: list[Conflict] = []
     for name, found in sorted(_claims(origin, records, created, containers).items()):
-        best = min(found)
-        entries.append(NameEntry(name, best.address, best.kind, best.node))
-        losers = sorted({c.node for c in found if (c.node, c.node_id) != (best.node, best.node_id)})
-        if losers:
-            conflicts.append(Conflict(name, best.node, tuple(losers)))
+        kind, _, node, node_id, address = min(found)
+        entries.append(NameEntry(name, address, kind, node))
+        if len(found) > 1:
+            losers = sorted({c[2] for c in found if (c[2], c[3]) != (node, node_id)})
+            if losers:
+                conflicts.append(Conflict(name, node, tuple(losers)))
     forward = {e.name: e.address for e in entries}
     reverse: dict[IPv4Address, str] = {}
     for entry in sorted(entries, key=lambda e: (e.kind, e.name)):  # a node's own name first
         reverse.setdefault(entry.address, entry.name)
-    nodes = {origin}
-    for name in forward:
+    nodes = {origin, *forward}
+    for name in forward:  # the empty non-terminals: names above names, below the origin
         labels = name[: -len(origin) - 1].split(".")
-        nodes.update(".".join([*labels[i:], origin]) for i in range(len(labels)))
+        nodes.update(".".join([*labels[i:], origin]) for i in range(1, len(labels)))
     return Zone(
         origin=origin,
         reverse_origin=reverse_origin(network),
