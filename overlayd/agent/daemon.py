@@ -263,7 +263,9 @@ class Daemon:
                 opts.node_name, opts.dns_listen, opts.names_socket, opts.hosts_file,
                 opts.state_dir / CONTAINER_NAMES,
             )  # fmt: skip
-            names = NameService(names_opts, cfg, self.store, fold, lambda: keeper.held)
+            names = NameService(
+                names_opts, cfg, self.store, fold, lambda: keeper.held, self.host.route_zone
+            )
         return _Running(
             cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway,
             is_site_local(underlay.address), names,
@@ -292,7 +294,7 @@ class Daemon:
     async def _configure(self, run: _Running, held: HeldLease) -> None:
         await run.devices.configure(held, self._key)
         if run.names is not None:  # the overlay address is on the device now
-            await run.names.follow(held)
+            await run.names.follow(held, run.devices.used()[0].ifindex)
         self._device_stale = False
 
     # -- inputs ------------------------------------------------------------------------

@@ -27,12 +27,12 @@ from overlayd.disk.container_names import load_names, save_names
 from overlayd.disk.hosts_file import update_hosts_file
 from overlayd.dns.server import DnsServer
 from overlayd.dns.wire import Responder
-from overlayd.planning.names import Conflict, NameEntry, Zone, build_zone
+from overlayd.planning.names import Conflict, NameEntry, Zone, build_zone, reverse_origin
 from overlayd.store.api import NameStore, NameTable
 from overlayd.store.lease_keeper import HeldLease
 from overlayd.values.config import NetworkConfig
 from overlayd.values.errors import LeaseFormatError, OverlaydError
-from overlayd.values.names import ContainerName, DnsListen
+from overlayd.values.names import DNS_PORT, ContainerName, DnsListen
 from overlayd.values.registration import MAX_REGISTRATION, Registration, decode_registration
 from overlayd.values.text import quote
 
@@ -64,9 +64,12 @@ class NameService:
         store: NameStore,
         fold: LeaseFold,
         held: Callable[[], HeldLease | None],
+        route_zone: Callable[[int, IPv4Address, tuple[str, ...]], bool] | None = None,
     ) -> None:
         self._opts, self._cfg, self._store, self._fold, self._held = opts, cfg, store, fold, held
         self._written: tuple[NameEntry, ...] | None = None  # what the hosts file holds
+        self._route_zone = route_zone  # systemd-resolved (overlayd/agent/host.py)
+        self._routed: tuple[int, IPv4Address] | None = None
         self.responder = Responder()
         self.server = DnsServer(self.responder)
         self._table = NameTable(0, ())
@@ -103,9 +106,10 @@ class NameService:
         finally:
             await self.server.close()
 
-    async def follow(self, held: HeldLease) -> None:
-        """Our lease is on the devices: listen on its overlay address (not a previous one)
-        and publish our containers' names bound to its etcd lease."""
+    async def follow(self, held: HeldLease, ifindex: int) -> None:
+        """Our lease is on the devices (``ifindex``: the overlay device): listen on its
+        overlay address (not a previous one), route the zone to it in systemd-resolved, and
+        publish our containers' names bound to its etcd lease."""
         port = self._opts.listen.overlay_port
         address = held.record.overlay_ip
         if port is not None and address != self._overlay:
@@ -116,8 +120,25 @@ class NameService:
                 self._overlay = address
             except OSError as exc:  # retried when the devices are configured again
                 log.error("cannot listen for DNS on %s:%d: %s", address, port, exc.strerror)
+        if port == DNS_PORT and self._overlay == address:
+            await self._route(ifindex, address)
         if self._published != (held.lease_id, held.record.subnet):
             await self._republish(held)
+
+    async def _route(self, ifindex: int, address: IPv4Address) -> None:
+        """systemd-resolved asks us for the zone and the reverse zone (once per link)."""
+        if self._route_zone is None or self._routed == (ifindex, address):
+            return
+        domains = (self._cfg.dns_zone, reverse_origin(self._cfg.network))
+        try:
+            routed = await asyncio.to_thread(self._route_zone, ifindex, address, domains)
+        except OverlaydError as exc:  # tried again when the devices are configured again
+            log.error("cannot route %s to the DNS responder in systemd-resolved: %s",
+                      domains[0], exc)  # fmt: skip
+            return
+        self._routed = (ifindex, address)
+        if routed:
+            log.info("systemd-resolved asks %s for %s", address, ", ".join(domains))
 
     # -- the zone --------------------------------------------------------------------------
 

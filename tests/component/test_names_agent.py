@@ -183,3 +183,23 @@ def test_registered_names_survive_a_restart(tmp_path: Path) -> None:
             assert await resolves(again, f"cache.self.{ZONE}") == str(address)
 
     asyncio.run(body())
+
+
+def test_the_zone_is_routed_only_to_a_responder_that_listens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Port 53 on the overlay address cannot be bound here (the fake data plane puts no
+    address on any interface): the error is logged and systemd-resolved is not pointed
+    at a responder that is not there."""
+
+    async def body() -> None:
+        async with agent(tmp_path, node="self", dns_listen=DnsListen(53, ())) as a:
+            await until(lambda: _logged(caplog, "cannot listen for DNS on"), "the bind error")
+            assert a.host.routed == []
+
+    with caplog.at_level(logging.INFO, logger="overlayd.dns"):
+        asyncio.run(body())
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in r.getMessage() for r in caplog.records)
