@@ -31,7 +31,8 @@ from pathlib import Path
 
 from overlayd.dns.server import DnsServer
 from overlayd.dns.wire import Responder
-from overlayd.planning.names import Zone, build_zone
+from overlayd.planning.names import Zone
+from overlayd.planning.zone_builder import build_zone
 from overlayd.values.kernel_state import MacAddress
 from overlayd.values.lease import LeaseRecord
 

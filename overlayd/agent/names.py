@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -27,7 +27,8 @@ from overlayd.disk.container_names import load_names, save_names
 from overlayd.disk.hosts_file import update_hosts_file
 from overlayd.dns.server import DnsServer
 from overlayd.dns.wire import Responder
-from overlayd.planning.names import Conflict, NameEntry, Zone, build_zone, reverse_origin
+from overlayd.planning.names import Conflict, NameEntry, Zone, reverse_origin
+from overlayd.planning.zone_builder import ZoneBuilder
 from overlayd.store.api import NameStore, NameTable
 from overlayd.store.lease_keeper import HeldLease
 from overlayd.values.config import NetworkConfig
@@ -67,7 +68,8 @@ class NameService:
         route_zone: Callable[[int, IPv4Address, tuple[str, ...]], bool] | None = None,
     ) -> None:
         self._opts, self._cfg, self._store, self._fold, self._held = opts, cfg, store, fold, held
-        self._written: tuple[NameEntry, ...] | None = None  # what the hosts file holds
+        self._written: Mapping[str, NameEntry] | None = None  # what the hosts file holds
+        self._builder = ZoneBuilder(cfg.dns_zone, cfg.network, opts.node)
         self._route_zone = route_zone  # systemd-resolved (overlayd/agent/host.py)
         self._routed: tuple[int, IPv4Address] | None = None
         self.responder = Responder()
@@ -147,7 +149,7 @@ class NameService:
             await self._dirty.wait()
             self._dirty.clear()
             zone = self._rebuild()
-            if self._opts.hosts_file is not None and zone.entries != self._written:
+            if self._opts.hosts_file is not None and zone.named != self._written:
                 await self._write_hosts(self._opts.hosts_file, zone)
             await asyncio.sleep(0)  # events that arrived meanwhile: one more rebuild
 
@@ -159,15 +161,14 @@ class NameService:
             return
         if self._written is None:
             log.info("hosts file %s: %d names of %s", path, len(zone.entries), zone.origin)
-        self._written = zone.entries
+        self._written = zone.named
 
     def _rebuild(self) -> Zone:
         fold = self._fold
         serial = max((s.mod_revision for s in fold.leases.values()), default=0)
-        zone = build_zone(
-            self._cfg.dns_zone, self._cfg.network, self._opts.node, fold.records, fold.created,
-            self._table.names, max(serial, self._table.revision, 1),
-        )  # fmt: skip
+        zone = self._builder.update(
+            fold.records, fold.created, self._table.names, max(serial, self._table.revision, 1)
+        )
         self.responder.set_zone(zone)
         self._note_conflicts(frozenset(zone.conflicts))
         return zone

@@ -17,7 +17,8 @@ from overlayd.cli.common import friendly_errors
 from overlayd.cli.context import run_with_store
 from overlayd.cli.output import echo_json, echo_table, output_option
 from overlayd.disk.hosts_file import remove_hosts_block
-from overlayd.planning.names import Answer, RType, Zone, build_zone, resolve
+from overlayd.planning.names import Answer, RType, Zone, resolve
+from overlayd.planning.zone_builder import build_zone
 from overlayd.store.api import Store
 from overlayd.values.errors import ConfigError, NotFoundError
 from overlayd.values.names import DEFAULT_ZONE, parse_zone

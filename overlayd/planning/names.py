@@ -1,6 +1,7 @@
-"""The network's DNS zone from the leases, and the answer to one question (pure).
+"""The network's DNS zone as a value, and the answer to one question (pure).
 
-``build_zone`` turns the lease table (and the container records) into a ``Zone``:
+``build_zone`` (overlayd/planning/zone_builder.py) turns the lease table (and the
+container records) into a ``Zone``:
 ``<node>.<zone>`` and ``<node>.<site>.<zone>`` for every node, ``<container>.<node>.<zone>``
 for every container record whose address lies in its node's subnet, and every alias
 (``DNSNames``) as ``<alias>.<zone>``; PTR records for the addresses. When several nodes
@@ -18,12 +19,11 @@ wire format is the adapter's (overlayd/dns/). docs/dns.md describes the zone.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.values.lease import LeaseRecord
-from overlayd.values.names import TTL, ContainerName
+from overlayd.values.names import TTL
 
 REVERSE_SUFFIX = "in-addr.arpa"
 
@@ -80,11 +80,15 @@ class Zone:
     network: IPv4Network
     ns: str  # the name of the node serving this zone (its own node name)
     serial: int
-    entries: tuple[NameEntry, ...]  # sorted by name
-    conflicts: tuple[Conflict, ...]
-    forward: Mapping[str, IPv4Address]
+    named: Mapping[str, NameEntry]  # every name with an address, and whose it is
+    conflicts: tuple[Conflict, ...]  # sorted by name
     reverse: Mapping[IPv4Address, str]
     nodes: frozenset[str]  # every name that exists (empty non-terminals too)
+
+    @property
+    def entries(self) -> tuple[NameEntry, ...]:
+        """Every name, sorted (for listings and the hosts file; answers use ``named``)."""
+        return tuple(sorted(self.named.values()))
 
     @property
     def soa(self) -> str:
@@ -115,82 +119,6 @@ def reverse_origin(network: IPv4Network) -> str:
 
 def reverse_name(address: IPv4Address) -> str:
     return ".".join([*reversed(str(address).split(".")), REVERSE_SUFFIX])
-
-
-# (kind, created, node, node_id, address): a tuple, so the lowest claim is the winner
-_Claim = tuple[Kind, int, str, str, IPv4Address]
-
-
-def _claims(
-    origin: str,
-    records: Mapping[IPv4Network, LeaseRecord],
-    created: Mapping[IPv4Network, int],
-    containers: Iterable[ContainerName],
-) -> dict[str, list[_Claim]]:
-    """Every name any record asks for, with every claim on it."""
-    claims: dict[str, list[_Claim]] = {}
-    suffix = "." + origin
-    for subnet, rec in records.items():
-        node, when, address = rec.node.lower(), created.get(subnet, 0), rec.overlay_ip
-        for kind, name in (
-            (Kind.NODE, node),
-            (Kind.SITE, f"{node}.{rec.site.lower()}"),
-            *((Kind.ALIAS, alias) for alias in rec.dns_names),
-        ):
-            claims.setdefault(name + suffix, []).append(
-                (kind, when, rec.node, rec.node_id, address)
-            )
-    for ctr in containers:
-        owner = records.get(ctr.subnet)
-        # a record for a subnet with no lease, or an address outside it, names nothing
-        if owner is not None and ctr.address in owner.subnet and ctr.address != owner.overlay_ip:
-            name = f"{ctr.name}.{owner.node.lower()}{suffix}"
-            when = created.get(ctr.subnet, 0)
-            claims.setdefault(name, []).append(
-                (Kind.CONTAINER, when, owner.node, owner.node_id, ctr.address)
-            )
-    return claims
-
-
-def build_zone(
-    origin: str,
-    network: IPv4Network,
-    ns: str,
-    records: Mapping[IPv4Network, LeaseRecord],
-    created: Mapping[IPv4Network, int],
-    containers: Iterable[ContainerName] = (),
-    serial: int = 1,
-) -> Zone:
-    """The zone ``origin`` of ``network`` as the node named ``ns`` serves it."""
-    entries: list[NameEntry] = []
-    conflicts: list[Conflict] = []
-    for name, found in sorted(_claims(origin, records, created, containers).items()):
-        kind, _, node, node_id, address = min(found)
-        entries.append(NameEntry(name, address, kind, node))
-        if len(found) > 1:
-            losers = sorted({c[2] for c in found if (c[2], c[3]) != (node, node_id)})
-            if losers:
-                conflicts.append(Conflict(name, node, tuple(losers)))
-    forward = {e.name: e.address for e in entries}
-    reverse: dict[IPv4Address, str] = {}
-    for entry in sorted(entries, key=lambda e: (e.kind, e.name)):  # a node's own name first
-        reverse.setdefault(entry.address, entry.name)
-    nodes = {origin, *forward}
-    for name in forward:  # the empty non-terminals: names above names, below the origin
-        labels = name[: -len(origin) - 1].split(".")
-        nodes.update(".".join([*labels[i:], origin]) for i in range(1, len(labels)))
-    return Zone(
-        origin=origin,
-        reverse_origin=reverse_origin(network),
-        network=network,
-        ns=f"{ns.lower()}.{origin}",
-        serial=serial % (1 << 32),
-        entries=tuple(entries),
-        conflicts=tuple(conflicts),
-        forward=forward,
-        reverse=reverse,
-        nodes=frozenset(nodes),
-    )
 
 
 def _under(name: str, origin: str) -> bool:
@@ -233,9 +161,9 @@ def _apex(zone: Zone, origin: str, rtype: RType | None) -> Answer:
 def _forward(zone: Zone, name: str, rtype: RType | None) -> Answer:
     if name == zone.origin:
         return _apex(zone, name, rtype)
-    address = zone.forward.get(name)
-    if address is not None and rtype is RType.A:
-        return Answer(Rcode.NOERROR, (Record(name, RType.A, str(address)),))
+    entry = zone.named.get(name)
+    if entry is not None and rtype is RType.A:
+        return Answer(Rcode.NOERROR, (Record(name, RType.A, str(entry.address)),))
     if name in zone.nodes:
         return _negative(zone, zone.origin, Rcode.NOERROR)
     return _negative(zone, zone.origin, Rcode.NXDOMAIN)

@@ -22,7 +22,7 @@ import dns.rdatatype
 from overlayd.dns.fastpath import plain_question
 from overlayd.dns.server import DEFAULT_TCP, DnsServer, TcpLimits
 from overlayd.dns.wire import Responder
-from overlayd.planning.names import build_zone
+from overlayd.planning.zone_builder import build_zone
 from tests.builders import node_lease
 
 LOOPBACK = IPv4Address("127.0.0.1")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from overlayd.disk.hosts_file import remove_hosts_block, update_hosts_file
 from overlayd.planning.hosts_block import with_block, without_block
-from overlayd.planning.names import Zone, build_zone
+from overlayd.planning.names import Zone
+from overlayd.planning.zone_builder import build_zone
 from overlayd.values.lease import LeaseRecord
 from tests.builders import node_lease
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.planning.names import Kind, Rcode, RType, Zone, build_zone, resolve, reverse_origin
+from overlayd.planning.names import Kind, Rcode, RType, Zone, resolve, reverse_origin
+from overlayd.planning.zone_builder import ZoneBuilder, build_zone
 from overlayd.values.lease import LeaseRecord
 from overlayd.values.names import ContainerName
 from tests.builders import node_lease
@@ -162,3 +164,38 @@ def test_the_zone_is_deterministic() -> None:
     first = build_zone(ZONE, NET, "node1", leases, created)
     again = build_zone(ZONE, NET, "node1", dict(reversed(list(leases.items()))), created)
     assert first == again
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_an_updated_zone_equals_one_built_afresh(seed: int) -> None:
+    """Random joins, leaves, renames, alias and container changes: after each step the
+    incremental builder's zone is the zone built from nothing."""
+    rng = random.Random(seed)
+    records: dict[IPv4Network, LeaseRecord] = {}
+    created: dict[IPv4Network, int] = {}
+    containers: dict[str, ContainerName] = {}
+    builder = ZoneBuilder(ZONE, NET, "node1")
+    for step in range(60):
+        n = rng.randrange(1, 12)
+        subnet = IPv4Network(f"10.244.{n}.0/24")
+        action = rng.random()
+        if action < 0.5:  # join or change: a new record object
+            aliases = tuple(
+                sorted(rng.sample(["web", "db", "x.y", "node3", "api"], rng.randrange(3)))
+            )
+            name = rng.choice([f"node{n}", f"node{n}", "shared"])
+            records[subnet] = node_lease(n, f"192.0.2.{n}", node=name, dns_names=aliases,
+                                         site=rng.choice(["a", "b"]))  # fmt: skip
+            created.setdefault(subnet, step)
+        elif action < 0.7:
+            records.pop(subnet, None)
+            created.pop(subnet, None)
+        elif action < 0.9:
+            ctr = ContainerName(subnet, f"c{rng.randrange(4)}", rng.choice(["app", "web"]),
+                                IPv4Address(f"10.244.{n}.{rng.randrange(0, 4)}"))  # fmt: skip
+            containers[ctr.key_part()] = ctr
+        elif containers:
+            containers.pop(rng.choice(sorted(containers)))
+        got = builder.update(records, created, containers.values(), step + 1)
+        want = build_zone(ZONE, NET, "node1", dict(records), created, containers.values(), step + 1)
+        assert got == want, step
