@@ -29,6 +29,11 @@ _Claim = tuple[Kind, int, str, str, IPv4Address]
 _Source = tuple[LeaseRecord | None, int, tuple[ContainerName, ...]]
 
 
+def _key(subnet: IPv4Network) -> int:
+    """A subnet as one integer: its address and its length."""
+    return int(subnet.network_address) << 6 | subnet.prefixlen
+
+
 def _made(subnet: IPv4Network, source: _Source, suffix: str) -> list[tuple[str, _Claim]]:
     """The names one subnet's lease and containers claim."""
     rec, when, containers = source
@@ -56,9 +61,11 @@ class ZoneBuilder:
     def __init__(self, origin: str, network: IPv4Network, ns: str) -> None:
         self._origin, self._network, self._ns = origin, network, ns.lower()
         self._suffix = "." + origin
-        self._sources: dict[IPv4Network, _Source] = {}
-        self._names_of: dict[IPv4Network, list[tuple[str, _Claim]]] = {}
-        self._claims: dict[str, dict[IPv4Network, _Claim]] = {}
+        # by subnet (as an integer: ``_key``)
+        self._sources: dict[int, _Source] = {}
+        self._subnets: dict[int, IPv4Network] = {}
+        self._names_of: dict[int, list[tuple[str, _Claim]]] = {}
+        self._claims: dict[str, dict[int, _Claim]] = {}  # by name, then by subnet
         self._named: dict[str, NameEntry] = {}
         self._conflicts: dict[str, Conflict] = {}
         self._at: dict[IPv4Address, set[str]] = {}  # the names won at each address
@@ -72,18 +79,33 @@ class ZoneBuilder:
         containers: Iterable[ContainerName] = (),
         serial: int = 1,
     ) -> Zone:
-        """The zone for these records, created revisions and container names."""
-        grouped: dict[IPv4Network, list[ContainerName]] = defaultdict(list)
+        """The zone for these records, created revisions and container names.
+
+        A subnet whose record is the object of the last update (and whose containers are
+        the same) is skipped: its create revision cannot have changed, since a recreated
+        key decodes to a new object. Subnets are keyed by an integer here (``_key``):
+        hashing thousands of ``IPv4Network`` objects per update would cost more than the
+        rest (their hash is computed in Python, every time).
+        """
+        grouped: dict[int, list[ContainerName]] = defaultdict(list)
         for ctr in containers:
-            grouped[ctr.subnet].append(ctr)
+            grouped[_key(ctr.subnet)].append(ctr)
         touched: set[str] = set()
-        for subnet in {*records, *grouped, *self._sources}:
-            old = self._sources.get(subnet)
-            rec = records.get(subnet)
-            source = (rec, created.get(subnet, 0), tuple(sorted(grouped.get(subnet, ()))))
-            if old is not None and old[0] is rec and old[1:] == source[1:]:
-                continue
-            self._replace(subnet, source, touched)
+        seen: set[int] = set()
+        for subnet, rec in records.items():
+            key = _key(subnet)
+            seen.add(key)
+            old = self._sources.get(key)
+            boxed = tuple(sorted(grouped[key])) if key in grouped else ()
+            if old is None or old[0] is not rec or old[2] != boxed:
+                self._replace(key, subnet, (rec, created.get(subnet, 0), boxed), touched)
+        for key in [k for k in self._sources if k not in seen]:  # leases gone
+            boxed = tuple(sorted(grouped[key])) if key in grouped else ()
+            if self._sources[key][0] is not None or self._sources[key][2] != boxed:
+                self._replace(key, self._subnets[key], (None, 0, boxed), touched)
+        for key in grouped.keys() - seen - self._sources.keys():  # containers without a lease
+            ctrs = tuple(sorted(grouped[key]))
+            self._replace(key, ctrs[0].subnet, (None, 0, ctrs), touched)
         moved: set[IPv4Address] = set()
         for name in touched:
             moved |= self._decide(name)
@@ -91,20 +113,21 @@ class ZoneBuilder:
             self._pick_reverse(address)
         return self._zone(serial)
 
-    def _replace(self, subnet: IPv4Network, source: _Source, touched: set[str]) -> None:
-        for name, _ in self._names_of.pop(subnet, ()):
-            self._claims[name].pop(subnet, None)
+    def _replace(self, key: int, subnet: IPv4Network, source: _Source, touched: set[str]) -> None:
+        for name, _ in self._names_of.pop(key, ()):
+            self._claims[name].pop(key, None)
             touched.add(name)
         if source[0] is None and not source[2]:
-            self._sources.pop(subnet, None)
+            self._sources.pop(key, None)
+            self._subnets.pop(key, None)
             return
-        self._sources[subnet] = source
+        self._sources[key], self._subnets[key] = source, subnet
         made = _made(subnet, source, self._suffix)
-        self._names_of[subnet] = made
+        self._names_of[key] = made
         for name, claim in made:
             held = self._claims.setdefault(name, {})
             # one subnet claiming a name twice (an alias equal to its own name): the best
-            held[subnet] = min(claim, held.get(subnet, claim))
+            held[key] = min(claim, held.get(key, claim))
             touched.add(name)
 
     def _decide(self, name: str) -> set[IPv4Address]:
