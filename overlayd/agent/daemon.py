@@ -403,4 +403,5 @@ class Daemon:
         public_ips = held.record.public_ips if held else ()
         entries = run.devices.entries() if run is not None else 0
         discovery = self.discovery.summary if self.discovery is not None else None
-        return statusz(self.opts.node_name, self.status, public_ips, entries, discovery)
+        names = self.names.counters() if self.names is not None else None
+        return statusz(self.opts.node_name, self.status, public_ips, entries, discovery, names)

@@ -88,6 +88,11 @@ class NameService:
     def zone(self) -> Zone | None:
         return self.responder.zone
 
+    def counters(self) -> dict[str, int]:
+        """The responder's counters and how many names it serves (``/status``)."""
+        zone = self.responder.zone
+        return {**self.responder.counters.as_dict(), "names": len(zone.named) if zone else 0}
+
     def leases_changed(self) -> None:
         """The lease table changed: rebuild the zone soon."""
         self._dirty.set()

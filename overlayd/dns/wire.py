@@ -65,6 +65,9 @@ class Counters:
     malformed: int = 0
     dropped: int = 0
 
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
 
 def _rrset(record: Record) -> dns.rrset.RRset:
     return dns.rrset.from_text(record.name + ".", TTL, "IN", record.rtype.value, record.data)

@@ -60,6 +60,10 @@ def test_names_follow_the_leases(tmp_path: Path) -> None:
             assert await resolves(a, f"self.{ZONE}") == str(me.overlay_ip)
             assert await resolves(a, f"web.{ZONE}") == str(me.overlay_ip)
             assert await resolves(a, f"peer2.default.{ZONE}") == "10.244.2.0"
+            assert (await ask(a, f"nobody.{ZONE}")).rcode() == dns.rcode.NXDOMAIN
+            counted = service(a).counters()
+            assert counted["answered"] >= 4 and counted["nxdomain"] >= 1
+            assert counted["names"] == 5  # self, self.default, web, peer2, peer2.default
             peer3 = await add_peer(a.store, 3)
             await until(lambda: _ready(a, "peer3"), "a new peer's name")
             assert await a.store.delete_lease(peer3.subnet)

@@ -241,3 +241,5 @@ def test_datagrams_that_are_not_dns_do_not_stop_it(daemons: dict[str, OverlaydPr
     assert flood.returncode == 0, flood.stderr  # "hello" datagrams: not DNS at all
     assert short(a1, f"b1.{ZONE}") == str(daemons["b1"].overlay_ip())
     assert a1.proc is not None and a1.proc.poll() is None
+    counted = a1.require_status()["dns"]  # the 5-byte datagrams were dropped, and counted
+    assert counted["dropped"] >= 1 and counted["answered"] >= 1 and counted["names"] >= 8
