@@ -185,10 +185,9 @@ def main() -> int:
         print(f"ratio overlayd/dnsmasq: {ratios[0]} at 0% loss, {ratios[1]} saturated")
         print(f"zone of {args.names} nodes ({len(zone.entries)} names) built in "
               f"{float(built) * 1000:.1f} ms of CPU")  # fmt: skip
-        print(
-            f"responder RSS: {int(before) / 1024:.1f} MiB without names, "
-            f"{int(after) / 1024:.1f} MiB with them (+{(int(after) - int(before)) / 1024:.1f})"
-        )
+        grown = (int(after) - int(before)) / 1024
+        print(f"responder RSS with {args.names} leases: {int(before) / 1024:.1f} MiB without "
+              f"the zone, {int(after) / 1024:.1f} MiB with it (+{grown:.1f})")  # fmt: skip
     finally:
         for proc in (ours, theirs):
             proc.kill()
