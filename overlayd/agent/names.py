@@ -233,14 +233,19 @@ class NameService:
             log.error("cannot publish container names: %s; retrying with the next pass", exc)
 
     async def _serve_registrations(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a socket left by an earlier run
+        """Serve the CNI plugin's registrations on ``path``; a socket that cannot be made
+        is logged and containers get no names (the responder keeps serving the rest)."""
         old = os.umask(0o177)  # the socket is the owner's (root's) only: 0600
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # a socket left by an earlier run
             server = await asyncio.start_unix_server(
                 self._registration, str(path), limit=MAX_REGISTRATION + 2
             )
+        except OSError as exc:
+            log.error("container names: cannot listen on %s: %s", path, exc.strerror or exc)
+            return
         finally:
             os.umask(old)
         log.info("container names: CNI registrations on %s", path)

@@ -207,3 +207,20 @@ def test_the_zone_is_routed_only_to_a_responder_that_listens(
 
 async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     return any(text in r.getMessage() for r in caplog.records)
+
+
+def test_a_socket_that_cannot_be_made_leaves_the_responder_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+
+    async def body() -> None:
+        listen = DnsListen(None, ((LOOPBACK, 0),))
+        sock = blocker / "names.sock"  # under a file: cannot be made
+        async with agent(tmp_path, peers=1, node="self", dns_listen=listen, names_socket=sock) as a:
+            await until(lambda: _ready(a, "peer2"), "peer2's name")
+            assert any("cannot listen on" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.INFO, logger="overlayd.dns"):
+        asyncio.run(body())
