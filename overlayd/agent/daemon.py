@@ -31,7 +31,7 @@ from overlayd.agent.election import GatewayAgent, GatewayOptions
 from overlayd.agent.host import Clock, Host
 from overlayd.agent.lease_fold import LeaseFold
 from overlayd.agent.lease_publish import LeasePublisher, lease_template
-from overlayd.agent.names import NameOptions, NameService
+from overlayd.agent.names import NameService, name_service
 from overlayd.agent.options import DaemonOptions
 from overlayd.agent.path_api import PathKeeping
 from overlayd.agent.reconcile import ReconcilePass
@@ -40,7 +40,6 @@ from overlayd.agent.status import Handler, HealthServer, Reply
 from overlayd.agent.status_docs import Status, healthz, peersz, readyz, statusz
 from overlayd.dataplane.api import DataPlaneApi, Underlay
 from overlayd.dataplane.ingress_nft import IngressFilter, IngressTable
-from overlayd.disk.container_names import FILE as CONTAINER_NAMES
 from overlayd.disk.node_key import NodeKey
 from overlayd.disk.state_dir import NodeIdentity, StateDir
 from overlayd.runtime.retry import FIXED_1S, Backoff, Retry, retry
@@ -256,16 +255,7 @@ class Daemon:
             self.status, unguessable,
         )  # fmt: skip
         publisher = LeasePublisher(keeper, rotation, self.paths, cfg.network, self.opts.public_ips)
-        names = None
-        opts = self.opts
-        if opts.dns_listen.enabled or opts.names_socket or opts.hosts_file:
-            names_opts = NameOptions(
-                opts.node_name, opts.dns_listen, opts.names_socket, opts.hosts_file,
-                opts.state_dir / CONTAINER_NAMES,
-            )  # fmt: skip
-            names = NameService(
-                names_opts, cfg, self.store, fold, lambda: keeper.held, self.host.route_zone
-            )
+        names = name_service(self.opts, cfg, self.store, fold, keeper, self.host.route_zone)
         return _Running(
             cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway,
             is_site_local(underlay.address), names,

@@ -23,6 +23,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from overlayd.agent.lease_fold import LeaseFold
+from overlayd.agent.options import DaemonOptions
+from overlayd.disk.container_names import FILE as CONTAINER_NAMES
 from overlayd.disk.container_names import load_names, save_names
 from overlayd.disk.hosts_file import update_hosts_file
 from overlayd.dns.server import DnsServer
@@ -30,7 +32,7 @@ from overlayd.dns.wire import Responder
 from overlayd.planning.names import Conflict, NameEntry, Zone, reverse_origin
 from overlayd.planning.zone_builder import ZoneBuilder
 from overlayd.store.api import NameStore, NameTable
-from overlayd.store.lease_keeper import HeldLease
+from overlayd.store.lease_keeper import HeldLease, LeaseKeeper
 from overlayd.values.config import NetworkConfig
 from overlayd.values.errors import LeaseFormatError, OverlaydError
 from overlayd.values.names import DNS_PORT, ContainerName, DnsListen
@@ -301,3 +303,21 @@ class NameService:
         log.info("container %s is %s.%s (%s)", quote(reg.container_id[:12]), reg.name,
                  self._opts.node, reg.address)  # fmt: skip
         return "ok"
+
+
+def name_service(
+    opts: DaemonOptions,
+    cfg: NetworkConfig,
+    store: NameStore,
+    fold: LeaseFold,
+    keeper: LeaseKeeper,
+    route_zone: Callable[[int, IPv4Address, tuple[str, ...]], bool],
+) -> NameService | None:
+    """The daemon's ``NameService`` as its flags ask for it (None: names are off)."""
+    if not (opts.dns_listen.enabled or opts.names_socket or opts.hosts_file):
+        return None
+    names = NameOptions(
+        opts.node_name, opts.dns_listen, opts.names_socket, opts.hosts_file,
+        opts.state_dir / CONTAINER_NAMES,
+    )  # fmt: skip
+    return NameService(names, cfg, store, fold, lambda: keeper.held, route_zone)

@@ -17,7 +17,7 @@ from overlayd.cli.common import friendly_errors
 from overlayd.cli.context import run_with_store
 from overlayd.cli.output import echo_json, echo_table, output_option
 from overlayd.disk.hosts_file import remove_hosts_block
-from overlayd.planning.names import Answer, RType, Zone, resolve
+from overlayd.planning.names import Answer, RType, Zone, resolve, reverse_name
 from overlayd.planning.zone_builder import build_zone
 from overlayd.store.api import Store
 from overlayd.values.errors import ConfigError, NotFoundError
@@ -78,8 +78,7 @@ def _question(name: str, zone: Zone) -> tuple[str, RType]:
         fqdn = name.rstrip(".").lower()
         in_zone = fqdn == zone.origin or fqdn.endswith("." + zone.origin)
         return (fqdn if in_zone or name.endswith(".") else f"{fqdn}.{zone.origin}"), RType.A
-    octets = str(address).split(".")
-    return ".".join([*reversed(octets), "in-addr.arpa"]), RType.PTR
+    return reverse_name(address), RType.PTR
 
 
 @names.command("cleanup")

@@ -118,6 +118,7 @@ def reverse_origin(network: IPv4Network) -> str:
 
 
 def reverse_name(address: IPv4Address) -> str:
+    """``10.244.3.0`` → ``0.3.244.10.in-addr.arpa`` (the name its PTR record has)."""
     return ".".join([*reversed(str(address).split(".")), REVERSE_SUFFIX])
 
 
@@ -125,8 +126,8 @@ def _under(name: str, origin: str) -> bool:
     return name == origin or name.endswith("." + origin)
 
 
-def _parse_reverse(name: str, origin: str) -> IPv4Address | None:
-    """The address a full ``a.b.c.d.in-addr.arpa`` name under ``origin`` stands for."""
+def _parse_reverse(name: str) -> IPv4Address | None:
+    """The address a full ``d.c.b.a.in-addr.arpa`` name stands for (None: not one)."""
     labels = name[: -len(REVERSE_SUFFIX) - 1].split(".") if name != REVERSE_SUFFIX else []
     if len(labels) != 4 or not all(p.isascii() and p.isdigit() and len(p) <= 3 for p in labels):
         return None
@@ -172,7 +173,7 @@ def _forward(zone: Zone, name: str, rtype: RType | None) -> Answer:
 def _reverse(zone: Zone, name: str, rtype: RType | None) -> Answer:
     if name == zone.reverse_origin:
         return _apex(zone, name, rtype)
-    address = _parse_reverse(name, zone.reverse_origin)
+    address = _parse_reverse(name)
     if address is not None and address not in zone.network:
         return Answer(Rcode.REFUSED)  # in our /8 or /16 reverse zone, but not the overlay's
     target = zone.reverse.get(address) if address is not None else None
