@@ -174,9 +174,11 @@ class Daemon:
             tasks.create_task(self.reconcile_loop())
 
     def _leases_changed(self, full: bool) -> None:
-        self.mark_dirty(full=full)
+        # names first: their update takes milliseconds, a reconcile pass of thousands of
+        # peers may take a hundred, and the loop runs them in the order they were woken
         if self._running is not None and self._running.names is not None:
             self._running.names.leases_changed()
+        self.mark_dirty(full=full)
 
     async def _discover(self, discovery: AddressDiscovery, run: _Running) -> None:
         """Learn our public address ourselves (a warning if one is missing and needed)."""
