@@ -63,6 +63,11 @@ class OverlaydProc:
         return self.workdir / "subnet.env"
 
     @property
+    def names_socket(self) -> Path:
+        """Where the CNI plugin registers this daemon's containers (docs/dns.md)."""
+        return self.workdir / "names.sock"
+
+    @property
     def log_file(self) -> Path:
         return self.workdir / "overlayd.log"
 
@@ -71,7 +76,7 @@ class OverlaydProc:
         argv = self.world.overlayd_argv(
             self.host, "--healthz-port", str(self.healthz_port), "--resync-interval", "5",
             "--state-dir", str(self.workdir / "state"), "--subnet-file", str(self.subnet_file),
-            *self.extra, public_ip=self.public_ip,
+            "--names-socket", str(self.names_socket), *self.extra, public_ip=self.public_ip,
         )  # fmt: skip
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)

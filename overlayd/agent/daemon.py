@@ -33,6 +33,7 @@ from overlayd.agent.election import GatewayAgent, GatewayOptions
 from overlayd.agent.host import Clock, Host
 from overlayd.agent.lease_fold import LeaseFold
 from overlayd.agent.lease_publish import LeasePublisher, lease_template
+from overlayd.agent.names import NameService, name_service
 from overlayd.agent.options import DaemonOptions
 from overlayd.agent.path_api import PathKeeping
 from overlayd.agent.reconcile import ReconcilePass
@@ -75,6 +76,7 @@ class _Running:
     site_local: bool  # our underlay address reaches only inside our site
     relays: RelayKeeper | None  # WireGuard backends: stranded pairs, relay checks
     traffic: TrafficSampler  # which peers carry traffic, for the probe pace
+    names: NameService | None  # the DNS responder and container names (docs/dns.md)
 
 
 class Daemon:
@@ -124,6 +126,11 @@ class Daemon:
         )
 
     # -- wiring ------------------------------------------------------------------------
+
+    @property
+    def names(self) -> NameService | None:
+        """The DNS responder and container names, once the lease is held (docs/dns.md)."""
+        return self._running.names if self._running is not None else None
 
     def mark_dirty(self, *, dump: bool = False, device: bool = False, full: bool = False) -> None:
         """Wake the loop; ``dump``: read the devices and the ingress table back,
@@ -186,6 +193,8 @@ class Daemon:
                 tasks.create_task(run.relays.run())
             tasks.create_task(run.keeper.keep())
             tasks.create_task(run.rotation.watch())
+            if run.names is not None:
+                tasks.create_task(run.names.run())
             tasks.create_task(self._resync_timer())
             tasks.create_task(run.traffic.run())
             if self.discovery is not None:
@@ -295,9 +304,10 @@ class Daemon:
         traffic = TrafficSampler(
             cfg.backend, lambda: devices.vxlan.ifindex, self.dp, self.paths, lambda: fold.records
         )
+        names = name_service(self.opts, cfg, self.store, fold, keeper, self.host.route_zone)
         return _Running(
             cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway,
-            is_site_local(underlay.address), relays, traffic,
+            is_site_local(underlay.address), relays, traffic, names,
         )  # fmt: skip
 
     async def _wait_config(self) -> NetworkConfig:
@@ -322,6 +332,8 @@ class Daemon:
 
     async def _configure(self, run: _Running, held: HeldLease) -> None:
         await run.devices.configure(held, self._key)
+        if run.names is not None:  # the overlay address is on the device now
+            await run.names.follow(held, run.devices.used()[0].ifindex)
         self._device_stale = False
 
     # -- inputs ------------------------------------------------------------------------
@@ -330,6 +342,10 @@ class Daemon:
         """The lease fold absorbed a watch batch; ``full``: it carried a snapshot."""
         if full:
             self.phases.reach(Phase.SNAPSHOT)
+        # names first: their update takes milliseconds, a reconcile pass of thousands of
+        # peers may take a hundred, and the loop runs them in the order they were woken
+        if self._running is not None and self._running.names is not None:
+            self._running.names.leases_changed()
         self.mark_dirty(full=full)
 
     def _on_probe(self, peer: IPv4Network | None) -> None:
@@ -463,4 +479,5 @@ class Daemon:
         public_ips = held.record.public_ips if held else ()
         entries = run.devices.entries() if run is not None else 0
         discovery = self.discovery.summary if self.discovery is not None else None
-        return statusz(self.opts.node_name, self.status, public_ips, entries, discovery)
+        names = self.names.counters() if self.names is not None else None
+        return statusz(self.opts.node_name, self.status, public_ips, entries, discovery, names)

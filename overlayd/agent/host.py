@@ -2,14 +2,18 @@
 
 The composition root (overlayd/cli/daemon_main.py) uses the real ones (the defaults);
 component tests pass fakes instead of patching: nft scripts (ingress filter, masquerade),
-systemd readiness, the IPv4 forwarding sysctl. Nothing here runs at import.
+systemd readiness, the IPv4 forwarding sysctl, systemd-resolved's per-link DNS. Nothing
+here runs at import.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from overlayd.agent.sdnotify import sd_notify
@@ -25,6 +29,26 @@ def enable_forwarding() -> None:
         raise KernelError(f"cannot enable IPv4 forwarding: {exc.strerror}") from None
 
 
+RESOLVED_DIR = Path("/run/systemd/resolve")  # exists while systemd-resolved runs
+
+
+def route_zone(ifindex: int, server: IPv4Address, domains: tuple[str, ...]) -> bool:
+    """With systemd-resolved: ask ``server`` (port 53) for ``domains`` (routing domains,
+    ``~zone``) on link ``ifindex``, the overlay device (docs/dns.md). False when there is
+    no systemd-resolved; ``KernelError`` when ``resolvectl`` refuses."""
+    resolvectl = shutil.which("resolvectl")
+    if resolvectl is None or not RESOLVED_DIR.is_dir():
+        return False
+    for argv in (
+        [resolvectl, "dns", str(ifindex), str(server)],
+        [resolvectl, "domain", str(ifindex), *(f"~{d}" for d in domains)],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        if done.returncode != 0:
+            raise KernelError(f"{' '.join(argv[1:])}: {done.stderr.strip()[:200]}")
+    return True
+
+
 def _notify(state: str) -> None:
     sd_notify(state)
 
@@ -35,13 +59,15 @@ class Host:
 
     ``run_nft`` applies an nft script and ``read_nft(family, table)`` lists a table
     (None: absent), as overlayd/dataplane/nft.py's; ``notify`` is sd_notify; ``enable_forwarding``
-    sets the sysctl a gateway needs.
+    sets the sysctl a gateway needs; ``route_zone`` points systemd-resolved at the DNS
+    responder for the zone (False: no systemd-resolved).
     """
 
     run_nft: Callable[[str], None] = run_nft
     read_nft: Callable[[str, str], str | None] = list_table
     notify: Callable[[str], None] = _notify
     enable_forwarding: Callable[[], None] = enable_forwarding
+    route_zone: Callable[[int, IPv4Address, tuple[str, ...]], bool] = route_zone
 
 
 @dataclass(frozen=True)

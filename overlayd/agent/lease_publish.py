@@ -138,6 +138,7 @@ def lease_template(
         wireguard_port=backend.listen_port if backend.uses_wireguard else None,
         gateway_candidate=opts.gateway_candidate if cfg.topology.uses_gateways else None,
         relay=relays(opts, cfg, underlay) or None,
+        dns_names=opts.dns_names,
     )
     check_own_record(template, cfg.network)  # peers would refuse it otherwise
     return template

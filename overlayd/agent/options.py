@@ -15,6 +15,9 @@ from overlayd.discovery.metadata import Provider
 from overlayd.discovery.stun import StunServer
 from overlayd.probe.wire import DEFAULT_PORT as DEFAULT_PROBE_PORT
 from overlayd.store.etcd import EtcdSettings
+from overlayd.values.names import DNS_OFF, DnsListen
+
+NAMES_SOCKET = Path("/run/overlayd/names.sock")  # the CNI plugin registers containers here
 
 RESYNC_INTERVAL = 30.0  # full read-back of the kernel state, besides netlink notifications
 
@@ -41,3 +44,8 @@ class DaemonOptions:
     relay: bool | None = None  # forward for stranded pairs; None: if it has a public address
     cloud_metadata: tuple[Provider, ...] = ()  # whose metadata service to ask (with auto)
     stun_servers: tuple[StunServer, ...] = ()  # STUN servers to ask (with auto)
+    dns_names: tuple[str, ...] = ()  # aliases published in our lease (docs/dns.md)
+    # where the DNS responder listens (the flag's default: the overlay address, port 53)
+    dns_listen: DnsListen = DNS_OFF
+    hosts_file: Path | None = None  # --hosts-file: the zone's names kept in its marked block
+    names_socket: Path | None = None  # the CNI plugin's registrations (flag default NAMES_SOCKET)

@@ -7,7 +7,7 @@ functions of what they are given: no clock, store or kernel of their own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -54,9 +54,11 @@ def statusz(
     public_ips: Iterable[IPv4Address],
     entries: int,
     discovery: str | None = None,
+    dns: Mapping[str, int] | None = None,
 ) -> tuple[int, Any]:
-    """``/status``: the facts, our published public addresses, how many entries we own
-    and what we learned of our public address ourselves (None: ``--public-ip`` given)."""
+    """``/status``: the facts, our published public addresses, how many entries we own,
+    what we learned of our public address ourselves (None: ``--public-ip`` given) and the
+    DNS responder's counters (None: no responder; docs/dns.md)."""
     s = status
     return 200, {
         "node": node,
@@ -70,4 +72,5 @@ def statusz(
         "role": s.role,
         "entries": entries,
         "discovery": discovery,
+        "dns": dict(dns) if dns is not None else None,
     }

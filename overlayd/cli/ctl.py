@@ -2,7 +2,8 @@
 
 Each group lives in its own module: ``ctl_network`` (the network config), ``ctl_leases``
 (leases and reservations), ``ctl_node`` (requests to a node's daemon) and ``ctl_views``
-(``plan``, ``peers``, ``gateways``). Errors and exit codes are ``common``'s.
+(``plan``, ``peers``, ``gateways``), ``ctl_names`` (DNS names). Errors and exit codes
+are ``common``'s.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 from overlayd.cli.common import FriendlyGroup, etcd_options, etcd_settings
 from overlayd.cli.context import CtlContext
 from overlayd.cli.ctl_leases import leases
+from overlayd.cli.ctl_names import names
 from overlayd.cli.ctl_network import network
 from overlayd.cli.ctl_node import node
 from overlayd.cli.ctl_views import gateways, peers, plan
@@ -49,3 +51,4 @@ main.add_command(node)
 main.add_command(plan)
 main.add_command(peers)
 main.add_command(gateways)
+main.add_command(names)

@@ -78,6 +78,11 @@ async def _write_config(store: Store, cfg: NetworkConfig, force: bool) -> None:
     help="Full mesh, or one elected gateway per site (needs --backend vxlan+wireguard).",
 )
 @click.option("--site-mode", multiple=True, metavar="SITE=MODE", help="Per-site topology mode.")
+@click.option(
+    "--dns-zone",
+    default=None,
+    help="The DNS zone every daemon answers for (default overlay.internal; docs/dns.md).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing config.")
 @click.pass_context
 @friendly_errors
@@ -95,6 +100,7 @@ def network_init(
     keepalive: int | None,
     topology: str | None,
     site_mode: tuple[str, ...],
+    dns_zone: str | None,
     force: bool,
 ) -> None:
     """Write the network config (validated first)."""
@@ -110,6 +116,8 @@ def network_init(
     if topology is not None or site_mode:
         sites = dict(item.partition("=")[::2] for item in site_mode)
         raw["Topology"] = {"Mode": topology or "mesh", "Sites": sites}
+    if dns_zone is not None:
+        raw["DNSZone"] = dns_zone
     cfg = parse_config(json.dumps(raw))
     run_with_store(ctx, lambda store: _write_config(store, cfg, force))
     click.echo(cfg.to_json(redact=True))

@@ -21,7 +21,7 @@ import click
 
 from overlayd.agent.daemon import Daemon
 from overlayd.agent.discovery import AddressDiscovery
-from overlayd.agent.options import DaemonOptions
+from overlayd.agent.options import NAMES_SOCKET, DaemonOptions
 from overlayd.agent.path_keeper import PathKeeper
 from overlayd.agent.punching import Punching
 from overlayd.agent.status_listen import DEFAULT_LISTEN, parse_listen
@@ -39,7 +39,13 @@ from overlayd.runtime.logs import setup_logging
 from overlayd.runtime.phases import Phase, PhaseClock, process_age
 from overlayd.store.etcd import EtcdStore
 from overlayd.values.lease import DEFAULT_SITE
-from overlayd.values.lease_rules import default_node_name, own_addresses, own_label
+from overlayd.values.lease_rules import (
+    default_node_name,
+    own_addresses,
+    own_dns_names,
+    own_label,
+)
+from overlayd.values.names import parse_dns_listen
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
 log = logging.getLogger("overlayd")
@@ -176,6 +182,32 @@ def run_daemon(opts: DaemonOptions, dataplane: DataPlane, phases: PhaseClock) ->
     help="Forward WireGuard traffic between peers that cannot reach each other (default: "
     "when this node has a public address on its interface or from --public-ip).",
 )
+@click.option(
+    "--dns-name",
+    "dns_names",
+    multiple=True,
+    help="An alias of this node in the network's DNS zone (e.g. peer0.org1); repeatable.",
+)
+@click.option(
+    "--dns-listen",
+    multiple=True,
+    default=("overlay",),
+    help="Where the DNS responder listens: 'overlay[:PORT]' (this node's overlay address, "
+    "port 53 by default), 'IP[:PORT]' (e.g. 127.0.0.1:5354) or 'off'; repeatable.",
+)
+@click.option(
+    "--hosts-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep the zone's names in a marked block of this hosts file (e.g. /etc/hosts), "
+    "rewritten atomically when names change ('overlayctl names cleanup' removes it).",
+)
+@click.option(
+    "--names-socket",
+    type=click.Path(path_type=Path),
+    default=NAMES_SOCKET,
+    help="Unix socket the CNI plugin registers container names on ('' : off).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option(
     "--lease-ttl",
@@ -214,6 +246,10 @@ def main(
     probe_port: int,
     gateway_candidate: bool,
     relay: bool | None,
+    dns_names: tuple[str, ...],
+    dns_listen: tuple[str, ...],
+    hosts_file: Path | None,
+    names_socket: Path,
     debug: bool,
 ) -> None:
     """Run the overlay network daemon on this host."""
@@ -253,6 +289,10 @@ def main(
         relay=relay,
         cloud_metadata=parse_mode(cloud_metadata),
         stun_servers=stun_servers,
+        dns_names=own_dns_names(dns_names, "--dns-name"),
+        dns_listen=parse_dns_listen(dns_listen),
+        hosts_file=hosts_file,
+        names_socket=names_socket if str(names_socket) not in ("", ".") else None,
     )
     phases.reach(Phase.OPTIONS)
     run_daemon(opts, DataPlane(), phases)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 DEFAULT_SUBNET_FILE = Path("/run/overlayd/subnet.env")
 DEFAULT_DATA_DIR = Path("/var/lib/cni/overlay")
+DEFAULT_NAMES_SOCKET = Path("/run/overlayd/names.sock")  # the daemon's (docs/dns.md)
 DEFAULT_BRIDGE = "cni-overlay"
 DEFAULT_DELEGATE_TYPE = "bridge"
 
@@ -45,6 +46,7 @@ class NetConf:
     name: str
     subnet_file: Path = DEFAULT_SUBNET_FILE
     data_dir: Path = DEFAULT_DATA_DIR
+    names_socket: Path | None = DEFAULT_NAMES_SOCKET  # None ("namesSocket": ""): no names
     delegate: Mapping[str, Any] = field(default_factory=dict)
     runtime_config: Mapping[str, Any] | None = None
     args: Mapping[str, Any] | None = None
@@ -67,11 +69,19 @@ class NetConf:
             raise _invalid("'delegate.type' must be a plugin name")
         subnet_file = _optional(raw, "subnetFile", str)
         data_dir = _optional(raw, "dataDir", str)
+        names_socket = _optional(raw, "namesSocket", str)
         return cls(
             cni_version=cni_version,
             name=name,
             subnet_file=Path(subnet_file) if subnet_file else DEFAULT_SUBNET_FILE,
             data_dir=Path(data_dir) if data_dir else DEFAULT_DATA_DIR,
+            names_socket=(
+                DEFAULT_NAMES_SOCKET
+                if names_socket is None
+                else Path(names_socket)
+                if names_socket
+                else None
+            ),
             delegate=delegate,
             runtime_config=_optional(raw, "runtimeConfig", dict),
             args=_optional(raw, "args", dict),

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from overlayd.cni import cache, delegate
+from overlayd.cni import cache, delegate, names
 from overlayd.cni.cache import Attachment
 from overlayd.cni.errors import CniError, Code, DelegateError, to_cni_error
 from overlayd.cni.netconf import NetConf, delegate_config, shape_differences
@@ -35,7 +35,10 @@ DEBUG_ENV = "OVERLAY_CNI_DEBUG"
 # ``typing`` costs milliseconds to import on every plugin run; annotations are strings.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ipaddress import IPv4Network
     from typing import Any, BinaryIO
+
+    from overlayd.values.registration import Registration
 
 
 def log(message: str) -> None:
@@ -118,10 +121,31 @@ def cmd_add(inv: Invocation, conf: NetConf) -> bytes:
         config["cniVersion"] = older
         cache.store(conf.data_dir, attachment, config)
         output = delegate.invoke(plugin, "ADD", env, config)
+    _name_attachment(inv, conf, subnet.subnet.network, output)
     if config["cniVersion"] == conf.cni_version:
         return output
     result = _decode(output, allow_empty=False)
     return _dump(convert_result(result, conf.cni_version))
+
+
+def _name_attachment(inv: Invocation, conf: NetConf, subnet: IPv4Network, output: bytes) -> None:
+    """Register the address the delegate gave the attachment under its container's name."""
+    try:
+        result = json.loads(output)
+    except ValueError:
+        return  # not ours to judge here: the runtime reads the result
+    address = names.result_address(result, subnet) if isinstance(result, dict) else None
+    if address is not None:
+        _tell_daemon(conf, names.added(inv.container_id, inv.args, address))
+
+
+def _tell_daemon(conf: NetConf, registration: Registration | None) -> None:
+    """Give the daemon a container's name (docs/dns.md); a failure never fails the command."""
+    if conf.names_socket is None or registration is None:
+        return
+    answer = names.send(conf.names_socket, registration)
+    if answer != "ok":
+        log(f"container name {registration.name or '(removed)'}: {answer}")
 
 
 def cmd_del(inv: Invocation, conf: NetConf) -> bytes:
@@ -131,6 +155,7 @@ def cmd_del(inv: Invocation, conf: NetConf) -> bytes:
     A failing delegate keeps the entry so the runtime's retry can finish the job.
     """
     attachment = _attachment(inv, conf)
+    _tell_daemon(conf, names.removed(inv.container_id))
     config = cache.load(conf.data_dir, attachment)
     if config is None:
         log(f"DEL {attachment}: no cache entry, nothing to do")

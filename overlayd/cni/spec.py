@@ -72,6 +72,7 @@ class Invocation:
     netns: str
     ifname: str
     path: tuple[str, ...]
+    args: str = ""  # CNI_ARGS: K=V pairs joined by ';' (container names come from them)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Invocation:
@@ -92,6 +93,7 @@ class Invocation:
             netns=environ.get("CNI_NETNS", ""),
             ifname=environ.get("CNI_IFNAME", ""),
             path=tuple(p for p in environ.get("CNI_PATH", "").split(":") if p),
+            args=environ.get("CNI_ARGS", ""),
         )
         if invocation.container_id:
             check_container_id(invocation.container_id)

@@ -7,29 +7,14 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from overlayd.disk.atomic import write_atomically
 from overlayd.values.errors import ConfigError
 from overlayd.values.kernel_state import MacAddress
-
-
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _random_mac() -> MacAddress:
@@ -68,7 +53,7 @@ class StateDir:
         node_id = self._read("node-id")
         if not node_id:
             node_id = secrets.token_hex(16)
-            _write_atomic(self.path / "node-id", node_id + "\n")
+            write_atomically(self.path / "node-id", node_id + "\n")
         mac_text = self._read("vtep-mac")
         try:
             mac = MacAddress.parse(mac_text) if mac_text else None
@@ -76,7 +61,7 @@ class StateDir:
             mac = None  # a damaged file: a new MAC is better than no daemon
         if mac is None:
             mac = _random_mac()
-            _write_atomic(self.path / "vtep-mac", str(mac) + "\n")
+            write_atomically(self.path / "vtep-mac", str(mac) + "\n")
         return NodeIdentity(node_id, mac)
 
     def remembered_subnet(self) -> IPv4Network | None:
@@ -88,4 +73,4 @@ class StateDir:
 
     def remember_subnet(self, subnet: IPv4Network) -> None:
         self._ensure()
-        _write_atomic(self.path / "subnet", f"{subnet}\n")
+        write_atomically(self.path / "subnet", f"{subnet}\n")

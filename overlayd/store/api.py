@@ -23,6 +23,7 @@ from overlayd.values.config import NetworkConfig
 from overlayd.values.errors import LeaseFormatError
 from overlayd.values.gateway_state import GatewayClaim, GatewayState, HealthReport
 from overlayd.values.lease import LeaseRecord, decode_lease, parse_subnet_key_name, subnet_key_name
+from overlayd.values.names import ContainerName
 
 DEFAULT_PREFIX = "/overlayd/network"
 
@@ -88,6 +89,11 @@ class StoreKeys:
         return f"{self.prefix}/reservations/"
 
     @property
+    def names(self) -> str:
+        """Container names: ``names/<subnet-key>/<container id>`` (overlayd/values/names.py)."""
+        return f"{self.prefix}/names/"
+
+    @property
     def gw(self) -> str:
         """Everything of the gateway election: ``gw/site/…`` and ``gw/health/…``."""
         return f"{self.prefix}/gw/"
@@ -107,6 +113,16 @@ class StoreKeys:
     def control(self, node: str, verb: str) -> str:
         """``control/<node>/<verb>``: where requests to ``node``'s daemon are written."""
         return f"{self.prefix}/control/{node}/{verb}"
+
+
+@dataclass(frozen=True)
+class NameTable:
+    """Every container name under ``names/`` at one revision; ``errors``: why the
+    malformed ones (by key) were refused."""
+
+    revision: int
+    names: tuple[ContainerName, ...]
+    errors: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -250,6 +266,20 @@ class ControlStore(Protocol):
     def watch_control(self, node: str, verb: str) -> AsyncIterator[ControlValue | None]: ...
 
 
+class NameStore(Protocol):
+    """Container names (overlayd/agent/names.py), each bound to its node's etcd lease."""
+
+    async def put_name(self, name: ContainerName, lease_id: int) -> None: ...
+
+    async def delete_name(self, subnet: IPv4Network, container_id: str) -> bool: ...
+
+    async def list_names(self) -> NameTable: ...
+
+    def watch_names(self) -> AsyncIterator[NameTable]:
+        """The whole table now, then again after each change."""
+        ...
+
+
 class KeeperStore(EtcdLeases, LeaseStore, ReservationStore, Protocol):
     """What the lease keeper (overlayd/store/lease_keeper.py) needs: etcd leases to bind
     its key to, the lease transactions, and the reservations it must respect."""
@@ -263,6 +293,7 @@ class Store(
     ReservationStore,
     GatewayStore,
     ControlStore,
+    NameStore,
     Protocol,
 ):
     """Everything overlayd and overlayctl use; what ``EtcdStore`` and ``MemStore`` are."""

@@ -13,12 +13,20 @@ from collections.abc import AsyncIterator
 from ipaddress import IPv4Network
 
 from overlayd.store import keyspace
-from overlayd.store.api import ControlValue, Snapshot, StoreKeys, WatchBatch, reservation_value
+from overlayd.store.api import (
+    ControlValue,
+    NameTable,
+    Snapshot,
+    StoreKeys,
+    WatchBatch,
+    reservation_value,
+)
 from overlayd.store.keyspace import ABSENT, Guard, RawKV
 from overlayd.values.config import NetworkConfig, parse_config
 from overlayd.values.errors import ConfigMissingError
 from overlayd.values.gateway_state import GatewayClaim, GatewayState, HealthReport
-from overlayd.values.lease import LeaseRecord
+from overlayd.values.lease import LeaseRecord, subnet_key_name
+from overlayd.values.names import ContainerName
 
 
 class KeyedStore:
@@ -165,6 +173,31 @@ class KeyedStore:
         """The request ``verb`` for ``node`` (None: none) now, then again after each change."""
         key = self._keys.control(node, verb)
         return keyspace.control_values(key, self._raw.watch(key, lambda: self._control(key)))
+
+    # -- container names (overlayd/agent/names.py) --------------------------------------
+
+    async def put_name(self, name: ContainerName, lease_id: int) -> None:
+        """Publish a container's name, bound to ``lease_id`` (it goes with the node's lease)."""
+        await self._raw.put(
+            "put name", self._keys.names + name.key_part(), name.to_json(), lease_id
+        )
+
+    async def delete_name(self, subnet: IPv4Network, container_id: str) -> bool:
+        key = f"{self._keys.names}{subnet_key_name(subnet)}/{container_id}"
+        return await self._raw.delete("delete name", key)
+
+    async def list_names(self) -> NameTable:
+        revision, kvs = await self._raw.range("list names", self._keys.names)
+        return keyspace.name_table(self._keys, kvs, revision)
+
+    async def _relist_names(self) -> tuple[int, NameTable]:
+        table = await self.list_names()
+        return table.revision, table
+
+    def watch_names(self) -> AsyncIterator[NameTable]:
+        """Every container name now, then the whole table again after each change."""
+        raw = self._raw.watch(self._keys.names, self._relist_names)
+        return keyspace.name_tables(self._keys, raw)
 
     # -- reservations ------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from overlayd.store.api import (
     ControlValue,
     EventKind,
     LeaseEvent,
+    NameTable,
     Snapshot,
     StoredLease,
     StoreKeys,
@@ -32,7 +33,9 @@ from overlayd.store.api import (
     decode_reservation,
     decode_stored,
 )
+from overlayd.values.errors import LeaseFormatError
 from overlayd.values.gateway_state import GatewayState
+from overlayd.values.names import ContainerName, decode_container
 
 T = TypeVar("T")
 
@@ -181,6 +184,44 @@ async def control_values(
             if kv.key != key:
                 continue  # the watched range also holds longer keys: not ours
             yield None if kind is EventKind.DELETE else control_value(kv)
+
+
+def _name(keys: StoreKeys, kv: KeyValue) -> ContainerName | str:
+    """The container name under ``kv``'s key, or why it is refused."""
+    try:
+        return decode_container(kv.key[len(keys.names) :], kv.value)
+    except LeaseFormatError as exc:
+        return str(exc)
+
+
+def _table(revision: int, found: dict[str, ContainerName | str]) -> NameTable:
+    names = tuple(sorted(v for v in found.values() if isinstance(v, ContainerName)))
+    errors = tuple(sorted((k, v) for k, v in found.items() if isinstance(v, str)))
+    return NameTable(revision, names, errors)
+
+
+def name_table(keys: StoreKeys, kvs: Iterable[KeyValue], revision: int) -> NameTable:
+    """The container names among the keys under ``names/``."""
+    return _table(revision, {kv.key[len(keys.names) :]: _name(keys, kv) for kv in kvs})
+
+
+async def name_tables(keys: StoreKeys, raw: RawWatch[NameTable]) -> AsyncIterator[NameTable]:
+    """``watch_names`` from a raw watch of ``names/``: the whole table after each change."""
+    current: dict[str, ContainerName | str] = {}
+    revision = 0
+    async for listing, events in raw:
+        if listing is not None:
+            revision = listing.revision
+            current = {n.key_part(): n for n in listing.names}
+            current |= dict(listing.errors)
+        for kind, kv in events:
+            part = kv.key[len(keys.names) :]
+            revision = max(revision, kv.mod_revision)
+            if kind is EventKind.DELETE:
+                current.pop(part, None)
+            else:
+                current[part] = _name(keys, kv)
+        yield _table(revision, current)
 
 
 def reservations(keys: StoreKeys, kvs: Iterable[KeyValue]) -> dict[IPv4Network, str]:

@@ -19,6 +19,8 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from overlayd.values.errors import ConfigError
+from overlayd.values.names import DEFAULT_ZONE, parse_zone
+from overlayd.values.text import quote
 from overlayd.values.wireguard import DEFAULT_LISTEN_PORT, PresharedKey
 
 VXLAN = "vxlan"
@@ -121,6 +123,7 @@ class NetworkConfig:
     subnet_max: IPv4Address
     backend: BackendConfig
     topology: TopologyConfig = TopologyConfig()
+    dns_zone: str = DEFAULT_ZONE  # ``DNSZone``: the names every daemon answers (docs/dns.md)
 
     @property
     def subnet_size(self) -> int:
@@ -177,6 +180,7 @@ class NetworkConfig:
                 "SubnetMax": str(self.subnet_max),
                 "Backend": self.backend.to_json(redact=redact),
                 **({"Topology": self.topology.to_json()} if self.topology.uses_gateways else {}),
+                **({"DNSZone": self.dns_zone} if self.dns_zone != DEFAULT_ZONE else {}),
             },
             indent=2,
             sort_keys=False,
@@ -352,6 +356,9 @@ def parse_config(text: str | bytes) -> NetworkConfig:
             f"Topology gateway mode needs Backend.Type {VXLAN_WIREGUARD!r} (VXLAN inside a "
             f"site, WireGuard between the gateways), not {backend.type!r}"
         )
+    zone = raw.get("DNSZone", DEFAULT_ZONE)
+    if not isinstance(zone, str):
+        raise ConfigError(f"DNSZone must be a string, got {quote(zone)}")
     return NetworkConfig(
         network=network,
         subnet_len=subnet_len,
@@ -359,6 +366,7 @@ def parse_config(text: str | bytes) -> NetworkConfig:
         subnet_max=subnet_max,
         backend=backend,
         topology=topology,
+        dns_zone=parse_zone(zone),
     )
 
 

@@ -21,12 +21,14 @@ from overlayd.values.errors import LeaseFormatError
 from overlayd.values.kernel_state import MacAddress
 from overlayd.values.lease_rules import (
     MAX_ADDRESSES,
+    MAX_DNS_NAMES,
     MAX_ENDPOINTS,
     MAX_RELAY_RTTS,
     MAX_SEEN,
     MAX_VALUE_BYTES,
     flannel_node_name,
     is_backend_type,
+    is_dns_name,
     is_label,
     is_node_id,
     relay_rtt_error,
@@ -112,6 +114,7 @@ class LeaseRecord:
     # ``seen``), and what we saw of peers behind NAT for them to collect (docs/nat.md)
     endpoints: NodeEndpoints = NodeEndpoints()
     seen: tuple[SeenEndpoints, ...] = ()
+    dns_names: tuple[str, ...] = ()  # aliases in the network's zone (docs/dns.md), sorted
 
     @property
     def overlay_ip(self) -> IPv4Address:
@@ -150,6 +153,8 @@ class LeaseRecord:
             }
         if self.seen:
             out["Seen"] = [_seen_json(s) for s in self.seen]
+        if self.dns_names:
+            out["DNSNames"] = list(self.dns_names)
         return json.dumps(out, sort_keys=True)
 
 
@@ -293,6 +298,21 @@ def _relay_rtts(value: Any) -> tuple[tuple[IPv4Network, int], ...]:
     return tuple(sorted(out, key=lambda item: (int(item[0].network_address), item[0].prefixlen)))
 
 
+def _dns_names(obj: dict[str, Any]) -> tuple[str, ...]:
+    """``DNSNames``: a list of at most ``MAX_DNS_NAMES`` DNS names (read lower-cased)."""
+    value = obj.get("DNSNames")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise LeaseFormatError(f"DNSNames must be a list, got {quote(value)}")
+    if len(value) > MAX_DNS_NAMES:
+        raise LeaseFormatError(f"DNSNames has {len(value)} items, at most {MAX_DNS_NAMES}")
+    for name in value:
+        if not isinstance(name, str) or not is_dns_name(name):
+            raise LeaseFormatError(f"DNSNames item {quote(name)} is not a DNS name")
+    return tuple(sorted({name.lower() for name in value}))
+
+
 def _str(obj: dict[str, Any], key: str, default: str) -> str:
     value = obj.get(key, default)
     if not isinstance(value, str):
@@ -382,4 +402,5 @@ def _record(subnet: IPv4Network, raw: dict[str, Any]) -> LeaseRecord:
         relay_rtts=_relay_rtts(raw.get("RelayRTTs")),
         endpoints=_endpoints(raw.get("Endpoints")),
         seen=_seen(raw.get("Seen")),
+        dns_names=_dns_names(raw),
     )

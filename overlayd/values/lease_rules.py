@@ -7,6 +7,7 @@ quoted in logs by every daemon. So (docs/etcd-schema.md, "Validation"):
   string and list is bounded, and what an error message quotes is truncated
   (``overlayd.runtime.logs.quote``);
 * ``Node`` and ``Site`` are DNS labels (``is_label``): they will be served as DNS names;
+  ``DNSNames`` (aliases) are DNS names (``is_dns_name``), at most ``MAX_DNS_NAMES``;
 * an underlay address (``PublicIP``, ``PrivateIPs``, ``PublicIPs``) that is loopback,
   unspecified, multicast, broadcast, reserved (240/4) or link-local refuses the **whole
   record** (``scope_error``), as does one inside the overlay network (``check_scope``,
@@ -45,6 +46,10 @@ MAX_SEEN = 16
 MAX_NODE_ID = 64
 MAX_BACKEND_TYPE = 32
 MAX_LABEL = 63
+MAX_DNS_NAMES = 16
+"""At most this many ``DNSNames`` (aliases) in one lease."""
+MAX_DNS_NAME = 200
+"""An alias's length limit: with the zone (and a trailing dot) it must fit DNS's 253."""
 
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _NODE_ID = re.compile(r"[A-Za-z0-9._-]*")
@@ -55,6 +60,11 @@ _BROADCAST = IPv4Address("255.255.255.255")
 def is_label(text: str) -> bool:
     """A DNS label: 1-63 of [A-Za-z0-9-], no leading or trailing hyphen."""
     return _LABEL.fullmatch(text) is not None
+
+
+def is_dns_name(text: str) -> bool:
+    """A relative DNS name (``peer0.org1``): dot-separated labels, at most ``MAX_DNS_NAME``."""
+    return 0 < len(text) <= MAX_DNS_NAME and all(is_label(p) for p in text.split("."))
 
 
 def is_node_id(text: str) -> bool:
@@ -155,6 +165,24 @@ def own_label(value: str, flag: str) -> str:
             hint="use 1-63 letters, digits and hyphens, not starting or ending with a hyphen",
         )
     return value
+
+
+def own_dns_names(values: Iterable[str], flag: str) -> tuple[str, ...]:
+    """The aliases given with ``flag``, lower-cased, sorted and without repeats, or a
+    ``ConfigError`` naming the flag (a bad name, or more than ``MAX_DNS_NAMES``)."""
+    names = set()
+    for value in values:
+        name = value.strip().rstrip(".").lower()
+        if not is_dns_name(name):
+            raise ConfigError(
+                f"{flag} {quote(value)} is not a DNS name",
+                hint="labels of 1-63 letters, digits and hyphens joined by dots, "
+                f"at most {MAX_DNS_NAME} characters, relative to the zone (e.g. peer0.org1)",
+            )
+        names.add(name)
+    if len(names) > MAX_DNS_NAMES:
+        raise ConfigError(f"at most {MAX_DNS_NAMES} {flag} names, got {len(names)}")
+    return tuple(sorted(names))
 
 
 def default_node_name(hostname: str) -> str:

@@ -57,14 +57,20 @@ def busybox_rootfs_tar() -> bytes:
 
 
 def overlay_conflist(
-    name: str, subnet_file: Path, data_dir: Path, lease_dir: Path | None = None
+    name: str,
+    subnet_file: Path,
+    data_dir: Path,
+    lease_dir: Path | None = None,
+    names_socket: Path | None = None,
 ) -> dict[str, Any]:
     """A conflist attaching containers through the ``overlay`` plugin, ``portmap`` chained
-    (as in packaging/cni), with the plugin's files at the given places."""
+    (as in packaging/cni), with the plugin's files at the given places; ``names_socket``:
+    the daemon's, for container names (default: none, names are not registered)."""
     overlay: dict[str, Any] = {
         "type": "overlay",
         "subnetFile": str(subnet_file),
         "dataDir": str(data_dir),
+        "namesSocket": str(names_socket) if names_socket is not None else "",
     }
     if lease_dir is not None:
         overlay["delegate"] = {"ipam": {"dataDir": str(lease_dir)}}
@@ -146,9 +152,13 @@ class PodmanHost:
         path.write_text(json.dumps(conflist, indent=2))
         return path
 
-    def run_container(self, name: str, network: str, *command: str) -> str:
-        """Start a detached container on ``network`` (default command: sleep); its ID."""
+    def run_container(
+        self, name: str, network: str, *command: str, options: Sequence[str] = ()
+    ) -> str:
+        """Start a detached container on ``network`` (default command: sleep; ``options``:
+        more ``podman run`` flags, e.g. ``--dns``); its ID."""
         argv = ["run", "-d", "--name", name, "--network", network, "--cap-add", "NET_RAW"]
+        argv += options
         proc = self.podman(*argv, IMAGE, *(command or ("sleep", "3600")))
         return proc.stdout.decode().strip()
 

@@ -136,6 +136,41 @@ class Node:
         raise AssertionError(f"no counter in {self.ns}")
 
 
+def podman_nodes(
+    stack: ExitStack, world: World, tmp_path: Path, *, names: bool = False
+) -> dict[str, Node]:
+    """overlayd (``--ip-masq``) on a1 and b1 of ``world`` and podman with an overlay network
+    on both, torn down by ``stack``; ``names``: the plugin registers container names with
+    the daemons (docs/dns.md)."""
+    # plain VXLAN: the test counts the peer's packets arriving on the VXLAN device
+    init = ns_run(world.host("a1").ns.name, str(BIN / "overlayctl"),
+                  "--etcd-endpoints", world.etcd_endpoint,
+                  "network", "init", "--network", str(NETWORK), "--backend", "vxlan",
+                  check=False)  # fmt: skip
+    assert init.returncode == 0, f"overlayctl network init: {init.stdout}{init.stderr}"
+    daemons = {n: OverlaydProc(world, world.host(n), extra=("--ip-masq",)) for n in HOSTS}
+    for daemon in daemons.values():
+        stack.callback(daemon.kill9)
+        daemon.start()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    build_zipapp(bin_dir / "overlay")
+    network = f"ovcni-e2e-{secrets.token_hex(3)}"
+    result: dict[str, Node] = {}
+    for name, daemon in daemons.items():
+        podman = stack.enter_context(PodmanHost(daemon.ns, (bin_dir, SYSTEM_CNI_BIN)))
+        result[name] = Node(name, daemon, podman, tmp_path / name, network)
+    with ThreadPoolExecutor(len(result)) as pool:  # the imports take a second each
+        list(pool.map(lambda node: node.podman.import_image(), result.values()))
+    for node in result.values():
+        node.daemon.wait_ready()
+        sock = node.daemon.names_socket if names else None
+        node.podman.add_network(
+            overlay_conflist(network, node.daemon.subnet_file, node.cache_dir, node.lease_dir, sock)
+        )
+    return result
+
+
 @pytest.fixture
 def nodes(prefix_factory: Callable[[], str], tmp_path: Path) -> Iterator[dict[str, Node]]:
     """The world, overlayd on a1 and b1, podman with the overlay network on both.
@@ -146,32 +181,7 @@ def nodes(prefix_factory: Callable[[], str], tmp_path: Path) -> Iterator[dict[st
     with ExitStack() as stack:
         world: World = build_multicloud_world(prefix_factory(), workdir=tmp_path / "world")
         stack.callback(destroy, world)
-        # plain VXLAN: the test counts the peer's packets arriving on the VXLAN device
-        init = ns_run(world.host("a1").ns.name, str(BIN / "overlayctl"),
-                      "--etcd-endpoints", world.etcd_endpoint,
-                      "network", "init", "--network", str(NETWORK), "--backend", "vxlan",
-                      check=False)  # fmt: skip
-        assert init.returncode == 0, f"overlayctl network init: {init.stdout}{init.stderr}"
-        daemons = {n: OverlaydProc(world, world.host(n), extra=("--ip-masq",)) for n in HOSTS}
-        for daemon in daemons.values():
-            stack.callback(daemon.kill9)
-            daemon.start()
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
-        build_zipapp(bin_dir / "overlay")
-        network = f"ovcni-e2e-{secrets.token_hex(3)}"
-        result: dict[str, Node] = {}
-        for name, daemon in daemons.items():
-            podman = stack.enter_context(PodmanHost(daemon.ns, (bin_dir, SYSTEM_CNI_BIN)))
-            result[name] = Node(name, daemon, podman, tmp_path / name, network)
-        with ThreadPoolExecutor(len(result)) as pool:  # the imports take a second each
-            list(pool.map(lambda node: node.podman.import_image(), result.values()))
-        for node in result.values():
-            node.daemon.wait_ready()
-            node.podman.add_network(
-                overlay_conflist(network, node.daemon.subnet_file, node.cache_dir, node.lease_dir)
-            )
-        yield result
+        yield podman_nodes(stack, world, tmp_path)
 
 
 def container_pings(src: Node, dst: IPv4Address, count: int = 1) -> bool:

@@ -43,16 +43,22 @@ class FakeHost:
     nft: list[str] = field(default_factory=list)
     notified: list[str] = field(default_factory=list)
     forwarding: int = 0
+    routed: list[tuple[int, IPv4Address, tuple[str, ...]]] = field(default_factory=list)
 
     def host(self) -> Host:
         def forward() -> None:
             self.forwarding += 1
+
+        def route(ifindex: int, server: IPv4Address, domains: tuple[str, ...]) -> bool:
+            self.routed.append((ifindex, server, domains))
+            return True
 
         return Host(
             run_nft=self.nft.append,
             read_nft=lambda family, table: None,
             notify=self.notified.append,
             enable_forwarding=forward,
+            route_zone=route,
         )
 
 

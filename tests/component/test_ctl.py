@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import pytest
 
 from overlayd.values.config import parse_config
 from overlayd.values.errors import ConfigMissingError
 from overlayd.values.gateway_state import GatewayClaim, HealthReport
-from tests.builders import record
+from tests.builders import node_lease, record
 from tests.component.ctl import Ctl, sync
 
 LEASES_HEADER = ["SUBNET", "NODE", "SITE", "PUBLIC/UNDERLAY", "BACKEND", "TTL"]
@@ -351,3 +352,45 @@ def test_plan_default_backend_zero_and_many_peers(ctl: Ctl) -> None:
     assert "route 10.244.2.0/24 via 10.244.2.0 onlink" in out  # same site: VXLAN
     doc = json.loads(ctl("plan", "--node", "a", "-o", "json").stdout)
     assert doc["node"] == "a"
+
+
+# -- names (overlayctl names; docs/dns.md) --------------------------------------------
+
+
+def test_names_lists_resolves_and_warns_about_conflicts() -> None:
+    ctl = Ctl()
+    ctl.init("--dns-zone", "Corp.Internal")
+    ctl.lease(node_lease(1, "192.0.2.1", site="aws", dns_names=("web",)))
+    ctl.lease(node_lease(2, "192.0.2.2", dns_names=("web",)))
+    listing = json.loads(ctl("names", "-o", "json").stdout)
+    assert {"name": "web.corp.internal", "address": "10.244.1.0", "kind": "alias",
+            "node": "node1"} in listing  # fmt: skip
+    assert [row["name"] for row in listing] == sorted(row["name"] for row in listing)
+    table = ctl("names")
+    assert "node1.aws.corp.internal" in table.stdout
+    assert "warning: web.corp.internal is claimed by 'node1' and 'node2'" in table.stderr
+    assert ctl("names", "resolve", "node2").stdout == "10.244.2.0\n"
+    assert ctl("names", "resolve", "node1.aws.corp.internal.").stdout == "10.244.1.0\n"
+    assert ctl("names", "resolve", "10.244.2.0").stdout == "node2.corp.internal\n"
+    missing = ctl("names", "resolve", "nobody", code=1)
+    assert "NXDOMAIN" in missing.stderr and "hint:" in missing.stderr
+
+
+def test_names_of_an_empty_network_and_a_bad_zone() -> None:
+    ctl = Ctl()
+    ctl.init()
+    assert json.loads(ctl("names", "-o", "json").stdout) == []
+    assert "NAME" in ctl("names").stdout
+    bad = Ctl()
+    out = bad("network", "init", "--network", "10.244.0.0/16", "--dns-zone", "a..b", code=2)
+    assert "DNSZone" in out.stderr or "DNSZone" in out.stdout
+
+
+def test_names_cleanup_removes_only_our_block(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n# BEGIN overlayd overlay.internal\n"
+                     "10.244.1.0 a\n# END overlayd overlay.internal\n::1 localhost6\n")  # fmt: skip
+    out = Ctl()("names", "cleanup", "--hosts-file", str(hosts))
+    assert out.stdout.startswith("removed")
+    assert hosts.read_text() == "127.0.0.1 localhost\n::1 localhost6\n"
+    assert Ctl()("names", "cleanup", "--hosts-file", str(hosts)).stdout.startswith("no block")

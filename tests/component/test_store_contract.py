@@ -12,19 +12,20 @@ import dataclasses
 import os
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from itertools import count
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 import pytest
 
-from overlayd.store.api import EventKind, LeaseEvent, Store, WatchBatch
+from overlayd.store.api import EventKind, LeaseEvent, NameTable, Store, WatchBatch
 from overlayd.store.etcd import EtcdSettings, EtcdStore
 from overlayd.store.memory import MemStore
 from overlayd.store.memory_kv import ManualClock
 from overlayd.values.errors import ConfigError, ConfigMissingError, StoreError
 from overlayd.values.gateway_state import GatewayClaim, GatewayState, HealthReport
+from overlayd.values.names import ContainerName
 from tests.builders import config, record
 from tests.lab.etcd import ETCD, ETCDCTL, EtcdServer
 
@@ -512,3 +513,42 @@ def test_control_request_put_watch_and_acknowledge(backend: Backend) -> None:
             await aclose(gen)
 
     run(backend, body)
+
+
+# -- container names (docs/dns.md) -------------------------------------------------------
+
+
+def test_container_names_put_delete_watch_and_go_with_their_lease(backend: Backend) -> None:
+    subnet = IPv4Network("10.244.3.0/24")
+    web = ContainerName(subnet, "c1", "web", IPv4Address("10.244.3.5"))
+    db = ContainerName(subnet, "c2", "db", IPv4Address("10.244.3.6"))
+
+    async def body(store: Store) -> None:
+        gen = store.watch_names()
+        try:
+            assert (await next_batch(gen)).names == ()
+            lease = await store.grant(TTL)
+            await store.put_name(web, lease)
+            await store.put_name(db, lease)
+            table = await table_where(gen, lambda t: len(t.names) == 2)
+            assert table.names == (web, db) and table.errors == ()  # sorted by key
+            assert (await store.list_names()).names == (web, db)
+            assert await store.delete_name(subnet, "c2") is True
+            assert await store.delete_name(subnet, "c2") is False
+            assert (await table_where(gen, lambda t: len(t.names) == 1)).names == (web,)
+            await backend.put_raw(f"{backend.prefix}/names/10.244.3.0-24/bad", "{")
+            table = await table_where(gen, lambda t: bool(t.errors))
+            assert table.names == (web,) and table.errors[0][0] == "10.244.3.0-24/bad"
+            await store.revoke(lease)  # the node's lease goes: its names with it
+            assert (await table_where(gen, lambda t: not t.names)).names == ()
+        finally:
+            await aclose(gen)
+
+    run(backend, body)
+
+
+async def table_where(gen: AsyncIterator[NameTable], ok: Callable[[NameTable], bool]) -> NameTable:
+    while True:
+        table = await next_batch(gen)
+        if ok(table):
+            return table

@@ -170,6 +170,7 @@ class World:
             "--site", host.site,
             "--state-dir", str(home / "state"),
             "--subnet-file", str(home / "subnet.env"),
+            "--names-socket", str(home / "names.sock"),
         ]  # fmt: skip
         if public_ip and host.public is not None and host.public != host.ip:
             argv += ["--public-ip", str(host.public)]
