@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from overlayd.agent.lease_fold import LeaseFold
@@ -83,8 +83,9 @@ class NameService:
         # our registrations, by container id: published again under each new etcd lease
         saved = load_names(opts.saved) if opts.saved is not None else []
         self._local: dict[str, ContainerName] = {n.container_id: n for n in saved}
-        self._published: tuple[int, object] | None = None  # (lease id, subnet) published under
+        self._published: tuple[int, IPv4Network] | None = None  # (etcd lease, subnet) used
         self._overlay: IPv4Address | None = None
+        self._bind_error: str | None = None  # the last one said (once, not every resync)
 
     @property
     def zone(self) -> Zone | None:
@@ -126,9 +127,12 @@ class NameService:
                 await self.server.unbind(self._overlay)
             try:
                 await self.server.bind(address, port)
-                self._overlay = address
+                self._overlay, self._bind_error = address, None
             except OSError as exc:  # retried when the devices are configured again
-                log.error("cannot listen for DNS on %s:%d: %s", address, port, exc.strerror)
+                error = f"cannot listen for DNS on {address}:{port}: {exc.strerror}"
+                if error != self._bind_error:
+                    log.error("%s", error)
+                self._bind_error = error
         if port == DNS_PORT and self._overlay == address:
             await self._route(ifindex, address)
         if self._published != (held.lease_id, held.record.subnet):
