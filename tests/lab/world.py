@@ -351,6 +351,22 @@ def remove_dead_wireguard_sockets() -> list[Path]:
     return removed
 
 
+def remasquerade(world: World, site: str, *, random_ports: bool) -> None:
+    """Switch ``site``'s masquerading router to random ports (a symmetric NAT) or back to
+    port-preserving masquerade, and forget its mappings (``conntrack -F``), as a NAT that
+    was replaced would."""
+    router = world.router(site)
+    if router.nat == "one-to-one":
+        raise ValueError(f"{site}'s router is a 1:1 NAT, not a masquerade")
+    lan = world.site_hosts(site)[0].address.network
+    flags = " random" if random_ports else ""
+    router.ns.sh(
+        f"nft flush chain ip {NFT_TABLE} nat_post && "
+        f"nft add rule ip {NFT_TABLE} nat_post oifname {router.outside_if} "
+        f"ip saddr {lan} masquerade{flags} && conntrack -F"
+    )
+
+
 def _nat_rules(router: Router, lan: IPv4Network, hosts: Sequence[Host]) -> str:
     """nftables table ``lab`` for ``router``: NAT, an inbound guard and the hairpin counter.
 
