@@ -1,16 +1,20 @@
 """Issue 11, relays: two masquerade-only clouds and one public host (the relay).
 
-The world is ``build_multicloud_world(nat_a="masquerade", nat_b=...)``: a1, a2 behind
-cloud A's masquerade, b1 behind cloud B's (port-preserving, or with random ports), and the
-bare host with a public address on its interface, which relays by default. a1 and b1
-cannot reach each other directly (this branch punches no holes), so after the grace time
-both route the pair through the bare host over WireGuard on both legs:
+The world is ``build_multicloud_world(nat_a="masquerade", nat_b="masquerade-random")``:
+a1, a2 behind cloud A's masquerade, b1 behind cloud B's masquerade with random ports (a
+symmetric NAT, which defeats hole punching), and the bare host with a public address on
+its interface, which relays by default. a1 and b1 cannot reach each other directly, so
+after the grace time both route the pair through the bare host over WireGuard on both
+legs:
 
 * the full overlay matrix pings; ``overlayctl peers`` on a1 and b1 says ``via relay bare``,
   and the pair's packets cross the relay (an nftables counter in its forward hook);
 * 50 MB go from a1 to b1 over TCP through the relay;
 * on the internet, nothing of the overlay crosses in clear: a capture on the internet's
   bridge sees no packet with an overlay address and no VXLAN while the pair works;
+* with port-preserving masquerade on both sides, the full matrix of a1, a2, b1 and bare
+  pings, every cross-site pair punched or relayed (which pairs punch depends on which
+  host's ports the NAT kept, docs/nat.md);
 * the gateway topology with both clouds masquerade-only: the gateways go through the
   relay, and the whole matrix (members included) pings;
 * with two relays (``more_public=1``): when the pair's relay stops forwarding (but still
@@ -55,9 +59,8 @@ COUNTERS = "ovrelay"
 
 @pytest.fixture(
     params=[
-        ("wireguard", "masquerade"),
-        ("vxlan+wireguard", "masquerade"),
         ("wireguard", "masquerade-random"),
+        ("vxlan+wireguard", "masquerade-random"),
     ],
     ids=lambda p: f"{p[0]}-{p[1]}",
 )
@@ -117,6 +120,23 @@ def _state(daemons: dict[str, OverlaydProc]) -> str:
         routes = ns_run(d.ns, "ip", "route", "show", "dev", dev, check=False).stdout
         parts.append(f"--- {name}:\n{wg}{routes}{d.log()[-2500:]}")
     return "\n".join(parts)
+
+
+@pytest.mark.parametrize("backend", ["wireguard", "vxlan+wireguard"])
+def test_both_masquerade_full_matrix_punched_or_relayed(
+    backend: str, prefix: str, tmp_path: Path
+) -> None:
+    with multicloud_world(
+        prefix, nat_a="masquerade", nat_b="masquerade", workdir=tmp_path / "world"
+    ) as world:
+        init_network(world, backend, NETWORK)
+        with running(world, HOSTS) as daemons:
+            full_matrix(daemons, timeout=RELAY_TIMEOUT)
+            for a in ("a1", "a2"):
+                for src, dst in ((daemons[a], daemons["b1"]), (daemons["b1"], daemons[a])):
+                    peer = src.peers()[dst.node]
+                    how = (peer["kind"], peer.get("relay"))
+                    assert how in (("punched", None), ("none", "bare")), (src.node, dst.node, how)
 
 
 def test_nat_pair_goes_through_the_relay(world: World, daemons: dict[str, OverlaydProc]) -> None:
