@@ -11,8 +11,8 @@ world each, as scripts/bench_join.py does):
    daemon has dropped it, it joins afresh (new state dir: a new node, key and lease); the
    figure is the time from its start until it has had a reply from every other host and
    every other host one from it.
-3. idle: the highest CPU (over ``--idle`` seconds) and RSS of the six daemons once the
-   matrix is full
+3. idle: the highest CPU (over ``--idle`` seconds, ``--settle`` seconds after the matrix
+   is full: start-up's own work is not idle) and RSS of the six daemons
    (wireguard-go runs in its own process and is not counted).
 
 Daemons run with ``--debug``, so each one's start-up phases (overlayd/runtime/phases.py)
@@ -123,8 +123,10 @@ def rss_mb(pid: int) -> float:
     return int(found.group(1)) / 1024 if found else -1.0
 
 
-def idle(daemons: list[OverlaydProc], seconds: float) -> tuple[float, float]:
-    """The daemons' highest idle CPU (% of a core over ``seconds``) and highest RSS (MB)."""
+def idle(daemons: list[OverlaydProc], settle: float, seconds: float) -> tuple[float, float]:
+    """The daemons' highest idle CPU (% of a core over ``seconds``, after ``settle``) and
+    highest RSS (MB)."""
+    time.sleep(settle)
     pids = [d.proc.pid for d in daemons if d.proc is not None]
     c0, w0 = {p: cpu_seconds(p) for p in pids}, time.monotonic()
     time.sleep(seconds)
@@ -163,7 +165,9 @@ def _forgot(d: OverlaydProc, node: str) -> bool:
     return node not in d.peers()
 
 
-def one_run(backend: str, newcomer: str, index: int, idle_s: float, flags: tuple[str, ...]) -> Run:
+def one_run(
+    backend: str, newcomer: str, index: int, idle_s: tuple[float, float], flags: tuple[str, ...]
+) -> Run:
     """One fresh world: the start of all six, idle, then the newcomer's fresh join."""
     world = build_multicloud_world(f"ovbs{index}-")
     daemons: dict[str, OverlaydProc] = {}
@@ -172,7 +176,7 @@ def one_run(backend: str, newcomer: str, index: int, idle_s: float, flags: tuple
         t0 = time.time()
         daemons = start_all(world, [h.name for h in world.hosts], flags)
         matrix = time_pairs(t0, daemons.values(), daemons.values(), 60)
-        cpu, rss = idle(list(daemons.values()), idle_s)
+        cpu, rss = idle(list(daemons.values()), *idle_s)
         # the newcomer leaves for good (host killed, lease revoked) and a new one joins
         kill_host(daemons, newcomer)
         ctl = [str(BIN / "overlayctl"), "--etcd-endpoints", world.etcd_endpoint]
@@ -198,6 +202,7 @@ def main() -> int:
     parser.add_argument("--backend", action="append", choices=BACKENDS)
     parser.add_argument("--newcomer", default="a3", help="the host that joins last")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measured")
+    parser.add_argument("--settle", type=float, default=15.0, help="seconds before idle")
     parser.add_argument(
         "--no-debug", action="store_true", help="daemons without --debug (no phases logged)"
     )
@@ -208,7 +213,7 @@ def main() -> int:
         rows = []
         for i in range(args.runs):
             flags = () if args.no_debug else ("--debug",)
-            row = one_run(backend, args.newcomer, i, args.idle, flags)
+            row = one_run(backend, args.newcomer, i, (args.settle, args.idle), flags)
             rows.append(row)
             print(json.dumps({"backend": backend, **asdict(row)}), flush=True)
         for key in ("matrix_s", "join_s", "idle_cpu_pct", "rss_mb"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -154,7 +153,9 @@ class Daemon:
         serving = None
         if self.opts.healthz_port:
             health.listen()  # now: a port another overlayd holds ends us before any change
-            serving = asyncio.create_task(self._serve_health(health))
+            # served once the first pass has run, or after HEALTH_DEFER seconds of a start-up
+            # that waits (for its config, a lease): the daemon is alive
+            serving = asyncio.create_task(health.serve_after(self._first_pass, HEALTH_DEFER))
         main = asyncio.create_task(self._main())
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -202,15 +203,6 @@ class Daemon:
             if run.cfg.backend.uses_wireguard:
                 tasks.create_task(self._watch_wireguard_endpoints())
             tasks.create_task(self.reconcile_loop())
-
-    async def _serve_health(self, health: HealthServer) -> None:
-        """Answer on the status port (bound since the start) once the first pass has run, or
-        after ``HEALTH_DEFER`` seconds of a start-up that waits (for its config, a lease): it
-        is alive. aiohttp is imported on a thread, so the loop keeps answering probes."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_pass.wait(), HEALTH_DEFER)
-        await asyncio.to_thread(importlib.import_module, "aiohttp.web")
-        await health.serve()
 
     async def _watch_wireguard_endpoints(self) -> None:
         """What our WireGuard device learned of its peers' endpoints, every

@@ -16,6 +16,8 @@ port taken fails at once and early clients wait in the backlog; ``serve`` answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import json
 import logging
 import socket
@@ -154,6 +156,14 @@ class HealthServer:
         self._guard = ConnectionGuard(limits, self._trouble)
         for address in list(self._sockets):
             await self._attach(address)
+
+    async def serve_after(self, ready: asyncio.Event, at_most: float) -> None:
+        """``serve`` once ``ready`` is set, or after ``at_most`` seconds; aiohttp is imported
+        on a thread meanwhile, so the event loop keeps doing the work that matters."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), at_most)
+        await asyncio.to_thread(importlib.import_module, "aiohttp.web")
+        await self.serve()
 
     async def follow_overlay(self, address: IPv4Address, network: IPv4Network) -> None:
         """With ``--healthz-ip overlay``: listen on this node's overlay ``address`` (once it
