@@ -209,6 +209,8 @@ class Daemon:
         ``WIREGUARD_SEEN_INTERVAL``: the path keeper publishes those of peers behind NAT."""
         while True:
             await asyncio.sleep(WIREGUARD_SEEN_INTERVAL)
+            if not self.paths.nat_peers():
+                continue  # nothing to learn: no device read (an idle daemon stays idle)
             with contextlib.suppress(OverlaydError):  # not set up (yet): the loop repairs it
                 self.paths.wireguard_seen(await self.dp.wireguard_endpoints())
 

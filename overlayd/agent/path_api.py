@@ -80,6 +80,10 @@ class PathKeeping(Protocol):
     def wireguard_seen(self, endpoints: Mapping[PublicKey, Endpoint]) -> None:
         """The endpoints our WireGuard device learned from its peers' handshakes."""
 
+    def nat_peers(self) -> bool:
+        """Whether a peer of another site sits behind NAT: only then do the endpoints our
+        WireGuard device learned matter (``wireguard_seen``), so only then are they read."""
+
     def observed(
         self, me: LeaseRecord, peers: Mapping[IPv4Network, LeaseRecord]
     ) -> tuple[NodeEndpoints, tuple[SeenEndpoints, ...]]:

@@ -106,6 +106,7 @@ class PathKeeper:
         self._targets: dict[IPv4Network, PeerTarget] = {}
         self._targets_changed = False
         self._wireguard_seen: dict[IPv4Network, Endpoint] = {}  # our device's learned ones
+        self._natted: set[IPv4Network] = set()  # peers of other sites behind NAT
         self.paths: dict[IPv4Network, PeerPath] = {}
         self._pathless: dict[IPv4Network, str] = {}  # peers with no path: why
         self._pace = pace or PaceParams()
@@ -170,6 +171,10 @@ class PathKeeper:
                 peer.site,
                 peer.probe_port,
             )
+        if peer is not None and peer.site != me.site and behind_nat(peer):
+            self._natted.add(subnet)
+        else:
+            self._natted.discard(subnet)
         if self._base.get(subnet) != target:
             if target is None:
                 self._base.pop(subnet, None)
@@ -331,6 +336,9 @@ class PathKeeper:
         if seen != self._wireguard_seen:
             self._wireguard_seen = seen
             self._changed(None)
+
+    def nat_peers(self) -> bool:
+        return bool(self._natted)
 
     def observed(
         self, me: LeaseRecord, peers: Mapping[IPv4Network, LeaseRecord]

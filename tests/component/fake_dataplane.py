@@ -64,6 +64,7 @@ class FakeDataPlane:
     monitors: dict[int, Callable[[list[KernelEvent] | None], None]] = field(default_factory=dict)
     writes: list[str] = field(default_factory=list)
     dumps: int = 0
+    endpoint_reads: int = 0  # reads of the endpoints the WireGuard device learned
 
     def preload(self, ifindex: int, state: KernelState) -> None:
         """Entries a device holds before the daemon starts (a previous run's)."""
@@ -126,6 +127,7 @@ class FakeDataPlane:
         return changes
 
     async def wireguard_endpoints(self) -> dict[PublicKey, Endpoint]:
+        self.endpoint_reads += 1
         learned = {k: p.endpoint for k, p in self.wg_peers.items() if p.endpoint is not None}
         return {**learned, **self.wg_learned}
 

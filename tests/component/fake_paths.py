@@ -38,6 +38,7 @@ class FakePaths:
         self.endpoints = NodeEndpoints()  # "peers of other sites saw our sockets at"
         self.seen: tuple[SeenEndpoints, ...] = ()  # "we saw peers behind NAT at"
         self.wireguard_learned: list[dict[PublicKey, Endpoint]] = []  # as the daemon read them
+        self.natted = True  # "a peer of another site is behind NAT"
         self._paths: dict[IPv4Network, PeerPath] = {}
         self._verified: dict[IPv4Network, float] = {}  # set by ``verify``: peer -> RTT (ms)
         self._on_change: Callable[[IPv4Network | None], None] | None = None
@@ -112,6 +113,9 @@ class FakePaths:
 
     def wireguard_seen(self, endpoints: Mapping[PublicKey, Endpoint]) -> None:
         self.wireguard_learned.append(dict(endpoints))
+
+    def nat_peers(self) -> bool:
+        return self.natted
 
     def observed(
         self, me: LeaseRecord, peers: Mapping[IPv4Network, LeaseRecord]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from overlayd.agent.daemon import WIREGUARD_SEEN_INTERVAL
 from overlayd.store.api import DEFAULT_PREFIX, StoreKeys
 from overlayd.store.memory import MemStore
 from overlayd.values.keys import PublicKey
@@ -59,6 +60,26 @@ def test_the_wireguard_device_endpoints_reach_the_path_keeper(tmp_path: Path) ->
             await until(learned, "the learned endpoint handed to the path keeper")
 
     asyncio.run(body())
+
+
+def test_without_peers_behind_nat_the_device_endpoints_are_not_read(tmp_path: Path) -> None:
+    async def body() -> None:
+        store, dp, paths = MemStore(), FakeDataPlane(), FakePaths()
+        paths.natted = False  # every peer has a public address of its own
+        await add_peer(store, 9, site="b", backend_type="wireguard", public_key=wg_key(9),
+                       wireguard_port=51820)  # fmt: skip
+        cfg = config(Network=NETWORK, Backend={"Type": "wireguard"})
+        async with agent(tmp_path, store=store, dp=dp, paths=paths, cfg=cfg):
+            await asyncio.sleep(2.5 * WIREGUARD_SEEN_INTERVAL)
+            assert dp.endpoint_reads == 0
+            paths.natted = True  # a peer behind NAT appeared
+            await until(lambda: _read(dp), "the device's endpoints read")
+
+    asyncio.run(body())
+
+
+async def _read(dp: FakeDataPlane) -> bool:
+    return dp.endpoint_reads > 0
 
 
 def _lease_is(
