@@ -152,7 +152,7 @@ def test_failover_of_a_peer_carrying_traffic(
     assert probing(a1)["b1"] == "idle"  # no traffic there
     block = drop_between(a1.host.ns, a2_private)
     # the ping's losses measure the failover; polling /peers through overlayctl is slower
-    took = wait_until(lambda: a1.peers()["a2"]["address"] == str(a2_public), 10, "failover")
+    took = wait_until(lambda: a1.peers()["a2"]["address"] == str(a2_public), 20, "failover")
     time.sleep(1)
     sent, received = bg.stop()
     lost_seconds = (sent - received) * 0.05
