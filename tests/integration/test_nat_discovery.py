@@ -37,7 +37,7 @@ from tests.daemons import (
 )
 from tests.lab.netns import Namespace
 from tests.lab.services import turnserver_available
-from tests.lab.world import World, build_multicloud_world, counter_packets, destroy, ping
+from tests.lab.world import World, counter_packets, multicloud_world, ping
 
 pytestmark = pytest.mark.root
 HOSTS = ("a1", "a2", "a3", "b1", "b2")
@@ -69,15 +69,12 @@ def make_world(
         stun: bool = False,
         colliding: bool = False,
     ) -> Iterator[World]:
-        w = build_multicloud_world(
+        with multicloud_world(
             prefix_factory(), public_host=False, metadata=metadata, stun=stun,
             colliding=colliding, workdir=tmp_path_factory.mktemp("natdisc"),
-        )  # fmt: skip
-        try:
+        ) as w:  # fmt: skip
             init_network(w, backend)
             yield w
-        finally:
-            destroy(w)
 
     return make
 

@@ -37,7 +37,7 @@ from tests.integration.test_wireguard_backend import (
     internet,
     marked_pings,
 )
-from tests.lab.world import NatMode, World, build_multicloud_world, counter_packets, destroy
+from tests.lab.world import NatMode, World, counter_packets, multicloud_world
 
 pytestmark = pytest.mark.root
 BACKENDS = ("wireguard", "vxlan+wireguard")
@@ -63,15 +63,12 @@ def make_world(
         public_host: bool,
         metadata: dict[str, str] | None = None,
     ) -> Iterator[World]:
-        w = build_multicloud_world(
+        with multicloud_world(
             prefix_factory(), nat_a=nat_a, nat_b=nat_b, public_host=public_host,
             metadata=metadata, workdir=tmp_path_factory.mktemp("punch"),
-        )  # fmt: skip
-        try:
+        ) as w:  # fmt: skip
             init_network(w, backend)
             yield w
-        finally:
-            destroy(w)
 
     return make
 
