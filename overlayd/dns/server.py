@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -31,6 +32,21 @@ class TcpLimits:
 
 
 DEFAULT_TCP = TcpLimits()
+UDP_RCVBUF = 1 << 20
+"""Bytes of receive buffer asked for the UDP socket (the kernel doubles it): a pause of
+the event loop (a garbage collection, a reconcile pass of thousands of peers) is absorbed
+instead of dropping queries. The default buffer (~200 KiB) holds about 300 small
+datagrams: 60 ms at 5,000 queries/s."""
+SO_RCVBUFFORCE = 33  # Linux (asm-generic/socket.h); the socket module does not name it
+
+
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    """``UDP_RCVBUF`` for ``sock``: beyond ``net.core.rmem_max`` as root (the daemon), else
+    as much as that limit allows."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_RCVBUF)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -79,8 +95,16 @@ class DnsServer:
 
     async def _bind(self, address: IPv4Address, port: int) -> None:
         loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            _grow_receive_buffer(sock)
+            sock.bind((str(address), port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self._responder.respond), local_addr=(str(address), port)
+            lambda: _Udp(self._responder.respond), sock=sock
         )
         port = int(transport.get_extra_info("sockname")[1])
         try:

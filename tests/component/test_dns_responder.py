@@ -166,6 +166,38 @@ async def test_a_bounded_flood_does_not_stop_it_answering() -> None:
         assert responder.counters.queries > 0
 
 
+BURST = 2000
+"""Queries sent while the event loop is held: the default receive buffer (~200 KiB) holds
+about 300 of them, the responder's (``UDP_RCVBUF``) all."""
+
+
+def count_replies(sock: socket.socket, expected: int) -> int:
+    """Replies ``sock`` receives until ``expected`` came or none came for a second."""
+    sock.settimeout(1.0)
+    got = 0
+    with contextlib.suppress(TimeoutError):
+        while got < expected:
+            sock.recv(65535)
+            got += 1
+    return got
+
+
+@synchronous
+async def test_a_pause_of_the_event_loop_loses_no_query() -> None:
+    # a burst that arrives while the loop is busy (a garbage collection, a reconcile pass of
+    # thousands of peers) waits in the socket's buffer instead of being dropped
+    query = dns.message.make_query("node1.overlay.internal", "A").to_wire()
+    async with serving() as (responder, port):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.bind((str(LOOPBACK), 0))
+            counting = asyncio.create_task(asyncio.to_thread(count_replies, client, BURST))
+            await asyncio.sleep(0.05)  # the counting thread is reading
+            for _ in range(BURST):  # sent from the loop's thread: the responder reads after
+                client.sendto(query, (str(LOOPBACK), port))
+            assert await counting == BURST
+        assert responder.counters.queries == BURST
+
+
 @synchronous
 async def test_tcp_connections_are_capped_and_slow_ones_cut() -> None:
     limits = TcpLimits(max_connections=2, idle=0.3)
