@@ -96,18 +96,27 @@ def test_wireguard_counters_by_peer_key() -> None:
     assert all(p.idle_for is None for p in found.values())
 
 
-def test_path_keeper_paces_by_traffic(tmp_path: Path) -> None:
+def _keeper_with_peers(
+    tmp_path: Path, pace: PaceParams, last: int
+) -> tuple[PathKeeper, dict[IPv4Network, LeaseRecord]]:
+    """A path keeper (not started) holding peers 2 .. ``last``, their paths computed."""
     me = record("10.244.1.0/24", node="self", node_id="id1", n=1, public_key=wg_key(1))
-    key = NodeKey.load_or_create(tmp_path)
-    keeper = PathKeeper(key, ProbeConfig(port=0, bind=LOOPBACK), pace=PaceParams(change_hold=0.0))
+    keeper = PathKeeper(
+        NodeKey.load_or_create(tmp_path), ProbeConfig(port=0, bind=LOOPBACK), pace=pace
+    )
     others = {}
-    for n in range(2, 5):
+    for n in range(2, last + 1):
         public = PrivateKey.generate().public_key().base64
         rec = record(f"10.244.{n}.0/24", node=f"peer{n}", node_id=f"id{n}", n=n,
                      public_key=public, probe_port=8473)  # fmt: skip
         others[rec.subnet] = rec
         keeper.lease_changed(me, rec.subnet, rec)
     keeper.recompute(me, others, others)
+    return keeper, others
+
+
+def test_path_keeper_paces_by_traffic(tmp_path: Path) -> None:
+    keeper, others = _keeper_with_peers(tmp_path, PaceParams(change_hold=0.0), 4)
     busy = IPv4Network("10.244.3.0/24")
     keeper.note_traffic({busy: PeerSample(idle_for=0.0)})
     probing = {r.node: r.to_json()["probing"] for r in keeper.report(others, {})}
@@ -117,18 +126,6 @@ def test_path_keeper_paces_by_traffic(tmp_path: Path) -> None:
 
 
 def test_new_and_changed_peers_are_probed_fast(tmp_path: Path) -> None:
-    me = record("10.244.1.0/24", node="self", node_id="id1", n=1, public_key=wg_key(1))
-    keeper = PathKeeper(
-        NodeKey.load_or_create(tmp_path), ProbeConfig(port=0, bind=LOOPBACK),
-        pace=PaceParams(change_hold=3600.0),
-    )  # fmt: skip
-    others = {}
-    for n in range(2, 4):
-        public = PrivateKey.generate().public_key().base64
-        rec = record(f"10.244.{n}.0/24", node=f"peer{n}", node_id=f"id{n}", n=n,
-                     public_key=public, probe_port=8473)  # fmt: skip
-        others[rec.subnet] = rec
-        keeper.lease_changed(me, rec.subnet, rec)
-    keeper.recompute(me, others, others)
+    keeper, others = _keeper_with_peers(tmp_path, PaceParams(change_hold=3600.0), 3)
     keeper.note_traffic({})
     assert {r.node: r.idle for r in keeper.report(others, {})} == {"peer2": False, "peer3": False}
