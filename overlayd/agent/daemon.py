@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network
@@ -51,7 +51,9 @@ from overlayd.store.api import Store
 from overlayd.store.lease_keeper import HeldLease, LeaseKeeper
 from overlayd.values.config import NetworkConfig
 from overlayd.values.errors import ConfigMissingError, OverlaydError
+from overlayd.values.keys import PublicKey
 from overlayd.values.paths import is_site_local
+from overlayd.values.wireguard import WgPeerState
 
 log = logging.getLogger("overlayd")
 HEALTH_DEFER = 2.0  # seconds: the status port's aiohttp is not a start-up cost (status.py)
@@ -201,18 +203,23 @@ class Daemon:
             if self.discovery is not None:
                 tasks.create_task(self._discover(self.discovery, run))
             if run.cfg.backend.uses_wireguard:
-                tasks.create_task(self._watch_wireguard_endpoints())
+                tasks.create_task(self._watch_wireguard(run))
             tasks.create_task(self.reconcile_loop())
 
-    async def _watch_wireguard_endpoints(self) -> None:
-        """What our WireGuard device learned of its peers' endpoints, every
-        ``WIREGUARD_SEEN_INTERVAL``: the path keeper publishes those of peers behind NAT."""
+    async def _watch_wireguard(self, run: _Running) -> None:
+        """Our WireGuard device's peers, every ``WIREGUARD_SEEN_INTERVAL`` while a peer is
+        behind NAT: the path keeper publishes the endpoints the device learned of them,
+        and the relay keeper finds the peers no handshake reaches (relay_keeper.py)."""
         while True:
             await asyncio.sleep(WIREGUARD_SEEN_INTERVAL)
-            if not self.paths.nat_peers():
-                continue  # nothing to learn: no device read (an idle daemon stays idle)
-            with contextlib.suppress(OverlaydError):  # not set up (yet): the loop repairs it
-                self.paths.wireguard_seen(await self.dp.wireguard_endpoints())
+            peers: Mapping[PublicKey, WgPeerState] = {}
+            if self.paths.nat_peers():  # else nothing to learn: no device read (idle stays idle)
+                with contextlib.suppress(OverlaydError):  # not set up yet: the loop repairs it
+                    peers = await self.dp.wireguard_peers()
+                endpoints = {k: p.config.endpoint for k, p in peers.items()}
+                self.paths.wireguard_seen({k: e for k, e in endpoints.items() if e is not None})
+            if run.relays is not None:
+                run.relays.wireguard_read(peers, run.fold.records, self.clock.wall())
 
     async def _discover(self, discovery: AddressDiscovery, run: _Running) -> None:
         """Learn our public address ourselves (a warning if one is missing and needed)."""

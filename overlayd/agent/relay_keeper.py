@@ -8,6 +8,15 @@ facts it needs:
   ``grace`` seconds (since we first saw it, or since its path stopped answering). It
   leaves the relay only once a direct path has been verified for ``upgrade_hold``
   seconds without a break (hysteresis: a flapping direct path never moves traffic).
+* **silent**: a WireGuard peer the device holds with an endpoint but with no handshake
+  for ``handshake_grace`` seconds (``wireguard_read``, from the device read the daemon
+  makes every second while a peer is behind NAT). Our probes may verify a path that
+  WireGuard's port cannot cross: behind masquerade the probe socket and the WireGuard
+  port are two NAT mappings, and when two hosts of a NAT use port 51820 the NAT maps
+  one of them per destination, a port no third node can see (docs/nat.md, "Relays").
+  A silent peer is stranded at once (its grace time is spent). The relay keeps its
+  WireGuard peer, without AllowedIPs (``apply_relays``): a handshake that completes
+  there ends the silence, and the pair leaves the relay as above.
 * **data-plane check**: each relayed peer is probed at its overlay address
   (``ThroughProbes``, as members check their gateway), so the probes cross the relay both
   ways. A relay whose probes stop being answered, or are never answered within
@@ -29,12 +38,14 @@ from overlayd.agent.path_keeper import PeerReport
 from overlayd.agent.through import ThroughProbes
 from overlayd.disk.node_key import NodeKey
 from overlayd.planning.relay import RelayPlan, RelayRtts, rtts_to_publish
-from overlayd.values.keys import PrivateKey
+from overlayd.values.keys import PrivateKey, PublicKey
 from overlayd.values.lease import LeaseRecord
+from overlayd.values.wireguard import HANDSHAKE_FRESH, Endpoint, WgPeerState
 
 log = logging.getLogger("overlayd.relay")
 
 GRACE = 3.0  # seconds a peer's direct path may take to verify before a relay carries it
+HANDSHAKE_GRACE = 7.0  # seconds without handshake: one WireGuard retry (5 s) and its trip
 UPGRADE_HOLD = 3.0  # seconds a direct path must stay verified before the relay is left
 THROUGH_GRACE = 8.0  # seconds the probes through a new relay may take to be answered (a busy host)
 COOLDOWN = 60.0  # seconds a relay that stopped forwarding for a peer is not used for it
@@ -53,13 +64,16 @@ class RelayKeeper:
         *,
         grace: float = GRACE,
         upgrade_hold: float = UPGRADE_HOLD,
+        handshake_grace: float = HANDSHAKE_GRACE,
     ) -> None:
         self._on_change, self._clock = on_change, clock
-        self._grace, self._hold = grace, upgrade_hold
+        self._grace, self._hold, self._handshake_grace = grace, upgrade_hold, handshake_grace
         self.through = ThroughProbes(key, on_change)
         self._unverified: dict[IPv4Network, float] = {}  # peer -> since when
         self._verified: dict[IPv4Network, float] = {}  # stranded peer -> verified since
         self._stranded: set[IPv4Network] = set()
+        self._unshaken: dict[IPv4Network, tuple[Endpoint, float]] = {}  # endpoint, since
+        self._silent: frozenset[IPv4Network] = frozenset()
         self._carrying: dict[IPv4Network, tuple[IPv4Network, float]] = {}  # relay, since
         self._broken: dict[tuple[IPv4Network, IPv4Network], float] = {}  # -> until
         self._timers: set[float] = set()
@@ -82,6 +96,7 @@ class RelayKeeper:
         probes verify (see the module docstring)."""
         now = self._clock()
         wanted = set(peers)
+        verified = set(verified) - self._silent
         for gone in (self._unverified.keys() | self._stranded) - wanted:
             self._unverified.pop(gone, None)
             self._verified.pop(gone, None)
@@ -101,11 +116,57 @@ class RelayKeeper:
             self._verified.pop(subnet, None)
             since = self._unverified.setdefault(subnet, now)
             if subnet not in self._stranded:
-                if now - since >= self._grace:
+                if subnet in self._silent or now - since >= self._grace:
                     self._stranded.add(subnet)
                 else:
                     self._wake_at(since + self._grace)
         return frozenset(self._stranded)
+
+    def wireguard_read(
+        self,
+        peers: Mapping[PublicKey, WgPeerState],
+        records: Mapping[IPv4Network, LeaseRecord],
+        wall: float,
+    ) -> None:
+        """What the WireGuard device holds (``peers``, read at UNIX time ``wall``): which
+        peers are silent (see the module docstring); ``on_change`` when that changed. An
+        empty read (the daemon makes none: no peer behind NAT) ends every silence."""
+        now = self._clock()
+        by_key = {r.public_key: s for s, r in records.items() if r.public_key}
+        unshaken: dict[IPv4Network, Endpoint] = {}
+        for key, peer in peers.items():
+            subnet, endpoint, last = (
+                by_key.get(key.base64),
+                peer.config.endpoint,
+                peer.last_handshake,
+            )
+            if subnet is None or endpoint is None:
+                continue
+            if last is None or wall - last >= HANDSHAKE_FRESH:
+                unshaken[subnet] = endpoint
+        # a new endpoint is a new attempt (the device restarts the peer for it)
+        self._unshaken = {
+            s: (e, since) for s, (e, since) in self._unshaken.items() if unshaken.get(s) == e
+        }
+        for subnet, endpoint in unshaken.items():
+            self._unshaken.setdefault(subnet, (endpoint, now))
+        silent = frozenset(
+            s for s, (_, since) in self._unshaken.items() if now - since >= self._handshake_grace
+        )
+        if silent == self._silent:
+            return
+        for subnet in sorted(silent - self._silent):
+            endpoint = self._unshaken[subnet][0]
+            log.warning(
+                "peer %s: no WireGuard handshake with %s:%d in %.0f s (a NAT that maps "
+                "WireGuard's port per destination?); a relay may carry it",
+                subnet, endpoint.address, endpoint.port, self._handshake_grace,
+            )  # fmt: skip
+        shook = (self._silent - silent) - unshaken.keys()
+        for subnet in sorted(shook & set(by_key.values())):
+            log.info("peer %s: WireGuard handshake over the direct path", subnet)
+        self._silent = silent
+        self._on_change()
 
     def broken(self) -> frozenset[tuple[IPv4Network, IPv4Network]]:
         """(peer, relay) pairs whose relay stopped forwarding for the peer lately."""

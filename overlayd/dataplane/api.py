@@ -25,7 +25,6 @@ from overlayd.values.errors import WireGuardError
 from overlayd.values.kernel_state import Changes, KernelState, MacAddress
 from overlayd.values.keys import PublicKey
 from overlayd.values.wireguard import (
-    Endpoint,
     PeerChanges,
     WgDeviceConfig,
     WgPeerConfig,
@@ -64,11 +63,6 @@ class DataPlaneApi(Protocol):
     async def apply_wireguard_peers(
         self, peers: Iterable[WgPeerConfig], *, allow_delete: bool
     ) -> PeerChanges: ...
-
-    async def wireguard_endpoints(self) -> dict[PublicKey, Endpoint]:
-        """Each WireGuard peer's endpoint as the device uses it (configured, or learned
-        from the peer's handshakes): what we saw of peers behind NAT."""
-        ...
 
     async def dump(self, ifindex: int) -> KernelState:
         """What the device ``ifindex`` holds of the kinds we own."""
@@ -169,17 +163,6 @@ class DataPlane:
         if driver is None:
             raise WireGuardError("the WireGuard device is not set up yet")
         return await self._on_thread(lambda: driver.apply(peers, allow_delete=allow_delete))
-
-    async def wireguard_endpoints(self) -> dict[PublicKey, Endpoint]:
-        driver = self._wireguard
-        if driver is None:
-            raise WireGuardError("the WireGuard device is not set up yet")
-
-        def read() -> dict[PublicKey, Endpoint]:
-            peers = driver.read().peers.items()
-            return {k: p.config.endpoint for k, p in peers if p.config.endpoint is not None}
-
-        return await self._on_thread(read)
 
     async def dump(self, ifindex: int) -> KernelState:
         return await self._on_thread(lambda: self._r().dump(ifindex))

@@ -168,11 +168,11 @@ def plan_node(
     the node's ``PlanMemo`` (a fresh one when None). ``changed``: the subnets changed since
     the previous call with ``memo`` (None: plan everything); VXLAN is then patched in
     place when the backend has no WireGuard side and the change allows it.
-    ``stranded``: WireGuard peers with no direct path verified within the grace time,
-    carried by a relay (``broken_relays``: (peer, relay) pairs not to use); None: not
-    known (offline), the plan then says which relay each WireGuard peer would get. In the
-    gateway topology the pairs are entry points (a site's gateway: every subnet it carries
-    goes through the relay).
+    ``stranded``: WireGuard peers with no direct path verified within the grace time (or
+    one their WireGuard handshake does not cross), carried by a relay (``broken_relays``:
+    (peer, relay) pairs not to use); None: not known (offline), the plan then says which
+    relay each WireGuard peer would get. In the gateway topology the pairs are entry
+    points (a site's gateway: every subnet it carries goes through the relay).
     """
     memo = memo or PlanMemo()
     network, backend = cfg.network, cfg.backend

@@ -4,8 +4,9 @@ A *relay* is a node whose lease says ``Relay: true`` (``overlayd --relay``): it 
 address and forwards between its WireGuard peers. Every node publishes, in its lease's
 ``RelayRTTs``, its round trip to each relay its probes verified (``rtts_to_publish``). A pair
 (``me``, ``peer``) that the daemon finds *stranded* -- no direct path verified within the
-grace time -- is carried by the relay with the lowest combined round trip
-(``me``'s published RTT + ``peer``'s published RTT), ties by relay subnet (``choose_relays``).
+grace time, or a verified one that WireGuard's handshake does not cross -- is carried by
+the relay with the lowest combined round trip (``me``'s published RTT + ``peer``'s
+published RTT), ties by relay subnet (``choose_relays``).
 Both ends compute this from the same two leases, so they pick the same relay without
 talking to each other; the relay itself needs no per-pair state: it already holds both as
 WireGuard peers and routes each one's subnet to it.
@@ -17,8 +18,9 @@ it: the next relay takes over, or the peer is left with no path and the reason.
 
 ``apply_relays`` rewrites a WireGuard plan: the relayed peer's AllowedIPs (its subnet; for
 a remote gateway, every subnet of its site) go into the relay's and are routed via the
-relay's overlay address; the peer's own WireGuard peer is left out (a subnet cannot be the
-AllowedIPs of two peers). Both legs are WireGuard.
+relay's overlay address; the peer's own WireGuard peer keeps its endpoint but no
+AllowedIPs (a subnet cannot be the AllowedIPs of two peers), so its handshakes go on testing
+the direct path. Both legs are WireGuard.
 """
 
 from __future__ import annotations
@@ -166,8 +168,11 @@ def apply_relays(
     plan: WireGuardPlan, relays: RelayPlan, records: Mapping[IPv4Network, LeaseRecord]
 ) -> WireGuardPlan:
     """``plan`` with each chosen pair carried by its relay: the peer's AllowedIPs in the
-    relay's and routed via the relay's overlay address, the peer's own WireGuard peer
-    left out. Pairs whose relay is not a peer of ``plan`` stay as they are."""
+    relay's and routed via the relay's overlay address. The peer's own WireGuard peer
+    stays, with no AllowedIPs (a subnet cannot be the AllowedIPs of two peers) but with
+    its endpoint: its handshakes go on testing the direct path, and one that completes
+    lets the pair leave the relay (overlayd/agent/relay_keeper.py). Pairs whose relay is
+    not a peer of ``plan`` stay as they are."""
     if not relays.applied or not relays.chosen:
         return plan
     peers, routes, paths = dict(plan.peers), dict(plan.routes), dict(plan.paths)
@@ -177,7 +182,8 @@ def apply_relays(
         # a relay that is itself relayed cannot carry anyone (it is no peer of ours then)
         if choice.relay in relays.chosen or choice.relay not in peers or subnet not in peers:
             continue
-        carried = peers.pop(subnet).allowed_ips
+        carried = peers[subnet].allowed_ips
+        peers[subnet] = replace(peers[subnet], allowed_ips=())
         paths.pop(subnet, None)
         if subnet in dial_in:
             dial_in.remove(subnet)

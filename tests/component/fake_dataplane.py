@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
@@ -60,11 +60,12 @@ class FakeDataPlane:
     fdb_used: dict[MacAddress, float] = field(default_factory=dict)  # when each FDB entry sent
     # endpoints "learned from handshakes", as the device reports them beside configured ones
     wg_learned: dict[PublicKey, Endpoint] = field(default_factory=dict)
+    wg_handshakes: dict[PublicKey, float] = field(default_factory=dict)  # UNIX time of the last
     applied: list[tuple[int, Changes]] = field(default_factory=list)
     monitors: dict[int, Callable[[list[KernelEvent] | None], None]] = field(default_factory=dict)
     writes: list[str] = field(default_factory=list)
     dumps: int = 0
-    endpoint_reads: int = 0  # reads of the endpoints the WireGuard device learned
+    peer_reads: int = 0  # reads of the WireGuard device's peers
 
     def preload(self, ifindex: int, state: KernelState) -> None:
         """Entries a device holds before the daemon starts (a previous run's)."""
@@ -126,11 +127,6 @@ class FakeDataPlane:
             self.writes.append("wireguard peers")
         return changes
 
-    async def wireguard_endpoints(self) -> dict[PublicKey, Endpoint]:
-        self.endpoint_reads += 1
-        learned = {k: p.endpoint for k, p in self.wg_peers.items() if p.endpoint is not None}
-        return {**learned, **self.wg_learned}
-
     async def dump(self, ifindex: int) -> KernelState:
         self.dumps += 1
         s = self.state(ifindex)
@@ -177,8 +173,14 @@ class FakeDataPlane:
         }
 
     async def wireguard_peers(self) -> dict[PublicKey, WgPeerState]:
+        self.peer_reads += 1
         return {
-            k: WgPeerState(p, rx_bytes=self.wg_bytes.get(k, 0)) for k, p in self.wg_peers.items()
+            k: WgPeerState(
+                replace(p, endpoint=self.wg_learned.get(k, p.endpoint)),
+                last_handshake=self.wg_handshakes.get(k),
+                rx_bytes=self.wg_bytes.get(k, 0),
+            )
+            for k, p in self.wg_peers.items()
         }
 
     def start_monitor(

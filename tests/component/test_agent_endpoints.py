@@ -71,7 +71,7 @@ def test_without_peers_behind_nat_the_device_endpoints_are_not_read(tmp_path: Pa
         cfg = config(Network=NETWORK, Backend={"Type": "wireguard"})
         async with agent(tmp_path, store=store, dp=dp, paths=paths, cfg=cfg):
             await asyncio.sleep(2.5 * WIREGUARD_SEEN_INTERVAL)
-            assert dp.endpoint_reads == 0
+            assert dp.peer_reads == 0
             paths.natted = True  # a peer behind NAT appeared
             await until(lambda: _read(dp), "the device's endpoints read")
 
@@ -79,7 +79,7 @@ def test_without_peers_behind_nat_the_device_endpoints_are_not_read(tmp_path: Pa
 
 
 async def _read(dp: FakeDataPlane) -> bool:
-    return dp.endpoint_reads > 0
+    return dp.peer_reads > 0
 
 
 def _lease_is(

@@ -207,7 +207,12 @@ def test_plan_node_routes_a_stranded_peer_through_its_relay() -> None:
     records = world({10: 1}, {10: 1}, (10,))
     plan = plan_node(cfg(), records[net(1)], records, stranded={net(2)})
     wg = plan.wireguard
-    assert net(2) not in wg.peers  # its subnet cannot be the AllowedIPs of two peers
+    # its subnet cannot be the AllowedIPs of two peers; the peer stays, to test the direct path
+    assert wg.peers[net(2)].allowed_ips == ()
+    assert (
+        wg.peers[net(2)].endpoint
+        == plan_node(cfg(), records[net(1)], records).wireguard.peers[net(2)].endpoint
+    )
     assert wg.peers[net(10)].allowed_ips == (net(2), net(10))
     assert wg.routes[net(2)] == RouteEntry(net(2), net(10).network_address)
     assert plan.relayed == {net(2): "node10"}
@@ -310,7 +315,7 @@ def test_gateway_topology_relays_a_remote_gateway_with_its_whole_site() -> None:
     plan = plan_node(gcfg, records[net(1)], records, claims=claims, stranded={net(2)})
     wg = plan.wireguard
     assert plan.role == "gateway" and plan.relayed == {net(2): "node10"}
-    assert net(2) not in wg.peers
+    assert wg.peers[net(2)].allowed_ips == ()
     assert wg.peers[net(10)].allowed_ips == (net(2), net(5), net(10))
     assert wg.routes[net(5)] == RouteEntry(net(5), net(10).network_address)
     member = plan_node(gcfg, records[net(4)], records, claims=claims, stranded={net(2)})

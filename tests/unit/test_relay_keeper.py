@@ -5,6 +5,7 @@ which round trips are published."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -14,9 +15,11 @@ import pytest
 from overlayd.agent.path_keeper import PeerReport
 from overlayd.agent.relay_keeper import RelayKeeper, annotate
 from overlayd.disk.node_key import NodeKey
+from overlayd.values.keys import PublicKey
 from overlayd.values.lease import LeaseRecord
 from overlayd.values.paths import PUBLIC, PeerPath
-from tests.builders import record
+from overlayd.values.wireguard import HANDSHAKE_FRESH, Endpoint, WgPeerConfig, WgPeerState
+from tests.builders import record, wg_key
 
 A, B, C = (IPv4Network(f"10.244.{n}.0/24") for n in (1, 2, 3))
 R = IPv4Network("10.244.10.0/24")
@@ -104,6 +107,127 @@ def test_the_grace_time_running_out_wakes_the_daemon(tmp_path: Path) -> None:
         k.stranded([A], set())
         await asyncio.wait_for(woke.wait(), 5.0)
         assert k.stranded([A], set()) == {A}
+
+    run(go())
+
+
+# -- silent peers: a verified path WireGuard's handshake does not cross -------------------
+
+WALL = 1_800_000_000.0  # the device's handshake times are UNIX times
+EP = Endpoint.parse("203.0.113.2:51820")
+PEERS = {B: record(str(B), "b", "id-b", 2, public_key=wg_key(2))}
+KEY_B = PublicKey.from_base64(wg_key(2))
+
+
+def _device(
+    endpoint: Endpoint | None = EP, handshake: float | None = None
+) -> dict[PublicKey, WgPeerState]:
+    config = WgPeerConfig(KEY_B, endpoint=endpoint, allowed_ips=(B,), persistent_keepalive=25)
+    return {KEY_B: WgPeerState(config, last_handshake=handshake)}
+
+
+def _silent_keeper(tmp_path: Path, clock: Clock) -> tuple[RelayKeeper, list[int]]:
+    woken: list[int] = []
+    k = RelayKeeper(
+        NodeKey.load_or_create(tmp_path), lambda: woken.append(1), clock, grace=3.0,
+        upgrade_hold=3.0, handshake_grace=7.0,
+    )  # fmt: skip
+    return k, woken
+
+
+def test_a_verified_peer_without_handshake_is_stranded_after_the_handshake_grace(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def go() -> None:
+        clock = Clock()
+        k, woken = _silent_keeper(tmp_path, clock)
+        assert k.stranded([B], {B}) == frozenset()
+        k.wireguard_read(_device(), PEERS, WALL)
+        clock.now += 6.9
+        k.wireguard_read(_device(), PEERS, WALL + 6.9)
+        assert k.stranded([B], {B}) == frozenset() and woken == []
+        clock.now += 0.2
+        k.wireguard_read(_device(), PEERS, WALL + 7.1)
+        assert woken == [1]  # the daemon plans again
+        assert k.stranded([B], {B}) == {B}  # at once: its grace time is spent
+        k.wireguard_read(_device(), PEERS, WALL + 8.0)
+        assert woken == [1]  # no news, no wake-up
+
+    with caplog.at_level(logging.INFO, "overlayd.relay"):
+        run(go())
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "no WireGuard handshake with 203.0.113.2:51820" in lines[0]
+
+
+def test_a_handshake_ends_the_silence_and_the_pair_leaves_after_the_hold(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def go() -> None:
+        clock = Clock()
+        k, woken = _silent_keeper(tmp_path, clock)
+        k.wireguard_read(_device(), PEERS, WALL)
+        clock.now += 7.0
+        k.wireguard_read(_device(), PEERS, WALL + 7.0)
+        assert k.stranded([B], {B}) == {B}
+        clock.now += 1.0  # the relay's peer of B (no AllowedIPs) completes a handshake
+        k.wireguard_read(_device(handshake=WALL + 7.5), PEERS, WALL + 8.0)
+        assert len(woken) == 2
+        assert k.stranded([B], {B}) == {B}  # the hold time first
+        clock.now += 3.0
+        assert k.stranded([B], {B}) == frozenset()
+
+    with caplog.at_level(logging.INFO, "overlayd.relay"):
+        run(go())
+    assert "peer 10.244.2.0/24: WireGuard handshake over the direct path" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        _device(Endpoint.parse("203.0.113.2:40000")),  # a new endpoint: a new attempt
+        _device(handshake=WALL + 6.0),  # a handshake
+        {},  # no read: nothing behind NAT any more
+        _device(endpoint=None),  # it dials us: nothing to test
+    ],
+    ids=["new-endpoint", "handshake", "empty-read", "no-endpoint"],
+)
+def test_what_restarts_or_ends_the_wait(
+    tmp_path: Path, later: dict[PublicKey, WgPeerState]
+) -> None:
+    async def go() -> None:
+        clock = Clock()
+        k, _ = _silent_keeper(tmp_path, clock)
+        k.wireguard_read(_device(), PEERS, WALL)
+        clock.now += 6.0
+        k.wireguard_read(later, PEERS, WALL + 6.0)
+        clock.now += 4.0  # 10 s since the first read, 4 s since ``later``
+        k.wireguard_read(later, PEERS, WALL + 10.0)
+        assert k.stranded([B], {B}) == frozenset()
+
+    run(go())
+
+
+def test_a_handshake_older_than_wireguards_session_is_none(tmp_path: Path) -> None:
+    async def go() -> None:
+        clock = Clock()
+        k, _ = _silent_keeper(tmp_path, clock)
+        stale = WALL - HANDSHAKE_FRESH
+        k.wireguard_read(_device(handshake=stale), PEERS, WALL)
+        clock.now += 7.0
+        k.wireguard_read(_device(handshake=stale), PEERS, WALL + 7.0)
+        assert k.stranded([B], {B}) == {B}
+
+    run(go())
+
+
+def test_an_unknown_key_on_the_device_is_ignored(tmp_path: Path) -> None:
+    async def go() -> None:
+        clock = Clock()
+        k, woken = _silent_keeper(tmp_path, clock)
+        for _ in range(3):
+            k.wireguard_read(_device(), {}, WALL + clock.now)
+            clock.now += 5.0
+        assert woken == [] and k.stranded([B], {B}) == frozenset()
 
     run(go())
 
