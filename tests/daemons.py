@@ -224,14 +224,17 @@ def full_matrix(daemons: dict[str, OverlaydProc], timeout: float = 15) -> None:
             try:
                 wait_until(partial(a.pings, b), timeout, f"{src} -> {dst}")
             except AssertionError as exc:
-                raise AssertionError(f"{exc}\n{_pair_report(a, b)}") from None
+                raise AssertionError(f"{exc}\n{pair_report(a, b)}") from None
 
 
-def _pair_report(a: OverlaydProc, b: OverlaydProc) -> str:
+def pair_report(a: OverlaydProc, b: OverlaydProc) -> str:
     """Both ends' logs and WireGuard state (keys hidden), for a failed pair."""
     parts = []
     for d in (a, b):
-        wg = ns_run(d.ns, "wg", "show", "all", check=False)
+        # wireguard-go's UAPI sockets are files, seen from every namespace: name the device
+        links = ns_run(d.ns, "ip", "-o", "link", "show", "type", "tun", check=False).stdout
+        devices = [line.split(":")[1].strip() for line in links.splitlines() if "ovwg" in line]
+        wg = ns_run(d.ns, "wg", "show", *(devices[:1] or ["all"]), check=False)
         wg_go = d.workdir / "state" / "wireguard-go.log"
         wg_log = wg_go.read_text()[-2000:] if wg_go.exists() else "(none)"
         parts.append(

@@ -26,7 +26,16 @@ import pytest
 
 from overlayd.disk.node_key import KEY_FILE
 from overlayd.values.keys import PrivateKey
-from tests.daemons import BIN, Background, OverlaydProc, full_matrix, ns_run, running, wait_until
+from tests.daemons import (
+    BIN,
+    Background,
+    OverlaydProc,
+    full_matrix,
+    ns_run,
+    pair_report,
+    running,
+    wait_until,
+)
 from tests.integration.test_wireguard_backend import internet, lease, wg, wg_device
 from tests.lab.world import World, multicloud_world
 
@@ -130,7 +139,8 @@ def test_rotate_key_with_traffic_running(case: Case, world: World, tmp_path: Pat
         print(f"{case.backend}: rotate-key took {took:.2f}s, pings (sent, received) {results}")
         for what, (sent, got) in results.items():
             assert sent > 25, (what, sent)
-            assert sent - got <= MAX_LOST, f"{what}: {sent - got} of {sent} lost\n{node.log()}"
+            report = pair_report(node, pinger)
+            assert sent - got <= MAX_LOST, f"{what}: {sent - got} of {sent} lost\n{report}"
 
         # the node's device and every WireGuard peer switched; the old key is gone
         assert wg("show", wg_device(node), "public-key").strip() == new
