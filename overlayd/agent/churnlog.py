@@ -36,6 +36,11 @@ def lease_counts(kind: str) -> dict[str, int]:
     return {kind: 1}
 
 
+def key_counts() -> dict[str, int]:
+    """A peer's lease came with a new public key (a rotation)."""
+    return {"new keys": 1}
+
+
 def change_counts(device: str, changes: Changes, failed: int = 0) -> dict[str, int]:
     """One kernel pass that applied ``changes`` to ``device``."""
     return {
@@ -73,6 +78,8 @@ def summary(c: Mapping[str, int], seconds: float) -> str:
                 f"{dev}: {c[f'{dev} passes']} passes, {entries}"
                 + (f", {failed} failed" if failed else "")
             )
+    if c.get("new keys"):
+        parts.append(f"public keys: {c['new keys']} peers changed theirs")
     if c.get("ingress passes"):
         parts.append(f"ingress filter: {c['ingress passes']} updates")
     if c.get("wg passes"):

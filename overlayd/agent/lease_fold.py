@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Network
 
-from overlayd.agent.churnlog import lease_counts
+from overlayd.agent.churnlog import activity_churn, key_counts, lease_counts
 from overlayd.agent.path_api import PathKeeping
 from overlayd.agent.rotation import key_change
 from overlayd.agent.status_docs import Status
@@ -44,6 +44,9 @@ class LeaseFold:
     ) -> None:
         self._network, self._node_id = network, node_id
         self._keeper, self._paths, self._churn, self._status = keeper, paths, churn, status
+        # a peer's new key is a security event: its line must not drown in the churn of
+        # the republished leases and kernel passes a rotation causes (its own burst budget)
+        self._keys = activity_churn(log)
         self.leases: dict[IPv4Network, StoredLease] = {}
         self.records: dict[IPv4Network, LeaseRecord] = {}
         self.created: dict[IPv4Network, int] = {}  # etcd create_revision: older wins conflicts
@@ -125,7 +128,7 @@ class LeaseFold:
         if old is None or old.node != stored.record.node:
             self._churn.note(lease_counts("joined"), f"peer {node} joined with {stored.subnet}")
         elif rotated := key_change(old, stored.record):
-            self._churn.note(lease_counts("changed"), rotated)  # overlayd/agent/rotation.py
+            self._keys.note(key_counts(), rotated)  # overlayd/agent/rotation.py
         elif old != stored.record:
             self._churn.note(
                 lease_counts("changed"), f"peer {node} changed its lease {stored.subnet}"

@@ -9,6 +9,7 @@ forwarding sysctl) are fakes passed in; probes bind 127.0.0.1, so nothing leaves
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
@@ -19,6 +20,7 @@ import pytest
 from overlayd.store.api import DEFAULT_PREFIX, Snapshot, StoreKeys, WatchBatch
 from overlayd.store.memory import MemStore
 from overlayd.values.kernel_state import KernelState, RouteEntry
+from tests.builders import wg_key
 from tests.component.agent_harness import add_peer, agent, converged, until
 from tests.component.fake_dataplane import VXLAN_INDEX, FakeDataPlane
 
@@ -143,3 +145,38 @@ def test_own_etcd_lease_revoked_is_reacquired(tmp_path: Path) -> None:
             await until(converged(a), "convergence after re-acquiring")
 
     asyncio.run(body())
+
+
+def test_a_peers_new_key_is_logged_even_amid_lease_churn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rotation makes peers republish and the kernel passes log: the peer's new public
+    key still gets its own line (it is a security event), not only a count."""
+    caplog.set_level(logging.INFO, logger="overlayd")
+    rotated: list[str] = []
+
+    async def body() -> None:
+        async with agent(tmp_path, peers=3) as a:
+            await until(converged(a), "convergence")
+            for n in range(6):  # churn: the peers change their leases, one after the other
+                snap = await a.store.list_leases()
+                peers = sorted(
+                    (s.record for s in snap.leases if s.record and s.record.node != a.node),
+                    key=lambda r: r.node,
+                )
+                old = peers[n % len(peers)]
+                moved = dataclasses.replace(old, public_ip=IPv4Address(f"192.0.2.{100 + n}"))
+                await a.store.replace_lease(old, moved, await a.store.grant(3600))
+            snap = await a.store.list_leases()
+            old = min(
+                (s.record for s in snap.leases if s.record and s.record.node != a.node),
+                key=lambda r: r.node,
+            )
+            rotated.append(old.node)
+            new = dataclasses.replace(old, public_key=wg_key(77))
+            await a.store.replace_lease(old, new, await a.store.grant(3600))
+            await until(converged(a), "convergence after the churn")
+
+    asyncio.run(body())
+    lines = [r.getMessage() for r in caplog.records if "has a new public key" in r.getMessage()]
+    assert len(lines) == 1 and rotated[0] in lines[0], lines
