@@ -45,7 +45,7 @@ from overlayd.values.wireguard import HANDSHAKE_FRESH, Endpoint, WgPeerState
 log = logging.getLogger("overlayd.relay")
 
 GRACE = 3.0  # seconds a peer's direct path may take to verify before a relay carries it
-HANDSHAKE_GRACE = 7.0  # seconds without handshake: one WireGuard retry (5 s) and its trip
+HANDSHAKE_GRACE = 11.0  # seconds without handshake: two WireGuard retries (5 s each) and more
 UPGRADE_HOLD = 3.0  # seconds a direct path must stay verified before the relay is left
 THROUGH_GRACE = 8.0  # seconds the probes through a new relay may take to be answered (a busy host)
 COOLDOWN = 60.0  # seconds a relay that stopped forwarding for a peer is not used for it
