@@ -152,26 +152,53 @@ class DeviceUpdate:
     """Device-wide fields a driver must set; None where the device is already right.
 
     A changed ``private_key`` is a key rotation (overlayd/agent/rotation.py): both drivers set
-    it in place, the peers and their allowed IPs stay.
+    it in place, the peers and their allowed IPs stay. ``kicks`` then follow, in order:
+    (peer, persistent keepalive interval) settings that switch each peer's keepalive off
+    and on again, which makes the device send a keepalive -- and so a handshake
+    initiation under the new key -- to every peer at once (``kicks_for``).
     """
 
     private_key: PrivateKey | None = field(default=None, repr=False)
     listen_port: int | None = None
     fwmark: int | None = None
+    kicks: tuple[tuple[PublicKey, int], ...] = ()
 
     def __bool__(self) -> bool:
         return not (self.private_key is None and self.listen_port is None and self.fwmark is None)
 
 
+def kicks_for(peers: Mapping[PublicKey, WgPeerState]) -> tuple[tuple[PublicKey, int], ...]:
+    """Keepalive settings that make a device initiate a handshake with each of ``peers``
+    now, keeping every other setting (sorted by key).
+
+    Why, after a new private key: the device has expired its sessions, and its next packet
+    to a peer starts a handshake the peer cannot answer until it has our new public key
+    from the lease. If that packet leaves after the peer learned the key, the two
+    initiations cross: each side answers the other's and drops the answer to its own, and
+    both wait out WireGuard's 5 s retry (seen: 2.2 s of pings lost). Initiating at once,
+    before the lease is republished, leaves the peers' initiations to be answered only.
+    Both drivers send a keepalive when a peer's interval goes from 0 to non-zero; a peer
+    without keepalive gets 1 s and then 0 again.
+    """
+    out: list[tuple[PublicKey, int]] = []
+    for key in sorted(peers, key=lambda k: k.raw):
+        interval = peers[key].config.persistent_keepalive
+        out += [(key, 0), (key, interval)] if interval else [(key, 1), (key, 0)]
+    return tuple(out)
+
+
 def device_update(state: WgState, device: WgDeviceConfig) -> DeviceUpdate:
     """What to set on a device read back as ``state`` so it carries ``device``'s settings.
 
-    The private key is compared through its public key (what both drivers read back).
+    The private key is compared through its public key (what both drivers read back); a
+    new one comes with ``kicks_for`` the device's peers.
     """
+    rotated = state.public_key != device.public_key
     return DeviceUpdate(
-        private_key=device.private_key if state.public_key != device.public_key else None,
+        private_key=device.private_key if rotated else None,
         listen_port=device.listen_port if state.listen_port != device.listen_port else None,
         fwmark=device.fwmark if state.fwmark != device.fwmark else None,
+        kicks=kicks_for(state.peers) if rotated and state.public_key is not None else (),
     )
 
 

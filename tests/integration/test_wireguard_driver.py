@@ -327,3 +327,26 @@ def _answers(node: Node) -> bool:
     except WireGuardError:
         return False
     return True
+
+
+def test_a_new_private_key_starts_a_handshake_with_every_peer_at_once(world: World) -> None:
+    """A key change (a rotation, overlayd/agent/rotation.py) makes the device initiate a
+    handshake with each peer itself, with no traffic and no keepalive configured: a's
+    bytes sent to b grow by one initiation (148 bytes) within 2 s, and the keepalive
+    setting is back to what it was. Without it, a's first packet after the rotation
+    initiates, and if the peer has learned the new key by then the two initiations cross
+    and both wait out WireGuard's 5 s retry (``kicks_for``)."""
+    a, b = pair(world)
+    b_key = b.key.public_key().base64
+    before = int(a.wg_dump()[b_key]["tx"])
+    a.key = PrivateKey.generate()
+    a.write_config()
+    wait_until(
+        lambda: int(a.wg_dump()[b_key]["tx"]) >= before + 148, 2.0, "a initiates with b",
+        interval=0.05,
+    )  # fmt: skip
+    assert a.wg_dump()[b_key]["keepalive"] == "off"
+    # b learns a's new key; its new peer's keepalive (as overlayd sets one) initiates
+    b.peers = [a.peer_entry(keepalive=25)]
+    b.write_config()
+    wait_until(lambda: a.ping(b), 3.0, "ping a -> b under a's new key", interval=0.05)

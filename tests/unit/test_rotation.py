@@ -45,6 +45,7 @@ from overlayd.values.wireguard import (
     WgState,
     device_update,
     diff_peers,
+    kicks_for,
 )
 from tests import builders
 
@@ -335,6 +336,50 @@ def test_uapi_request_for_a_private_key_change() -> None:
     new = PrivateKey(bytes(range(1, 33)))
     assert uapi.encode_device_update(DeviceUpdate(private_key=new)) == (
         f"set=1\nprivate_key={new.raw.hex()}\n\n"
+    )
+
+
+def _peers(*intervals: int) -> dict[PublicKey, WgPeerState]:
+    keys = [PublicKey(bytes([n]) * 32) for n in range(len(intervals), 0, -1)]  # unsorted
+    return {
+        k: WgPeerState(WgPeerConfig(k, persistent_keepalive=i))
+        for k, i in zip(keys, intervals, strict=True)
+    }
+
+
+def test_a_new_private_key_kicks_every_peers_keepalive_off_and_on() -> None:
+    old, new = PrivateKey.generate(), PrivateKey.generate()
+    peers = _peers(25, 0)
+    low, high = sorted(peers, key=lambda k: k.raw)
+    update = device_update(WgState(old.public_key(), 51820, 0, peers), WgDeviceConfig(new))
+    # 25 -> 0 -> 25 sends a keepalive; a peer without keepalive gets 1 s, then 0 again
+    assert update.kicks == ((low, 1), (low, 0), (high, 0), (high, 25))
+    assert kicks_for({}) == ()
+    fresh = WgState(None, 51820, 0, peers)  # a device being set up: no sessions to redo
+    assert device_update(fresh, WgDeviceConfig(new)).kicks == ()
+    same = WgState(old.public_key(), 51820, 0, peers)
+    assert not device_update(same, WgDeviceConfig(old))
+
+
+def test_uapi_request_for_a_key_change_with_kicks() -> None:
+    new, peer = PrivateKey(bytes(range(1, 33))), PublicKey(bytes([7]) * 32)
+    text = uapi.encode_device_update(DeviceUpdate(new, kicks=((peer, 0), (peer, 25))))
+    block = f"public_key={peer.hex}\nupdate_only=true\npersistent_keepalive_interval="
+    assert text == f"set=1\nprivate_key={new.raw.hex()}\n{block}0\n{block}25\n\n"
+
+
+def test_kernel_message_for_a_key_change_with_kicks() -> None:
+    new, peer = PrivateKey(bytes(range(1, 33))), PublicKey(bytes([7]) * 32)
+    raw = kernel.encode_device_update("ovwg12345678", DeviceUpdate(new, kicks=((peer, 25),)))
+    entry = nla(
+        0 | 0x8000,  # NLA_F_NESTED
+        nla(kernel.WGPEER_A_PUBLIC_KEY, peer.raw)
+        + nla(kernel.WGPEER_A_FLAGS, struct.pack("=I", kernel.WGPEER_F_UPDATE_ONLY))
+        + nla(kernel.WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, struct.pack("=H", 25)),
+    )
+    # the key first, then the kick: the peer entry alone, update only (no allowed IPs)
+    assert raw.endswith(
+        nla(kernel.WGDEVICE_A_PRIVATE_KEY, new.raw) + nla(kernel.WGDEVICE_A_PEERS | 0x8000, entry)
     )
 
 

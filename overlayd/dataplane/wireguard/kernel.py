@@ -185,13 +185,26 @@ def encode_set_device(
 def encode_device_update(ifname: str, update: DeviceUpdate) -> bytes:
     """The WG_CMD_SET_DEVICE payload applying ``update`` (e.g. a rotated private key).
 
-    No peers and no flags: the device's peers and sessions' configuration stay as they are.
+    No flags: the device's peers and sessions' configuration stay as they are. The only
+    peer entries are the ``kicks`` (update only, the keepalive interval alone), after the
+    device fields: the kernel sets the key first, then sends a keepalive to each peer
+    whose interval goes from 0 to non-zero.
     """
+    kicks = [
+        genl.nested(
+            0,
+            genl.attr(WGPEER_A_PUBLIC_KEY, key.raw),
+            genl.attr_u32(WGPEER_A_FLAGS, WGPEER_F_UPDATE_ONLY),
+            genl.attr_u16(WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, interval),
+        )
+        for key, interval in update.kicks
+    ]
     return encode_set_device(
         ifname,
         private_key=update.private_key,
         listen_port=update.listen_port,
         fwmark=update.fwmark,
+        peers=kicks,
     )
 
 

@@ -98,16 +98,22 @@ def encode_set(
 def encode_device_update(update: DeviceUpdate) -> str:
     """The ``set=1`` request applying ``update`` (e.g. ``private_key=`` for a rotation).
 
-    No peer lines: wireguard-go keeps every peer; it recomputes their static-static
-    secrets and expires the current sessions, so the next packet starts a handshake
-    under the new key. The text holds the secret: never log it.
+    wireguard-go keeps every peer; it recomputes their static-static secrets and expires
+    the current sessions. The only peer lines are the ``kicks`` (``update_only``, the
+    keepalive interval alone: wireguard-go sends a keepalive at the end of a peer's lines
+    when the interval went from 0 to non-zero). The text holds the secret: never log it.
     """
-    return encode_set(
+    text = encode_set(
         PeerChanges(),
         private_key=update.private_key,
         listen_port=update.listen_port,
         fwmark=update.fwmark,
     )
+    kicks = [
+        f"public_key={key.hex}\nupdate_only=true\npersistent_keepalive_interval={interval}\n"
+        for key, interval in update.kicks
+    ]
+    return text[:-1] + "".join(kicks) + "\n"
 
 
 @dataclass
