@@ -1,0 +1,127 @@
+"""``/metrics`` of a running agent on MemStore and the fake data plane (no root): it parses
+with prometheus_client's parser, shows the network it runs in, stays small at many peers,
+and the status port's rules (methods, limits) hold for it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.error
+import urllib.request
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from overlayd.agent.metrics import PATH_KINDS
+from tests.component.agent_harness import Agent, agent, converged, until
+from tests.component.fake_paths import FakePaths
+from tests.unit.test_metrics import FAMILIES
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def request(port: int, method: str = "GET", path: str = "/metrics") -> tuple[int, str, str]:
+    """(status, content type, body) of one request to the agent's status port."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+async def scrape(a: Agent) -> tuple[str, dict[str, Samples]]:
+    """The body of ``/metrics`` and its families as Prometheus parses them."""
+    status, ctype, body = await asyncio.to_thread(request, a.daemon.opts.healthz_port)
+    assert status == 200, body
+    assert ctype == "text/plain; version=0.0.4; charset=utf-8"
+    out: dict[str, Samples] = {}
+    for family in text_string_to_metric_families(body):
+        samples = out.setdefault(family.name, {})
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return body, out
+
+
+def peers_by_kind(found: dict[str, Samples]) -> dict[str, float]:
+    return {dict(k[1])["kind"]: v for k, v in found["overlayd_peers"].items()}
+
+
+def total(found: dict[str, Samples], family: str) -> float:
+    return sum(v for (name, _), v in found[family].items() if name == f"{family}_total")
+
+
+def test_an_empty_network_has_every_family_at_zero(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with agent(tmp_path, paths=FakePaths(), healthz_port=free_port()) as a:
+            await until(converged(a), "the first pass")
+            _, found = await scrape(a)
+            assert set(FAMILIES) - {"overlayd_probes_sent", "overlayd_probe_rejects",
+                                    "overlayd_store_errors", "overlayd_store_watch_reconnects",
+                                    } <= set(found)  # fmt: skip
+            assert peers_by_kind(found) == dict.fromkeys(PATH_KINDS, 0)
+            assert total(found, "overlayd_path_changes") == 0
+            assert total(found, "overlayd_kernel_operations") == 0
+            assert total(found, "overlayd_reconcile_passes") >= 1
+            assert found["overlayd_lease_held"][("overlayd_lease_held", ())] == 1
+            ttl = found["overlayd_lease_ttl_remaining_seconds"]
+            assert 0 < ttl[("overlayd_lease_ttl_remaining_seconds", ())] <= 60  # lease_ttl
+
+    asyncio.run(body())
+
+
+def test_many_peers_are_counted_by_kind_and_the_scrape_does_not_grow(tmp_path: Path) -> None:
+    async def body() -> None:
+        paths = FakePaths()
+        async with agent(tmp_path, peers=1, paths=paths, healthz_port=free_port()) as a:
+            await until(converged(a), "convergence with one peer")
+            small, found = await scrape(a)
+            assert peers_by_kind(found)["unverified"] == 1
+            routes = found["overlayd_kernel_operations"]
+            key = (("device", "vxlan"), ("entry", "route"), ("op", "set"))
+            assert routes[("overlayd_kernel_operations_total", key)] == 1
+        async with agent(tmp_path / "many", peers=200, paths=paths, healthz_port=free_port()) as a:
+            await until(converged(a), "convergence with 200 peers")
+            for n in range(2, 12):
+                paths.verify(IPv4Network(f"10.244.{n}.0/24"))
+
+            async def counted() -> bool:
+                return peers_by_kind((await scrape(a))[1])["private"] == 10
+
+            await until(counted, "10 verified peers counted")
+            large, found = await scrape(a)
+            kinds = peers_by_kind(found)
+            assert kinds["private"] == 10 and kinds["unverified"] == 190
+            assert sum(kinds.values()) == 200
+            routes = found["overlayd_kernel_operations"]
+            assert routes[("overlayd_kernel_operations_total", key)] == 200
+            # no per-peer series: 200 peers add digits to the values, not lines
+            assert len(large.splitlines()) == len(small.splitlines())
+
+    asyncio.run(body())
+
+
+def test_only_get_and_head_and_the_port_limits_still_apply(tmp_path: Path) -> None:
+    async def body() -> None:
+        port = free_port()
+        async with agent(tmp_path, peers=2, paths=FakePaths(), healthz_port=port) as a:
+            await until(converged(a), "convergence")
+            await scrape(a)
+            head = await asyncio.to_thread(request, port, "HEAD")
+            assert head[0] == 200 and head[2] == ""
+            post = await asyncio.to_thread(request, port, "POST")
+            assert post[0] == 405 and post[1] == "application/json"
+            huge = await asyncio.to_thread(request, port, "GET", "/metrics?" + "a" * 5000)
+            assert huge[0] == 400  # the request line limit (4,096 bytes)
+            flood = [asyncio.to_thread(request, port) for _ in range(20)]
+            assert {status for status, _, _ in await asyncio.gather(*flood)} == {200}
+            assert a.daemon.status.last_error is None
+
+    asyncio.run(body())
