@@ -9,6 +9,7 @@ removing the drops brings both back.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -67,6 +68,33 @@ def wait_settled(d: OverlaydProc, what: str) -> None:
         wait_until(partial(settled, d), 40, what)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {kinds(scrape(d))}\n{d.peers()}\n{d.log()}") from None
+
+
+FLOOD = 200
+GARBAGE = (
+    "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for size in [40, 200] * int(sys.argv[2]): s.sendto(b'\\xff' * size, (sys.argv[1], 8473))"
+)  # shorter than any probe ("malformed"), or without the probes' magic ("magic"); no STUN
+
+
+def rejected(d: OverlaydProc, reason: str) -> float:
+    found = scrape(d)["overlayd_probe_rejects"]
+    return found[("overlayd_probe_rejects_total", (("reason", reason),))]
+
+
+def test_a_flood_from_the_internet_is_counted_as_rejects(world: World) -> None:
+    with running(world, ("a1", "bare"), public_ip=False) as daemons:
+        bare = daemons["bare"]
+        assert rejected(bare, "magic") == rejected(bare, "malformed") == 0
+        inet = next(n for n in world.namespaces if n.name.endswith("inet"))
+        ns_run(inet.name, sys.executable, "-c", GARBAGE, str(world.host("bare").ip), str(FLOOD))
+
+        def counted() -> bool:
+            return rejected(bare, "magic") == rejected(bare, "malformed") == FLOOD
+
+        wait_until(counted, 10, f"{FLOOD} rejects of each reason counted")
+        assert rejected(bare, "mac") == 0
+        assert kinds(scrape(bare))["none"] == 0  # a1 is still reached
 
 
 def test_metrics_move_when_a_path_breaks_and_heals(world: World) -> None:
