@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import urllib.error
 import urllib.request
 from ipaddress import IPv4Network
@@ -14,7 +15,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from overlayd.agent.metrics import PATH_KINDS
-from tests.component.agent_harness import Agent, agent, converged, until
+from overlayd.values.keys import PublicKey
+from tests.builders import config, wg_key
+from tests.component.agent_harness import NETWORK, Agent, add_peer, agent, converged, until
+from tests.component.fake_dataplane import FakeDataPlane
 from tests.component.fake_paths import FakePaths
 from tests.unit.test_metrics import FAMILIES
 
@@ -125,3 +129,43 @@ def test_only_get_and_head_and_the_port_limits_still_apply(tmp_path: Path) -> No
             assert a.daemon.status.last_error is None
 
     asyncio.run(body())
+
+
+def test_wireguard_peers_and_bytes_from_the_traffic_sample(tmp_path: Path) -> None:
+    wg = {"backend_type": "wireguard", "wireguard_port": 51820}
+    cfg = config(Network=NETWORK, Backend={"Type": "wireguard"})
+
+    async def body() -> None:
+        dp = FakeDataPlane()
+        async with agent(
+            tmp_path, cfg=cfg, dp=dp, paths=FakePaths(), healthz_port=free_port()
+        ) as a:
+            for n in (2, 3, 4):
+                await add_peer(a.store, n, public_key=wg_key(n), **wg)
+            await until(lambda: _programmed(dp, 3), "3 WireGuard peers")
+            now = time.time()
+            dp.wg_handshakes[PublicKey.from_base64(wg_key(2))] = now - 5  # recent
+            dp.wg_handshakes[PublicKey.from_base64(wg_key(3))] = now - 400  # stale
+            dp.wg_bytes[PublicKey.from_base64(wg_key(2))] = 1000  # the fake's are rx only
+
+            async def sampled() -> bool:
+                found = (await scrape(a))[1]["overlayd_wireguard_peers"]
+                by = {dict(k[1])["handshake"]: v for k, v in found.items()}
+                return by == {"recent": 1, "stale": 1, "never": 1}
+
+            await until(sampled, "the traffic sample in the metrics")  # every 5 s
+            _, found = await scrape(a)
+            traffic = found["overlayd_wireguard_bytes"]
+            assert traffic[("overlayd_wireguard_bytes", (("direction", "rx"),))] == 1000
+            assert traffic[("overlayd_wireguard_bytes", (("direction", "tx"),))] == 0
+            age = found["overlayd_wireguard_handshake_age_max_seconds"]
+            assert 400 <= age[("overlayd_wireguard_handshake_age_max_seconds", ())] < 500
+            ops = found["overlayd_kernel_operations"]
+            key = (("device", "wireguard"), ("entry", "peer"), ("op", "add"))
+            assert ops[("overlayd_kernel_operations_total", key)] == 3
+
+    asyncio.run(body())
+
+
+async def _programmed(dp: FakeDataPlane, count: int) -> bool:
+    return len(dp.wg_peers) == count
