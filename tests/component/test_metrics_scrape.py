@@ -12,12 +12,23 @@ import urllib.request
 from ipaddress import IPv4Network
 from pathlib import Path
 
+import dns.asyncquery
+import dns.message
 from prometheus_client.parser import text_string_to_metric_families
 
 from overlayd.agent.metrics import PATH_KINDS
 from overlayd.values.keys import PublicKey
+from overlayd.values.names import DnsListen
 from tests.builders import config, wg_key
-from tests.component.agent_harness import NETWORK, Agent, add_peer, agent, converged, until
+from tests.component.agent_harness import (
+    LOOPBACK,
+    NETWORK,
+    Agent,
+    add_peer,
+    agent,
+    converged,
+    until,
+)
 from tests.component.fake_dataplane import FakeDataPlane
 from tests.component.fake_paths import FakePaths
 from tests.unit.test_metrics import FAMILIES
@@ -169,3 +180,46 @@ def test_wireguard_peers_and_bytes_from_the_traffic_sample(tmp_path: Path) -> No
 
 async def _programmed(dp: FakeDataPlane, count: int) -> bool:
     return len(dp.wg_peers) == count
+
+
+def test_dns_queries_by_result(tmp_path: Path) -> None:
+    async def body() -> None:
+        listen = DnsListen(None, ((LOOPBACK, 0),))
+        port = free_port()
+        async with agent(tmp_path, peers=1, dns_listen=listen, healthz_port=port) as a:
+            await until(lambda: _ready(a, "peer2"), "peer2's name")
+            _, found = await scrape(a)
+            before = _dns(found)
+            assert set(before) == {"answered", "nxdomain", "refused", "malformed", "dropped",
+                                   "other"}  # fmt: skip
+            await _ask(a, "nobody.overlay.internal")
+            await _ask(a, "nobody.overlay.internal")
+            await _ask(a, "peer2.overlay.internal")
+            _, found = await scrape(a)
+            after = _dns(found)
+            assert after["nxdomain"] == before["nxdomain"] + 2
+            assert after["answered"] == before["answered"] + 1
+            names = found["overlayd_dns_names"][("overlayd_dns_names", ())]
+            assert names >= 2  # self and peer2
+
+    asyncio.run(body())
+
+
+def _dns(found: dict[str, Samples]) -> dict[str, float]:
+    return {dict(k[1])["result"]: v for k, v in found["overlayd_dns_queries"].items()
+            if k[0] == "overlayd_dns_queries_total"}  # fmt: skip
+
+
+async def _ask(a: Agent, name: str) -> dns.message.Message:
+    names = a.daemon.names
+    assert names is not None
+    query = dns.message.make_query(name, "A")
+    port = names.server.bound[0][1]
+    return await dns.asyncquery.udp(query, str(LOOPBACK), port=port, timeout=5)
+
+
+async def _ready(a: Agent, node: str) -> bool:
+    names = a.daemon.names
+    if names is None or not names.server.bound:
+        return False
+    return bool((await _ask(a, f"{node}.overlay.internal")).answer)
