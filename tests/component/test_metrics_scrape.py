@@ -9,7 +9,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import dns.asyncquery
@@ -17,6 +17,7 @@ import dns.message
 from prometheus_client.parser import text_string_to_metric_families
 
 from overlayd.agent.metrics import PATH_KINDS
+from overlayd.store.memory import MemStore
 from overlayd.values.keys import PublicKey
 from overlayd.values.names import DnsListen
 from tests.builders import config, wg_key
@@ -223,3 +224,47 @@ async def _ready(a: Agent, node: str) -> bool:
     if names is None or not names.server.bound:
         return False
     return bool((await _ask(a, f"{node}.overlay.internal")).answer)
+
+
+def test_gateway_role_election_and_peers_via_the_gateway(tmp_path: Path) -> None:
+    cfg = config(
+        Network=NETWORK,
+        Backend={"Type": "vxlan+wireguard"},
+        Topology={"Mode": "gateway", "Sites": {"b": "mesh"}},
+    )
+    wg = {"backend_type": "vxlan+wireguard", "wireguard_port": 51820}
+
+    async def body() -> None:
+        store = MemStore()
+        await store.put_config(cfg)
+        await add_peer(store, 9, site="b", public_key=wg_key(9), **wg)  # a host of mesh site b
+        one = agent(tmp_path, store=store, dp=FakeDataPlane(underlay_address=IPv4Address(
+            "10.0.0.1")), cfg=cfg, paths=FakePaths(), node="one", site="a",
+            healthz_port=free_port())  # fmt: skip
+        async with one as a:
+
+            async def role(agent: Agent, name: str) -> bool:
+                if agent.daemon.status.reconciles == 0:
+                    return False  # the status port may not be listening yet
+                found = (await scrape(agent))[1]["overlayd_gateway_role"]
+                return found[("overlayd_gateway_role", (("role", name),))] == 1
+
+            await until(lambda: role(a, "gateway"), "one is site a's gateway")
+            _, found = await scrape(a)
+            won = found["overlayd_gateway_elections"]
+            assert won[("overlayd_gateway_elections_total", (("result", "won"),))] == 1
+            two = agent(tmp_path, store=store, dp=FakeDataPlane(underlay_address=IPv4Address(
+                "10.0.0.2")), cfg=cfg, paths=FakePaths(), node="two", site="a",
+                healthz_port=free_port())  # fmt: skip
+            async with two as b:
+                await until(lambda: role(b, "member"), "two is a member")
+
+                async def via_gateway() -> bool:
+                    return peers_by_kind((await scrape(b))[1])["gateway"] == 1
+
+                await until(via_gateway, "two counts the remote host as reached via the gateway")
+                _, found = await scrape(b)
+                won = found["overlayd_gateway_elections"]
+                assert won[("overlayd_gateway_elections_total", (("result", "won"),))] == 0
+
+    asyncio.run(body())
