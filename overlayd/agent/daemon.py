@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 
+from prometheus_client import CollectorRegistry
+
 from overlayd.agent.churnlog import activity_churn
 from overlayd.agent.devices import Devices
 from overlayd.agent.discovery import AddressDiscovery
@@ -32,13 +34,21 @@ from overlayd.agent.election import GatewayAgent, GatewayOptions
 from overlayd.agent.host import Clock, Host
 from overlayd.agent.lease_fold import LeaseFold
 from overlayd.agent.lease_publish import LeasePublisher, lease_template
+from overlayd.agent.metrics import (
+    CONTENT_TYPE,
+    Metrics,
+    NodeState,
+    WireGuardTotals,
+    node_families,
+    path_kinds,
+)
 from overlayd.agent.names import NameService, name_service
 from overlayd.agent.options import DaemonOptions
 from overlayd.agent.path_api import PathKeeping
 from overlayd.agent.reconcile import ReconcilePass
 from overlayd.agent.relay_keeper import RelayKeeper, annotate
 from overlayd.agent.rotation import KeyRotation
-from overlayd.agent.status import Handler, HealthServer, Reply
+from overlayd.agent.status import Handler, HealthServer, Reply, Text
 from overlayd.agent.status_docs import Status, healthz, peersz, readyz, statusz
 from overlayd.agent.traffic import TrafficSampler
 from overlayd.dataplane.api import DataPlaneApi, Underlay
@@ -85,7 +95,8 @@ class Daemon:
     the data plane after ``run``; ``key`` is the node key loaded from ``state_dir``;
     ``paths`` chooses each peer's underlay path (started and closed by ``run``);
     ``discovery`` learns our public address by itself (None: ``--public-ip`` given);
-    ``phases``: the start-up phase clock the composition root began (None: one of our own)."""
+    ``phases``: the start-up phase clock the composition root began (None: one of our own);
+    ``metrics``: the families ``/metrics`` serves (None: on a registry of our own)."""
 
     def __init__(
         self,
@@ -99,6 +110,7 @@ class Daemon:
         clock: Clock | None = None,
         discovery: AddressDiscovery | None = None,
         phases: PhaseClock | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.opts = opts
         self.dp = dataplane
@@ -110,6 +122,8 @@ class Daemon:
         self.clock = clock or Clock()
         self.status = Status(started=self.clock.monotonic())
         self.phases = phases or PhaseClock(log, clock=self.clock.monotonic)
+        self.metrics = metrics or Metrics(CollectorRegistry())
+        self.metrics.scrape(lambda: node_families(self._metric_state()))
         self._key = key
         self._running: _Running | None = None  # from ``_start``
         self._probing = False  # the path keeper was started (``/peers`` answers)
@@ -290,6 +304,7 @@ class Daemon:
                 self._key,
                 GatewayOptions(candidate=self.opts.gateway_candidate),
                 lambda: self.mark_dirty(full=True),
+                self.metrics,
             )
         fold = LeaseFold(
             cfg.network, identity.node_id, keeper, self.paths, self._churn, self.status
@@ -299,7 +314,7 @@ class Daemon:
             relays = RelayKeeper(self._key, self.mark_dirty, self.clock.monotonic)
         reconcile = ReconcilePass(
             cfg, devices, self.dp, self.paths, gateway, self._ingress, self._churn, self.clock,
-            self.status, unguessable, relays,
+            self.status, unguessable, self.metrics, relays,
         )  # fmt: skip
         publisher = LeasePublisher(keeper, rotation, self.paths, cfg.network, self.opts.public_ips)
         traffic = TrafficSampler(
@@ -379,10 +394,13 @@ class Daemon:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            started = self.clock.monotonic()
             try:
                 await one_pass()
                 self.status.last_error = None
+                self.metrics.reconcile_pass(self.clock.monotonic() - started, ok=True)
             except OverlaydError as exc:
+                self.metrics.reconcile_pass(self.clock.monotonic() - started, ok=False)
                 # any of our own errors (kernel, store, WireGuard driver, …) is retried:
                 # one failed pass must not end the daemon
                 self.status.last_error = str(exc)
@@ -459,6 +477,7 @@ class Daemon:
             "/readyz": lambda: readyz(self._ready()),
             "/status": self._statusz,
             "/peers": self._peersz,
+            "/metrics": lambda: (200, Text(self.metrics.text(), CONTENT_TYPE)),
         }
 
     def _ready(self) -> bool:
@@ -482,3 +501,19 @@ class Daemon:
         discovery = self.discovery.summary if self.discovery is not None else None
         names = self.names.counters() if self.names is not None else None
         return statusz(self.opts.node_name, self.status, public_ips, entries, discovery, names)
+
+    def _metric_state(self) -> NodeState:
+        """What the node families of ``/metrics`` show now."""
+        run = self._running
+        if run is None:
+            return NodeState()
+        held = run.keeper.held
+        me = held.record.node_id if held is not None else None
+        peers = [s for s, r in run.fold.records.items() if r.node_id != me]
+        reconcile = run.reconcile
+        kinds = path_kinds(
+            peers, self.paths.paths, self.paths.verified(), reconcile.via, reconcile.relayed
+        )
+        wireguard = WireGuardTotals.of(run.traffic.last.values())
+        dns = run.names.counters() if run.names is not None else None
+        return NodeState(kinds, run.keeper.ttl_left(), self.status.role, wireguard, dns)

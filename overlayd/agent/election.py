@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
+from overlayd.agent.metrics import Metrics
 from overlayd.agent.through import ThroughProbes
 from overlayd.disk.node_key import NodeKey
 from overlayd.planning.gateway import entry_points
@@ -57,8 +58,11 @@ class GatewayAgent:
         key: NodeKey,
         options: GatewayOptions,
         on_change: Callable[[], None],
+        metrics: Metrics,
     ) -> None:
+        """``metrics``: where our elections and resignations are counted."""
         self._store = store
+        self._metrics = metrics
         self._cfg = cfg
         self._options = options
         self._on_change = on_change
@@ -156,6 +160,7 @@ class GatewayAgent:
         claim = GatewayClaim(me.site, me.node, me.node_id, me.subnet)
         if await self._store.claim_gateway(me.site, claim, self._lease_id):
             log.info("elected gateway of site %s", me.site)
+            self._metrics.gateway_election("won")
 
     async def _maybe_resign(self, me: LeaseRecord, claim: GatewayClaim) -> None:
         members = [
@@ -169,6 +174,7 @@ class GatewayAgent:
             )  # fmt: skip
             self._cooldown_until = time.monotonic() + COOLDOWN
             await self._store.resign_gateway(me.site, claim)
+            self._metrics.gateway_election("resigned")
 
     def _set_through_targets(self, me: LeaseRecord, *, member: bool, fresh: bool) -> None:
         targets: dict[IPv4Network, LeaseRecord] = {}

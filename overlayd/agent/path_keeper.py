@@ -19,6 +19,9 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
+from overlayd.agent.metrics import Metrics
 from overlayd.agent.punching import Punching
 from overlayd.disk.node_key import NodeKey
 from overlayd.planning.linger import Linger, linger_for
@@ -91,8 +94,14 @@ class PathKeeper:
         params: ChooseParams | None = None,
         pace: PaceParams | None = None,
         punching: Punching | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        self.prober: Prober[IPv4Network] = Prober(key.private, config, self._changed)
+        """``metrics``: where path changes and probe RTTs are counted (default: a registry
+        of its own, which nobody scrapes)."""
+        self.metrics = metrics or Metrics(CollectorRegistry())
+        self.prober: Prober[IPv4Network] = Prober(
+            key.private, config, self._changed, self.metrics.probe_rtt
+        )
         # without openers (no raw socket): punching works only through NATs that let
         # the first datagram in
         self.punching = punching or Punching(PunchParams(), None, time.monotonic)
@@ -278,6 +287,7 @@ class PathKeeper:
             address = None if path is None else path.address
             old = None if current is None else current.address
             if address != old:
+                self.metrics.path_changed(path)
                 changed.add(subnet)
                 self._changed_at[subnet] = now
                 self.prober.set_chosen(subnet, address if subnet in self._targets else None)

@@ -19,6 +19,7 @@ from overlayd.agent.churnlog import change_counts, wireguard_counts
 from overlayd.agent.devices import Device, Devices
 from overlayd.agent.election import GatewayAgent
 from overlayd.agent.host import Clock
+from overlayd.agent.metrics import Metrics
 from overlayd.agent.path_api import PathKeeping
 from overlayd.agent.relay_keeper import RelayKeeper
 from overlayd.agent.status_docs import Status
@@ -86,10 +87,13 @@ class ReconcilePass:
         clock: Clock,
         status: Status,
         unguessable: frozenset[IPv4Address],
+        metrics: Metrics,
         relays: RelayKeeper | None = None,
     ) -> None:
         """``unguessable``: addresses never guessed as a path (our etcd endpoints');
-        ``relays``: stranded peers and relay checks (None: this network relays nothing)."""
+        ``relays``: stranded peers and relay checks (None: this network relays nothing);
+        ``metrics``: where kernel operations are counted."""
+        self._metrics = metrics
         self._unguessable = unguessable
         self._cfg, self._devices, self._dp, self._paths = cfg, devices, dataplane, paths
         self._gateway, self._ingress, self._churn = gateway, ingress, churn
@@ -217,6 +221,7 @@ class ReconcilePass:
         t0 = self._clock.monotonic()
         outcome = await self._dp.apply(dev.ifindex, changes)
         ms = (self._clock.monotonic() - t0) * 1000
+        self._metrics.kernel_applied(dev.name, changes, len(outcome.errors))
         failed = f", {len(outcome.errors)} failed" if outcome.errors else ""
         self._churn.note(
             change_counts(dev.name, changes, len(outcome.errors)),
@@ -232,6 +237,7 @@ class ReconcilePass:
         if done:
             add, remove = len(done.add), len(done.remove)
             update = len(done.update) + len(done.restart)  # a restart is an update to us
+            self._metrics.wireguard_applied(add, update, remove)
             self._churn.note(
                 wireguard_counts(add, update, remove),
                 f"WireGuard peers: +{add} ~{update} -{remove}",

@@ -59,6 +59,7 @@ class TrafficSampler:
         self._backend, self._vxlan_ifindex, self._dp = backend, vxlan_ifindex, dataplane
         self._paths, self._records = paths, records
         self._errors = Throttle(_ERROR_LOG_EVERY)
+        self.last: Mapping[IPv4Network, PeerSample] = {}  # the latest sample (for metrics)
 
     async def sample(self) -> dict[IPv4Network, PeerSample]:
         """One sample, by peer subnet (peers without a data-plane entry are left out)."""
@@ -92,4 +93,5 @@ class TrafficSampler:
                 if suppressed is not None:
                     log.warning("cannot sample peer traffic for the probe pace: %s", exc)
                 continue
+            self.last = samples
             self._paths.note_traffic(samples)

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from prometheus_client import CollectorRegistry
 
 from overlayd.agent.daemon import Daemon
 from overlayd.agent.discovery import AddressDiscovery
+from overlayd.agent.metrics import Metrics, probe_families, store_families
 from overlayd.agent.options import NAMES_SOCKET, DaemonOptions
 from overlayd.agent.path_keeper import PathKeeper
 from overlayd.agent.punching import Punching
@@ -74,20 +76,26 @@ def _punching() -> Punching:
 
 
 async def _compose_and_run(opts: DaemonOptions, dataplane: DataPlane, phases: PhaseClock) -> None:
-    """The composition root: the real store, node key and path keeper, given to ``Daemon``."""
+    """The composition root: the real store, node key and path keeper, given to ``Daemon``;
+    one metrics registry for all of them (``/metrics``, docs/metrics.md)."""
+    metrics = Metrics(CollectorRegistry())
     store = EtcdStore(opts.etcd)
+    metrics.scrape(lambda: store_families(store.counters))
     try:
         await store.connect()  # first: bad TLS files end the daemon before side effects
         phases.reach(Phase.STORE)
         key = NodeKey.load_or_create(opts.state_dir)
-        paths = PathKeeper(key, ProbeConfig(port=opts.probe_port), punching=_punching())
+        paths = PathKeeper(
+            key, ProbeConfig(port=opts.probe_port), punching=_punching(), metrics=metrics
+        )
+        metrics.scrape(lambda: probe_families(paths.prober.counters))
         discovery = None
         if opts.public_ip_auto:  # --public-ip given: nothing to discover
             metadata = CloudMetadata(opts.cloud_metadata) if opts.cloud_metadata else None
             discovery = AddressDiscovery(metadata, opts.stun_servers)
         daemon = Daemon(
             opts, store, dataplane, StateDir(opts.state_dir), key, paths, discovery=discovery,
-            phases=phases,
+            phases=phases, metrics=metrics,
         )  # fmt: skip
         await daemon.run()
     finally:

@@ -64,6 +64,10 @@ Send = Callable[[bytes, tuple[str, int]], None]
 """Sends a datagram from the probe socket."""
 
 
+def _no_rtt(_site: str, _seconds: float) -> None:
+    """RTTs nobody asked for."""
+
+
 class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
     """Probes peers' candidate addresses and answers their probes (see module docstring)."""
 
@@ -72,11 +76,15 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         key: PrivateKey,
         config: ProbeConfig | None = None,
         on_change: Callable[[PeerId | None], None] | None = None,
+        on_rtt: Callable[[str, float], None] | None = None,
     ) -> None:
+        """``on_change`` as the module docstring says; ``on_rtt(site, seconds)`` for each
+        answered probe (the RTT histogram of overlayd/agent/metrics.py)."""
         self.config = config = config or ProbeConfig()
         self.codec = ProbeCodec(key, window=config.window, replay_capacity=config.replay_capacity)
         self.counters = ProbeCounters()
         self._on_change = on_change
+        self._on_rtt = on_rtt or _no_rtt
         self._clock = time.monotonic  # the clock of every time in PathStats/Observation
         self._rng = random.Random()
         self._transport: asyncio.DatagramTransport | None = None
@@ -389,6 +397,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         path, sent_at = self._outstanding.pop(message.echo)
         now = self._clock()
         rtt = now - sent_at
+        self._on_rtt(self._peers[path.peer].site, rtt)
         if path.record_reply(now, rtt, self.config.rtt_alpha):
             log.info("path to %s via %s verified (rtt %.1f ms)", path.peer, path.address, rtt * 1e3)
             if path.downs:

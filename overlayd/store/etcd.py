@@ -53,7 +53,7 @@ from overlayd.store.etcd_tls import (
 )
 from overlayd.store.etcd_watch import watch_range, watch_stream
 from overlayd.store.keyed import KeyedStore
-from overlayd.store.keyspace import Guard, KeyValue, RawWatch
+from overlayd.store.keyspace import Guard, KeyValue, RawWatch, StoreCounters
 from overlayd.values.errors import EtcdTlsError, OverlaydError, StoreError
 
 T = TypeVar("T")
@@ -83,6 +83,11 @@ class EtcdStore(KeyedStore):
         """The addresses of the etcd endpoints (names resolved): never a guessed peer path."""
         return self._etcd.endpoint_addresses()
 
+    @property
+    def counters(self) -> StoreCounters:
+        """Failed requests and watch reconnects so far (for metrics)."""
+        return self._etcd.counters
+
     async def connect(self) -> None:
         """Check the endpoints and TLS files (``ConfigError`` naming what is wrong) and open
         the channel; the first RPC makes the first connection."""
@@ -100,6 +105,7 @@ class _EtcdKV:
         self._client: Etcd3Client | None = None
         self._tls: TlsMaterial | None = None
         self._server_name: str | None = None
+        self.counters = StoreCounters()
 
     def endpoint_addresses(self) -> frozenset[IPv4Address]:
         out = set()
@@ -138,7 +144,9 @@ class _EtcdKV:
             raise self._error(what, exc) from None
 
     def _error(self, what: str, exc: BaseException) -> StoreError:
-        """Our error for a failed ``what``: an ``EtcdTlsError`` when TLS was refused."""
+        """Our error for a failed ``what`` (counted): an ``EtcdTlsError`` when TLS was
+        refused."""
+        self.counters.errors += 1
         rpc = _rpc_error(exc)
         if rpc is not None:
             said = describe_tls_failure(str(rpc.details()), self._tls, self._server_name)
@@ -223,7 +231,7 @@ class _EtcdKV:
             )
 
         def stream(revision: int) -> AsyncGenerator[Any, None]:
-            return watch_stream(create, stub.Watch, _transient, revision)
+            return watch_stream(create, stub.Watch, _transient, revision, self._reconnected)
 
         raw = watch_range(relist, stream, first)
         try:
@@ -232,6 +240,9 @@ class _EtcdKV:
                     yield listing, [(kind, _key_value(kv)) for kind, kv in events]
         except (EtcdError, grpc.RpcError) as exc:
             raise self._error("watch", exc) from None
+
+    def _reconnected(self) -> None:
+        self.counters.watch_reconnects += 1
 
     # -- etcd leases -----------------------------------------------------------------------
 

@@ -69,11 +69,13 @@ async def watch_stream(
     open_call: Callable[[WatchRequests], WatchCall],
     transient: Callable[[Exception], bool],
     revision: int,
+    reconnected: Callable[[], None] = lambda: None,
 ) -> AsyncGenerator[Any, None]:
     """Watch responses from ``revision`` on, across reconnects.
 
     ``create(revision)`` is the Watch call's create request, ``open_call`` opens the call;
-    an error ``transient`` says is one reconnects after a backoff, any other is raised.
+    an error ``transient`` says is one reconnects after a backoff (``reconnected`` is told,
+    for metrics), any other is raised.
     """
     backoff = Retry(Backoff(first=WATCH_BACKOFF, cap=WATCH_BACKOFF_MAX))
     while True:
@@ -92,6 +94,7 @@ async def watch_stream(
         finally:
             requests.close()
             call.cancel()
+        reconnected()
         await backoff.pause()
 
 

@@ -42,6 +42,15 @@ T = TypeVar("T")
 _gateway_log = logging.getLogger("overlayd.gateway")
 
 
+@dataclass
+class StoreCounters:
+    """What a store adapter counts for metrics (overlayd/agent/metrics.py): requests that
+    failed, and reconnects of its watch."""
+
+    errors: int = 0
+    watch_reconnects: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class KeyValue:
     """One key as etcd keeps it (for a delete event: only the key and the delete's revision,

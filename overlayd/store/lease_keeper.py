@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
@@ -74,6 +75,7 @@ class LeaseKeeper:
         # doubles while the store fails a restore
         self._restore_backoff = Retry(Backoff(first=RESTORE_RETRY, cap=30.0), running=True)
         self.held: HeldLease | None = None
+        self._expires: float | None = None  # time.monotonic() when our etcd lease runs out
         self.snapshot: Snapshot | None = None  # the leases as last listed to claim one
 
     @property
@@ -230,7 +232,16 @@ class LeaseKeeper:
             now = next((s for s in snapshot.leases if s.subnet == record.subnet), None)
             self.notice(now, record.subnet, snapshot.revision)
 
+    def ttl_left(self) -> float | None:
+        """Seconds our etcd lease has left, as of its grant or last renewal (None: no lease
+        held); for metrics."""
+        if self.held is None or self._expires is None:
+            return None
+        return max(0.0, self._expires - time.monotonic())
+
     def _set(self, held: HeldLease) -> None:
+        if self.held is None or held.lease_id != self.held.lease_id:
+            self._expires = time.monotonic() + self._ttl  # granted just before
         self.held = held
         self._lost = False
         self._foreign = None
@@ -270,6 +281,7 @@ class LeaseKeeper:
         except StoreError as exc:
             log.warning("lease renewal failed (will retry): %s", exc)
             return
+        self._expires = time.monotonic() + max(0, ttl)
         if ttl <= 0:
             log.warning("our etcd lease %x expired; re-acquiring", held.lease_id)
             self._lose()

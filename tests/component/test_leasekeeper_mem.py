@@ -101,3 +101,24 @@ def test_deleted_lease_is_reacquired_at_once(tmp_path: Path) -> None:
                 await task
 
     run(body(), timeout=0.9)  # before the first renewal would have noticed
+
+
+def test_ttl_left_follows_the_grant_and_the_renewals(tmp_path: Path) -> None:
+    async def body() -> tuple[float | None, float | None, float | None]:
+        k = keeper(MemStore(clock=ManualClock()), tmp_path / "a")
+        none = k.ttl_left()
+        await k.acquire()
+        granted = k.ttl_left()
+        keeping = asyncio.create_task(k.keep())
+        await asyncio.sleep(TTL / 3 * 2 + 0.5)  # two renewals (every TTL / 3 = 1 s)
+        renewed = k.ttl_left()
+        keeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeping
+        return none, granted, renewed
+
+    none, granted, renewed = run(body())
+    assert none is None
+    assert granted is not None and TTL - 1 < granted <= TTL
+    # renewed within the last second: more left than a lease never renewed would have
+    assert renewed is not None and TTL - 1 < renewed <= TTL
