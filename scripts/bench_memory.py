@@ -15,9 +15,10 @@ Three parts, each optional:
 
 The breakdown of a daemon (``/proc/<pid>/smaps``): shared objects (``.so`` files, the
 largest named), the ``[heap]`` (glibc's main arena: malloc'd C memory and small Python
-objects' arenas when brk serves them), anonymous mappings (Python's obmalloc arenas,
-other malloc arenas, thread stacks), the interpreter binary and other files; and its
-threads by name. Prints one JSON line per part, then a table.
+objects' arenas when brk serves them), thread stacks (anonymous mappings of pthread's
+default 8 MiB), the other anonymous mappings (Python's obmalloc arenas, the other malloc
+arenas), the interpreter binary and other files; and its threads by name. Prints one JSON
+line per part, then a table.
 
     sudo .venv/bin/python scripts/bench_memory.py [--parts imports,world,synthetic]
 """
@@ -31,6 +32,7 @@ import compileall
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,6 +51,8 @@ from tests.lab.world import build_lan_world, build_multicloud_world, destroy
 REPO = Path(__file__).resolve().parent.parent
 HOSTS = ("a1", "a2", "a3", "b1", "b2", "bare")
 MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
+# pthread's default stacks: 8 MiB (RLIMIT_STACK), less the guard page glibc takes from them
+STACKS = (8188, 8192)
 IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)$")
 
 # What the daemon's entry loads, library by library (each step loads what it needs beyond
@@ -93,7 +97,9 @@ def breakdown(pid: int) -> dict[str, Any]:
             current = _kind(path)
             name = Path(path).name if current == "shared objects" else ""
             continue
-        if line.startswith("Rss:"):
+        if line.startswith("Size:") and current == "anon" and int(line.split()[1]) in STACKS:
+            current = "thread stacks"
+        elif line.startswith("Rss:"):
             kb = int(line.split()[1])
             kinds[current] += kb
             if current == "shared objects":
@@ -108,6 +114,19 @@ def breakdown(pid: int) -> dict[str, Any]:
         "threads": sum(names.values()),
         "thread_names": dict(sorted(names.items())),
     }
+
+
+def after_trim(pid: int) -> float | None:
+    """RSS (MB) of ``pid`` once glibc's ``malloc_trim(0)`` has run in it (through gdb): what
+    trimming would give back now. None without gdb."""
+    if shutil.which("gdb") is None:
+        return None
+    subprocess.run(
+        ["gdb", "-p", str(pid), "-batch", "-ex", "call (int) malloc_trim(0)"],
+        capture_output=True,
+        check=False,
+    )
+    return float(breakdown(pid)["rss_mb"])
 
 
 def _kind(path: str) -> str:
@@ -239,7 +258,7 @@ async def _synthetic_inner(n: int, etcd: str, workdir: Path, settle: float) -> d
         else:
             raise RuntimeError(f"{n} peers not programmed in 180 s")
         await asyncio.sleep(settle)
-        return {"peers": n, **breakdown(daemon.pid)}
+        return {"peers": n, **breakdown(daemon.pid), "after_trim_mb": after_trim(daemon.pid)}
     finally:
         daemon.kill()
         daemon.wait()
@@ -304,6 +323,7 @@ def main() -> int:
         res = synthetic(args.peers, args.settle)
         print(json.dumps({"part": "synthetic", **res}, sort_keys=True), flush=True)
         _table(f"{args.peers} synthetic peers", res)
+        print(f"  after malloc_trim(0): {res['after_trim_mb']} MB")
     return 0
 
 
