@@ -9,6 +9,9 @@ Three parts, each optional:
   and the most Python memory (tracemalloc, per package);
 * ``world`` (root): the six-host multi-cloud world (tests/lab/world.py), vxlan, every daemon
   running with all paths verified, then ``--settle`` seconds; each daemon's RSS broken down;
+* ``etcd`` (root): what the etcd client adds to a process that has uvloop and aiohttp
+  already, the gRPC one (etcd3aio) against etcd's v3 JSON gateway over aiohttp, each
+  granting, writing, listing, watching and keeping alive as a daemon does at start;
 * ``synthetic`` (root): one real daemon in a LAN world whose etcd holds ``--peers`` synthetic
   VXLAN leases (those of scripts/bench.py), measured once all their entries are in the
   kernel and ``--settle`` seconds have passed.
@@ -20,7 +23,7 @@ default 8 MiB), the other anonymous mappings (Python's obmalloc arenas, the othe
 arenas), the interpreter binary and other files; and its threads by name. Prints one JSON
 line per part, then a table.
 
-    sudo .venv/bin/python scripts/bench_memory.py [--parts imports,world,synthetic]
+    sudo .venv/bin/python scripts/bench_memory.py [--parts imports,world,synthetic,etcd]
 """
 
 from __future__ import annotations
@@ -79,6 +82,66 @@ for name in sys.argv[2:]:
     steps[name] = {"mb": round(mem() - before, 2), "s": round(time.perf_counter() - t0, 3),
                    "modules": len(sys.modules) - mods}
 print(json.dumps({"steps": steps, "modules": len(sys.modules), "total": rss(), "start": START}))
+"""
+
+
+# Both clients start from what a daemon has loaded anyway (uvloop, aiohttp for its status
+# port, the store's own modules), do what a daemon does at start (grant, put, list, watch,
+# keepalive) and report what that added (time: less the 1 s they then idle). The JSON one
+# is the design sketch of docs/startup.md ("Memory").
+_CLIENT_PROBE = """
+import asyncio, base64, json, os, re, sys, time
+from pathlib import Path
+import uvloop, aiohttp, aiohttp.web
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+) kB", Path("/proc/self/status").read_text())[1]) / 1024
+def threads():
+    return len(os.listdir("/proc/self/task"))
+ENDPOINT = sys.argv[2]
+sys.path[:0] = [sys.argv[3], sys.argv[3] + "/scripts"]
+import bench, overlayd.store.keyed  # what either store needs: only the client differs
+async def grpc_client():
+    from bench import lease_for
+    from overlayd.store.etcd import EtcdSettings, EtcdStore
+    store = EtcdStore(EtcdSettings((ENDPOINT,)))
+    await store.connect()
+    lease = await store.grant(30)
+    for i in range(1, 7):
+        await store.create_lease(lease_for(i), lease)
+    snapshot = await store.list_leases()
+    watch = store.watch_leases(snapshot)
+    first = asyncio.ensure_future(anext(watch))
+    await store.create_lease(lease_for(7), lease)
+    await first
+    await store.keepalive(lease)
+    await asyncio.sleep(1)  # the threads it keeps, not the ones it had
+    return threads()
+async def json_client():
+    b64 = lambda s: base64.b64encode(s.encode()).decode()
+    async with aiohttp.ClientSession(ENDPOINT) as http:
+        async def call(path, body):
+            async with http.post(path, json=body) as r:
+                return await r.json()
+        lease = (await call("/v3/lease/grant", {"TTL": 30}))["ID"]
+        for i in range(1, 7):
+            await call("/v3/kv/put", {"key": b64(f"/o/subnets/{i}"), "value": b64("{}" * 40),
+                                      "lease": lease})
+        await call("/v3/kv/range", {"key": b64("/o/"), "range_end": b64("/o0")})
+        watch = await http.post("/v3/watch", json={"create_request": {
+            "key": b64("/o/"), "range_end": b64("/o0")}})
+        await watch.content.readline()  # the watch's creation
+        await call("/v3/kv/put", {"key": b64("/o/subnets/7"), "value": b64("{}"), "lease": lease})
+        await watch.content.readline()  # the event
+        await call("/v3/lease/keepalive", {"ID": lease})
+        await asyncio.sleep(1)
+        live = threads()
+        watch.close()
+        return live
+before, t0, n, t_before = rss(), time.perf_counter(), len(sys.modules), threads()
+live = uvloop.run(grpc_client() if sys.argv[1] == "grpc" else json_client())
+print(json.dumps({"client": sys.argv[1], "rss_mb": round(rss() - before, 1),
+                  "threads": live - t_before, "modules": len(sys.modules) - n,
+                  "s": round(time.perf_counter() - t0 - 1, 3)}))
 """
 
 
@@ -283,6 +346,42 @@ def synthetic(n: int, settle: float) -> dict[str, Any]:
         destroy(lab)
 
 
+def etcd_clients() -> dict[str, Any]:
+    """What each etcd client adds to a process that already has uvloop and aiohttp: the
+    gRPC one (etcd3aio, the daemon's) and etcd's v3 JSON gateway over aiohttp."""
+    ns = f"ovbm{os.getpid()}-etcd"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    data = Path(tempfile.mkdtemp(prefix="overlayd-bench-etcd-"))
+    etcd = None
+    try:
+        ns_run(ns, "ip", "link", "set", "lo", "up")
+        url = "http://127.0.0.1:2379"
+        etcd = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "etcd", "--data-dir", str(data),
+             "--listen-client-urls", url, "--advertise-client-urls", url,
+             "--listen-peer-urls", "http://127.0.0.1:2380"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(
+            lambda: ns_run(ns, "etcdctl", "--endpoints", url, "endpoint", "health",
+                           check=False).returncode == 0,
+            30, "etcd answers",
+        )  # fmt: skip
+        found = {}
+        for client in ("grpc", "json"):
+            out = ns_run(
+                ns, sys.executable, "-c", _CLIENT_PROBE, client, url, str(REPO), timeout=120
+            ).stdout
+            found[client] = json.loads(out.strip().splitlines()[-1])
+        return found
+    finally:
+        if etcd is not None:
+            etcd.kill()
+            etcd.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def _table(name: str, b: dict[str, Any]) -> None:
     kinds = ", ".join(f"{k} {v}" for k, v in b["kinds_mb"].items())
     objects = ", ".join(f"{k} {v}" for k, v in b["objects_mb"].items())
@@ -292,7 +391,7 @@ def _table(name: str, b: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default="imports,world,synthetic")
+    parser.add_argument("--parts", default="imports,world,synthetic,etcd")
     parser.add_argument("--peers", type=int, default=5000)
     parser.add_argument("--settle", type=float, default=10.0, help="seconds before measuring")
     args = parser.parse_args()
@@ -313,6 +412,14 @@ def main() -> int:
             print(
                 f"  {name:<50} {step['rss_mb']:>7.1f} {step['python_mb']:>10.1f} "
                 f"{step['s']:>6.3f} {step['modules']:>8}"
+            )
+    if "etcd" in parts:
+        clients = etcd_clients()
+        print(json.dumps({"part": "etcd", **clients}, sort_keys=True), flush=True)
+        for name, c in clients.items():
+            print(
+                f"etcd client {name}: +{c['rss_mb']} MB RSS, +{c['threads']} threads, "
+                f"+{c['modules']} modules, {c['s']} s (import, connect, 6 puts, list, watch)"
             )
     if "world" in parts:
         res = world(args.settle)
