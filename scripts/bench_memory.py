@@ -14,7 +14,8 @@ Three parts, each optional:
   granting, writing, listing, watching and keeping alive as a daemon does at start;
 * ``synthetic`` (root): one real daemon in a LAN world whose etcd holds ``--peers`` synthetic
   VXLAN leases (those of scripts/bench.py), measured once all their entries are in the
-  kernel and ``--settle`` seconds have passed.
+  kernel and ``--settle`` seconds have passed; ``traced`` (root, not by default): the same
+  under tracemalloc, its largest Python allocations by line.
 
 The breakdown of a daemon (``/proc/<pid>/smaps``): shared objects (``.so`` files, the
 largest named), the ``[heap]`` (glibc's main arena: malloc'd C memory and small Python
@@ -142,6 +143,28 @@ live = uvloop.run(grpc_client() if sys.argv[1] == "grpc" else json_client())
 print(json.dumps({"client": sys.argv[1], "rss_mb": round(rss() - before, 1),
                   "threads": live - t_before, "modules": len(sys.modules) - n,
                   "s": round(time.perf_counter() - t0 - 1, 3)}))
+"""
+
+
+# The daemon under tracemalloc: once the file argv[1] appears, the largest allocations
+# (by line) are written to argv[1].json. A run of its own: tracing costs memory too.
+_TRACED_DAEMON = """
+import json, sys, threading, time, tracemalloc
+from pathlib import Path
+tracemalloc.start()
+flag = Path(sys.argv[1])
+sys.argv = ["overlayd", *sys.argv[2:]]
+def dump():
+    while not flag.exists():
+        time.sleep(0.2)
+    snap = tracemalloc.take_snapshot()
+    top = [[str(s.traceback[0]), round(s.size / 2**20, 2), s.count]
+           for s in snap.statistics("lineno")[:20]]
+    total = tracemalloc.get_traced_memory()[0] / 2**20
+    Path(f"{flag}.json").write_text(json.dumps({"traced_mb": round(total, 1), "top": top}))
+threading.Thread(target=dump, daemon=True).start()
+from overlayd.cli.daemon_main import main
+main()
 """
 
 
@@ -289,9 +312,11 @@ def world(settle: float) -> dict[str, Any]:
 # -- synthetic peers -----------------------------------------------------------------------
 
 
-async def _synthetic_inner(n: int, etcd: str, workdir: Path, settle: float) -> dict[str, Any]:
+async def _synthetic_inner(
+    n: int, etcd: str, workdir: Path, settle: float, traced: bool
+) -> dict[str, Any]:
     """In the daemon's namespace: write ``n`` leases, run the daemon until they are all in
-    the kernel, wait ``settle`` s, measure."""
+    the kernel, wait ``settle`` s, measure (``traced``: its largest Python allocations)."""
     from bench import lease_for
 
     from overlayd.store.etcd import EtcdSettings, EtcdStore
@@ -302,8 +327,10 @@ async def _synthetic_inner(n: int, etcd: str, workdir: Path, settle: float) -> d
     for chunk in range(0, n, 500):
         await asyncio.gather(*(store.create_lease(r, 0) for r in records[chunk : chunk + 500]))
     await store.close()
+    flag = workdir / "snapshot"
+    wrap = [sys.executable, "-c", _TRACED_DAEMON, str(flag)] if traced else [str(BIN / "overlayd")]
     argv = [
-        str(BIN / "overlayd"), "--etcd-endpoints", etcd, "--node-name", "bench",
+        *wrap, "--etcd-endpoints", etcd, "--node-name", "bench",
         "--state-dir", str(workdir / "state"), "--subnet-file", str(workdir / "subnet.env"),
         "--healthz-port", "10256",
     ]  # fmt: skip
@@ -321,14 +348,21 @@ async def _synthetic_inner(n: int, etcd: str, workdir: Path, settle: float) -> d
         else:
             raise RuntimeError(f"{n} peers not programmed in 180 s")
         await asyncio.sleep(settle)
+        if traced:
+            flag.touch()
+            while not Path(f"{flag}.json").exists():
+                await asyncio.sleep(0.2)
+            found: dict[str, Any] = json.loads(Path(f"{flag}.json").read_text())
+            return found
         return {"peers": n, **breakdown(daemon.pid), "after_trim_mb": after_trim(daemon.pid)}
     finally:
         daemon.kill()
         daemon.wait()
 
 
-def synthetic(n: int, settle: float) -> dict[str, Any]:
-    """The breakdown of one daemon with ``n`` synthetic VXLAN peers (see scripts/bench.py)."""
+def synthetic(n: int, settle: float, traced: bool = False) -> dict[str, Any]:
+    """The breakdown of one daemon with ``n`` synthetic VXLAN peers (see scripts/bench.py);
+    ``traced``: its largest Python allocations instead (a run under tracemalloc)."""
     workdir = Path(tempfile.mkdtemp(prefix="overlayd-bench-memory-"))
     lab = build_lan_world(f"ovbm{os.getpid()}-", 1, workdir=workdir)
     try:
@@ -338,7 +372,7 @@ def synthetic(n: int, settle: float) -> dict[str, Any]:
                "--subnet-min", "10.32.0.0", "--backend", "vxlan")  # fmt: skip
         out = ns_run(
             h1, sys.executable, __file__, "inner", str(n), lab.etcd_endpoint, str(workdir),
-            str(settle), timeout=600,
+            str(settle), "traced" if traced else "plain", timeout=600,
         ).stdout  # fmt: skip
         result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         return result
@@ -431,13 +465,25 @@ def main() -> int:
         print(json.dumps({"part": "synthetic", **res}, sort_keys=True), flush=True)
         _table(f"{args.peers} synthetic peers", res)
         print(f"  after malloc_trim(0): {res['after_trim_mb']} MB")
+    if "traced" in parts:
+        res = synthetic(args.peers, args.settle, traced=True)
+        print(json.dumps({"part": "traced", **res}, sort_keys=True), flush=True)
+        print(f"{args.peers} synthetic peers under tracemalloc: {res['traced_mb']} MB traced")
+        for where, mb, count in res["top"]:
+            print(f"  {mb:>6.2f} MB {count:>8} blocks  {where}")
     return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "inner":
         found = asyncio.run(
-            _synthetic_inner(int(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), float(sys.argv[5]))
+            _synthetic_inner(
+                int(sys.argv[2]),
+                sys.argv[3],
+                Path(sys.argv[4]),
+                float(sys.argv[5]),
+                sys.argv[6] == "traced",
+            )
         )
         print(json.dumps(found))
         sys.exit(0)

@@ -111,8 +111,7 @@ class Links:
         sock = open_socket(1 << 20, 1 << 16)
         setopt(sock, NETLINK_CAP_ACK)
         setopt(sock, NETLINK_EXT_ACK)
-        # Replies are single links, addresses and routes: a dump part is at most 32 KiB.
-        self._ch = Channel(sock, timeout, recv_size=64 << 10)
+        self._ch = Channel(sock, timeout)
 
     def close(self) -> None:
         self._ch.close()

@@ -39,8 +39,11 @@ SO_RCVBUFFORCE: Final = 33
 RTNLGRP_NEIGH: Final = 3
 RTNLGRP_IPV4_ROUTE: Final = 7
 
-RECV_SIZE: Final = 1 << 20
-"""Bytes of the receive buffer each reader keeps: the largest read the kernel hands over."""
+RECV_SIZE: Final = 64 << 10
+"""Bytes of the receive buffer each reader keeps. One read returns one datagram: an ACK or
+a notification (a few hundred bytes), or a part of a dump, which the kernel caps at 32 KiB
+(``max_recvmsg_len`` in af_netlink.c, however large the buffer offered). A 1 MiB buffer
+cost 1 MiB of RSS per reader (``bytearray`` zero-fills it) for nothing."""
 
 _DUMP_RETRIES: Final = 5
 
@@ -83,10 +86,10 @@ class Channel:
     reported as ``KernelError``. Not thread-safe.
     """
 
-    def __init__(self, sock: socket.socket, timeout: float, recv_size: int = RECV_SIZE) -> None:
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
         self.sock = sock
         self.sock.settimeout(timeout)
-        self.buf = bytearray(recv_size)
+        self.buf = bytearray(RECV_SIZE)
         self._seq = 0
 
     def close(self) -> None:
