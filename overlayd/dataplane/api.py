@@ -1,7 +1,7 @@
 """The VXLAN data plane as the daemon sees it: async calls run on one netlink thread.
 
-pyroute2's asyncio API fails under uvloop, and netlink sockets are not thread-safe, so
-every link/route/neighbour operation runs on a single dedicated worker thread; the
+Netlink sockets are not thread-safe and their calls block, so every
+link/route/neighbour operation runs on a single dedicated worker thread; the
 notification monitor has its own thread and hands batches back to the event loop.
 
 The WireGuard drivers (overlayd/dataplane/wireguard) are imported when the first WireGuard

@@ -39,7 +39,7 @@ def _decode_b64(text: str, what: str) -> bytes:
     return raw
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class PublicKey:
     """An X25519 / WireGuard public key: 32 bytes, shown in base64 as ``wg`` shows it."""
 
@@ -71,7 +71,7 @@ class PublicKey:
         return f"PublicKey({self.base64!r})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PrivateKey:
     """An X25519 / WireGuard private key. Its bytes never appear in repr, str or logs."""
 

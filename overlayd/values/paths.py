@@ -49,7 +49,7 @@ class PeerPath:
     wireguard_port: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerCandidates:
     """A peer's published underlay candidates (from its lease)."""
 

@@ -34,7 +34,7 @@ def interface_name(node_id: str) -> str:
     return IFNAME_PREFIX + hashlib.sha256(node_id.encode()).hexdigest()[:8]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PresharedKey:
     """A WireGuard pre-shared key (32 random bytes); never shown in repr or logs."""
 
@@ -55,7 +55,7 @@ class PresharedKey:
         return "<pre-shared key>"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Endpoint:
     """A peer's underlay address and UDP port."""
 
@@ -78,7 +78,7 @@ class Endpoint:
         return f"{self.address}:{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WgPeerConfig:
     """What we want WireGuard to know about one peer.
 
@@ -120,7 +120,7 @@ class WgDeviceConfig:
         return self.private_key.public_key()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WgPeerState:
     """One peer as read back from the device: its config plus counters.
 

@@ -2,8 +2,8 @@
 
 Each daemon runs with ``--debug`` and, once its last peer is programmed, logs the packages
 it has loaded (overlayd/runtime/phases.py). A plain VXLAN network never loads the
-WireGuard drivers, scapy, or overlayctl's commands; a WireGuard one does load its driver
-(so the check can tell).
+WireGuard drivers, scapy, overlayctl's commands or pyroute2 (the data plane speaks netlink
+itself); a WireGuard one does load its driver (so the check can tell).
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ pytestmark = pytest.mark.root
 LOADED = re.compile(r"loaded at start-up: \d+ packages: (.*)$", re.MULTILINE)
 PHASE = re.compile(r"start-up phase (.+) at [\d.]+ s")
 WIREGUARD_DRIVER = "overlayd.dataplane.wireguard.driver"
-NEVER = ("scapy", "overlayd.cli.ctl", "overlayd.cli.ctl_leases", "overlayd.cli.planview")
+NEVER = (
+    "scapy",
+    "pyroute2",
+    "overlayd.cli.ctl",
+    "overlayd.cli.ctl_leases",
+    "overlayd.cli.planview",
+)
 
 
 def loaded(d: OverlaydProc) -> list[str] | None:

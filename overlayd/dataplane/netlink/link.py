@@ -1,40 +1,47 @@
 """Links and addresses: the VXLAN overlay device and the underlay interface.
 
-Uses pyroute2's synchronous ``IPRoute`` (its asyncio API fails under uvloop, so the
-daemon calls this from its own netlink thread). Every pyroute2/OS error is translated
-into ``KernelError``. Works in the network namespace of the calling process.
+Plain rtnetlink over a ``nlsock.Channel`` (the messages are ``link_codec``'s), called from
+the data plane's netlink thread. Every netlink/OS error is translated into
+``KernelError``. Works in the network namespace of the calling process.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import fcntl
-import socket
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from ipaddress import IPv4Address, IPv4Interface
 from types import TracebackType
-from typing import Any, Final
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
-from overlayd.dataplane.netlink.rtnl_messages import RT_TABLE_MAIN
+from overlayd.dataplane.netlink import link_codec, rtnl_encode
+from overlayd.dataplane.netlink.ethtool import disable_tx_checksum_offload, tx_checksum_offload
+from overlayd.dataplane.netlink.link_codec import IFF_UP
+from overlayd.dataplane.netlink.nlmsg import (
+    NLMSG_ERROR,
+    DecodeError,
+    ErrorMessage,
+    Header,
+    decode_error,
+    iter_messages,
+)
+from overlayd.dataplane.netlink.nlsock import (
+    NETLINK_CAP_ACK,
+    NETLINK_EXT_ACK,
+    Channel,
+    open_socket,
+    setopt,
+)
+from overlayd.dataplane.netlink.rtnl_decode import decode_route
+from overlayd.dataplane.netlink.rtnl_messages import (
+    RT_TABLE_MAIN,
+    RTM_NEWROUTE,
+    Action,
+    RouteMessage,
+)
 from overlayd.values.errors import KernelError
 from overlayd.values.kernel_state import MacAddress
-
-IFF_UP: Final = 0x1
-
-# linux/sockios.h, linux/ethtool.h: the legacy get/set of TX checksum offload. The kernel
-# maps ETHTOOL_STXCSUM onto the generic feature flags (NETIF_F_CSUM_MASK), so it is the
-# same switch as ``ethtool -K dev tx off``.
-SIOCETHTOOL: Final = 0x8946
-ETHTOOL_GTXCSUM: Final = 0x16
-ETHTOOL_STXCSUM: Final = 0x17
-_ETHTOOL_VALUE = struct.Struct("=II")  # struct ethtool_value { u32 cmd; u32 data; }
-_IFREQ = struct.Struct("16sP16x")  # struct ifreq: name, then ifr_data pointer; 40 bytes
 
 
 @dataclass(frozen=True)
@@ -97,46 +104,17 @@ class EnsuredVxlan:
     fixed: tuple[str, ...] = ()
 
 
-def _ethtool_value(ifname: str, cmd: int, data: int = 0) -> int:
-    """Run a SIOCETHTOOL ``ethtool_value`` command on ``ifname``; returns ``data``."""
-    value = ctypes.create_string_buffer(_ETHTOOL_VALUE.pack(cmd, data), _ETHTOOL_VALUE.size)
-    ifreq = _IFREQ.pack(ifname.encode(), ctypes.addressof(value))
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
-    except OSError as exc:
-        raise KernelError(f"ethtool command {cmd:#x} on {ifname} failed: {exc.strerror}") from exc
-    return int(_ETHTOOL_VALUE.unpack(value.raw)[1])
-
-
-def tx_checksum_offload(ifname: str) -> bool:
-    """Whether TX checksum offload is on for ``ifname`` (``ethtool -k``: tx-checksumming)."""
-    return bool(_ethtool_value(ifname, ETHTOOL_GTXCSUM))
-
-
-def disable_tx_checksum_offload(ifname: str) -> None:
-    """Turn TX checksum offload off on ``ifname``.
-
-    With offloaded checksums, VXLAN traffic that crosses NAT arrives with bad checksums
-    on some kernels and is dropped until retransmits give up (the "63-second delay"
-    seen with flannel and Calico); flannel turns TX/RX checksum offload off on its
-    VXLAN device (flannel PR #1282) and so do we. Only TX matters: RX offload only
-    verifies checksums.
-    """
-    _ethtool_value(ifname, ETHTOOL_STXCSUM, 0)
-
-
 class Links:
-    """Link and address management over one pyroute2 ``IPRoute`` socket. Not thread-safe."""
+    """Link and address management over one rtnetlink socket. Not thread-safe."""
 
-    def __init__(self) -> None:
-        try:
-            self._ipr: Any = IPRoute(ext_ack=True)
-        except OSError as exc:
-            raise KernelError(f"cannot open rtnetlink socket: {exc.strerror}") from exc
+    def __init__(self, timeout: float = 10.0) -> None:
+        sock = open_socket(1 << 20, 1 << 16)
+        setopt(sock, NETLINK_CAP_ACK)
+        setopt(sock, NETLINK_EXT_ACK)
+        self._ch = Channel(sock, timeout)
 
     def close(self) -> None:
-        self._ipr.close()
+        self._ch.close()
 
     def __enter__(self) -> Links:
         return self
@@ -149,23 +127,48 @@ class Links:
     ) -> None:
         self.close()
 
-    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return getattr(self._ipr, method)(*args, **kwargs)
-        except NetlinkError as exc:
-            raise KernelError(f"{what}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc
-        except OSError as exc:
-            raise KernelError(f"{what}: {exc.strerror or exc}") from exc
+    def _exchange(
+        self, request: Callable[[int], bytes]
+    ) -> tuple[ErrorMessage | None, link_codec.LinkMessage | None]:
+        """Send one request; its error/ACK (None if answered with a message) and the
+        decoded RTM_NEWLINK answer, if any."""
+        seq = self._ch.next_seq()
+        self._ch.send(request(seq))
+        while True:
+            n = self._ch.recv()
+            try:
+                for hdr, payload in iter_messages(memoryview(self._ch.buf)[:n]):
+                    if hdr.seq != seq:
+                        continue  # the answer to an earlier request that timed out
+                    if hdr.type == NLMSG_ERROR:
+                        return decode_error(hdr.seq, payload, hdr.flags), None
+                    if hdr.type == link_codec.RTM_NEWLINK:
+                        return None, link_codec.decode_link(payload)
+            except DecodeError as exc:
+                raise KernelError(f"undecodable netlink reply: {exc}") from exc
 
-    def _get_msg(self, link: str | int) -> Any | None:
-        """The RTM_NEWLINK message for a name or index; None if there is no such link."""
-        key = {"index": link} if isinstance(link, int) else {"ifname": link}
-        try:
-            return self._ipr.link("get", **key)[0]
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
+    def _call(self, what: str, request: Callable[[int], bytes], *, ok: int = 0) -> bool:
+        """Send a change; False if the kernel answered with errno ``ok`` (when given)."""
+        error, _ = self._exchange(request)
+        if error is not None and error.error:
+            if ok and error.error == ok:
+                return False
+            raise KernelError(f"{what}: {error.describe()}")
+        return True
+
+    def _get_msg(self, link: str | int) -> link_codec.LinkMessage | None:
+        """The interface for a name or index; None if there is no such link."""
+        error, msg = self._exchange(lambda seq: link_codec.encode_get_link(seq, link))
+        if error is not None:
+            if error.error == errno.ENODEV:
                 return None
-            raise KernelError(f"cannot read link {link}: {exc.args[1]}") from exc
+            raise KernelError(f"cannot read link {link}: {error.describe()}")
+        if msg is None:
+            raise KernelError(f"cannot read link {link}: no answer")
+        return msg
+
+    def _addresses(self) -> list[tuple[int, IPv4Interface]]:
+        return self._ch.dump(link_codec.encode_addr_dump, _addr)
 
     def find(self, link: str | int) -> LinkInfo | None:
         """The interface with this name or index, or None."""
@@ -179,38 +182,27 @@ class Links:
             raise KernelError(f"no network interface {link!r}")
         return info
 
-    def _info(self, msg: Any) -> LinkInfo:
-        index = int(msg["index"])
-        addrs = self._call(
-            f"cannot read addresses of link {index}", "addr", "dump",
-            family=socket.AF_INET, index=index,
-        )  # fmt: skip
-        mac = msg.get("address")
+    def _info(self, msg: link_codec.LinkMessage) -> LinkInfo:
         return LinkInfo(
-            name=str(msg.get("ifname")),
-            index=index,
-            mtu=int(msg.get("mtu")),
-            mac=MacAddress.parse(mac) if mac and len(mac) == 17 else None,
-            up=bool(int(msg["flags"]) & IFF_UP),
-            addresses=tuple(
-                IPv4Interface((a.get("address"), int(a["prefixlen"])))
-                for a in addrs
-                if int(a["index"]) == index
-            ),
-            kind=msg.get(("linkinfo", "kind")),
+            name=msg.name,
+            index=msg.index,
+            mtu=msg.mtu,
+            mac=msg.mac,
+            up=bool(msg.flags & IFF_UP),
+            addresses=tuple(a for index, a in self._addresses() if index == msg.index),
+            kind=msg.kind,
         )
 
     def default_route_interface(self) -> LinkInfo:
         """The interface of the IPv4 default route in table main with the lowest metric."""
-        routes = self._call(
-            "cannot read routes", "route", "dump", family=socket.AF_INET, table=RT_TABLE_MAIN
+        routes = self._ch.dump(
+            lambda seq: rtnl_encode.encode_route_dump(seq, 0, filtered=False), _route
         )
         best: tuple[int, int] | None = None
         for r in routes:
-            oif = r.get("oif")
-            if r["dst_len"] != 0 or not oif:
+            if r.dst.prefixlen != 0 or not r.oif or r.table != RT_TABLE_MAIN:
                 continue
-            candidate = (int(r.get("priority") or 0), int(oif))
+            candidate = (r.priority, r.oif)
             best = candidate if best is None or candidate < best else best
         if best is None:
             raise KernelError(
@@ -233,10 +225,9 @@ class Links:
         except ValueError:
             link = self.get(iface)
             return Underlay(link, self._first_address(link))
-        addrs = self._call("cannot read addresses", "addr", "dump", family=socket.AF_INET)
-        for a in addrs:
-            if IPv4Address(a.get("address")) == wanted:
-                return Underlay(self.get(int(a["index"])), wanted)
+        for index, address in self._addresses():
+            if address.ip == wanted:
+                return Underlay(self.get(index), wanted)
         raise KernelError(
             f"no interface has the address {wanted}",
             hint="pass --iface with an address configured on this host",
@@ -264,68 +255,69 @@ class Links:
         if msg is None:
             self._create(spec)
             return EnsuredVxlan(self._finish(spec), LinkAction.CREATED)
-        kind = msg.get(("linkinfo", "kind"))
-        if kind != "vxlan":
+        if msg.kind != "vxlan":
             raise KernelError(
-                f"interface {spec.name} exists but is a {kind or 'plain'} device, not vxlan",
+                f"interface {spec.name} exists but is a {msg.kind or 'plain'} device, not vxlan",
                 hint=f"delete it ('ip link del {spec.name}') or choose another device name",
             )
-        data = msg.get(("linkinfo", "data"))
-        index = int(msg["index"])
-        if data.get("vxlan_id") != spec.vni or data.get("vxlan_port") != spec.port:
-            self._call(f"cannot delete {spec.name}", "link", "del", index=index)
+        data = msg.vxlan or link_codec.VxlanAttrs(None, None, None, None, None)
+        if data.vni != spec.vni or data.port != spec.port:
+            self._call(
+                f"cannot delete {spec.name}",
+                lambda seq: link_codec.encode_del_link(seq, msg.index),
+            )
             self._create(spec)
             fixed = tuple(
                 name
-                for name, ok in (
-                    ("vni", data.get("vxlan_id") == spec.vni),
-                    ("port", data.get("vxlan_port") == spec.port),
-                )
-                if not ok
+                for name, same in (("vni", data.vni == spec.vni), ("port", data.port == spec.port))
+                if not same
             )
             return EnsuredVxlan(self._finish(spec), LinkAction.RECREATED, fixed)
-        drift: dict[str, Any] = {}
-        fixed_names: list[str] = []
-        if data.get("vxlan_local") != str(spec.local):
-            drift["vxlan_local"] = str(spec.local)
-            fixed_names.append("local")
-        if data.get("vxlan_link") != spec.underlay_index:
-            drift["vxlan_link"] = spec.underlay_index
-            fixed_names.append("underlay")
-        if data.get("vxlan_learning") != 0:
-            drift["vxlan_learning"] = 0
-            fixed_names.append("learning")
-        if drift:
-            self._call(
-                f"cannot update {spec.name}", "link", "set", index=index, kind="vxlan", **drift
+        drift = link_codec.VxlanChange(
+            local=None if data.local == spec.local else spec.local,
+            link=None if data.link == spec.underlay_index else spec.underlay_index,
+            learning=None if data.learning is False else False,
+        )
+        mac = None if msg.mac == spec.mac else spec.mac
+        mtu = None if msg.mtu == spec.mtu else spec.mtu
+        fixed_names = [
+            name
+            for name, changed in (
+                ("local", drift.local),
+                ("underlay", drift.link),
+                ("learning", drift.learning),
+                ("mac", mac),
+                ("mtu", mtu),
             )
-        link_set: dict[str, Any] = {}
-        if MacAddress.parse(str(msg.get("address"))) != spec.mac:
-            link_set["address"] = str(spec.mac)
-            fixed_names.append("mac")
-        if int(msg.get("mtu")) != spec.mtu:
-            link_set["mtu"] = spec.mtu
-            fixed_names.append("mtu")
-        if link_set:
-            self._call(f"cannot update {spec.name}", "link", "set", index=index, **link_set)
+            if changed is not None
+        ]
+        if drift != link_codec.VxlanChange():
+            self._call(
+                f"cannot update {spec.name}",
+                lambda seq: link_codec.encode_set_link(seq, msg.index, vxlan=drift),
+            )
+        if mac is not None or mtu is not None:
+            self._call(
+                f"cannot update {spec.name}",
+                lambda seq: link_codec.encode_set_link(seq, msg.index, mac=mac, mtu=mtu),
+            )
         link = self._finish(spec)
         action = LinkAction.UPDATED if fixed_names else LinkAction.UNCHANGED
         return EnsuredVxlan(link, action, tuple(fixed_names))
 
     def _create(self, spec: VxlanSpec) -> None:
+        vxlan = link_codec.VxlanChange(
+            vni=spec.vni,
+            port=spec.port,
+            local=spec.local,
+            link=spec.underlay_index,
+            learning=False,
+        )
         self._call(
             f"cannot create VXLAN device {spec.name}",
-            "link",
-            "add",
-            ifname=spec.name,
-            kind="vxlan",
-            vxlan_id=spec.vni,
-            vxlan_port=spec.port,
-            vxlan_local=str(spec.local),
-            vxlan_link=spec.underlay_index,
-            vxlan_learning=0,
-            address=str(spec.mac),
-            mtu=spec.mtu,
+            lambda seq: link_codec.encode_new_link(
+                seq, spec.name, "vxlan", vxlan=vxlan, mac=spec.mac, mtu=spec.mtu
+            ),
         )
 
     def _finish(self, spec: VxlanSpec) -> LinkInfo:
@@ -337,12 +329,13 @@ class Links:
 
     def set_up(self, link: LinkInfo, mtu: int | None = None) -> LinkInfo:
         """Bring ``link`` up and, when given, set its MTU; sends nothing if both already are."""
-        change: dict[str, Any] = {} if link.up else {"state": "up"}
-        if mtu is not None and mtu != link.mtu:
-            change["mtu"] = mtu
-        if not change:
+        new_mtu = mtu if mtu is not None and mtu != link.mtu else None
+        if link.up and new_mtu is None:
             return link
-        self._call(f"cannot set {link.name} up", "link", "set", index=link.index, **change)
+        self._call(
+            f"cannot set {link.name} up",
+            lambda seq: link_codec.encode_set_link(seq, link.index, up=True, mtu=new_mtu),
+        )
         return self.get(link.index)
 
     def create_wireguard(self, name: str) -> bool:
@@ -351,23 +344,19 @@ class Links:
         The kernel answers EOPNOTSUPP for a link kind it does not know (module absent and
         not loadable); EEXIST and the rest are errors.
         """
-        try:
-            self._ipr.link("add", ifname=name, kind="wireguard")
-        except NetlinkError as exc:
-            if exc.code == errno.EOPNOTSUPP:
-                return False
-            raise KernelError(f"cannot create WireGuard device {name}: {exc.args[1]}") from exc
-        except OSError as exc:
-            raise KernelError(f"cannot create WireGuard device {name}: {exc.strerror}") from exc
-        return True
+        return self._call(
+            f"cannot create WireGuard device {name}",
+            lambda seq: link_codec.encode_new_link(seq, name, "wireguard"),
+            ok=errno.EOPNOTSUPP,
+        )
 
     def delete(self, link: LinkInfo) -> None:
         """Delete ``link``; one already gone is not an error."""
-        try:
-            self._ipr.link("del", index=link.index)
-        except NetlinkError as exc:
-            if exc.code != errno.ENODEV:
-                raise KernelError(f"cannot delete {link.name}: {exc.args[1]}") from exc
+        self._call(
+            f"cannot delete {link.name}",
+            lambda seq: link_codec.encode_del_link(seq, link.index),
+            ok=errno.ENODEV,
+        )
 
     def set_address(self, link: str | int, address: IPv4Interface) -> bool:
         """Make ``address`` the only IPv4 address of ``link``; True if anything changed.
@@ -382,15 +371,23 @@ class Links:
         changed = False
         if address not in info.addresses:
             self._call(
-                f"cannot add {address} to {info.name}", "addr", "add",
-                index=info.index, address=str(address.ip), prefixlen=address.network.prefixlen,
-            )  # fmt: skip
+                f"cannot add {address} to {info.name}",
+                lambda seq: link_codec.encode_addr(seq, info.index, address, add=True),
+            )
             changed = True
         for old in info.addresses:
             if old != address:
                 self._call(
-                    f"cannot remove {old} from {info.name}", "addr", "del",
-                    index=info.index, address=str(old.ip), prefixlen=old.network.prefixlen,
-                )  # fmt: skip
+                    f"cannot remove {old} from {info.name}",
+                    partial(link_codec.encode_addr, index=info.index, address=old, add=False),
+                )
                 changed = True
         return changed
+
+
+def _addr(hdr: Header, payload: memoryview) -> tuple[int, IPv4Interface] | None:
+    return link_codec.decode_addr(payload) if hdr.type == link_codec.RTM_NEWADDR else None
+
+
+def _route(hdr: Header, payload: memoryview) -> RouteMessage | None:
+    return decode_route(Action.NEW, payload) if hdr.type == RTM_NEWROUTE else None

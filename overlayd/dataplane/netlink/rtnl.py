@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import itertools
-import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,19 +22,12 @@ from types import TracebackType
 from typing import Any, Final
 
 from overlayd.dataplane.netlink import rtnl_encode
-from overlayd.dataplane.netlink.nlmsg import (
-    NLM_F_DUMP_INTR,
-    DecodeError,
-    DoneMessage,
-    ErrorMessage,
-    decode_ack,
-    iter_messages,
-)
+from overlayd.dataplane.netlink.nlmsg import ErrorMessage, Header, decode_ack
 from overlayd.dataplane.netlink.nlsock import (
     NETLINK_CAP_ACK,
     NETLINK_EXT_ACK,
     NETLINK_GET_STRICT_CHK,
-    RECV_SIZE,
+    Channel,
     open_socket,
     setopt,
 )
@@ -64,7 +56,6 @@ from overlayd.values.kernel_state import (
 # carries at most rcvbuf / this many requests.
 _ACK_BUDGET: Final = 2048
 _MAX_BATCH: Final = 8192
-_DUMP_RETRIES: Final = 5
 
 # errno values the batch path treats as success: EEXIST can only come from a create
 # racing another writer, ENOENT from deleting what is already gone.
@@ -134,20 +125,18 @@ class Rtnl:
     def __init__(
         self, *, rcvbuf: int = 32 << 20, sndbuf: int = 4 << 20, timeout: float = 10.0
     ) -> None:
-        self._sock = open_socket(rcvbuf, sndbuf)
-        self._sock.settimeout(timeout)
+        sock = open_socket(rcvbuf, sndbuf)
         # Error ACKs then carry only the request header, not the request, and a text.
-        setopt(self._sock, NETLINK_CAP_ACK)
-        setopt(self._sock, NETLINK_EXT_ACK)
+        setopt(sock, NETLINK_CAP_ACK)
+        setopt(sock, NETLINK_EXT_ACK)
         # Lets dump requests carry filters (kernel >= 4.20); we filter in code anyway.
-        self._strict = setopt(self._sock, NETLINK_GET_STRICT_CHK)
-        effective = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self._strict = setopt(sock, NETLINK_GET_STRICT_CHK)
+        effective = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.batch_size = max(16, min(_MAX_BATCH, effective // _ACK_BUDGET))
-        self._buf = bytearray(RECV_SIZE)
-        self._seq = 0
+        self._ch = Channel(sock, timeout)
 
     def close(self) -> None:
-        self._sock.close()
+        self._ch.close()
 
     def __enter__(self) -> Rtnl:
         return self
@@ -159,30 +148,6 @@ class Rtnl:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def _next_seq(self) -> int:
-        self._seq = (self._seq % 0xFFFFFFFF) + 1
-        return self._seq
-
-    def _recv(self) -> int:
-        try:
-            n = self._sock.recv_into(self._buf)
-        except TimeoutError as exc:
-            raise KernelError("the kernel did not answer a netlink request in time") from exc
-        except OSError as exc:
-            if exc.errno == errno.ENOBUFS:
-                raise KernelError(
-                    "netlink receive buffer overflowed and replies were lost; "
-                    "the kernel state must be read back (resync needed)"
-                ) from exc
-            raise KernelError(f"netlink receive failed: {exc.strerror}") from exc
-        return n
-
-    def _send(self, data: bytes) -> None:
-        try:
-            self._sock.send(data)
-        except OSError as exc:
-            raise KernelError(f"netlink send failed: {exc.strerror}") from exc
 
     def apply(self, ifindex: int, changes: Changes) -> ApplyResult:
         """Create/replace and delete the entries in ``changes`` on device ``ifindex``.
@@ -198,7 +163,7 @@ class Rtnl:
         planned = self._encode(ifindex, changes)
         while chunk := list(itertools.islice(planned, self.batch_size)):
             pending = {seq: (op, entry) for seq, op, entry, _ in chunk}
-            self._send(b"".join(data for _, _, _, data in chunk))
+            self._ch.send(b"".join(data for _, _, _, data in chunk))
             for ack in self._acks(pending):
                 op, entry = pending.pop(ack.seq)
                 benign = _BENIGN_SET_ERRORS if op is Op.SET else _BENIGN_DEL_ERRORS
@@ -224,7 +189,7 @@ class Rtnl:
         )
         for op, entries, encode in groups:
             for entry in entries:
-                seq = self._next_seq()
+                seq = self._ch.next_seq()
                 yield seq, op, entry, encode(seq, ifindex, entry)
 
     def _acks(self, pending: dict[int, tuple[Op, Entry]]) -> Iterator[ErrorMessage]:
@@ -234,13 +199,14 @@ class Rtnl:
         abandoned after an error) are skipped.
         """
         while pending:
-            n = self._recv()
-            fast = decode_ack(self._buf, n)
+            n = self._ch.recv()
+            buf = self._ch.buf
+            fast = decode_ack(buf, n)
             if fast is not None:
                 if fast.seq in pending:
                     yield fast
                 continue
-            for msg in decode(memoryview(self._buf)[:n]):
+            for msg in decode(memoryview(buf)[:n]):
                 if isinstance(msg, ErrorMessage) and msg.seq in pending:
                     yield msg
 
@@ -289,34 +255,9 @@ class Rtnl:
         }
 
     def _dump(self, request: Callable[[int], bytes]) -> list[EntryMessage]:
-        """Run one dump; retried if the kernel says the table changed under it."""
-        for _ in range(_DUMP_RETRIES):
-            seq = self._next_seq()
-            self._send(request(seq))
-            messages, interrupted = self._read_dump(seq)
-            if not interrupted:
-                return messages
-        raise KernelError(f"netlink dump interrupted by changes {_DUMP_RETRIES} times in a row")
+        return self._ch.dump(request, _entry_message)
 
-    def _read_dump(self, seq: int) -> tuple[list[EntryMessage], bool]:
-        messages: list[EntryMessage] = []
-        interrupted = False
-        while True:
-            n = self._recv()
-            try:
-                for hdr, payload in iter_messages(memoryview(self._buf)[:n]):
-                    if hdr.seq != seq:
-                        continue
-                    if hdr.flags & NLM_F_DUMP_INTR:
-                        interrupted = True
-                    msg = decode_message(hdr, payload)
-                    if isinstance(msg, DoneMessage):
-                        if msg.error:
-                            raise KernelError(f"netlink dump failed: {os.strerror(msg.error)}")
-                        return messages, interrupted
-                    if isinstance(msg, ErrorMessage):
-                        raise KernelError(f"netlink dump request refused: {msg.describe()}")
-                    if msg is not None:
-                        messages.append(msg)
-            except DecodeError as exc:
-                raise KernelError(f"undecodable netlink reply: {exc}") from exc
+
+def _entry_message(hdr: Header, payload: memoryview) -> EntryMessage | None:
+    msg = decode_message(hdr, payload)
+    return msg if isinstance(msg, RouteMessage | NeighMessage | FdbMessage) else None

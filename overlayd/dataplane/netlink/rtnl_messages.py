@@ -67,7 +67,7 @@ class Action(Enum):
     DEL = "del"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteMessage:
     """An IPv4 route as the kernel reported it, with what is needed to decide ownership."""
 
@@ -101,7 +101,7 @@ class RouteMessage:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NeighMessage:
     """An IPv4 neighbour (ARP) entry as the kernel reported it."""
 
@@ -124,7 +124,7 @@ class NeighMessage:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FdbMessage:
     """A bridge FDB entry (family AF_BRIDGE) as the kernel reported it.
 

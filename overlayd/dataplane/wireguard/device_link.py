@@ -1,7 +1,7 @@
 """The WireGuard device as a network interface, for both drivers: look it up, create a
 kernel one, bring it up with its MTU, delete it.
 
-Done with ``netlink.link.Links`` (pyroute2), the data plane's one link manager, whose
+Done with ``netlink.link.Links``, the data plane's one link manager, whose
 ``KernelError`` is re-raised here as ``WireGuardError``: what every driver method raises.
 ``Links`` is bound to the thread that uses it; the drivers run on the data plane's netlink
 thread, as the ``Links`` they are given does.

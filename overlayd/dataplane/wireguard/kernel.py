@@ -10,7 +10,7 @@ We never send ``WGDEVICE_F_REPLACE_PEERS``: changes are per peer.
 Message building and parsing are pure functions (unit-tested against the header's
 layout); ``KernelWireGuard`` does the I/O through a ``GenlChannel`` (``genl.GenericNetlink``
 in the daemon, a recording fake in the unit tests) and the device's link through
-``device_link.DeviceLink`` (pyroute2's ``IPRoute``, via ``netlink.link.Links``).
+``device_link.DeviceLink`` (via ``netlink.link.Links``).
 
 Why not pyroute2's ``WireGuard`` for the generic-netlink part (measured with pyroute2
 0.9.7 on a shared 2-CPU machine, three runs, 1,000 peers with an endpoint, two allowed IPs,
@@ -20,7 +20,8 @@ our 16 messages of 64 peers; 1,000 request round trips through its synchronous A
 0.25-0.43 s against 37-58 ms on a plain socket (we need 16); parsing a 1,000-peer dump
 with its ``wgmsg`` took 0.32-0.52 s, before any conversion to ``WgState``, against
 61-98 ms for ``decode_device`` -- and every ``apply`` reads the device first. Its import
-costs ~1 ms on top of pyroute2, which the data plane loads anyway: not a reason. It can
+would have cost ~1 ms on top of pyroute2, which the data plane then loaded anyway (it no
+longer does). It can
 express every peer change we send (remove, update-only, replace allowed IPs, an empty
 list, a zeroed PSK), so the reason is cost, not capability.
 """
