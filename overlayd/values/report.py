@@ -74,10 +74,11 @@ class NodeReport:
     last_reconcile: float | None
     paths: tuple[tuple[str, int], ...]
     site_rtts: tuple[tuple[str, float], ...]
-    site_paths: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
     unreachable: tuple[str, ...]
     unreachable_total: int
     written_at: float
+    # last, with a default: added after the first version of this value
+    site_paths: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
     @property
     def peers(self) -> int:

@@ -136,10 +136,14 @@ def test_malformed_reports_are_named_not_drawn() -> None:
     prefix = StoreKeys(ctl.store.prefix).statuses
     ctl.store.put_raw(prefix + "evil", '{"Node": "evil", "Site": "x\\"];evil"}')
     ctl.store.put_raw(prefix + "huge", "x" * 100_000)
+    items = json.dumps({"Node": "long", "Unreachable": [f"n{i}" for i in range(200_000)]})
+    ctl.store.put_raw(prefix + "long", items)
+    ctl.store.put_raw(prefix + "typed", node_report("typed").to_json().replace('"mesh"', "7"))
     out = ctl("status").stdout
-    assert "2 malformed" in out
+    assert "4 malformed" in out
     lines = [line for line in out.splitlines() if line.startswith("malformed report")]
-    assert len(lines) == 2 and all(len(line) < 300 for line in lines)
+    assert len(lines) == 4 and all(len(line) < 300 for line in lines)
+    assert "Role 7 is not a DNS label" in out
     assert "evil" not in ctl("graph").stdout
 
 
