@@ -16,8 +16,10 @@ the RTT wobble: only the refresh writes), churn (one node dies every ``--churn-e
 seconds and comes back ``--down-for`` seconds later, with a new report lease: every
 other node's report changes twice per event). ``--etcd``: then write one report per node
 to a real etcd (tests/lab, on 127.0.0.1) and read its database size and the puts' time.
+``--ctl``: the time of ``overlayctl status`` and ``overlayctl graph -o dot`` over those
+reports and their leases (an in-memory store: the commands' own cost, not etcd's).
 
-``.venv/bin/python scripts/bench_report.py [--nodes 5000] [--etcd]``
+``.venv/bin/python scripts/bench_report.py [--nodes 5000] [--etcd] [--ctl]``
 """
 
 from __future__ import annotations
@@ -34,13 +36,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from click.testing import CliRunner
+
 from overlayd.agent.host import Clock
 from overlayd.agent.reporting import StatusReporter
 from overlayd.agent.status_docs import Status
+from overlayd.cli.context import CtlContext
+from overlayd.cli.ctl import main as ctl_main
 from overlayd.planning.report import ReportParams
 from overlayd.store.api import DEFAULT_PREFIX, StoreKeys
 from overlayd.store.etcd import EtcdSettings, EtcdStore
+from overlayd.store.memory import MemStore
 from overlayd.store.memory_kv import ManualClock
+from overlayd.values.config import parse_config
 from overlayd.values.kernel_state import MacAddress
 from overlayd.values.lease import LeaseRecord
 from overlayd.values.paths import PRIVATE, PUBLIC, PeerPath
@@ -179,7 +187,7 @@ def reporter(world: World, i: int, store: CountingStore, clock: ManualClock) -> 
     return made
 
 
-async def simulate(args: argparse.Namespace) -> CountingStore:
+async def simulate(args: argparse.Namespace) -> tuple[World, CountingStore]:
     world, store, clock = World(args), CountingStore(), ManualClock(0.0)
     params: ReportParams = args.params
     step = int(params.min_interval)
@@ -198,7 +206,7 @@ async def simulate(args: argparse.Namespace) -> CountingStore:
             second += 1
         print_phase(phase, seconds, store.counts.minus(before), args.nodes)
         print(f"  (simulated in {time.process_time() - t0:.1f} s of CPU)")
-    return store
+    return world, store
 
 
 def churn(
@@ -253,6 +261,32 @@ async def to_etcd(reports: list[NodeReport]) -> None:
     )
 
 
+def time_ctl(world: World, reports: dict[str, NodeReport]) -> None:
+    """``overlayctl status`` and ``graph`` over the last ``reports`` (of the nodes up at
+    the end) and every node's lease."""
+    mem = MemStore()
+
+    async def fill() -> None:
+        await mem.put_config(parse_config('{"Network": "10.0.0.0/8", "SubnetLen": 24}'))
+        lease = await mem.grant(3600)
+        for i, name in enumerate(world.names):
+            await mem.create_lease(lease_of(i, name, world.site_of[name]), lease)
+            if name not in world.down and name in reports:
+                await mem.put_status_report(reports[name], lease)
+
+    asyncio.run(fill())
+    obj = CtlContext(store_factory=lambda _settings: mem, clock=lambda: WALL + 600)
+    for args in (["status"], ["status", "-o", "json"], ["graph", "-o", "dot"]):
+        t0 = time.monotonic()
+        result = CliRunner().invoke(ctl_main, args, obj=obj)
+        took = time.monotonic() - t0
+        assert result.exit_code == 0, result.output[-500:]
+        print(
+            f"overlayctl {' '.join(args)}: {took:.2f} s for {len(world.names):,} nodes "
+            f"({len(result.stdout) / 2**20:.1f} MiB of output)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=5000)
@@ -264,6 +298,7 @@ def main() -> None:
     parser.add_argument("--churn-every", type=int, default=10)
     parser.add_argument("--down-for", type=int, default=60)
     parser.add_argument("--etcd", action="store_true", help="also write to a real etcd")
+    parser.add_argument("--ctl", action="store_true", help="time overlayctl status and graph")
     args = parser.parse_args()
     args.params = ReportParams()
     p = args.params
@@ -272,9 +307,11 @@ def main() -> None:
         f"{p.refresh:g} s, lease TTL {p.ttl} s; {args.sites} sites, RTT wobble "
         f"{args.wobble:.0%}, churn: a node down every {args.churn_every} s for {args.down_for} s"
     )
-    store = asyncio.run(simulate(args))
+    world, store = asyncio.run(simulate(args))
     if args.etcd:
         asyncio.run(to_etcd(sorted(store.last.values(), key=lambda r: r.node)))
+    if args.ctl:
+        time_ctl(world, store.last)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ class NodeReport:
     node_id: str
     site: str
     subnet: IPv4Network
-    role: str  # "mesh", or the gateway topology's role ("gateway", "member")
+    role: str  # "mesh", or the gateway topology's ("gateway", "member", "waiting")
     versions: tuple[tuple[str, str], ...]  # (component, version), sorted
     last_reconcile: float | None
     paths: tuple[tuple[str, int], ...]
