@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from ipaddress import IPv4Network
 from typing import Any
 
 import click
@@ -85,8 +86,14 @@ def status(ctx: click.Context, output: str) -> None:
 
 
 def _node_row(
-    node: str, site: str, subnet: object, report: NodeReport | None, health: str, now: float
+    node: str,
+    site: str,
+    subnet: IPv4Network | None,
+    report: NodeReport | None,
+    health: str,
+    now: float,
 ) -> list[str]:
+    """One node's cells; a node without a report shows ``-`` but for its lease."""
     subnet_text = "-" if subnet is None else str(subnet)
     if report is None:
         return [node, site or "-", subnet_text, "-", "-", "-", "-", health]
