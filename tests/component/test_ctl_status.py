@@ -170,3 +170,17 @@ def test_graph_without_dot_is_an_error_with_a_hint(
     assert result.stderr.startswith("error: Graphviz's dot is not installed")
     assert "hint: install it ('apt-get install graphviz')" in result.stderr
     assert ctl("graph").stdout.startswith("digraph")  # the DOT text needs no dot
+
+
+def test_a_large_network_is_drawn_by_site_unless_told() -> None:
+    ctl = Ctl()
+    ctl.init()
+    for n in range(1, 53):  # 52 nodes: more than AUTO_NODES
+        report(ctl, f"n{n}", node(ctl, n, f"n{n}", "east" if n % 2 else "west"))
+    dot = ctl("graph").stdout
+    assert '"site:east" [label="site east (mesh)\\n26 nodes"];' in dot and '"n1"' not in dot
+    assert '"n1" [label="n1"];' in ctl("graph", "--level", "nodes").stdout
+    small = Ctl()
+    small.init()
+    report(small, "a1", node(small, 1, "a1"))
+    assert "cluster_0" not in small("graph", "--level", "sites").stdout
