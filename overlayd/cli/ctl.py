@@ -2,7 +2,8 @@
 
 Each group lives in its own module: ``ctl_network`` (the network config), ``ctl_leases``
 (leases and reservations), ``ctl_node`` (requests to a node's daemon) and ``ctl_views``
-(``plan``, ``peers``, ``gateways``), ``ctl_names`` (DNS names). Errors and exit codes
+(``plan``, ``peers``, ``gateways``), ``ctl_names`` (DNS names), ``ctl_status``
+(``status``, ``graph``: the observed network). Errors and exit codes
 are ``common``'s.
 """
 
@@ -19,6 +20,7 @@ from overlayd.cli.ctl_leases import leases
 from overlayd.cli.ctl_names import names
 from overlayd.cli.ctl_network import network
 from overlayd.cli.ctl_node import node
+from overlayd.cli.ctl_status import graph, status
 from overlayd.cli.ctl_views import gateways, peers, plan
 
 
@@ -52,3 +54,5 @@ main.add_command(plan)
 main.add_command(peers)
 main.add_command(gateways)
 main.add_command(names)
+main.add_command(status)
+main.add_command(graph)
