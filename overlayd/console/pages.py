@@ -1,0 +1,118 @@
+"""The console's pages: jinja2 templates (package data, autoescaped: every value from etcd
+is HTML-escaped) rendered from a fresh ``view.load`` per request.
+
+The read-only pages refresh themselves (``<meta refresh>``: no script at all); the pages
+with forms do not, so what an operator types is not lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from overlayd.console.security import Access
+from overlayd.console.view import ConsoleStore, NetworkView, load
+from overlayd.values.config import BACKEND_TYPES, TOPOLOGY_MODES, VXLAN_WIREGUARD
+from overlayd.values.errors import LeaseFormatError
+from overlayd.values.lease import parse_subnet_key_name
+
+REFRESH = 5  # seconds between refreshes of a read-only page
+
+# the "create the network" form: field name, label, placeholder (the flags of network init)
+INIT_FIELDS = (
+    ("network", "network", "10.244.0.0/16"),
+    ("subnet_len", "subnet length", "24"),
+    ("subnet_min", "first subnet", "(network + 1 subnet)"),
+    ("subnet_max", "last subnet", "(last of the network)"),
+    ("vni", "VXLAN VNI", "1"),
+    ("port", "VXLAN port", "8472"),
+    ("mtu", "MTU", "(underlay minus overhead)"),
+    ("listen_port", "WireGuard port", "51820"),
+    ("keepalive", "WireGuard keepalive (s)", "25"),
+    ("site_modes", "site modes", "site-a=gateway, site-b=mesh"),
+    ("dns_zone", "DNS zone", "overlay.internal"),
+)
+
+
+class Pages:
+    """Renders the templates; serves the GET pages of one store."""
+
+    def __init__(self, store: ConsoleStore, access: Access) -> None:
+        self._store = store
+        self._access = access
+        self._env = jinja2.Environment(
+            loader=jinja2.PackageLoader("overlayd.console", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+
+    def html(self, template: str, title: str, status: int = 200, **ctx: Any) -> web.Response:
+        """The page ``template`` with ``ctx`` (and the CSRF token every form carries)."""
+        ctx.setdefault("refresh", 0)
+        text = self._env.get_template(template).render(
+            title=title, csrf=self._access.csrf, modes=TOPOLOGY_MODES, **ctx
+        )
+        return web.Response(status=status, text=text, content_type="text/html")
+
+    def message(self, status: int, what: str) -> web.Response:
+        return self.html("message.html", "Error", status, what=what)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/", self.overview),
+            web.get("/sites", self.sites),
+            web.get("/nodes", self.nodes),
+            web.get("/nodes/{key}", self.node),
+            web.get("/leases", self.leases),
+            web.get("/network", self.network),
+        ]
+
+    async def view(self) -> NetworkView:
+        return await load(self._store)
+
+    async def overview(self, _request: web.Request) -> web.Response:
+        return self.html("overview.html", "Overview", view=await self.view(), refresh=REFRESH)
+
+    async def sites(self, _request: web.Request) -> web.Response:
+        return self.html("sites.html", "Sites", view=await self.view())
+
+    async def nodes(self, _request: web.Request) -> web.Response:
+        return self.html("nodes.html", "Nodes", view=await self.view(), refresh=REFRESH)
+
+    async def node(self, request: web.Request) -> web.Response:
+        try:
+            subnet = parse_subnet_key_name(request.match_info["key"])
+        except LeaseFormatError:
+            return self.message(404, "no such node")
+        found = (await self.view()).node(subnet)
+        if found is None:
+            return self.message(404, f"no lease for {subnet}")
+        ttl = await self._store.ttl_left(found.lease_id) if found.lease_id else None
+        ttl_text = "-" if ttl is None else ("expired" if ttl < 0 else f"{ttl} s")
+        title = found.node or str(subnet)
+        return self.html("node.html", f"Node {title}", node=found, ttl=ttl_text)
+
+    async def leases(
+        self, _request: web.Request, error: str | None = None, form: Mapping[str, str] | None = None
+    ) -> web.Response:
+        status = 400 if error else 200
+        view = await self.view()
+        return self.html("leases.html", "Leases", status, view=view, error=error, form=form or {})
+
+    async def network(
+        self, _request: web.Request, error: str | None = None, form: Mapping[str, str] | None = None
+    ) -> web.Response:
+        return self.html(
+            "network.html",
+            "Network",
+            400 if error else 200,
+            view=await self.view(),
+            error=error,
+            form=form or {},
+            fields=INIT_FIELDS,
+            backends=BACKEND_TYPES,
+            default_backend=VXLAN_WIREGUARD,
+        )
