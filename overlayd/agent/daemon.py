@@ -35,8 +35,10 @@ from overlayd.agent.lease_publish import LeasePublisher, lease_template
 from overlayd.agent.names import NameService, name_service
 from overlayd.agent.options import DaemonOptions
 from overlayd.agent.path_api import PathKeeping
+from overlayd.agent.path_keeper import PeerReport
 from overlayd.agent.reconcile import ReconcilePass
 from overlayd.agent.relay_keeper import RelayKeeper, annotate
+from overlayd.agent.reporting import StatusReporter
 from overlayd.agent.rotation import KeyRotation
 from overlayd.agent.status import Handler, HealthServer, Reply
 from overlayd.agent.status_docs import Status, healthz, peersz, readyz, statusz
@@ -78,6 +80,7 @@ class _Running:
     relays: RelayKeeper | None  # WireGuard backends: stranded pairs, relay checks
     traffic: TrafficSampler  # which peers carry traffic, for the probe pace
     names: NameService | None  # the DNS responder and container names (docs/dns.md)
+    reporter: StatusReporter  # our observed state in etcd (status/<node>)
 
 
 class Daemon:
@@ -199,6 +202,7 @@ class Daemon:
             if run.names is not None:
                 tasks.create_task(run.names.run())
             tasks.create_task(self._resync_timer())
+            tasks.create_task(run.reporter.run())
             tasks.create_task(run.traffic.run())
             if self.discovery is not None:
                 tasks.create_task(self._discover(self.discovery, run))
@@ -306,9 +310,13 @@ class Daemon:
             cfg.backend, lambda: devices.vxlan.ifindex, self.dp, self.paths, lambda: fold.records
         )
         names = name_service(self.opts, cfg, self.store, fold, keeper, self.host.route_zone)
+        reporter = StatusReporter(
+            self.store, lambda: keeper.held.record if keeper.held else None,
+            lambda: self._peer_reports(fold, reconcile), self.status, self.clock,
+        )  # fmt: skip
         return _Running(
             cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway,
-            is_site_local(underlay.address), relays, traffic, names,
+            is_site_local(underlay.address), relays, traffic, names, reporter,
         )  # fmt: skip
 
     async def _wait_config(self) -> NetworkConfig:
@@ -471,8 +479,12 @@ class Daemon:
             return peersz(None)
         if run is None:
             return peersz(self.paths.report({}, {}))
-        reports = self.paths.report(run.fold.records, run.reconcile.via)
-        return peersz(annotate(reports, run.reconcile.relayed, run.reconcile.unrelayed))
+        return peersz(self._peer_reports(run.fold, run.reconcile))
+
+    def _peer_reports(self, fold: LeaseFold, reconcile: ReconcilePass) -> list[PeerReport]:
+        """Each peer's path as ``/peers`` and our status report show it."""
+        reports = self.paths.report(fold.records, reconcile.via)
+        return annotate(reports, reconcile.relayed, reconcile.unrelayed)
 
     def _statusz(self) -> Reply:
         run = self._running

@@ -24,6 +24,7 @@ from overlayd.values.errors import LeaseFormatError
 from overlayd.values.gateway_state import GatewayClaim, GatewayState, HealthReport
 from overlayd.values.lease import LeaseRecord, decode_lease, parse_subnet_key_name, subnet_key_name
 from overlayd.values.names import ContainerName
+from overlayd.values.report import NodeReport
 
 DEFAULT_PREFIX = "/overlayd/network"
 
@@ -98,6 +99,15 @@ class StoreKeys:
         """Everything of the gateway election: ``gw/site/…`` and ``gw/health/…``."""
         return f"{self.prefix}/gw/"
 
+    @property
+    def statuses(self) -> str:
+        """Every node's observed state: ``status/<node>`` (overlayd/values/report.py)."""
+        return f"{self.prefix}/status/"
+
+    def status(self, node: str) -> str:
+        """``status/<node>``: the report ``node``'s daemon publishes."""
+        return self.statuses + node
+
     def lease(self, subnet: IPv4Network) -> str:
         return self.subnets + subnet_key_name(subnet)
 
@@ -122,6 +132,16 @@ class NameTable:
 
     revision: int
     names: tuple[ContainerName, ...]
+    errors: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class StatusTable:
+    """Every node's report under ``status/`` at one revision, sorted by node;
+    ``errors``: why the malformed ones (by key name) were refused."""
+
+    revision: int
+    reports: tuple[NodeReport, ...]
     errors: tuple[tuple[str, str], ...] = ()
 
 
@@ -280,6 +300,19 @@ class NameStore(Protocol):
         ...
 
 
+class StatusStore(Protocol):
+    """The nodes' reports of what they observe (overlayd/agent/reporting.py), each bound
+    to its writer's own short etcd lease."""
+
+    async def put_status_report(self, report: NodeReport, lease_id: int) -> None: ...
+
+    async def list_status_reports(self) -> StatusTable: ...
+
+    def watch_status_reports(self) -> AsyncIterator[StatusTable]:
+        """Every report now, then the whole table again after each change."""
+        ...
+
+
 class KeeperStore(EtcdLeases, LeaseStore, ReservationStore, Protocol):
     """What the lease keeper (overlayd/store/lease_keeper.py) needs: etcd leases to bind
     its key to, the lease transactions, and the reservations it must respect."""
@@ -294,6 +327,7 @@ class Store(
     GatewayStore,
     ControlStore,
     NameStore,
+    StatusStore,
     Protocol,
 ):
     """Everything overlayd and overlayctl use; what ``EtcdStore`` and ``MemStore`` are."""

@@ -17,6 +17,7 @@ from overlayd.store.api import (
     ControlValue,
     NameTable,
     Snapshot,
+    StatusTable,
     StoreKeys,
     WatchBatch,
     reservation_value,
@@ -27,6 +28,7 @@ from overlayd.values.errors import ConfigMissingError
 from overlayd.values.gateway_state import GatewayClaim, GatewayState, HealthReport
 from overlayd.values.lease import LeaseRecord, subnet_key_name
 from overlayd.values.names import ContainerName
+from overlayd.values.report import NodeReport
 
 
 class KeyedStore:
@@ -198,6 +200,26 @@ class KeyedStore:
         """Every container name now, then the whole table again after each change."""
         raw = self._raw.watch(self._keys.names, self._relist_names)
         return keyspace.name_tables(self._keys, raw)
+
+    # -- status reports (overlayd/agent/reporting.py) -----------------------------------
+
+    async def put_status_report(self, report: NodeReport, lease_id: int) -> None:
+        """Publish ``report`` under ``status/<node>``, bound to ``lease_id``."""
+        key = self._keys.status(report.node)
+        await self._raw.put("put status report", key, report.to_json(), lease_id)
+
+    async def list_status_reports(self) -> StatusTable:
+        revision, kvs = await self._raw.range("list status reports", self._keys.statuses)
+        return keyspace.status_table(self._keys, kvs, revision)
+
+    async def _relist_status(self) -> tuple[int, StatusTable]:
+        table = await self.list_status_reports()
+        return table.revision, table
+
+    def watch_status_reports(self) -> AsyncIterator[StatusTable]:
+        """Every report now, then the whole table again after each change."""
+        raw = self._raw.watch(self._keys.statuses, self._relist_status)
+        return keyspace.status_tables(self._keys, raw)
 
     # -- reservations ------------------------------------------------------------------
 

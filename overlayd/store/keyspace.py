@@ -27,17 +27,21 @@ from overlayd.store.api import (
     LeaseEvent,
     NameTable,
     Snapshot,
+    StatusTable,
     StoredLease,
     StoreKeys,
     WatchBatch,
     decode_reservation,
     decode_stored,
 )
-from overlayd.values.errors import LeaseFormatError
+from overlayd.values.errors import LeaseFormatError, ReportFormatError
 from overlayd.values.gateway_state import GatewayState
 from overlayd.values.names import ContainerName, decode_container
+from overlayd.values.report import NodeReport, decode_report
 
 T = TypeVar("T")
+U = TypeVar("U")
+V = TypeVar("V")
 
 _gateway_log = logging.getLogger("overlayd.gateway")
 
@@ -205,23 +209,66 @@ def name_table(keys: StoreKeys, kvs: Iterable[KeyValue], revision: int) -> NameT
     return _table(revision, {kv.key[len(keys.names) :]: _name(keys, kv) for kv in kvs})
 
 
-async def name_tables(keys: StoreKeys, raw: RawWatch[NameTable]) -> AsyncIterator[NameTable]:
+def name_tables(keys: StoreKeys, raw: RawWatch[NameTable]) -> AsyncIterator[NameTable]:
     """``watch_names`` from a raw watch of ``names/``: the whole table after each change."""
-    current: dict[str, ContainerName | str] = {}
+
+    def split(listing: NameTable) -> tuple[int, dict[str, ContainerName | str]]:
+        return listing.revision, {n.key_part(): n for n in listing.names} | dict(listing.errors)
+
+    return _tables(len(keys.names), raw, split, lambda kv: _name(keys, kv), _table)
+
+
+def _status(keys: StoreKeys, kv: KeyValue) -> NodeReport | str:
+    """The report under ``kv``'s key, or why it is refused."""
+    try:
+        return decode_report(kv.key[len(keys.statuses) :], kv.value)
+    except ReportFormatError as exc:
+        return str(exc)
+
+
+def _status_table(revision: int, found: dict[str, NodeReport | str]) -> StatusTable:
+    reports = tuple(v for _, v in sorted(found.items()) if isinstance(v, NodeReport))
+    errors = tuple(sorted((k, v) for k, v in found.items() if isinstance(v, str)))
+    return StatusTable(revision, reports, errors)
+
+
+def status_table(keys: StoreKeys, kvs: Iterable[KeyValue], revision: int) -> StatusTable:
+    """The reports among the keys under ``status/``."""
+    return _status_table(revision, {kv.key[len(keys.statuses) :]: _status(keys, kv) for kv in kvs})
+
+
+def status_tables(keys: StoreKeys, raw: RawWatch[StatusTable]) -> AsyncIterator[StatusTable]:
+    """``watch_status_reports`` from a raw watch of ``status/``: the whole table after each
+    change."""
+
+    def split(listing: StatusTable) -> tuple[int, dict[str, NodeReport | str]]:
+        return listing.revision, {r.node: r for r in listing.reports} | dict(listing.errors)
+
+    return _tables(len(keys.statuses), raw, split, lambda kv: _status(keys, kv), _status_table)
+
+
+async def _tables(
+    skip: int,
+    raw: RawWatch[U],
+    split: Callable[[U], tuple[int, dict[str, V | str]]],
+    decode: Callable[[KeyValue], V | str],
+    build: Callable[[int, dict[str, V | str]], U],
+) -> AsyncIterator[U]:
+    """A whole table after each change of a raw watch of keys ``skip`` characters long
+    before their name: ``split`` a listing into its revision and items by name (an error
+    text for a refused one), ``decode`` a key, ``build`` the table again."""
+    current: dict[str, V | str] = {}
     revision = 0
     async for listing, events in raw:
         if listing is not None:
-            revision = listing.revision
-            current = {n.key_part(): n for n in listing.names}
-            current |= dict(listing.errors)
+            revision, current = split(listing)
         for kind, kv in events:
-            part = kv.key[len(keys.names) :]
             revision = max(revision, kv.mod_revision)
             if kind is EventKind.DELETE:
-                current.pop(part, None)
+                current.pop(kv.key[skip:], None)
             else:
-                current[part] = _name(keys, kv)
-        yield _table(revision, current)
+                current[kv.key[skip:]] = decode(kv)
+        yield build(revision, current)
 
 
 def reservations(keys: StoreKeys, kvs: Iterable[KeyValue]) -> dict[IPv4Network, str]:

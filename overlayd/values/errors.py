@@ -92,3 +92,7 @@ class DiscoveryError(OverlaydError):
 
     retryable = True
     hint = "set --public-ip, or --cloud-metadata PROVIDER, or --stun-server HOST:PORT"
+
+
+class ReportFormatError(OverlaydError):
+    """A node's status report in the store cannot be decoded (overlayd/values/report.py)."""

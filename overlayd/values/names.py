@@ -20,7 +20,7 @@ from overlayd.values.errors import ConfigError, LeaseFormatError
 from overlayd.values.lease import parse_subnet_key_name, subnet_key_name
 from overlayd.values.lease_rules import is_dns_name, is_label
 from overlayd.values.registration import is_container_id
-from overlayd.values.text import quote
+from overlayd.values.text import json_object, quote
 
 DEFAULT_ZONE = "overlay.internal"
 """``.internal`` is reserved for private use (ICANN, 2024): it never clashes with the DNS."""
@@ -128,16 +128,10 @@ def decode_container(key_part: str, value: bytes) -> ContainerName:
     if not sep or not is_container_id(container_id):
         raise LeaseFormatError(f"name key {quote(key_part)} is not <subnet-key>/<container id>")
     subnet = parse_subnet_key_name(subnet_text)
-    if len(value) > MAX_CONTAINER_VALUE:
-        raise LeaseFormatError(
-            f"name {quote(key_part)} is {len(value)} bytes, at most {MAX_CONTAINER_VALUE}"
-        )
     try:
-        raw = json.loads(value)
-    except (ValueError, RecursionError):
-        raise LeaseFormatError(f"name {quote(key_part)} is not JSON") from None
-    if not isinstance(raw, dict):
-        raise LeaseFormatError(f"name {quote(key_part)} must be a JSON object")
+        raw = json_object(value, MAX_CONTAINER_VALUE, f"name {quote(key_part)}")
+    except ValueError as exc:
+        raise LeaseFormatError(str(exc)) from None
     name, address = raw.get("Name"), raw.get("IP")
     if not isinstance(name, str) or not is_label(name):
         raise LeaseFormatError(f"name {quote(key_part)}: Name {quote(name)} is not a DNS label")

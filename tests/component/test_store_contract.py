@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 
 import pytest
 
-from overlayd.store.api import EventKind, LeaseEvent, NameTable, Store, WatchBatch
+from overlayd.store.api import EventKind, LeaseEvent, Store, WatchBatch
 from overlayd.store.etcd import EtcdSettings, EtcdStore
 from overlayd.store.memory import MemStore
 from overlayd.store.memory_kv import ManualClock
@@ -28,6 +28,7 @@ from overlayd.values.gateway_state import GatewayClaim, GatewayState, HealthRepo
 from overlayd.values.names import ContainerName
 from tests.builders import config, record
 from tests.lab.etcd import ETCD, ETCDCTL, EtcdServer
+from tests.reports import node_report
 
 T = TypeVar("T")
 TTL = 30
@@ -547,8 +548,44 @@ def test_container_names_put_delete_watch_and_go_with_their_lease(backend: Backe
     run(backend, body)
 
 
-async def table_where(gen: AsyncIterator[NameTable], ok: Callable[[NameTable], bool]) -> NameTable:
+async def table_where(gen: AsyncIterator[T], ok: Callable[[T], bool]) -> T:
     while True:
         table = await next_batch(gen)
         if ok(table):
             return table
+
+
+# -- status reports (overlayd/values/report.py) ------------------------------------------
+
+
+def test_status_reports_put_list_watch_and_go_with_their_lease(backend: Backend) -> None:
+    a1, b2 = node_report("a1"), node_report("b2", site="west", unreachable_total=3)
+
+    async def body(store: Store) -> None:
+        gen = store.watch_status_reports()
+        try:
+            assert (await next_batch(gen)).reports == ()
+            short, other = await store.grant(TTL), await store.grant(TTL)
+            await store.put_status_report(b2, other)
+            await store.put_status_report(a1, short)
+            table = await table_where(gen, lambda t: len(t.reports) == 2)
+            assert table.reports == (a1, b2) and table.errors == ()  # sorted by node
+            assert (await store.list_status_reports()).reports == (a1, b2)
+            newer = dataclasses.replace(a1, written_at=a1.written_at + 5)
+            await store.put_status_report(newer, short)
+            assert (await table_where(gen, lambda t: newer in t.reports)).reports == (newer, b2)
+            await backend.put_raw(f"{backend.prefix}/status/c3", '{"Node": 7}')
+            await backend.put_raw(f"{backend.prefix}/status/d4", b2.to_json())  # not its own
+            table = await table_where(gen, lambda t: len(t.errors) == 2)
+            assert table.reports == (newer, b2)
+            assert [k for k, _ in table.errors] == ["c3", "d4"]
+            assert "names node 'b2'" in table.errors[1][1]
+            await store.revoke(short)  # the reporter's lease goes: its report with it
+            table = await table_where(gen, lambda t: len(t.reports) == 1)
+            assert table.reports == (b2,)
+            listed = await store.list_status_reports()
+            assert listed.reports == (b2,) and len(listed.errors) == 2
+        finally:
+            await aclose(gen)
+
+    run(backend, body)
