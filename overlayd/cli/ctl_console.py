@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from overlayd.cli.common import friendly_errors
-from overlayd.cli.context import run_with_store
+from overlayd.cli.context import CtlContext, run_with_store
 from overlayd.console.security import (
     Access,
     Listen,
@@ -47,4 +47,6 @@ def console(ctx: click.Context, listen: str, token_file: Path | None) -> None:
     # aiohttp and jinja2 cost a third of a second to import: only this command pays it
     from overlayd.console.server import serve
 
-    run_with_store(ctx, lambda store: serve(store, access, where, ready))
+    clock = ctx.find_object(CtlContext)
+    assert clock is not None
+    run_with_store(ctx, lambda store: serve(store, access, where, ready, clock.clock))

@@ -7,7 +7,7 @@ with forms do not, so what an operator types is not lost.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jinja2
@@ -20,6 +20,7 @@ from overlayd.values.errors import LeaseFormatError
 from overlayd.values.lease import parse_subnet_key_name
 
 REFRESH = 5  # seconds between refreshes of a read-only page
+MATRIX_REFRESH = 2  # the matrix: a broken path shows within a report interval (5 s) and this
 
 # the "create the network" form: field name, label, placeholder (the flags of network init)
 INIT_FIELDS = (
@@ -40,9 +41,10 @@ INIT_FIELDS = (
 class Pages:
     """Renders the templates; serves the GET pages of one store."""
 
-    def __init__(self, store: ConsoleStore, access: Access) -> None:
+    def __init__(self, store: ConsoleStore, access: Access, clock: Callable[[], float]) -> None:
         self._store = store
         self._access = access
+        self._clock = clock  # the wall clock: reports carry their writers' wall-clock times
         self._env = jinja2.Environment(
             loader=jinja2.PackageLoader("overlayd.console", "templates"),
             autoescape=True,
@@ -67,11 +69,12 @@ class Pages:
             web.get("/nodes", self.nodes),
             web.get("/nodes/{key}", self.node),
             web.get("/leases", self.leases),
+            web.get("/matrix", self.matrix),
             web.get("/network", self.network),
         ]
 
     async def view(self) -> NetworkView:
-        return await load(self._store)
+        return await load(self._store, self._clock())
 
     async def overview(self, _request: web.Request) -> web.Response:
         return self.html("overview.html", "Overview", view=await self.view(), refresh=REFRESH)
@@ -87,13 +90,29 @@ class Pages:
             subnet = parse_subnet_key_name(request.match_info["key"])
         except LeaseFormatError:
             return self.message(404, "no such node")
-        found = (await self.view()).node(subnet)
+        view = await self.view()
+        found = view.node(subnet)
         if found is None:
             return self.message(404, f"no lease for {subnet}")
         ttl = await self._store.ttl_left(found.lease_id) if found.lease_id else None
         ttl_text = "-" if ttl is None else ("expired" if ttl < 0 else f"{ttl} s")
         title = found.node or str(subnet)
-        return self.html("node.html", f"Node {title}", node=found, ttl=ttl_text)
+        report = view.reports.fresh.get(found.node) if found.error is None else None
+        return self.html(
+            "node.html", f"Node {title}", node=found, ttl=ttl_text, report=report,
+            reports=view.reports, now=self._clock(), refresh=REFRESH,
+        )  # fmt: skip
+
+    async def matrix(self, _request: web.Request) -> web.Response:
+        view = await self.view()
+        return self.html(
+            "matrix.html",
+            "Connectivity",
+            view=view,
+            sites=view.site_matrix(),
+            nodes=view.node_matrix(),
+            refresh=MATRIX_REFRESH,
+        )
 
     async def leases(
         self, _request: web.Request, error: str | None = None, form: Mapping[str, str] | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -30,9 +31,12 @@ HEADERS = {
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_app(store: ConsoleStore, access: Access) -> web.Application:
-    """The console's application over ``store``, guarded by ``access``."""
-    pages = Pages(store, access)
+def make_app(
+    store: ConsoleStore, access: Access, clock: Callable[[], float] = time.time
+) -> web.Application:
+    """The console's application over ``store``, guarded by ``access``; ``clock``: the
+    wall clock reports' ages are measured with."""
+    pages = Pages(store, access, clock)
     actions = Actions(store, pages)
 
     @web.middleware
@@ -82,12 +86,13 @@ async def serve(
     access: Access,
     listen: Listen,
     ready: Callable[[Listen], None],
+    clock: Callable[[], float],
     limits: Limits = DEFAULT_LIMITS,
 ) -> None:
     """Serve the console on ``listen`` until cancelled; ``ready`` gets the bound address
     (the port filled in when ``listen`` asked for 0). ``ConfigError`` if it cannot bind."""
     runner = web.AppRunner(
-        make_app(store, access),
+        make_app(store, access, clock),
         handle_signals=False,
         access_log=None,
         keepalive_timeout=limits.deadline,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
+from overlayd.console.matrix import Matrix, node_matrix, site_matrix
+from overlayd.planning.report import is_stale
 from overlayd.store.api import (
     ConfigStore,
     EtcdLeases,
@@ -21,18 +23,23 @@ from overlayd.store.api import (
     LeaseStore,
     ReservationStore,
     Snapshot,
+    StatusStore,
+    StatusTable,
     StoredLease,
 )
 from overlayd.values.config import GATEWAY, NetworkConfig, parse_config
 from overlayd.values.errors import ConfigError, ConfigMissingError
 from overlayd.values.gateway_state import GatewayState
 from overlayd.values.lease import subnet_key_name
+from overlayd.values.report import NodeReport
 from overlayd.values.text import quote
 
 ERROR_QUOTE = 120  # how much of a malformed record's error a page shows
 
 
-class ConsoleStore(EtcdLeases, ConfigStore, LeaseStore, ReservationStore, GatewayStore, Protocol):
+class ConsoleStore(
+    EtcdLeases, ConfigStore, LeaseStore, ReservationStore, GatewayStore, StatusStore, Protocol
+):
     """What the console reads and writes."""
 
 
@@ -75,7 +82,8 @@ class NetworkView:
     nodes: tuple[NodeView, ...]
     sites: tuple[SiteView, ...]
     reservations: tuple[tuple[IPv4Network, str], ...]
-    health: tuple[str, ...]  # problems found, in a stable order; empty: healthy
+    reports: Reports
+    health: tuple[str, ...] = ()  # problems found, in a stable order; empty: healthy
 
     @property
     def config_json(self) -> str:
@@ -98,9 +106,53 @@ class NetworkView:
     def node(self, subnet: IPv4Network) -> NodeView | None:
         return next((n for n in self.nodes if n.subnet == subnet), None)
 
+    def site_matrix(self) -> Matrix:
+        sites_of = {n.node: n.site for n in self.nodes if n.error is None}
+        return site_matrix(sites_of, self.reports.fresh)
 
-async def load(store: ConsoleStore) -> NetworkView:
-    """Read the store once and build the view."""
+    def node_matrix(self) -> Matrix | None:
+        names = tuple(sorted(n.node for n in self.nodes if n.error is None))
+        return node_matrix(names, self.reports.fresh)
+
+
+@dataclass(frozen=True)
+class Reports:
+    """The nodes' reports at one read: ``fresh`` by node, the ages (s) of all by node, the
+    stale ones' names, and why malformed ones were refused (by key, quoted)."""
+
+    fresh: dict[str, NodeReport]
+    ages: dict[str, float]
+    stale: tuple[str, ...] = ()
+    errors: tuple[tuple[str, str], ...] = ()
+
+    def age_text(self, node: str) -> str:
+        """How old ``node``'s report is, for a page: ``"4 s"``, ``"stale (400 s)"``, ``"-"``."""
+        if node not in self.ages:
+            return "-"
+        age = f"{max(0.0, self.ages[node]):.0f} s"
+        return f"stale ({age})" if node in self.stale else age
+
+    def paths_text(self, node: str) -> str:
+        """``node``'s peers per path kind, as ``"private 3, public 2"`` (``"-"``: no report)."""
+        report = self.fresh.get(node)
+        if report is None:
+            return "-"
+        return ", ".join(f"{kind} {n}" for kind, n in report.paths) or "no peers"
+
+
+def reports_at(table: StatusTable, now: float) -> Reports:
+    """``table``'s reports split into fresh and stale at wall-clock ``now``."""
+    fresh = {r.node: r for r in table.reports if not is_stale(r, now)}
+    return Reports(
+        fresh,
+        {r.node: now - r.written_at for r in table.reports},
+        tuple(sorted(r.node for r in table.reports if r.node not in fresh)),
+        tuple((quote(k), quote(e, ERROR_QUOTE)) for k, e in table.errors),
+    )
+
+
+async def load(store: ConsoleStore, now: float) -> NetworkView:
+    """Read the store once and build the view (``now``: the wall clock, for report ages)."""
     config: NetworkConfig | None = None
     error: str | None = None
     try:
@@ -112,7 +164,8 @@ async def load(store: ConsoleStore) -> NetworkView:
     snapshot = await store.list_leases()
     reservations = await store.list_reservations()
     gateways = await store.list_gateways()
-    return build(config, error, snapshot, reservations, gateways)
+    reports = reports_at(await store.list_status_reports(), now)
+    return build(config, error, snapshot, reservations, gateways, reports)
 
 
 def build(
@@ -121,13 +174,14 @@ def build(
     snapshot: Snapshot,
     reservations: dict[IPv4Network, str],
     gateways: GatewayState,
+    reports: Reports,
 ) -> NetworkView:
     """The view of these store contents (pure)."""
     claims = {site: claim.node_id for site, claim in gateways.claims.items()}
     nodes = tuple(_node(s, claims) for s in sorted(snapshot.leases, key=lambda s: s.subnet))
     sites = _sites(config, nodes, gateways)
     reserved = tuple(sorted(reservations.items()))
-    view = NetworkView(config, config_error, nodes, sites, reserved, ())
+    view = NetworkView(config, config_error, nodes, sites, reserved, reports)
     return dataclasses.replace(view, health=_health(view))
 
 
@@ -185,4 +239,21 @@ def _health(view: NetworkView) -> tuple[str, ...]:
             )
     if view.free_subnets == 0:
         found.append("no subnet left for a new node")
+    found.extend(_report_health(view))
     return tuple(found)
+
+
+def _report_health(view: NetworkView) -> list[str]:
+    reports = view.reports
+    found = []
+    unreachable = sum(r.unreachable_total for r in reports.fresh.values())
+    if unreachable:
+        found.append(f"{unreachable} peer path(s) reported unreachable (see the matrix)")
+    silent = [n.node for n in view.nodes if n.error is None and n.node not in reports.ages]
+    if silent:
+        found.append(f"{len(silent)} node(s) without a report: {quote(silent, 5)}")
+    if reports.stale:
+        found.append(f"{len(reports.stale)} stale report(s): {quote(list(reports.stale), 5)}")
+    if reports.errors:
+        found.append(f"{len(reports.errors)} malformed report(s)")
+    return found

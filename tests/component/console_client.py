@@ -15,6 +15,8 @@ from overlayd.console.security import Access
 from overlayd.console.server import make_app
 from overlayd.store.memory import MemStore
 from overlayd.values.gateway_state import GatewayClaim
+from overlayd.values.report import NodeReport
+from tests.component.ctl import NOW
 
 T = TypeVar("T")
 CSRF = "csrf-of-this-test-run-0123456789"
@@ -28,7 +30,7 @@ def run_console(
     """Run ``body`` with a client of a console over ``store`` (on loopback)."""
 
     async def go() -> T:
-        app = make_app(store, Access(CSRF, token))
+        app = make_app(store, Access(CSRF, token), lambda: NOW)
         async with TestClient(TestServer(app)) as client:
             return await body(client)
 
@@ -70,6 +72,15 @@ def rows(html: str, table: str) -> list[list[str]]:
         cells = re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, re.S)
         out.append([re.sub(r"<[^>]+>", "", c).strip() for c in cells])
     return out
+
+
+def publish(store: MemStore, report: NodeReport) -> None:
+    """Publish ``report`` as its node's daemon would (bound to an etcd lease)."""
+
+    async def go() -> None:
+        await store.put_status_report(report, await store.grant(20))
+
+    asyncio.run(go())
 
 
 def claim(site: str, node: str, node_id: str, subnet: str = "10.244.1.0/24") -> GatewayClaim:

@@ -5,14 +5,17 @@ the token, CSRF and Host checks, and ``overlayctl console``'s refusals."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from markupsafe import escape
 
+from overlayd.console.matrix import NODE_MATRIX_MAX
 from overlayd.console.security import COOKIE
 from overlayd.store.memory import MemStore
 from overlayd.values.errors import ConfigError
 from overlayd.values.network_init import InitRequest, init_config
+from overlayd.values.report import NodeReport
 from tests.builders import node_lease
 from tests.component.console_client import (
     CSRF,
@@ -22,10 +25,12 @@ from tests.component.console_client import (
     confirmed,
     page,
     post,
+    publish,
     rows,
     run_console,
 )
-from tests.component.ctl import Ctl, sync
+from tests.component.ctl import NOW, Ctl, sync
+from tests.reports import node_report
 
 PAGES = ("/", "/sites", "/nodes", "/leases", "/network")
 HOSTILE = '<script>alert("x")</script>'
@@ -60,6 +65,7 @@ def test_one_node() -> None:
     ctl = Ctl()
     network(ctl)
     ctl.lease(node_lease(1, "192.0.2.1", site="cloud-a", private_ips=("10.0.0.1",)))
+    publish(ctl.store, node_report("node1", site="cloud-a", written_at=NOW - 3))
 
     async def body(client: Client) -> None:
         overview = await page(client, "/")
@@ -68,10 +74,16 @@ def test_one_node() -> None:
         assert "10.244.0.0/16" in overview  # the config
         nodes = rows(await page(client, "/nodes"), "nodes")
         assert nodes[1][:4] == ["node1", "cloud-a", "10.244.1.0/24", "10.0.0.1"]
+        assert nodes[1][6:] == ["private 2", "3 s"]
         sites = rows(await page(client, "/sites"), "sites")
         assert sites[1][:4] == ["cloud-a", "mesh", "-", "node1"]
         detail = rows(await page(client, "/nodes/10.244.1.0-24"), "lease")
         assert ["node", "node1"] in detail and ["lease TTL left", "60 s"] in detail
+        report = rows(await page(client, "/nodes/10.244.1.0-24"), "report")
+        assert ["peers by path", "private 2"] in report and ["unreachable", "none"] in report
+        matrix = await page(client, "/matrix")
+        assert rows(matrix, "site-matrix") == [["from \\ to", "cloud-a"], ["cloud-a", "-"]]
+        assert rows(matrix, "node-matrix") == [["from \\ to", "node1"], ["node1", ""]]
 
     run_console(ctl.store, body)
 
@@ -364,3 +376,88 @@ def test_overlayctl_console_refuses_a_public_address_without_a_token(tmp_path: P
     assert "at least 16" in ctl("console", "--token-file", str(short), code=2).stderr
     missing = tmp_path / "missing"
     assert "cannot read --token-file" in ctl("console", "--token-file", str(missing), code=2).stderr
+
+
+def states(html: str, table: str) -> list[list[str]]:
+    """Each matrix row's cell states (``data-state``), the header row and column left out."""
+    found = re.search(rf'<table id="{table}"(.*?)</table>', html, re.S)
+    assert found is not None, f"no table {table}"
+    lines = re.findall(r"<tr>(.*?)</tr>", found.group(1), re.S)[1:]
+    return [re.findall(r'data-state="(\w+)"', line) for line in lines]
+
+
+def six_nodes(ctl: Ctl) -> None:
+    """node1..node6 in sites a (1, 2), b (3, 4), c (5, 6)."""
+    network(ctl)
+    for n in range(1, 7):
+        ctl.lease(node_lease(n, f"192.0.2.{n}", site="abc"[(n - 1) // 2]))
+
+
+def test_matrix_every_pair_green_then_a_broken_pair_red() -> None:
+    ctl = Ctl()
+    six_nodes(ctl)
+
+    def report(n: int, **fields: object) -> NodeReport:
+        rtts = (("a", 0.5), ("b", 20.0), ("c", 40.0))
+        site = "abc"[(n - 1) // 2]
+        return node_report(f"node{n}", site=site, site_rtts=rtts, written_at=NOW - 1, **fields)
+
+    for n in range(1, 7):
+        publish(ctl.store, report(n))
+
+    async def body(client: Client) -> None:
+        html = await page(client, "/matrix")
+        assert states(html, "site-matrix") == [["ok"] * 3] * 3
+        assert rows(html, "site-matrix")[1][1:] == ["0.5 ms", "20.0 ms", "40.0 ms"]
+        cells = states(html, "node-matrix")
+        assert [row.count("ok") for row in cells] == [5] * 6
+        assert [row.index("self") for row in cells] == list(range(6))
+        assert 'id="health" class="ok"' in await page(client, "/")
+        broken = report(1, unreachable=("node4",), unreachable_total=1)
+        await ctl.store.put_status_report(broken, await ctl.store.grant(20))
+        html = await page(client, "/matrix")
+        assert states(html, "site-matrix")[0] == ["ok", "broken", "ok"]
+        assert states(html, "site-matrix")[1] == ["ok", "ok", "ok"]  # b still reaches a
+        assert states(html, "node-matrix")[0] == ["self", "ok", "ok", "broken", "ok", "ok"]
+        assert "1 peer path(s) reported unreachable" in await page(client, "/")
+        detail = rows(await page(client, "/nodes/10.244.1.0-24"), "report")
+        assert ["unreachable", "node4"] in detail
+
+    run_console(ctl.store, body)
+
+
+def test_matrix_without_stale_or_cut_reports_is_unknown() -> None:
+    ctl = Ctl()
+    six_nodes(ctl)
+    publish(ctl.store, node_report("node1", site="a", written_at=NOW - 1))
+    many = tuple(f"peer{i}" for i in range(16))
+    publish(ctl.store, node_report("node3", site="b", unreachable=many, unreachable_total=40))
+    ctl.store.put_raw(f"{ctl.store.prefix}/status/node5", HOSTILE)
+
+    async def body(client: Client) -> None:
+        html = await page(client, "/matrix")
+        sites = states(html, "site-matrix")
+        assert sites[0] == ["ok", "ok", "ok"]  # node1 reports none unreachable
+        assert sites[1] == ["unknown"] * 3  # node3's report is stale (and cut short)
+        assert sites[2] == ["unknown"] * 3  # node5's is malformed, node6 has none
+        overview = await page(client, "/")
+        assert "4 node(s) without a report" in overview
+        assert "1 stale report(s)" in overview and "1 malformed report(s)" in overview
+        assert "<script" not in overview
+        nodes = rows(await page(client, "/nodes"), "nodes")
+        assert nodes[3][7].startswith("stale (")
+
+    run_console(ctl.store, body)
+
+
+def test_the_node_matrix_is_left_out_for_large_networks() -> None:
+    ctl = Ctl()
+    network(ctl)
+    for n in range(1, NODE_MATRIX_MAX + 2):
+        ctl.lease(node_lease(n, "192.0.2.1", site=f"s{n % 3}"))
+
+    async def body(client: Client) -> None:
+        html = await page(client, "/matrix")
+        assert 'id="node-matrix"' not in html and len(states(html, "site-matrix")) == 3
+
+    run_console(ctl.store, body)

@@ -1,0 +1,94 @@
+"""The connectivity matrices (pure): site x site, and node x node for small networks,
+from the nodes' reports (overlayd/values/report.py).
+
+A report says which peers its node cannot reach (the first ``MAX_UNREACHABLE`` by name, and
+how many in all) and the median RTT to each remote site: a cell is ``broken`` (red) when a
+node of the row reports a peer of the column unreachable, ``ok`` (green, with the median
+RTT where known) when the row's reports list none of the column's nodes and are complete,
+``unknown`` (grey) when there is no fresh report or a report's list was cut short, and
+``self`` on the node matrix's diagonal. A report does not say which kind of path each peer
+takes (only how many per kind): the node page shows those counts.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+
+from overlayd.values.report import NodeReport
+
+NODE_MATRIX_MAX = 40  # nodes up to which the node x node matrix is drawn
+OK, BROKEN, UNKNOWN, SELF = "ok", "broken", "unknown", "self"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell: its state (the colour) and its short text."""
+
+    state: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """Rows and columns share ``labels``; ``rows[i][j]`` is what row ``i`` sees of ``j``."""
+
+    labels: tuple[str, ...]
+    rows: tuple[tuple[Cell, ...], ...]
+
+    def count(self, state: str) -> int:
+        return sum(1 for row in self.rows for cell in row if cell.state == state)
+
+
+def _complete(report: NodeReport) -> bool:
+    return report.unreachable_total == len(report.unreachable)
+
+
+def site_matrix(sites_of: dict[str, str], reports: dict[str, NodeReport]) -> Matrix:
+    """``sites_of``: every node's site (from the leases); ``reports``: the fresh reports, by
+    node. Row site S, column site T: what S's nodes report of T's."""
+    members: dict[str, set[str]] = defaultdict(set)
+    for node, site in sites_of.items():
+        members[site].add(node)
+    labels = tuple(sorted(members))
+    rows = []
+    for row in labels:
+        reporters = [reports[n] for n in sorted(members[row]) if n in reports]
+        rows.append(tuple(_site_cell(row, col, reporters, members[col]) for col in labels))
+    return Matrix(labels, tuple(rows))
+
+
+def _site_cell(row: str, col: str, reporters: list[NodeReport], targets: set[str]) -> Cell:
+    pairs = [(r, t) for r in reporters for t in targets if t != r.node]
+    if not pairs:
+        return Cell(UNKNOWN, "-")
+    broken = sum(1 for r, t in pairs if t in r.unreachable)
+    if broken:
+        return Cell(BROKEN, f"{broken} broken")
+    if not all(_complete(r) for r in reporters):
+        return Cell(UNKNOWN, "?")
+    rtts = [rtt for r in reporters for site, rtt in r.site_rtts if site == col]
+    return Cell(OK, f"{statistics.median(rtts):.1f} ms" if rtts else "ok")
+
+
+def node_matrix(nodes: tuple[str, ...], reports: dict[str, NodeReport]) -> Matrix | None:
+    """Node x node for up to ``NODE_MATRIX_MAX`` nodes (None beyond): row node R, column
+    node P: whether R reports P unreachable."""
+    if not nodes or len(nodes) > NODE_MATRIX_MAX:
+        return None
+    rows = []
+    for row in nodes:
+        report = reports.get(row)
+        rows.append(tuple(_node_cell(row, col, report) for col in nodes))
+    return Matrix(nodes, tuple(rows))
+
+
+def _node_cell(row: str, col: str, report: NodeReport | None) -> Cell:
+    if row == col:
+        return Cell(SELF, "")
+    if report is None:
+        return Cell(UNKNOWN, "-")
+    if col in report.unreachable:
+        return Cell(BROKEN, "✗")
+    return Cell(OK, "✓") if _complete(report) else Cell(UNKNOWN, "?")
