@@ -111,42 +111,44 @@ async def reserve(store: ConsoleStore, form: Form) -> Action:
     )
 
 
+def _deletion(
+    net: IPv4Network,
+    question: str,
+    done: str,
+    delete: Callable[[ConsoleStore], Awaitable[bool]],
+    missing: str,
+) -> Action:
+    """An action deleting one key of ``net``; ``missing``: the error if it is gone by then."""
+
+    async def write(store: ConsoleStore) -> None:
+        if not await delete(store):
+            raise NotFoundError(missing)
+
+    return Action(question, done, "/leases", (("subnet", str(net)),), write)
+
+
 async def unreserve(store: ConsoleStore, form: Form) -> Action:
     net = _subnet(form)
+    missing = f"no reservation for {net}"
     if net not in await store.list_reservations():
-        raise NotFoundError(f"no reservation for {net}")
-
-    async def write(s: ConsoleStore) -> None:
-        if not await s.delete_reservation(net):
-            raise NotFoundError(f"no reservation for {net}")
-
-    return Action(
-        f"Remove the reservation of {net}?",
-        f"removed the reservation of {net}",
-        "/leases",
-        (("subnet", str(net)),),
-        write,
-    )
+        raise NotFoundError(missing)
+    return _deletion(
+        net, f"Remove the reservation of {net}?", f"removed the reservation of {net}",
+        lambda s: s.delete_reservation(net), missing,
+    )  # fmt: skip
 
 
 async def revoke(store: ConsoleStore, form: Form) -> Action:
     net = _subnet(form)
+    missing = f"no lease for {net}"
     found = next((s for s in (await store.list_leases()).leases if s.subnet == net), None)
     if found is None:
-        raise NotFoundError(f"no lease for {net}")
+        raise NotFoundError(missing)
     who = quote(found.record.node) if found.record is not None else "(malformed)"
-
-    async def write(s: ConsoleStore) -> None:
-        if not await s.delete_lease(net):
-            raise NotFoundError(f"no lease for {net}")
-
-    return Action(
-        f"Remove the lease of {net} (node {who})? A live daemon claims a subnet again.",
-        f"revoked {net}",
-        "/leases",
-        (("subnet", str(net)),),
-        write,
-    )
+    return _deletion(
+        net, f"Remove the lease of {net} (node {who})? A live daemon claims a subnet again.",
+        f"revoked {net}", lambda s: s.delete_lease(net), missing,
+    )  # fmt: skip
 
 
 async def site_mode(store: ConsoleStore, form: Form) -> Action:
