@@ -47,7 +47,8 @@ def _complete(report: NodeReport) -> bool:
 
 def site_matrix(sites_of: dict[str, str], reports: dict[str, NodeReport]) -> Matrix:
     """``sites_of``: every node's site (from the leases); ``reports``: the fresh reports, by
-    node. Row site S, column site T: what S's nodes report of T's."""
+    node. Row site S, column site T: what S's nodes report of T's. Linear in the nodes
+    (each report lists at most ``MAX_UNREACHABLE`` peers), quadratic only in the sites."""
     members: dict[str, set[str]] = defaultdict(set)
     for node, site in sites_of.items():
         members[site].add(node)
@@ -55,21 +56,29 @@ def site_matrix(sites_of: dict[str, str], reports: dict[str, NodeReport]) -> Mat
     rows = []
     for row in labels:
         reporters = [reports[n] for n in sorted(members[row]) if n in reports]
-        rows.append(tuple(_site_cell(row, col, reporters, members[col]) for col in labels))
+        broken: dict[str, int] = defaultdict(int)
+        rtts: dict[str, list[float]] = defaultdict(list)
+        for report in reporters:
+            for peer in report.unreachable:
+                if peer in sites_of:
+                    broken[sites_of[peer]] += 1
+            for site, rtt in report.site_rtts:
+                rtts[site].append(rtt)
+        complete = all(_complete(r) for r in reporters)
+        names = {r.node for r in reporters}
+        cells = []
+        for col in labels:
+            if not names or (names >= members[col] and len(members[col]) == 1):
+                cells.append(Cell(UNKNOWN, "-"))  # no pair: no report, or only itself
+            elif broken[col]:
+                cells.append(Cell(BROKEN, f"{broken[col]} broken"))
+            elif not complete:
+                cells.append(Cell(UNKNOWN, "?"))
+            else:
+                text = f"{statistics.median(rtts[col]):.1f} ms" if rtts[col] else "ok"
+                cells.append(Cell(OK, text))
+        rows.append(tuple(cells))
     return Matrix(labels, tuple(rows))
-
-
-def _site_cell(row: str, col: str, reporters: list[NodeReport], targets: set[str]) -> Cell:
-    pairs = [(r, t) for r in reporters for t in targets if t != r.node]
-    if not pairs:
-        return Cell(UNKNOWN, "-")
-    broken = sum(1 for r, t in pairs if t in r.unreachable)
-    if broken:
-        return Cell(BROKEN, f"{broken} broken")
-    if not all(_complete(r) for r in reporters):
-        return Cell(UNKNOWN, "?")
-    rtts = [rtt for r in reporters for site, rtt in r.site_rtts if site == col]
-    return Cell(OK, f"{statistics.median(rtts):.1f} ms" if rtts else "ok")
 
 
 def node_matrix(nodes: tuple[str, ...], reports: dict[str, NodeReport]) -> Matrix | None:

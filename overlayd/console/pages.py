@@ -13,6 +13,8 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from overlayd.console.live import Live
+from overlayd.console.matrix import NODE_MATRIX_MAX
 from overlayd.console.security import Access
 from overlayd.console.view import ConsoleStore, NetworkView, load
 from overlayd.values.config import BACKEND_TYPES, TOPOLOGY_MODES, VXLAN_WIREGUARD
@@ -41,8 +43,11 @@ INIT_FIELDS = (
 class Pages:
     """Renders the templates; serves the GET pages of one store."""
 
-    def __init__(self, store: ConsoleStore, access: Access, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, store: ConsoleStore, live: Live, access: Access, clock: Callable[[], float]
+    ) -> None:
         self._store = store
+        self._live = live
         self._access = access
         self._clock = clock  # the wall clock: reports carry their writers' wall-clock times
         self._env = jinja2.Environment(
@@ -74,10 +79,13 @@ class Pages:
         ]
 
     async def view(self) -> NetworkView:
-        return await load(self._store, self._clock())
+        return await load(self._store, await self._live.observed(), self._clock())
 
     async def overview(self, _request: web.Request) -> web.Response:
-        return self.html("overview.html", "Overview", view=await self.view(), refresh=REFRESH)
+        view = await self.view()
+        return self.html(
+            "overview.html", "Overview", view=view, small=NODE_MATRIX_MAX, refresh=REFRESH
+        )
 
     async def sites(self, _request: web.Request) -> web.Response:
         return self.html("sites.html", "Sites", view=await self.view())

@@ -5,14 +5,16 @@ token, CSRF; security headers on every answer), within the status port's size li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from overlayd.agent.status_guard import DEFAULT_LIMITS, Limits
 from overlayd.console.actions import Actions
+from overlayd.console.live import Live
 from overlayd.console.pages import Pages
 from overlayd.console.security import COOKIE, Access, Listen
 from overlayd.console.view import ConsoleStore
@@ -36,7 +38,8 @@ def make_app(
 ) -> web.Application:
     """The console's application over ``store``, guarded by ``access``; ``clock``: the
     wall clock reports' ages are measured with."""
-    pages = Pages(store, access, clock)
+    live = Live(store)
+    pages = Pages(store, live, access, clock)
     actions = Actions(store, pages)
 
     @web.middleware
@@ -56,7 +59,15 @@ def make_app(
         response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
         return response
 
+    async def following(_app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(live.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
+    app.cleanup_ctx.append(following)
     app.add_routes([*pages.routes(), *actions.routes()])
     app.add_routes([web.get("/login", login_page), web.post("/login", login)])
     return app
