@@ -23,6 +23,7 @@ def node_report(node: str = "a1", **fields: Any) -> NodeReport:
         last_reconcile=1_699_999_999.5,
         paths=(("private", 2),),
         site_rtts=(("default", 0.4),),
+        site_paths=(("default", (("private", 2),)),),
         unreachable=(),
         unreachable_total=0,
         written_at=1_700_000_000.0,

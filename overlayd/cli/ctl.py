@@ -2,8 +2,9 @@
 
 Each group lives in its own module: ``ctl_network`` (the network config), ``ctl_leases``
 (leases and reservations), ``ctl_node`` (requests to a node's daemon) and ``ctl_views``
-(``plan``, ``peers``, ``gateways``), ``ctl_names`` (DNS names), ``ctl_console`` (the web
-console). Errors and exit codes are ``common``'s.
+(``plan``, ``peers``, ``gateways``), ``ctl_names`` (DNS names), ``ctl_status``
+(``status``, ``graph``: the observed network), ``ctl_console`` (the web console). Errors
+and exit codes are ``common``'s.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from overlayd.cli.ctl_leases import leases
 from overlayd.cli.ctl_names import names
 from overlayd.cli.ctl_network import network
 from overlayd.cli.ctl_node import node
+from overlayd.cli.ctl_status import graph, status
 from overlayd.cli.ctl_views import gateways, peers, plan
 
 
@@ -53,4 +55,6 @@ main.add_command(plan)
 main.add_command(peers)
 main.add_command(gateways)
 main.add_command(names)
+main.add_command(status)
+main.add_command(graph)
 main.add_command(console)

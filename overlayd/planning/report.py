@@ -3,11 +3,11 @@ a new report is worth writing.
 
 The daemon's status reporter (overlayd/agent/reporting.py) calls ``node_report`` with the
 peer reports of its path keeper (what ``/peers`` shows) and ``due`` to decide whether to
-write. A report's size does not grow with the network: counts per path kind, one median
-RTT per site (at most ``MAX_SITES``), and at most ``MAX_UNREACHABLE`` names. Writes happen
-on change, at most every ``min_interval``, and every ``refresh`` seconds regardless (so a
-report older than a few refreshes is stale: its writer is stuck). RTTs that wobble within
-a tolerance are not a change, nor is a later reconcile pass.
+write. A report's size does not grow with the network: counts per path kind, the median
+RTT and the path counts per site (at most ``MAX_SITES``), and at most ``MAX_UNREACHABLE``
+names. Writes happen on change, at most every ``min_interval``, and every ``refresh``
+seconds regardless (so a report older than a few refreshes is stale: its writer is
+stuck). RTTs that wobble within a tolerance are not a change, nor is a later pass.
 """
 
 from __future__ import annotations
@@ -104,16 +104,18 @@ def node_report(
     """``me``'s report of ``peers`` at wall-clock time ``now`` (deterministic: the same
     peers in any order give the same report)."""
     kinds: dict[str, int] = defaultdict(int)
+    by_site: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     rtts: dict[str, list[float]] = defaultdict(list)
     broken: list[str] = []
     for peer in peers:
         kind = path_kind(peer)
         kinds[kind] += 1
+        by_site[peer.site][kind] += 1
         if kind in BROKEN_KINDS:
             broken.append(peer.node)
         elif peer.rtt_ms is not None:
             rtts[peer.site].append(peer.rtt_ms)
-    sites = sorted(rtts)[:MAX_SITES]
+    sites = sorted(by_site)[:MAX_SITES]
     return NodeReport(
         node=me.node,
         node_id=me.node_id,
@@ -123,7 +125,8 @@ def node_report(
         versions=tuple(sorted(me.versions)),
         last_reconcile=last_reconcile,
         paths=tuple(sorted(kinds.items())),
-        site_rtts=tuple((s, round(statistics.median(rtts[s]), 2)) for s in sites),
+        site_rtts=tuple((s, round(statistics.median(rtts[s]), 2)) for s in sites if rtts[s]),
+        site_paths=tuple((s, tuple(sorted(by_site[s].items()))) for s in sites),
         unreachable=tuple(sorted(broken)[:MAX_UNREACHABLE]),
         unreachable_total=len(broken),
         written_at=now,

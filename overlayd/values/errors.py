@@ -96,3 +96,7 @@ class DiscoveryError(OverlaydError):
 
 class ReportFormatError(OverlaydError):
     """A node's status report in the store cannot be decoded (overlayd/values/report.py)."""
+
+
+class ToolError(OverlaydError):
+    """An external tool a command needs (Graphviz's ``dot``) is missing or failed."""

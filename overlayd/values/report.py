@@ -28,10 +28,12 @@ from overlayd.values.text import json_object, quote
 
 T = TypeVar("T")
 
-MAX_REPORT_BYTES = 8192
-"""A report's size limit, checked before parsing (a full one is ~4.5 KiB: 64 sites)."""
-MAX_SITES = 64
-"""Median RTTs kept per report: the first sites by name (a network rarely has more)."""
+MAX_REPORT_BYTES = 16384
+"""A report's size limit, checked before parsing (the largest one the planner can write,
+32 sites of 63-character names with every kind, is ~11 KiB; a usual one ~0.5 KiB)."""
+MAX_SITES = 32
+"""Sites a report describes (median RTT, paths by kind): the first ones by name (a
+network rarely has more; ``paths`` still counts every peer)."""
 MAX_UNREACHABLE = 16
 """Names of unreachable peers a report lists; ``unreachable_total`` counts them all."""
 MAX_KINDS = 16
@@ -56,8 +58,9 @@ class NodeReport:
     """What one node observes of the network, as it publishes it.
 
     ``paths``: peers per path kind (``PATH_KINDS``; only kinds with peers, sorted);
-    ``site_rtts``: the median round trip (ms) to the reachable peers of each site that
-    has one (sorted by site); ``unreachable``: the first ``MAX_UNREACHABLE`` peers it
+    ``site_paths``: the same per peer site (sorted by site); ``site_rtts``: the median
+    round trip (ms) to the reachable peers of each site that has one (sorted by site);
+    ``unreachable``: the first ``MAX_UNREACHABLE`` peers it
     cannot reach, by name, and ``unreachable_total`` all of them. Times are wall-clock
     UNIX seconds of the reporter (``last_reconcile`` None: no pass yet).
     """
@@ -71,6 +74,7 @@ class NodeReport:
     last_reconcile: float | None
     paths: tuple[tuple[str, int], ...]
     site_rtts: tuple[tuple[str, float], ...]
+    site_paths: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
     unreachable: tuple[str, ...]
     unreachable_total: int
     written_at: float
@@ -97,6 +101,7 @@ class NodeReport:
                 "LastReconcile": self.last_reconcile,
                 "Paths": dict(self.paths),
                 "SiteRTTs": dict(self.site_rtts),
+                "SitePaths": {site: dict(kinds) for site, kinds in self.site_paths},
                 "Unreachable": list(self.unreachable),
                 "UnreachableTotal": self.unreachable_total,
                 "WrittenAt": self.written_at,
@@ -130,7 +135,7 @@ class _Bad(Exception):
 
 
 def _report(raw: dict[str, Any]) -> NodeReport:
-    paths = _mapping(raw, "Paths", MAX_KINDS, _count)
+    paths = _mapping(raw.get("Paths", {}), "Paths", MAX_KINDS, _count)
     unreachable = _labels(raw.get("Unreachable", []), "Unreachable")
     total = _count(raw.get("UnreachableTotal", len(unreachable)), "UnreachableTotal")
     if total < len(unreachable):
@@ -141,10 +146,11 @@ def _report(raw: dict[str, Any]) -> NodeReport:
         site=_label(raw.get("Site"), "Site"),
         subnet=_subnet(raw.get("Subnet")),
         role=_label(raw.get("Role"), "Role"),
-        versions=_mapping(raw, "Versions", MAX_VERSIONS, _version),
+        versions=_mapping(raw.get("Versions", {}), "Versions", MAX_VERSIONS, _version),
         last_reconcile=_time(raw.get("LastReconcile"), "LastReconcile", optional=True),
         paths=paths,
-        site_rtts=_mapping(raw, "SiteRTTs", MAX_SITES, _rtt),
+        site_rtts=_mapping(raw.get("SiteRTTs", {}), "SiteRTTs", MAX_SITES, _rtt),
+        site_paths=_mapping(raw.get("SitePaths", {}), "SitePaths", MAX_SITES, _kinds),
         unreachable=unreachable,
         unreachable_total=total,
         written_at=_time(raw.get("WrittenAt"), "WrittenAt") or 0.0,
@@ -217,14 +223,17 @@ def _version(value: object, what: str) -> str:
     return str(value)
 
 
+def _kinds(value: object, what: str) -> tuple[tuple[str, int], ...]:
+    return _mapping(value, what, MAX_KINDS, _count)
+
+
 def _mapping(
-    raw: dict[str, Any], key: str, limit: int, item: Callable[[object, str], T]
+    value: object, what: str, limit: int, item: Callable[[object, str], T]
 ) -> tuple[tuple[str, T], ...]:
-    """``raw[key]`` as a sorted tuple of (label, ``item(value)``): an object of at most
-    ``limit`` entries keyed by DNS labels (absent: empty)."""
-    value = raw.get(key, {})
+    """``value`` as a sorted tuple of (label, ``item(value)``): an object of at most
+    ``limit`` entries keyed by DNS labels."""
     if not isinstance(value, dict) or len(value) > limit:
-        raise _Bad(f"{key} {quote(value)} is not an object of at most {limit} entries")
+        raise _Bad(f"{what} {quote(value)} is not an object of at most {limit} entries")
     return tuple(
-        sorted((_label(k, f"{key} key"), item(v, f"{key}[{quote(k)}]")) for k, v in value.items())
+        sorted((_label(k, f"{what} key"), item(v, f"{what}[{quote(k)}]")) for k, v in value.items())
     )

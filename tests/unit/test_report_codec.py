@@ -14,6 +14,7 @@ from overlayd.values.report import (
     MAX_REPORT_BYTES,
     MAX_SITES,
     MAX_UNREACHABLE,
+    PATH_KINDS,
     NodeReport,
     decode_report,
 )
@@ -28,6 +29,7 @@ def full() -> NodeReport:
         versions=(("overlayd", "0.1.0"), ("wireguard-go", "0.0.20230223")),
         paths=(("gateway", 40), ("private", 3), ("public", 1000), ("unverified", 7)),
         site_rtts=tuple((f"site-{i:02d}", 10.0 + i) for i in range(MAX_SITES)),
+        site_paths=tuple((f"site-{i:02d}", (("public", 30),)) for i in range(MAX_SITES)),
         unreachable=tuple(f"node-{i:05d}" for i in range(MAX_UNREACHABLE)),
         unreachable_total=4000,
     )
@@ -46,10 +48,36 @@ def test_a_full_report_fits_the_limit_and_counts_its_peers() -> None:
     assert report.peers == 1050 and report.count("public") == 1000 and report.count("relay") == 0
 
 
+def test_the_largest_report_the_rules_allow_the_planner_fits_the_limit() -> None:
+    long = "x" * 62
+    worst = node_report(
+        long[:-1] + "a",
+        node_id="f" * 64,
+        site=long + "b",
+        role=long + "c",
+        versions=tuple((f"{long}{i}", "9" * 64) for i in range(8)),
+        last_reconcile=1e12,
+        paths=tuple((k, 1_000_000) for k in sorted(PATH_KINDS)),
+        site_rtts=tuple(
+            (f"{long}{i % 10}"[:-2] + f"{i:02d}", 599_999.99) for i in range(MAX_SITES)
+        ),
+        site_paths=tuple(
+            (f"{long}"[:-1] + f"{i:02d}", tuple((k, 1_000_000) for k in sorted(PATH_KINDS)))
+            for i in range(MAX_SITES)
+        ),
+        unreachable=tuple(f"{long}"[:-1] + f"{i:02d}" for i in range(MAX_UNREACHABLE)),
+        unreachable_total=1_000_000,
+        written_at=1e12,
+    )
+    text = worst.to_json()
+    assert decode_report(worst.node, text) == worst
+    assert 10_000 < len(text) < MAX_REPORT_BYTES
+
+
 def test_the_value_keys_are_the_documented_ones() -> None:
     assert sorted(json.loads(node_report().to_json())) == [
-        "LastReconcile", "Node", "NodeID", "Paths", "Role", "Site", "SiteRTTs", "Subnet",
-        "Unreachable", "UnreachableTotal", "Versions", "WrittenAt",
+        "LastReconcile", "Node", "NodeID", "Paths", "Role", "Site", "SitePaths", "SiteRTTs",
+        "Subnet", "Unreachable", "UnreachableTotal", "Versions", "WrittenAt",
     ]  # fmt: skip
 
 
@@ -80,7 +108,13 @@ def hostile(**fields: Any) -> str:
         (hostile(Paths=[1, 2]), "Paths [1, 2] is not an object"),
         (hostile(SiteRTTs={"west": "fast"}), "not a round trip"),
         (hostile(SiteRTTs={"west": -1}), "not a round trip"),
-        (hostile(SiteRTTs={f"s{i}": 1 for i in range(MAX_SITES + 1)}), "at most 64 entries"),
+        (hostile(SiteRTTs={f"s{i}": 1 for i in range(MAX_SITES + 1)}), "at most 32 entries"),
+        (
+            hostile(SitePaths={"west": {"private": -3}}),
+            "SitePaths['west']['private'] -3 is not a count",
+        ),
+        (hostile(SitePaths={"west": [1]}), "SitePaths['west'] [1] is not an object"),
+        (hostile(SitePaths={"west": {f"k{i}": 1 for i in range(17)}}), "at most 16 entries"),
         (hostile(Unreachable=[f"n{i}" for i in range(MAX_UNREACHABLE + 1)]), "at most 16"),
         (hostile(Unreachable=["ok", {"x": 1}]), "Unreachable {'x': 1}"),
         (hostile(Unreachable=["n1", "n2"], UnreachableTotal=1), "below the 2 names"),

@@ -85,17 +85,24 @@ def test_many_peers_counts_medians_and_the_unreachable() -> None:
         ("gateway", 1), ("none", 1), ("private", 3), ("public", 1), ("unverified", 1),
     )  # fmt: skip
     assert report.site_rtts == (("east", 2.0), ("west", 40.0))
+    assert report.site_paths == (
+        ("east", (("private", 3),)),
+        ("north", (("gateway", 1),)),
+        ("west", (("none", 1), ("public", 1), ("unverified", 1))),
+    )
     assert report.unreachable == ("w2", "w3") and report.unreachable_total == 2
 
 
 def test_the_unreachable_list_and_the_sites_are_capped_and_the_size_bounded() -> None:
     small = node_report(ME, [Peer(f"b{i}") for i in range(10)], NOW, NOW)
     peers = [Peer(f"n{i:05d}", site=f"s{i % 200:03d}", rtt_ms=float(i % 50)) for i in range(5000)]
-    peers += [Peer(f"x{i:05d}", path=None, verified=()) for i in range(3000)]
+    peers += [Peer(f"x{i:05d}", site="zz", path=None, verified=()) for i in range(3000)]
     big = node_report(ME, peers, NOW, NOW)
     assert big.unreachable_total == 3000 and len(big.unreachable) == MAX_UNREACHABLE
     assert big.unreachable == tuple(f"x{i:05d}" for i in range(MAX_UNREACHABLE))
     assert len(big.site_rtts) == MAX_SITES and big.site_rtts[0][0] == "s000"
+    assert [s for s, _ in big.site_paths] == [s for s, _ in big.site_rtts]  # "zz" left out
+    assert big.count("none") == 3000  # still counted
     assert len(big.to_json()) < MAX_REPORT_BYTES
     assert decode_report("a1", big.to_json()) == big
     assert len(small.to_json()) < 400

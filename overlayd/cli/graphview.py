@@ -1,0 +1,131 @@
+"""What ``overlayctl graph`` draws: the observed network as Graphviz DOT text (pure).
+
+Sites are clusters, each with an anchor point the edges of its peers end at; a node's
+edge to a site says how it reaches that site's peers, coloured by the kind most of them
+take (``KIND_COLOURS``), labelled with the counts and the median RTT. Broken paths are red:
+a red edge to each peer a report names as unreachable, dashed red to a site none of whose
+peers it reaches. Gateways are drawn bold with a double border; nodes without a fresh
+report grey and dashed. Every name is quoted and escaped (``dot_id``): a name cannot
+break out of its string, nor use DOT's label escapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from overlayd.planning.observed import OK, ObservedNetwork, SiteState
+from overlayd.values.report import (
+    BROKEN_KINDS,
+    GATEWAY,
+    NO_PATH,
+    PRIVATE,
+    PUBLIC,
+    PUNCHED,
+    RELAY,
+    UNVERIFIED,
+    NodeReport,
+)
+
+BROKEN_COLOUR = "red"
+KIND_COLOURS = {
+    PRIVATE: "forestgreen",
+    PUBLIC: "blue",
+    PUNCHED: "purple",
+    GATEWAY: "darkorange",
+    RELAY: "goldenrod",
+    UNVERIFIED: BROKEN_COLOUR,
+    NO_PATH: BROKEN_COLOUR,
+}
+MAX_NAME = 64  # characters of a name drawn
+
+
+def _escaped(text: str) -> str:
+    """``text`` for inside a DOT string: backslashes and quotes escaped (so neither a quote
+    nor a label escape such as ``\\N`` survives), line breaks flattened."""
+    return " ".join(text.splitlines()).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def dot_id(text: str) -> str:
+    """``text`` cut to ``MAX_NAME`` characters as a quoted, escaped DOT ID."""
+    return f'"{_escaped(text[:MAX_NAME])}"'
+
+
+def _label(*lines: str) -> str:
+    """A label of several lines (each escaped, joined by DOT's centred line break)."""
+    return '"' + "\\n".join(_escaped(line) for line in lines) + '"'
+
+
+def _anchor(site: str) -> str:
+    return dot_id(f"site:{site}")  # ':' is in no node name (a DNS label): no clash
+
+
+def graph_dot(net: ObservedNetwork) -> str:
+    """The whole graph, one statement a line, in a stable order."""
+    return "\n".join(_lines(net)) + "\n"
+
+
+def _lines(net: ObservedNetwork) -> Iterator[str]:
+    legend = ", ".join(f"{k} {c}" for k, c in KIND_COLOURS.items() if c != BROKEN_COLOUR)
+    title = f"overlayd: {len(net.nodes)} nodes, {len(net.sites)} sites"
+    yield "digraph overlay {"
+    yield (
+        f'  graph [rankdir=LR, fontname="sans-serif", compound=true, '
+        f"label={_label(title, f'edges: {legend}, broken red')}];"
+    )
+    yield '  node [shape=box, style=rounded, fontname="sans-serif"];'
+    yield '  edge [fontname="sans-serif", fontsize=10];'
+    for i, site in enumerate(net.sites):
+        yield from _cluster(i, site, net)
+    drawn = {s.site for s in net.sites}
+    for state in net.nodes:
+        if state.report is not None:
+            yield from _site_edges(state.report, drawn)
+    for pair in net.unreachable:
+        yield (
+            f"  {dot_id(pair.reporter)} -> {dot_id(pair.peer)} "
+            f'[color={BROKEN_COLOUR}, penwidth=2, label="no path"];'
+        )
+    yield "}"
+
+
+def _cluster(index: int, site: SiteState, net: ObservedNetwork) -> Iterator[str]:
+    yield f"  subgraph cluster_{index} {{"
+    yield f"    label={_label(f'site {site.site} ({site.mode})')};"
+    yield f'    {_anchor(site.site)} [shape=point, width=0.08, label=""];'
+    for name in site.nodes:
+        state = net.node(name)
+        assert state is not None
+        lines = [name]
+        attrs = []
+        if state.gateway:
+            lines.append("gateway")
+            attrs += ["peripheries=2", 'style="rounded,bold"']
+        if state.health != OK:
+            lines.append(f"report {state.health}")
+            attrs += ["color=grey50", "fontcolor=grey40", 'style="rounded,dashed"']
+        yield f"    {dot_id(name)} [label={_label(*lines)}{''.join(', ' + a for a in attrs)}];"
+    yield "  }"
+
+
+def _site_edges(report: NodeReport, drawn: set[str]) -> Iterator[str]:
+    """One edge from ``report``'s node to each site it has peers in (of those ``drawn``:
+    a site no lease names has no cluster to point at)."""
+    rtts = dict(report.site_rtts)
+    for site, kinds in report.site_paths:
+        if site not in drawn:
+            continue
+        reached = [(n, k) for k, n in kinds if k not in BROKEN_KINDS]
+        broken = sum(n for k, n in kinds if k in BROKEN_KINDS)
+        parts = [f"{n} {k}" for n, k in sorted(reached, reverse=True)]
+        if broken:
+            parts.append(f"{broken} unreachable")
+        if site in rtts:
+            parts.append(f"{rtts[site]:g} ms")
+        if reached:
+            colour, style = KIND_COLOURS.get(max(reached)[1], "black"), "solid"
+        else:
+            colour, style = BROKEN_COLOUR, "dashed"
+        yield (
+            f"  {dot_id(report.node)} -> {_anchor(site)} "
+            f"[color={colour}, style={style}, label={_label(', '.join(parts))}];"
+        )

@@ -1,0 +1,85 @@
+"""The DOT text of ``overlayctl graph`` (overlayd/cli/graphview.py): names cannot break
+out of their strings, and the graph says what the observed network says."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from ipaddress import IPv4Network
+
+import pytest
+
+from overlayd.cli.graphview import dot_id, graph_dot
+from overlayd.planning.observed import MISSING, OK, NodeState, ObservedNetwork, Pair, SiteState
+from tests.reports import node_report
+
+SVG = "{http://www.w3.org/2000/svg}"
+HOSTILE = ['a"b', "back\\slash", "x\\N\\G\\l", 'evil"]; "pwn" [label="pwned', "line\nbreak"]
+
+
+def test_dot_id_escapes_quotes_backslashes_and_line_breaks() -> None:
+    assert dot_id("a1") == '"a1"'
+    assert dot_id('a"b') == '"a\\"b"'
+    assert dot_id("x\\N") == '"x\\\\N"'
+    assert dot_id("line\nbreak") == '"line break"'
+    assert dot_id("y" * 500) == '"' + "y" * 64 + '"'
+
+
+def hostile_network() -> ObservedNetwork:
+    site = 'si"te\\'
+    nodes = tuple(
+        NodeState(name, site, IPv4Network(f"10.244.{i}.0/24"), i == 0, None, MISSING)
+        for i, name in enumerate(HOSTILE)
+    )
+    sites = (SiteState(site, "mesh", HOSTILE[0], tuple(HOSTILE)),)
+    return ObservedNetwork(nodes, sites, (), 0)
+
+
+def as_drawn(name: str) -> str:
+    """A name as dot titles its SVG element: a DOT ID undoes only the quote's escape
+    (labels undo the backslash's too), and line breaks were flattened."""
+    return " ".join(name.splitlines()).replace("\\", "\\\\")
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz's dot")
+def test_hostile_names_render_as_themselves() -> None:
+    dot = graph_dot(hostile_network())
+    done = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    root = ET.fromstring(done.stdout)
+    titles = {t.text for t in root.iter(f"{SVG}title")}
+    names = {as_drawn(n) for n in HOSTILE}
+    assert names <= titles and "pwn" not in titles
+    # every node drawn is one of ours (or the site's anchor): nothing was injected
+    drawn = {g.findtext(f"{SVG}title") for g in root.iter(f"{SVG}g") if g.get("class") == "node"}
+    assert drawn == names | {as_drawn('site:si"te\\')}
+    texts = {t.text for t in root.iter(f"{SVG}text")}  # labels show the names themselves
+    assert {'a"b', "back\\slash", "x\\N\\G\\l", "line break"} <= texts
+
+
+def test_an_empty_network_is_a_graph_of_nothing() -> None:
+    dot = graph_dot(ObservedNetwork((), (), (), 0))
+    assert dot.startswith("digraph overlay {") and dot.endswith("}\n")
+    assert "->" not in dot and "cluster" not in dot
+
+
+def test_edges_follow_the_reports() -> None:
+    a1 = node_report(
+        "a1", site="east",
+        site_paths=(("east", (("private", 2),)), ("west", (("none", 1), ("public", 3)))),
+        site_rtts=(("east", 0.25), ("west", 30.0)), unreachable=("w9",), unreachable_total=1,
+    )  # fmt: skip
+    net = ObservedNetwork(
+        (NodeState("a1", "east", IPv4Network("10.244.1.0/24"), False, a1, OK),),
+        (SiteState("east", "mesh", None, ("a1",)), SiteState("west", "mesh", None, ())),
+        (Pair("a1", "w9"),),
+        0,
+    )
+    dot = graph_dot(net)
+    assert '"a1" -> "site:east" [color=forestgreen, style=solid, label="2 private, 0.25 ms"]' in dot
+    assert (
+        '"a1" -> "site:west" [color=blue, style=solid, label="3 public, 1 unreachable, 30 ms"]'
+        in dot
+    )
+    assert '"a1" -> "w9" [color=red, penwidth=2, label="no path"];' in dot
