@@ -5,8 +5,8 @@ A report says which peers its node cannot reach (the first ``MAX_UNREACHABLE`` b
 how many in all) and the median RTT to each remote site: a cell is ``broken`` (red) when a
 node of the row reports a peer of the column unreachable, ``ok`` (green, with the median
 RTT where known) when the row's reports list none of the column's nodes and are complete,
-``unknown`` (grey) when there is no fresh report or a report's list was cut short, and
-``self`` on the node matrix's diagonal. A report does not say which kind of path each peer
+``unknown`` (grey) when there is no fresh report or a report's list was cut short,
+``self`` on the node matrix's diagonal and ``none`` where a one-node site meets itself. A report does not say which kind of path each peer
 takes (only how many per kind): the node page shows those counts.
 """
 
@@ -20,6 +20,7 @@ from overlayd.values.report import NodeReport
 
 NODE_MATRIX_MAX = 40  # nodes up to which the node x node matrix is drawn
 OK, BROKEN, UNKNOWN, SELF = "ok", "broken", "unknown", "self"
+NO_PAIR = "none"  # a one-node site's own cell: no pair to report on
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,10 @@ def site_matrix(sites_of: dict[str, str], reports: dict[str, NodeReport]) -> Mat
         names = {r.node for r in reporters}
         cells = []
         for col in labels:
-            if not names or (names >= members[col] and len(members[col]) == 1):
-                cells.append(Cell(UNKNOWN, "-"))  # no pair: no report, or only itself
+            if not names:
+                cells.append(Cell(UNKNOWN, "-"))
+            elif names >= members[col] and len(members[col]) == 1:
+                cells.append(Cell(NO_PAIR, ""))
             elif broken[col]:
                 cells.append(Cell(BROKEN, f"{broken[col]} broken"))
             elif not complete:

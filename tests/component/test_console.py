@@ -82,7 +82,7 @@ def test_one_node() -> None:
         report = rows(await page(client, "/nodes/10.244.1.0-24"), "report")
         assert ["peers by path", "private 2"] in report and ["unreachable", "none"] in report
         matrix = await page(client, "/matrix")
-        assert rows(matrix, "site-matrix") == [["from \\ to", "cloud-a"], ["cloud-a", "-"]]
+        assert rows(matrix, "site-matrix") == [["from \\ to", "cloud-a"], ["cloud-a", ""]]
         assert rows(matrix, "node-matrix") == [["from \\ to", "node1"], ["node1", ""]]
 
     run_console(ctl.store, body)
