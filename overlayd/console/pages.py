@@ -20,7 +20,9 @@ from overlayd.console.view import ConsoleStore, NetworkView, load
 from overlayd.values.config import BACKEND_TYPES, TOPOLOGY_MODES, VXLAN_WIREGUARD
 from overlayd.values.errors import LeaseFormatError
 from overlayd.values.lease import parse_subnet_key_name
+from overlayd.values.report import GATEWAY, PRIVATE, PUBLIC, PUNCHED, RELAY
 
+OK_KINDS = (PRIVATE, PUBLIC, PUNCHED, GATEWAY, RELAY)  # the matrix's legend: verified kinds
 REFRESH = 5  # seconds between refreshes of a read-only page
 MATRIX_REFRESH = 2  # the matrix: a broken path shows within a report interval (5 s) and this
 
@@ -119,6 +121,7 @@ class Pages:
             view=view,
             sites=view.site_matrix(),
             nodes=view.node_matrix(),
+            kinds=OK_KINDS,
             refresh=MATRIX_REFRESH,
         )
 

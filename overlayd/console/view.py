@@ -114,8 +114,8 @@ class NetworkView:
         return site_matrix(sites_of, self.reports.fresh)
 
     def node_matrix(self) -> Matrix | None:
-        names = tuple(sorted(n.node for n in self.nodes if n.error is None))
-        return node_matrix(names, self.reports.fresh)
+        sites_of = {n.node: n.site for n in self.nodes if n.error is None}
+        return node_matrix(sites_of, self.reports.fresh)
 
 
 @dataclass(frozen=True)

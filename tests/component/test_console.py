@@ -378,12 +378,12 @@ def test_overlayctl_console_refuses_a_public_address_without_a_token(tmp_path: P
     assert "cannot read --token-file" in ctl("console", "--token-file", str(missing), code=2).stderr
 
 
-def states(html: str, table: str) -> list[list[str]]:
-    """Each matrix row's cell states (``data-state``), the header row and column left out."""
+def states(html: str, table: str, attribute: str = "data-state") -> list[list[str]]:
+    """Each matrix row's cells' ``attribute``, the header row and column left out."""
     found = re.search(rf'<table id="{table}"(.*?)</table>', html, re.S)
     assert found is not None, f"no table {table}"
     lines = re.findall(r"<tr>(.*?)</tr>", found.group(1), re.S)[1:]
-    return [re.findall(r'data-state="(\w+)"', line) for line in lines]
+    return [re.findall(rf'{attribute}="(\w*)"', line) for line in lines]
 
 
 def six_nodes(ctl: Ctl) -> None:
@@ -399,8 +399,15 @@ def test_matrix_every_pair_green_then_a_broken_pair_red() -> None:
 
     def report(n: int, **fields: object) -> NodeReport:
         rtts = (("a", 0.5), ("b", 20.0), ("c", 40.0))
+        paths: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
+            ("a", (("private", 1),)),
+            ("b", (("public", 2),)),
+            ("c", (("gateway", 2), ("public", 1))),  # mostly through the gateway
+        )
         site = "abc"[(n - 1) // 2]
-        return node_report(f"node{n}", site=site, site_rtts=rtts, written_at=NOW - 1, **fields)
+        return node_report(
+            f"node{n}", site=site, site_rtts=rtts, site_paths=paths, written_at=NOW - 1, **fields
+        )
 
     for n in range(1, 7):
         publish(ctl.store, report(n))
@@ -409,6 +416,8 @@ def test_matrix_every_pair_green_then_a_broken_pair_red() -> None:
         html = await page(client, "/matrix")
         assert states(html, "site-matrix") == [["ok"] * 3] * 3
         assert rows(html, "site-matrix")[1][1:] == ["0.5 ms", "20.0 ms", "40.0 ms"]
+        assert states(html, "site-matrix", "data-kind")[0] == ["private", "public", "gateway"]
+        assert states(html, "node-matrix", "data-kind")[0][4:] == ["gateway", "gateway"]
         cells = states(html, "node-matrix")
         assert [row.count("ok") for row in cells] == [5] * 6
         assert [row.index("self") for row in cells] == list(range(6))
