@@ -10,6 +10,8 @@ import click
 
 from overlayd.cli.common import friendly_errors
 from overlayd.cli.context import CtlContext, run_with_store
+from overlayd.cli.ctl_status import render_svg
+from overlayd.cli.graphview import graph_dot
 from overlayd.console.security import (
     Access,
     Listen,
@@ -18,6 +20,7 @@ from overlayd.console.security import (
     parse_listen,
     read_token,
 )
+from overlayd.planning.observed import ObservedNetwork
 
 
 @click.command("console")
@@ -47,6 +50,10 @@ def console(ctx: click.Context, listen: str, token_file: Path | None) -> None:
     # aiohttp and jinja2 cost a third of a second to import: only this command pays it
     from overlayd.console.server import serve
 
-    clock = ctx.find_object(CtlContext)
-    assert clock is not None
-    run_with_store(ctx, lambda store: serve(store, access, where, ready, clock.clock))
+    env = ctx.find_object(CtlContext)
+    assert env is not None
+
+    def draw(net: ObservedNetwork) -> str:  # overlayctl graph -o svg's picture
+        return render_svg(graph_dot(net))
+
+    run_with_store(ctx, lambda store: serve(store, access, where, ready, env.clock, draw))

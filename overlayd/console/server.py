@@ -17,13 +17,14 @@ from overlayd.console.actions import Actions
 from overlayd.console.live import Live
 from overlayd.console.pages import Pages
 from overlayd.console.security import COOKIE, Access, Listen
+from overlayd.console.topology import Draw, Topology
 from overlayd.console.view import ConsoleStore
 from overlayd.values.errors import ConfigError
 
 MAX_BODY = 64 * 1024  # bytes of a request body: the largest form is well under 4 KiB
 HEADERS = {
     # no script, no frames, forms only to us, nothing cached or leaked in a Referer
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -34,10 +35,14 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_app(
-    store: ConsoleStore, access: Access, clock: Callable[[], float] = time.time
+    store: ConsoleStore,
+    access: Access,
+    clock: Callable[[], float] = time.time,
+    draw: Draw | None = None,
 ) -> web.Application:
     """The console's application over ``store``, guarded by ``access``; ``clock``: the
-    wall clock reports' ages are measured with."""
+    wall clock reports' ages are measured with; ``draw``: the topology picture's renderer
+    (None: no topology page)."""
     live = Live(store)
     pages = Pages(store, live, access, clock)
     actions = Actions(store, pages)
@@ -69,6 +74,8 @@ def make_app(
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
     app.cleanup_ctx.append(following)
     app.add_routes([*pages.routes(), *actions.routes()])
+    if draw is not None:
+        app.add_routes(Topology(store, live, pages, draw, clock).routes())
     app.add_routes([web.get("/login", login_page), web.post("/login", login)])
     return app
 
@@ -98,12 +105,13 @@ async def serve(
     listen: Listen,
     ready: Callable[[Listen], None],
     clock: Callable[[], float],
+    draw: Draw | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> None:
     """Serve the console on ``listen`` until cancelled; ``ready`` gets the bound address
     (the port filled in when ``listen`` asked for 0). ``ConfigError`` if it cannot bind."""
     runner = web.AppRunner(
-        make_app(store, access, clock),
+        make_app(store, access, clock, draw),
         handle_signals=False,
         access_log=None,
         keepalive_timeout=limits.deadline,

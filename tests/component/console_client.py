@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from overlayd.console.security import Access
 from overlayd.console.server import make_app
+from overlayd.console.topology import Draw
 from overlayd.store.memory import MemStore
 from overlayd.values.gateway_state import GatewayClaim
 from overlayd.values.report import NodeReport
@@ -25,12 +26,16 @@ Client = TestClient[web.Request, web.Application]
 
 
 def run_console(
-    store: MemStore, body: Callable[[Client], Awaitable[T]], token: str | None = None
+    store: MemStore,
+    body: Callable[[Client], Awaitable[T]],
+    token: str | None = None,
+    draw: Draw | None = None,
 ) -> T:
-    """Run ``body`` with a client of a console over ``store`` (on loopback)."""
+    """Run ``body`` with a client of a console over ``store`` (on loopback); ``draw``: the
+    topology's renderer (None: no topology page)."""
 
     async def go() -> T:
-        app = make_app(store, Access(CSRF, token), lambda: NOW)
+        app = make_app(store, Access(CSRF, token), lambda: NOW, draw)
         async with TestClient(TestServer(app)) as client:
             return await body(client)
 

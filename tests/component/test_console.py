@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from markupsafe import escape
 
+from overlayd.cli.ctl_status import render_svg
+from overlayd.cli.graphview import graph_dot
 from overlayd.console.matrix import NODE_MATRIX_MAX
 from overlayd.console.security import COOKIE
+from overlayd.planning.observed import ObservedNetwork
 from overlayd.store.memory import MemStore
-from overlayd.values.errors import ConfigError
+from overlayd.values.errors import ConfigError, ToolError
 from overlayd.values.network_init import InitRequest, init_config
 from overlayd.values.report import NodeReport
 from tests.builders import node_lease
@@ -470,3 +474,39 @@ def test_the_node_matrix_is_left_out_for_large_networks() -> None:
         assert 'id="node-matrix"' not in html and len(states(html, "site-matrix")) == 3
 
     run_console(ctl.store, body)
+
+
+def svg_of_graph(net: ObservedNetwork) -> str:
+    return render_svg(graph_dot(net))
+
+
+def refuse_to_draw(_net: ObservedNetwork) -> str:
+    raise ToolError("Graphviz's dot is not installed: cannot render SVG")
+
+
+def test_the_topology_picture_names_every_node() -> None:
+    ctl = Ctl()
+    six_nodes(ctl)
+    publish(ctl.store, node_report("node1", site="a", written_at=NOW - 1))
+
+    async def body(client: Client) -> None:
+        assert 'src="/topology.svg"' in await page(client, "/topology")
+        resp = await client.get("/topology.svg")
+        assert resp.status == 200 and resp.content_type == "image/svg+xml"
+        root = ET.fromstring(await resp.text())
+        titles = {t.text for t in root.iter("{http://www.w3.org/2000/svg}title")}
+        assert {f"node{n}" for n in range(1, 7)} <= titles
+
+    run_console(ctl.store, body, draw=svg_of_graph)
+
+
+def test_the_topology_without_dot_says_so_and_without_a_drawer_is_not_there() -> None:
+    async def broken(client: Client) -> None:
+        assert "dot is not installed" in await page(client, "/topology.svg", 503)
+
+    run_console(MemStore(), broken, draw=refuse_to_draw)
+
+    async def absent(client: Client) -> None:
+        await page(client, "/topology.svg", 404)
+
+    run_console(MemStore(), absent)

@@ -4,7 +4,7 @@ The console runs in a2's namespace (it reaches etcd) on loopback, the browser in
 namespace (tests/lab/browser.py). The overview shows every node; the matrix shows every
 pair green, a pair turns red within 10 s of being broken with nft (a1 drops everything of
 b1's public address) and green again after restore; a reservation made through the form
-is in etcd; a console bound beyond loopback refuses a request without its token and lets
+is in etcd; the topology picture loads; a console bound beyond loopback refuses a request without its token and lets
 the login form in. Screenshots go to the test's directory.
 """
 
@@ -119,6 +119,10 @@ def test_console_in_a_browser(prefix: str, tmp_path: Path) -> None:
             chromium.screenshot(shots / "reserved.png")
             found = json.loads(ctl(world, "leases", "reservations", "-o", "json"))
             assert found == [{"node": "reserved-1", "subnet": "10.244.200.0/24"}]
+
+            chromium.open(url + "topology")
+            assert int(chromium.attributes("#topology", "naturalWidth")[0]) > 0  # drawn
+            chromium.screenshot(shots / "topology.png")
 
 
 def ctl(world: World, *args: str) -> str:
