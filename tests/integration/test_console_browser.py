@@ -4,8 +4,8 @@ The console runs in a2's namespace (it reaches etcd) on loopback, the browser in
 namespace (tests/lab/browser.py). The overview shows every node; the matrix shows every
 pair green, a pair turns red within 10 s of being broken with nft (a1 drops everything of
 b1's public address) and green again after restore; a reservation made through the form
-is in etcd; the topology picture loads; a console bound beyond loopback refuses a request without its token and lets
-the login form in. Screenshots go to the test's directory.
+is in etcd; the topology picture loads; a console bound beyond loopback refuses a request
+without its token and lets the login form in. Screenshots go to the test's directory.
 """
 
 from __future__ import annotations
