@@ -45,6 +45,7 @@ class Observed:
     reports: StatusTable
     gateways: GatewayState
     trouble: str | None = None  # why a watch is failing now (its data may be old)
+    version: int = 0  # counts the changes seen: the same version, the same state
 
 
 class Live:
@@ -57,6 +58,7 @@ class Live:
         self._reports = StatusTable(0, ())
         self._gateways = GatewayState()
         self._trouble: dict[str, str] = {}
+        self._version = 0
         self._seen = {name: asyncio.Event() for name in ("leases", "reports", "gateways")}
 
     async def observed(self) -> Observed:
@@ -65,7 +67,7 @@ class Live:
             await seen.wait()
         trouble = "; ".join(f"{k}: {v}" for k, v in sorted(self._trouble.items())) or None
         snapshot = Snapshot(self._revision, tuple(self._leases.values()))
-        return Observed(snapshot, self._reports, self._gateways, trouble)
+        return Observed(snapshot, self._reports, self._gateways, trouble, self._version)
 
     async def run(self) -> None:
         """Follow the watches until cancelled."""
@@ -83,6 +85,7 @@ class Live:
             try:
                 async for item in watch():
                     take(item)
+                    self._version += 1
                     self._trouble.pop(name, None)
                     self._seen[name].set()
             except StoreError as exc:

@@ -109,10 +109,12 @@ class NetworkView:
     def node(self, subnet: IPv4Network) -> NodeView | None:
         return next((n for n in self.nodes if n.subnet == subnet), None)
 
+    @functools.cached_property
     def site_matrix(self) -> Matrix:
         sites_of = {n.node: n.site for n in self.nodes if n.error is None}
         return site_matrix(sites_of, self.reports.fresh)
 
+    @functools.cached_property
     def node_matrix(self) -> Matrix | None:
         sites_of = {n.node: n.site for n in self.nodes if n.error is None}
         return node_matrix(sites_of, self.reports.fresh)
@@ -154,19 +156,34 @@ def reports_at(table: StatusTable, now: float) -> Reports:
     )
 
 
-async def load(store: ConsoleStore, observed: Observed, now: float) -> NetworkView:
-    """The view of ``observed`` with the config and reservations read now (``now``: the
-    wall clock, for report ages)."""
+@dataclass(frozen=True)
+class Stored:
+    """What a page reads from the store itself: the config's text (None: there is none)
+    and the reservations, sorted."""
+
+    config_text: str | None
+    reservations: tuple[tuple[IPv4Network, str], ...]
+
+
+async def read_stored(store: ConsoleStore) -> Stored:
+    try:
+        text: str | None = await store.get_config_text()
+    except ConfigMissingError:
+        text = None
+    return Stored(text, tuple(sorted((await store.list_reservations()).items())))
+
+
+def view_of(stored: Stored, observed: Observed, now: float) -> NetworkView:
+    """The view of ``stored`` and ``observed`` at wall-clock ``now`` (for report ages)."""
     config: NetworkConfig | None = None
     error: str | None = None
-    try:
-        config = parse_config(await store.get_config_text())
-    except ConfigMissingError:
-        pass
-    except ConfigError as exc:
-        error = quote(str(exc), ERROR_QUOTE)
-    reservations = await store.list_reservations()
+    if stored.config_text is not None:
+        try:
+            config = parse_config(stored.config_text)
+        except ConfigError as exc:
+            error = quote(str(exc), ERROR_QUOTE)
     reports = reports_at(observed.reports, now)
+    reservations = dict(stored.reservations)
     view = build(config, error, observed.leases, reservations, observed.gateways, reports)
     if observed.trouble is None:
         return view
