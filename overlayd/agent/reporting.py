@@ -21,7 +21,7 @@ from overlayd.agent.host import Clock
 from overlayd.agent.status_docs import Status
 from overlayd.planning.report import PeerView, Reporter, ReportParams, due, node_report
 from overlayd.runtime.logs import Throttle
-from overlayd.store.api import EtcdLeases, StatusStore
+from overlayd.store.api import EtcdLeases
 from overlayd.values.errors import StoreError
 from overlayd.values.lease import LeaseRecord
 from overlayd.values.report import NodeReport
@@ -32,8 +32,10 @@ FIRST_LOOK = 0.25  # seconds between looks for a first report (cheap: no peers r
 MESH = "mesh"  # the role of a node outside the gateway topology
 
 
-class ReportStore(EtcdLeases, StatusStore, Protocol):
+class ReportStore(EtcdLeases, Protocol):
     """What the reporter needs of the store: its own etcd lease, and the report key."""
+
+    async def put_status_report(self, report: NodeReport, lease_id: int) -> None: ...
 
 
 def versions() -> tuple[tuple[str, str], ...]:
@@ -72,17 +74,12 @@ class StatusReporter:
         self._written_when = 0.0
         self._errors = Throttle(ERROR_LOG_EVERY, clock.monotonic)
 
-    @property
-    def written(self) -> NodeReport | None:
-        """The last report written (None: none yet, or the last write failed)."""
-        return self._written
-
     async def run(self) -> None:
         """Tick every ``min_interval`` seconds, forever; until there is a first report
         to write (a lease, a reconcile pass), every ``FIRST_LOOK`` seconds."""
         while True:
-            wrote = await self.tick()
-            await asyncio.sleep(self.params.min_interval if wrote is not None else FIRST_LOOK)
+            now = await self.tick()
+            await asyncio.sleep(self.params.min_interval if now is not None else FIRST_LOOK)
 
     def report(self) -> NodeReport | None:
         """The report of now (None: no lease, or no reconcile pass yet: its peers are not

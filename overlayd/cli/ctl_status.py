@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from ipaddress import IPv4Network
 from typing import Any
 
 import click
 
 from overlayd.cli.common import friendly_errors
 from overlayd.cli.context import CtlContext, run_with_store
-from overlayd.cli.graphview import graph_dot
+from overlayd.cli.graphview import NODES, SITES, graph_dot
 from overlayd.cli.output import echo_json, echo_table, output_option
 from overlayd.planning.observed import ObservedNetwork, observe_network
 from overlayd.store.api import Store
 from overlayd.values.errors import ToolError
 from overlayd.values.report import NodeReport
 
-DOT_TIMEOUT = 120.0  # seconds: dot lays out thousands of nodes slowly, but not forever
+DOT_TIMEOUT = 120.0  # seconds: a large graph takes dot long, but not forever
+AUTO = "auto"
+AUTO_NODES = 50
+"""The largest network ``graph`` draws node by node unless told (dot took ~4 s for 50
+nodes in 20 sites and ~40 s for 100: scripts/bench_report.py's network, under load)."""
 ERRORS_SHOWN = 5  # malformed reports named in the status output
 
 
@@ -85,8 +90,14 @@ def status(ctx: click.Context, output: str) -> None:
 
 
 def _node_row(
-    node: str, site: str, subnet: object, report: NodeReport | None, health: str, now: float
+    node: str,
+    site: str,
+    subnet: IPv4Network | None,
+    report: NodeReport | None,
+    health: str,
+    now: float,
 ) -> list[str]:
+    """One node's cells; a node without a report shows ``-`` but for its lease."""
     subnet_text = "-" if subnet is None else str(subnet)
     if report is None:
         return [node, site or "-", subnet_text, "-", "-", "-", "-", health]
@@ -162,12 +173,22 @@ def _report_json(r: NodeReport) -> dict[str, Any]:
     show_default=True,
     help="DOT text, or SVG rendered by Graphviz's dot.",
 )
+@click.option(
+    "--level",
+    type=click.Choice([AUTO, NODES, SITES]),
+    default=AUTO,
+    show_default=True,
+    help=f"Draw every node, or one box per site (auto: nodes up to {AUTO_NODES} nodes).",
+)
 @click.pass_context
 @friendly_errors
-def graph(ctx: click.Context, output: str) -> None:
+def graph(ctx: click.Context, output: str, level: str) -> None:
     """The observed topology: sites as clusters, gateways marked, edges coloured by path
     kind, broken paths red."""
-    text = graph_dot(_network(ctx))
+    net = _network(ctx)
+    if level == AUTO:
+        level = NODES if len(net.nodes) <= AUTO_NODES else SITES
+    text = graph_dot(net, level)
     click.echo(render_svg(text) if output == "svg" else text, nl=False)
 
 

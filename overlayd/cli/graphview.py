@@ -11,6 +11,8 @@ break out of its string, nor use DOT's label escapes.
 
 from __future__ import annotations
 
+import statistics
+from collections import defaultdict
 from collections.abc import Iterator
 
 from overlayd.planning.observed import OK, ObservedNetwork, SiteState
@@ -23,7 +25,6 @@ from overlayd.values.report import (
     PUNCHED,
     RELAY,
     UNVERIFIED,
-    NodeReport,
 )
 
 BROKEN_COLOUR = "red"
@@ -37,6 +38,7 @@ KIND_COLOURS = {
     NO_PATH: BROKEN_COLOUR,
 }
 MAX_NAME = 64  # characters of a name drawn
+NODES, SITES = "nodes", "sites"  # what the graph draws a box for
 
 
 def _escaped(text: str) -> str:
@@ -59,12 +61,13 @@ def _anchor(site: str) -> str:
     return dot_id(f"site:{site}")  # ':' is in no node name (a DNS label): no clash
 
 
-def graph_dot(net: ObservedNetwork) -> str:
-    """The whole graph, one statement a line, in a stable order."""
-    return "\n".join(_lines(net)) + "\n"
+def graph_dot(net: ObservedNetwork, level: str = NODES) -> str:
+    """The whole graph, one statement a line, in a stable order: every node (``NODES``),
+    or one box per site with the paths between sites summed (``SITES``)."""
+    return "\n".join(_lines(net, level)) + "\n"
 
 
-def _lines(net: ObservedNetwork) -> Iterator[str]:
+def _lines(net: ObservedNetwork, level: str) -> Iterator[str]:
     legend = ", ".join(f"{k} {c}" for k, c in KIND_COLOURS.items() if c != BROKEN_COLOUR)
     title = f"overlayd: {len(net.nodes)} nodes, {len(net.sites)} sites"
     yield "digraph overlay {"
@@ -74,18 +77,81 @@ def _lines(net: ObservedNetwork) -> Iterator[str]:
     )
     yield '  node [shape=box, style=rounded, fontname="sans-serif"];'
     yield '  edge [fontname="sans-serif", fontsize=10];'
-    for i, site in enumerate(net.sites):
-        yield from _cluster(i, site, net)
+    if level == SITES:
+        yield from _site_level(net)
+    else:
+        yield from _node_level(net)
+    yield "}"
+
+
+def _node_level(net: ObservedNetwork) -> Iterator[str]:
+    for i, cluster in enumerate(net.sites):
+        yield from _cluster(i, cluster, net)
     drawn = {s.site for s in net.sites}
     for state in net.nodes:
-        if state.report is not None:
-            yield from _site_edges(state.report, drawn)
+        report = state.report
+        if report is None:
+            continue
+        rtts = dict(report.site_rtts)
+        for site, kinds in report.site_paths:
+            if site in drawn:  # a site no lease names has no cluster to point at
+                yield _edge(dot_id(report.node), _anchor(site), kinds, rtts.get(site))
     for pair in net.unreachable:
         yield (
             f"  {dot_id(pair.reporter)} -> {dot_id(pair.peer)} "
             f'[color={BROKEN_COLOUR}, penwidth=2, label="no path"];'
         )
-    yield "}"
+
+
+def _site_level(net: ObservedNetwork) -> Iterator[str]:
+    """A box per site; an edge per pair of sites with the counts of every report of the
+    first site's nodes summed and the median of their median RTTs."""
+    summed: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    medians: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for state in net.nodes:
+        report = state.report
+        if report is None:
+            continue
+        for peer_site, by_kind in report.site_paths:
+            for kind, n in by_kind:
+                summed[report.site, peer_site][kind] += n
+        for peer_site, rtt in report.site_rtts:
+            medians[report.site, peer_site].append(rtt)
+    for site in net.sites:
+        yield f"  {_anchor(site.site)} [label={_label(*_site_lines(site, net))}];"
+    drawn = {s.site for s in net.sites}
+    for (a, b), counts in sorted(summed.items()):
+        if a in drawn and b in drawn:
+            found = medians[a, b]
+            median = round(statistics.median(found), 2) if found else None
+            yield _edge(_anchor(a), _anchor(b), tuple(sorted(counts.items())), median)
+
+
+def _site_lines(site: SiteState, net: ObservedNetwork) -> list[str]:
+    members = [n for n in net.nodes if n.site == site.site]
+    lines = [f"site {site.site} ({site.mode})", f"{len(members)} nodes"]
+    if site.gateway:
+        lines.append(f"gateway {site.gateway}")
+    unfresh = sum(1 for n in members if n.health != OK)
+    if unfresh:
+        lines.append(f"{unfresh} without a fresh report")
+    return lines
+
+
+def _edge(src: str, dst: str, kinds: tuple[tuple[str, int], ...], rtt: float | None) -> str:
+    """An edge for the peers behind ``dst`` (their counts by kind, median ``rtt``)."""
+    reached = [(n, k) for k, n in kinds if k not in BROKEN_KINDS]
+    broken = sum(n for k, n in kinds if k in BROKEN_KINDS)
+    parts = [f"{n} {k}" for n, k in sorted(reached, reverse=True)]
+    if broken:
+        parts.append(f"{broken} unreachable")
+    if rtt is not None:
+        parts.append(f"{rtt:g} ms")
+    if reached:
+        colour, style = KIND_COLOURS.get(max(reached)[1], "black"), "solid"
+    else:
+        colour, style = BROKEN_COLOUR, "dashed"
+    return f"  {src} -> {dst} [color={colour}, style={style}, label={_label(', '.join(parts))}];"
 
 
 def _cluster(index: int, site: SiteState, net: ObservedNetwork) -> Iterator[str]:
@@ -105,27 +171,3 @@ def _cluster(index: int, site: SiteState, net: ObservedNetwork) -> Iterator[str]
             attrs += ["color=grey50", "fontcolor=grey40", 'style="rounded,dashed"']
         yield f"    {dot_id(name)} [label={_label(*lines)}{''.join(', ' + a for a in attrs)}];"
     yield "  }"
-
-
-def _site_edges(report: NodeReport, drawn: set[str]) -> Iterator[str]:
-    """One edge from ``report``'s node to each site it has peers in (of those ``drawn``:
-    a site no lease names has no cluster to point at)."""
-    rtts = dict(report.site_rtts)
-    for site, kinds in report.site_paths:
-        if site not in drawn:
-            continue
-        reached = [(n, k) for k, n in kinds if k not in BROKEN_KINDS]
-        broken = sum(n for k, n in kinds if k in BROKEN_KINDS)
-        parts = [f"{n} {k}" for n, k in sorted(reached, reverse=True)]
-        if broken:
-            parts.append(f"{broken} unreachable")
-        if site in rtts:
-            parts.append(f"{rtts[site]:g} ms")
-        if reached:
-            colour, style = KIND_COLOURS.get(max(reached)[1], "black"), "solid"
-        else:
-            colour, style = BROKEN_COLOUR, "dashed"
-        yield (
-            f"  {dot_id(report.node)} -> {_anchor(site)} "
-            f"[color={colour}, style={style}, label={_label(', '.join(parts))}];"
-        )

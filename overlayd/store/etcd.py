@@ -8,6 +8,7 @@ Keys under the prefix (default ``/overlayd/network``)::
     <prefix>/reservations/<a.b.c.d>-<len> permanent reservations {"Node": name}, no TTL
     <prefix>/gw/site/<site>, gw/health/…  the gateway election (overlayd/store/api.py)
     <prefix>/control/<node>/<verb>        requests to one node's daemon (e.g. rotate-key)
+    <prefix>/status/<node>                what the node observes, bound to its own short lease
 
 Only this module imports the etcd client and grpc (the watch's logic is in
 overlayd/store/etcd_watch.py, handed the gRPC call); every client or gRPC error leaves it

@@ -69,15 +69,16 @@ class NodeReport:
     node_id: str
     site: str
     subnet: IPv4Network
-    role: str  # "mesh", or the gateway topology's role ("gateway", "member")
+    role: str  # "mesh", or the gateway topology's ("gateway", "member", "waiting")
     versions: tuple[tuple[str, str], ...]  # (component, version), sorted
     last_reconcile: float | None
     paths: tuple[tuple[str, int], ...]
     site_rtts: tuple[tuple[str, float], ...]
-    site_paths: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
     unreachable: tuple[str, ...]
     unreachable_total: int
     written_at: float
+    # last, with a default: added after the first version of this value
+    site_paths: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
     @property
     def peers(self) -> int:

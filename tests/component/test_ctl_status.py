@@ -136,10 +136,14 @@ def test_malformed_reports_are_named_not_drawn() -> None:
     prefix = StoreKeys(ctl.store.prefix).statuses
     ctl.store.put_raw(prefix + "evil", '{"Node": "evil", "Site": "x\\"];evil"}')
     ctl.store.put_raw(prefix + "huge", "x" * 100_000)
+    items = json.dumps({"Node": "long", "Unreachable": [f"n{i}" for i in range(200_000)]})
+    ctl.store.put_raw(prefix + "long", items)
+    ctl.store.put_raw(prefix + "typed", node_report("typed").to_json().replace('"mesh"', "7"))
     out = ctl("status").stdout
-    assert "2 malformed" in out
+    assert "4 malformed" in out
     lines = [line for line in out.splitlines() if line.startswith("malformed report")]
-    assert len(lines) == 2 and all(len(line) < 300 for line in lines)
+    assert len(lines) == 4 and all(len(line) < 300 for line in lines)
+    assert "Role 7 is not a DNS label" in out
     assert "evil" not in ctl("graph").stdout
 
 
@@ -166,3 +170,17 @@ def test_graph_without_dot_is_an_error_with_a_hint(
     assert result.stderr.startswith("error: Graphviz's dot is not installed")
     assert "hint: install it ('apt-get install graphviz')" in result.stderr
     assert ctl("graph").stdout.startswith("digraph")  # the DOT text needs no dot
+
+
+def test_a_large_network_is_drawn_by_site_unless_told() -> None:
+    ctl = Ctl()
+    ctl.init()
+    for n in range(1, 53):  # 52 nodes: more than AUTO_NODES
+        report(ctl, f"n{n}", node(ctl, n, f"n{n}", "east" if n % 2 else "west"))
+    dot = ctl("graph").stdout
+    assert '"site:east" [label="site east (mesh)\\n26 nodes"];' in dot and '"n1"' not in dot
+    assert '"n1" [label="n1"];' in ctl("graph", "--level", "nodes").stdout
+    small = Ctl()
+    small.init()
+    report(small, "a1", node(small, 1, "a1"))
+    assert "cluster_0" not in small("graph", "--level", "sites").stdout

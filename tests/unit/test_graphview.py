@@ -10,7 +10,7 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from overlayd.cli.graphview import dot_id, graph_dot
+from overlayd.cli.graphview import SITES, dot_id, graph_dot
 from overlayd.planning.observed import MISSING, OK, NodeState, ObservedNetwork, Pair, SiteState
 from tests.reports import node_report
 
@@ -83,3 +83,41 @@ def test_edges_follow_the_reports() -> None:
         in dot
     )
     assert '"a1" -> "w9" [color=red, penwidth=2, label="no path"];' in dot
+
+
+def test_the_site_level_sums_the_reports_of_each_site() -> None:
+    a1 = node_report(
+        "a1", site="east", site_paths=(("east", (("private", 1),)), ("west", (("public", 2),))),
+        site_rtts=(("east", 0.2), ("west", 30.0)),
+    )  # fmt: skip
+    a2 = node_report(
+        "a2", site="east",
+        site_paths=(("east", (("private", 1),)), ("west", (("none", 1), ("public", 1)))),
+        site_rtts=(("east", 0.4), ("west", 40.0)),
+    )  # fmt: skip
+    w1 = node_report("w1", site="west", site_paths=(("east", (("none", 2),)),), site_rtts=())
+    net = ObservedNetwork(
+        (
+            NodeState("a1", "east", IPv4Network("10.244.1.0/24"), True, a1, OK),
+            NodeState("a2", "east", IPv4Network("10.244.2.0/24"), False, a2, OK),
+            NodeState("w1", "west", IPv4Network("10.244.3.0/24"), False, w1, OK),
+            NodeState("w2", "west", IPv4Network("10.244.4.0/24"), False, None, MISSING),
+        ),
+        (
+            SiteState("east", "mesh", "a1", ("a1", "a2")),
+            SiteState("west", "mesh", None, ("w1", "w2")),
+        ),
+        (Pair("a2", "w2"), Pair("w1", "a1"), Pair("w1", "a2")),
+        0,
+    )
+    dot = graph_dot(net, SITES)
+    assert '"site:east" [label="site east (mesh)\\n2 nodes\\ngateway a1"];' in dot
+    assert '"site:west" [label="site west (mesh)\\n2 nodes\\n1 without a fresh report"];' in dot
+    assert (
+        '"site:east" -> "site:east" [color=forestgreen, style=solid, label="2 private, 0.3 ms"]'
+        in dot
+    )
+    east_west = '"site:east" -> "site:west" [color=blue, style=solid, label='
+    assert east_west + '"3 public, 1 unreachable, 35 ms"]' in dot
+    assert '"site:west" -> "site:east" [color=red, style=dashed, label="2 unreachable"]' in dot
+    assert '"a1"' not in dot and "cluster" not in dot  # no node boxes at this level
