@@ -1,34 +1,25 @@
-"""The web console over a MemStore: pages for zero, one and many nodes, hostile etcd values
-escaped, the management forms (refused input shown in the form, confirmation, the write),
-the token, CSRF and Host checks, and ``overlayctl console``'s refusals."""
+"""The web console's pages over a MemStore: zero, one and many nodes, hostile etcd values
+escaped, the PSK never shown, the matrices from the nodes' reports, the topology picture
+(the forms and the access checks: test_console_forms.py)."""
 
 from __future__ import annotations
 
 import json
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
-
-from markupsafe import escape
 
 from overlayd.cli.ctl_status import render_svg
 from overlayd.cli.graphview import graph_dot
 from overlayd.console.matrix import NODE_MATRIX_MAX
-from overlayd.console.security import COOKIE
 from overlayd.planning.observed import ObservedNetwork
 from overlayd.store.memory import MemStore
-from overlayd.values.errors import ConfigError, ToolError
-from overlayd.values.network_init import InitRequest, init_config
+from overlayd.values.errors import ToolError
 from overlayd.values.report import NodeReport
 from tests.builders import node_lease
 from tests.component.console_client import (
-    CSRF,
-    TOKEN,
     Client,
     claim,
-    confirmed,
     page,
-    post,
     publish,
     rows,
     run_console,
@@ -38,10 +29,6 @@ from tests.reports import node_report
 
 PAGES = ("/", "/sites", "/nodes", "/leases", "/network")
 HOSTILE = '<script>alert("x")</script>'
-
-
-def network(ctl: Ctl, *args: str) -> None:
-    ctl.init(*args)
 
 
 def test_empty_store_every_page_renders_with_its_headers() -> None:
@@ -67,7 +54,7 @@ def test_empty_store_every_page_renders_with_its_headers() -> None:
 
 def test_one_node() -> None:
     ctl = Ctl()
-    network(ctl)
+    ctl.init()
     ctl.lease(node_lease(1, "192.0.2.1", site="cloud-a", private_ips=("10.0.0.1",)))
     publish(ctl.store, node_report("node1", site="cloud-a", written_at=NOW - 3))
 
@@ -94,7 +81,7 @@ def test_one_node() -> None:
 
 def test_many_nodes_sorted_with_sites_and_gateways() -> None:
     ctl = Ctl()
-    network(ctl, "--topology", "gateway")
+    ctl.init("--topology", "gateway")
     for n in range(40, 0, -1):
         ctl.lease(node_lease(n, f"192.0.2.{n}", site=f"site-{n % 4}"))
     sync(
@@ -121,7 +108,7 @@ def test_many_nodes_sorted_with_sites_and_gateways() -> None:
 
 def test_hostile_etcd_values_are_escaped() -> None:
     ctl = Ctl()
-    network(ctl)
+    ctl.init()
     store = ctl.store
     store.put_raw(f"{store.prefix}/subnets/10.244.5.0-24", json.dumps({"Node": HOSTILE}))
     store.put_raw(f"{store.prefix}/reservations/10.244.6.0-24", json.dumps({"Node": HOSTILE}))
@@ -169,219 +156,6 @@ def test_the_psk_is_never_shown() -> None:
     run_console(ctl.store, body)
 
 
-def test_create_the_network_bad_input_shows_the_error_in_the_form() -> None:
-    store = MemStore()
-    wanted = ""
-    try:
-        init_config(InitRequest("10.244.0.0/33"))
-    except ConfigError as exc:
-        wanted = str(exc)
-
-    async def body(client: Client) -> None:
-        html = await post(client, "/actions/network-init", 400, network="10.244.0.0/33")
-        assert 'id="error"' in html and str(escape(wanted)) in html
-        assert 'value="10.244.0.0/33"' in html  # what was typed stays in the form
-        html = await post(client, "/actions/network-init", 400, network="10.0.0.0/8", vni="x1")
-        assert "vni must be a whole number" in html
-        html = await post(
-            client, "/actions/network-init", 400, network="10.0.0.0/8", backend="vxlan",
-            topology="gateway",
-        )  # fmt: skip
-        assert "gateway mode needs Backend.Type" in html
-        await post(client, "/actions/network-init", 400, network=HOSTILE)
-        assert store.get_raw(f"{store.prefix}/config") is None
-
-    run_console(store, body)
-
-
-def test_create_the_network_asks_first_then_writes() -> None:
-    store = MemStore()
-
-    async def body(client: Client) -> None:
-        ask = await post(
-            client, "/actions/network-init", network="10.250.0.0/16", subnet_len="26",
-            site_modes="a=gateway", backend="vxlan+wireguard",
-        )  # fmt: skip
-        assert "Create the network 10.250.0.0/16?" in ask
-        assert store.get_raw(f"{store.prefix}/config") is None  # not before confirming
-        await post(
-            client, "/actions/network-init", network="10.250.0.0/16", subnet_len="26",
-            site_modes="a=gateway", backend="vxlan+wireguard", confirm="yes",
-        )  # fmt: skip
-        cfg = await store.get_config()
-        assert str(cfg.network) == "10.250.0.0/16" and cfg.subnet_len == 26
-        assert cfg.topology.mode_of("a") == "gateway"
-        again = await post(
-            client, "/actions/network-init", 400, network="10.1.0.0/16", confirm="yes"
-        )
-        assert "a network config already exists" in again
-        await confirmed(client, "/actions/network-init", network="10.1.0.0/16", force="yes")
-        assert str((await store.get_config()).network) == "10.1.0.0/16"
-
-    run_console(store, body)
-
-
-def test_reserve_and_unreserve() -> None:
-    ctl = Ctl()
-    network(ctl)
-
-    async def body(client: Client) -> None:
-        html = await post(client, "/actions/reserve", 400, subnet="banana", node="n1")
-        assert "&#39;banana&#39; is not a subnet" in html and 'value="banana"' in html
-        html = await post(client, "/actions/reserve", 400, subnet="10.9.0.0/24", node="n1")
-        assert "is not an allocatable subnet of 10.244.0.0/16" in html
-        await post(client, "/actions/reserve", 400, subnet="10.244.7.0/24", node=" ")
-        ask = await post(client, "/actions/reserve", subnet="10.244.7.0/24", node="n7")
-        assert "Reserve 10.244.7.0/24 for node &#39;n7&#39;?" in ask
-        assert await ctl.store.list_reservations() == {}
-        await confirmed(client, "/actions/reserve", subnet="10.244.7.0/24", node="n7")
-        await confirmed(client, "/actions/reserve", subnet="10.244.8.0-24", node="n8")
-        table = rows(await page(client, "/leases"), "reservations")[1:]
-        assert [r[:2] for r in table] == [["10.244.7.0/24", "n7"], ["10.244.8.0/24", "n8"]]
-        await confirmed(client, "/actions/unreserve", subnet="10.244.7.0/24")
-        assert [str(s) for s in await ctl.store.list_reservations()] == ["10.244.8.0/24"]
-        await post(client, "/actions/unreserve", 404, subnet="10.244.7.0/24")
-
-    run_console(ctl.store, body)
-
-
-def test_reserve_without_a_network_says_so() -> None:
-    async def body(client: Client) -> None:
-        html = await post(client, "/actions/reserve", 400, subnet="10.244.7.0/24", node="n")
-        assert "overlayctl network init" in html
-
-    run_console(MemStore(), body)
-
-
-def test_revoke_a_lease() -> None:
-    ctl = Ctl()
-    network(ctl)
-    ctl.lease(node_lease(1, "192.0.2.1"))
-    ctl.lease(node_lease(2, "192.0.2.2"))
-
-    async def body(client: Client) -> None:
-        ask = await post(client, "/actions/revoke", subnet="10.244.2.0/24")
-        assert "node &#39;node2&#39;" in ask
-        await post(client, "/actions/revoke", subnet="10.244.2.0/24", confirm="yes")
-        left = (await ctl.store.list_leases()).leases
-        assert [str(s.subnet) for s in left] == ["10.244.1.0/24"]
-        await post(client, "/actions/revoke", 404, subnet="10.244.2.0/24")
-        await post(client, "/actions/revoke", 404, subnet="10.244.2.0/24", confirm="yes")
-
-    run_console(ctl.store, body)
-
-
-def test_set_a_site_mode() -> None:
-    ctl = Ctl()
-    network(ctl)
-    ctl.lease(node_lease(1, "192.0.2.1", site="a"))
-
-    async def body(client: Client) -> None:
-        await confirmed(client, "/actions/site-mode", site="a", mode="gateway")
-        assert (await ctl.store.get_config()).topology.mode_of("a") == "gateway"
-        assert rows(await page(client, "/sites"), "sites")[1][1] == "gateway"
-        html = await post(client, "/actions/site-mode", 400, site="a", mode="star")
-        assert "mode must be one of mesh, gateway" in html
-
-    run_console(ctl.store, body)
-
-
-def test_gateway_mode_is_refused_on_a_vxlan_network() -> None:
-    ctl = Ctl()
-    network(ctl, "--backend", "vxlan")
-
-    async def body(client: Client) -> None:
-        html = await post(client, "/actions/site-mode", 400, site="a", mode="gateway")
-        assert "gateway mode needs Backend.Type" in html
-        assert (await ctl.store.get_config()).topology.mode_of("a") == "mesh"
-
-    run_console(ctl.store, body)
-
-
-def test_a_post_without_the_csrf_token_is_refused() -> None:
-    ctl = Ctl()
-    network(ctl)
-
-    async def body(client: Client) -> None:
-        for csrf in ("", "wrong", CSRF[:-1]):
-            form = {"subnet": "10.244.7.0/24", "node": "n", "confirm": "yes", "csrf": csrf}
-            resp = await client.post("/actions/reserve", data=form)
-            assert resp.status == 403
-        resp = await client.post(
-            "/actions/reserve", data={"subnet": "10.244.7.0/24", "node": "n", "confirm": "yes"}
-        )
-        assert resp.status == 403
-        assert await ctl.store.list_reservations() == {}
-
-    run_console(ctl.store, body)
-
-
-def test_the_token_is_needed_for_every_request() -> None:
-    ctl = Ctl()
-    network(ctl)
-
-    async def body(client: Client) -> None:
-        for path in PAGES:
-            html = await page(client, path, 401)
-            assert 'id="login"' in html and "10.244.0.0/16" not in html
-        await page(client, "/", 401, headers={"Authorization": "Bearer wrong"})
-        await page(client, "/", 401, headers={"Authorization": TOKEN})  # no "Bearer "
-        await page(client, "/", headers={"Authorization": f"Bearer {TOKEN}"})
-        form = {"csrf": CSRF, "subnet": "10.244.7.0/24", "node": "n", "confirm": "yes"}
-        assert (await client.post("/actions/reserve", data=form)).status == 401
-        assert (await client.post("/login", data={"token": "nope"})).status == 401
-        await page(client, "/", 401)
-        resp = await client.post("/login", data={"token": TOKEN}, allow_redirects=False)
-        assert resp.status == 303 and "HttpOnly" in resp.headers["Set-Cookie"]
-        assert "SameSite=Strict" in resp.headers["Set-Cookie"]
-        assert "Log in" not in await page(client, "/")  # the cookie now
-        assert (await client.post("/actions/reserve", data=form)).status == 200
-        assert [str(s) for s in await ctl.store.list_reservations()] == ["10.244.7.0/24"]
-        client.session.cookie_jar.clear()
-        client.session.cookie_jar.update_cookies({COOKIE: "forged"})
-        await page(client, "/", 401)
-
-    run_console(ctl.store, body, token=TOKEN)
-
-
-def test_another_host_name_is_refused() -> None:
-    async def body(client: Client) -> None:
-        await page(client, "/", 403, headers={"Host": "rebound.example:8080"})
-        await page(client, "/", headers={"Host": "localhost:8080"})
-
-    run_console(MemStore(), body)
-
-
-def test_a_request_over_the_size_limit_is_refused() -> None:
-    ctl = Ctl()
-    network(ctl)
-
-    async def body(client: Client) -> None:
-        resp = await client.post("/actions/reserve", data={"csrf": CSRF, "node": "n" * 70_000})
-        assert resp.status == 413
-        html = await post(client, "/actions/reserve", 400, subnet="10.244.7.0/24", node="n" * 300)
-        assert "longer than 256 characters" in html
-        assert await ctl.store.list_reservations() == {}
-
-    run_console(ctl.store, body)
-
-
-def test_overlayctl_console_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
-    ctl = Ctl()
-    result = ctl("console", "--listen", "0.0.0.0:0", code=2)
-    assert "error: the console on 0.0.0.0 would be open to every network" in result.stderr
-    assert "hint: give --token-file" in result.stderr
-    result = ctl("console", "--listen", "192.0.2.1:8080", code=2)
-    assert "error:" in result.stderr
-    assert "is not ADDRESS:PORT" in ctl("console", "--listen", "localhost:80", code=2).stderr
-    assert "is not ADDRESS:PORT" in ctl("console", "--listen", "127.0.0.1:99999", code=2).stderr
-    short = tmp_path / "short"
-    short.write_text("abc\n")
-    assert "at least 16" in ctl("console", "--token-file", str(short), code=2).stderr
-    missing = tmp_path / "missing"
-    assert "cannot read --token-file" in ctl("console", "--token-file", str(missing), code=2).stderr
-
-
 def states(html: str, table: str, attribute: str = "data-state") -> list[list[str]]:
     """Each matrix row's cells' ``attribute``, the header row and column left out."""
     found = re.search(rf'<table id="{table}"(.*?)</table>', html, re.S)
@@ -392,7 +166,7 @@ def states(html: str, table: str, attribute: str = "data-state") -> list[list[st
 
 def six_nodes(ctl: Ctl) -> None:
     """node1..node6 in sites a (1, 2), b (3, 4), c (5, 6)."""
-    network(ctl)
+    ctl.init()
     for n in range(1, 7):
         ctl.lease(node_lease(n, f"192.0.2.{n}", site="abc"[(n - 1) // 2]))
 
@@ -465,7 +239,7 @@ def test_matrix_without_stale_or_cut_reports_is_unknown() -> None:
 
 def test_the_node_matrix_is_left_out_for_large_networks() -> None:
     ctl = Ctl()
-    network(ctl)
+    ctl.init()
     for n in range(1, NODE_MATRIX_MAX + 2):
         ctl.lease(node_lease(n, "192.0.2.1", site=f"s{n % 3}"))
 
