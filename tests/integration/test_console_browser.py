@@ -152,3 +152,4 @@ def test_console_beyond_loopback_needs_the_token(prefix: str, tmp_path: Path) ->
             chromium.fill("#login", {"token": token})
             page = chromium.click("#login button")
             assert "10.244.0.0/16" in page and 'id="login"' not in page
+            assert "10.244.0.0/16" in chromium.open(url + "network")  # the cookie goes along

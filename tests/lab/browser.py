@@ -20,6 +20,8 @@ from typing import TypeVar
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.lab.netns import Namespace
 
@@ -101,10 +103,13 @@ class Browser:
         self._call(go)
 
     def click(self, css: str) -> str:
-        """Click the element matching ``css``; the HTML of the page it leads to."""
+        """Click the element matching ``css``; the HTML of the page it leads to (once the
+        old page is gone: a click returns before the form's answer has loaded)."""
 
         def go() -> str:
+            old = self._driver.find_element(By.TAG_NAME, "html")
             self._driver.find_element(By.CSS_SELECTOR, css).click()
+            WebDriverWait(self._driver, 30).until(staleness_of(old))
             return self._driver.page_source
 
         return self._call(go)
