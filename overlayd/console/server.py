@@ -88,7 +88,9 @@ async def _checked(
     if request.path != "/login":
         authorization = request.headers.get("Authorization")
         if not access.token_ok(authorization, request.cookies.get(COOKIE)):
-            return pages.html("login.html", "Log in", 401, error="log in with the token")
+            refused = pages.html("login.html", "Log in", 401, error="log in with the token")
+            refused.headers["WWW-Authenticate"] = 'Bearer realm="overlayd console"'
+            return refused
         if request.method == "POST":
             given = (await request.post()).get("csrf")
             if not access.csrf_ok(given if isinstance(given, str) else None):

@@ -185,6 +185,7 @@ def test_the_token_is_needed_for_every_request() -> None:
             html = await page(client, path, 401)
             assert 'id="login"' in html and "10.244.0.0/16" not in html
         await page(client, "/", 401, headers={"Authorization": "Bearer wrong"})
+        assert (await client.get("/")).headers["WWW-Authenticate"].startswith("Bearer")
         await page(client, "/", 401, headers={"Authorization": TOKEN})  # no "Bearer "
         await page(client, "/", headers={"Authorization": f"Bearer {TOKEN}"})
         form = {"csrf": CSRF, "subnet": "10.244.7.0/24", "node": "n", "confirm": "yes"}
