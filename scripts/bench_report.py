@@ -16,8 +16,9 @@ the RTT wobble: only the refresh writes), churn (one node dies every ``--churn-e
 seconds and comes back ``--down-for`` seconds later, with a new report lease: every
 other node's report changes twice per event). ``--etcd``: then write one report per node
 to a real etcd (tests/lab, on 127.0.0.1) and read its database size and the puts' time.
-``--ctl``: the time of ``overlayctl status`` and ``overlayctl graph -o dot`` over those
-reports and their leases (an in-memory store: the commands' own cost, not etcd's).
+``--ctl``: the time of ``overlayctl status`` and ``overlayctl graph`` (DOT text by node,
+by site; SVG by site) over those reports and their leases (an in-memory store: the
+commands' own cost, not etcd's).
 
 ``.venv/bin/python scripts/bench_report.py [--nodes 5000] [--etcd] [--ctl]``
 """
@@ -276,7 +277,8 @@ def time_ctl(world: World, reports: dict[str, NodeReport]) -> None:
 
     asyncio.run(fill())
     obj = CtlContext(store_factory=lambda _settings: mem, clock=lambda: WALL + 600)
-    for args in (["status"], ["status", "-o", "json"], ["graph", "-o", "dot"]):
+    graphs = (["graph", "--level", "nodes"], ["graph"], ["graph", "-o", "svg"])
+    for args in (["status"], ["status", "-o", "json"], *graphs):
         t0 = time.monotonic()
         result = CliRunner().invoke(ctl_main, args, obj=obj)
         took = time.monotonic() - t0

@@ -20,7 +20,14 @@ from overlayd.cli.common import friendly_errors
 from overlayd.cli.context import CtlContext, run_with_store
 from overlayd.cli.graphview import NODES, SITES, graph_dot
 from overlayd.cli.output import echo_json, echo_table, output_option
-from overlayd.planning.observed import ObservedNetwork, observe_network
+from overlayd.planning.observed import (
+    MISSING,
+    OK,
+    STALE,
+    UNLEASED,
+    ObservedNetwork,
+    observe_network,
+)
 from overlayd.store.api import Store
 from overlayd.values.errors import ToolError
 from overlayd.values.report import NodeReport
@@ -108,7 +115,7 @@ def _node_row(
         more = ",…" if report.unreachable_total > len(shown) else ""
         unreachable += f" ({','.join(shown)}{more})"
     age = f"{max(0.0, now - report.written_at):.0f}s ago"
-    written = age if health == "ok" else f"{health} ({age})"
+    written = age if health == OK else f"{health} ({age})"
     return [node, site, subnet_text, report.role, str(report.peers), paths, unreachable, written]
 
 
@@ -117,8 +124,8 @@ def _summary(net: ObservedNetwork) -> str:
     pairs = len(net.unreachable) + net.more
     return (
         f"{len(net.nodes)} nodes in {len(net.sites)} sites, {gateways} gateways; "
-        f"{pairs} unreachable pairs; reports: {net.count('ok')} ok, {net.count('stale')} "
-        f"stale, {net.count('missing')} missing, {net.count('unleased')} without a lease"
+        f"{pairs} unreachable pairs; reports: {net.count(OK)} ok, {net.count(STALE)} "
+        f"stale, {net.count(MISSING)} missing, {net.count(UNLEASED)} without a lease"
         + (f"; {len(net.malformed)} malformed" if net.malformed else "")
     )
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
-from overlayd.planning.observed import OK, ObservedNetwork, SiteState
+from overlayd.planning.observed import OK, NodeState, ObservedNetwork, SiteState
 from overlayd.values.report import (
     BROKEN_KINDS,
     GATEWAY,
@@ -85,8 +85,9 @@ def _lines(net: ObservedNetwork, level: str) -> Iterator[str]:
 
 
 def _node_level(net: ObservedNetwork) -> Iterator[str]:
+    by_name = {n.node: n for n in net.nodes}
     for i, cluster in enumerate(net.sites):
-        yield from _cluster(i, cluster, net)
+        yield from _cluster(i, cluster, by_name)
     drawn = {s.site for s in net.sites}
     for state in net.nodes:
         report = state.report
@@ -154,13 +155,12 @@ def _edge(src: str, dst: str, kinds: tuple[tuple[str, int], ...], rtt: float | N
     return f"  {src} -> {dst} [color={colour}, style={style}, label={_label(', '.join(parts))}];"
 
 
-def _cluster(index: int, site: SiteState, net: ObservedNetwork) -> Iterator[str]:
+def _cluster(index: int, site: SiteState, nodes: Mapping[str, NodeState]) -> Iterator[str]:
     yield f"  subgraph cluster_{index} {{"
     yield f"    label={_label(f'site {site.site} ({site.mode})')};"
     yield f'    {_anchor(site.site)} [shape=point, width=0.08, label=""];'
     for name in site.nodes:
-        state = net.node(name)
-        assert state is not None
+        state = nodes[name]
         lines = [name]
         attrs = []
         if state.gateway:

@@ -62,11 +62,8 @@ class ObservedNetwork:
     more: int  # unreachable pairs counted by reports beyond the names they list
     malformed: tuple[tuple[str, str], ...] = ()  # (key name, why) of refused reports
 
-    def node(self, name: str) -> NodeState | None:
-        """The node named ``name`` (None: no lease nor report of it)."""
-        return next((n for n in self.nodes if n.node == name), None)
-
     def count(self, health: str) -> int:
+        """How many nodes' reports are ``health``."""
         return sum(1 for n in self.nodes if n.health == health)
 
 
