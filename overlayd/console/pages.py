@@ -1,5 +1,6 @@
 """The console's pages: jinja2 templates (package data, autoescaped: every value from etcd
-is HTML-escaped) rendered from a fresh ``view.load`` per request.
+is HTML-escaped) rendered from ``view.view_of`` (built again only when something changed or
+a second passed).
 
 The read-only pages refresh themselves (``<meta refresh>``: no script at all); the pages
 with forms do not, so what an operator types is not lost.

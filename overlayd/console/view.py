@@ -1,9 +1,11 @@
-"""What the console's pages show, built from one read of the store.
+"""What the console's pages show.
 
-``load`` reads the config, the leases, the reservations and the gateway state; ``build``
-(pure) turns them into a ``NetworkView``: nodes and sites sorted, the config redacted (the
-pre-shared key is never part of a view), and the health findings of the whole network.
-Values from etcd are kept as they are here: the templates escape them.
+``read_stored`` reads what a page reads itself (the config's text, the reservations);
+``view_of`` adds what the watches hold (``live.Observed``: leases, reports, gateways) and
+``build`` (pure) turns it all into a ``NetworkView``: nodes and sites sorted, the config
+redacted (the pre-shared key is never part of a view), the reports split into fresh and
+stale, and the health findings of the whole network. Values from etcd are kept as they
+are here: the templates escape them.
 """
 
 from __future__ import annotations
