@@ -3,8 +3,8 @@
 Each group lives in its own module: ``ctl_network`` (the network config), ``ctl_leases``
 (leases and reservations), ``ctl_node`` (requests to a node's daemon) and ``ctl_views``
 (``plan``, ``peers``, ``gateways``), ``ctl_names`` (DNS names), ``ctl_status``
-(``status``, ``graph``: the observed network). Errors and exit codes
-are ``common``'s.
+(``status``, ``graph``: the observed network), ``ctl_console`` (the web console). Errors
+and exit codes are ``common``'s.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import click
 
 from overlayd.cli.common import FriendlyGroup, etcd_options, etcd_settings
 from overlayd.cli.context import CtlContext
+from overlayd.cli.ctl_console import console
 from overlayd.cli.ctl_leases import leases
 from overlayd.cli.ctl_names import names
 from overlayd.cli.ctl_network import network
@@ -56,3 +57,4 @@ main.add_command(gateways)
 main.add_command(names)
 main.add_command(status)
 main.add_command(graph)
+main.add_command(console)

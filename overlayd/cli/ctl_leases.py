@@ -14,8 +14,9 @@ import click
 from overlayd.cli.common import friendly_errors
 from overlayd.cli.context import run_with_store
 from overlayd.cli.output import ERROR_QUOTE, echo_json, echo_table, output_option
+from overlayd.store.admin import reserve
 from overlayd.store.api import Store, StoredLease
-from overlayd.values.errors import ConfigError, LeaseFormatError, NotFoundError
+from overlayd.values.errors import LeaseFormatError, NotFoundError
 from overlayd.values.lease import parse_subnet_arg
 from overlayd.values.text import quote
 
@@ -124,16 +125,7 @@ def leases_show(ctx: click.Context, which: str) -> None:
 def leases_reserve(ctx: click.Context, net: IPv4Network, node: str) -> None:
     """Reserve SUBNET permanently for a node name."""
 
-    async def go(store: Store) -> None:
-        cfg = await store.get_config()
-        if not cfg.is_allocatable(net):
-            raise ConfigError(
-                f"{net} is not an allocatable subnet of {cfg.network} "
-                f"(/{cfg.subnet_len} between {cfg.subnet_min} and {cfg.subnet_max})"
-            )
-        await store.put_reservation(net, node)
-
-    run_with_store(ctx, go)
+    run_with_store(ctx, lambda store: reserve(store, net, node))
     click.echo(f"reserved {net} for {node}")
 
 

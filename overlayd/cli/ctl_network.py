@@ -1,52 +1,24 @@
 """``overlayctl network init|show``: write and read the network config in the store.
 
-The flags of ``init`` become a flannel-format config validated by ``values.config`` before
-anything is written.
+The flags of ``init`` become a flannel-format config validated by ``values.network_init``
+(the console's form uses the same) before ``store.admin`` writes it.
 """
 
 from __future__ import annotations
-
-import json
-from typing import Any
 
 import click
 
 from overlayd.cli.common import friendly_errors
 from overlayd.cli.context import run_with_store
 from overlayd.planning.cleartext import FIX as PLAIN_VXLAN_FIX
-from overlayd.store.api import Store
-from overlayd.values.config import (
-    VXLAN,
-    VXLAN_WIREGUARD,
-    NetworkConfig,
-    parse_backend,
-    parse_config,
-)
-from overlayd.values.errors import ConfigError, ConfigMissingError
+from overlayd.store.admin import write_config
+from overlayd.values.config import VXLAN, VXLAN_WIREGUARD, parse_config
+from overlayd.values.network_init import InitRequest, init_config
 
 
 @click.group()
 def network() -> None:
     """The network config."""
-
-
-def _present(fields: dict[str, Any]) -> dict[str, Any]:
-    """``fields`` without the flags not given (``None``): the config's defaults apply."""
-    return {key: value for key, value in fields.items() if value is not None}
-
-
-async def _write_config(store: Store, cfg: NetworkConfig, force: bool) -> None:
-    if not force:
-        try:
-            await store.get_config_text()
-        except ConfigMissingError:
-            pass
-        else:
-            raise ConfigError(
-                f"a network config already exists at {store.prefix}/config",
-                hint="use --force to replace it (leases of the old network stay until revoked)",
-            )
-    await store.put_config(cfg)
 
 
 @network.command("init")
@@ -104,22 +76,13 @@ def network_init(
     force: bool,
 ) -> None:
     """Write the network config (validated first)."""
-    raw = _present(
-        {"Network": net, "SubnetLen": subnet_len, "SubnetMin": subnet_min, "SubnetMax": subnet_max}
-    )
-    back = _present(
-        {"Type": backend, "VNI": vni, "Port": port, "MTU": mtu, "ListenPort": listen_port,
-         "PersistentKeepaliveInterval": keepalive}
+    cfg = init_config(
+        InitRequest(
+            net, backend, subnet_len, subnet_min, subnet_max, vni, port, mtu, listen_port,
+            keepalive, topology, site_mode, dns_zone,
+        )
     )  # fmt: skip
-    parse_backend(back)  # a bad backend is reported before a bad network or subnet range
-    raw["Backend"] = back
-    if topology is not None or site_mode:
-        sites = dict(item.partition("=")[::2] for item in site_mode)
-        raw["Topology"] = {"Mode": topology or "mesh", "Sites": sites}
-    if dns_zone is not None:
-        raw["DNSZone"] = dns_zone
-    cfg = parse_config(json.dumps(raw))
-    run_with_store(ctx, lambda store: _write_config(store, cfg, force))
+    run_with_store(ctx, lambda store: write_config(store, cfg, force))
     click.echo(cfg.to_json(redact=True))
     if cfg.backend.type == VXLAN:
         click.echo(
