@@ -3,10 +3,10 @@
 It is given its collaborators (store, data plane, state dir, node key, path keeper, host
 effects, clock) by the composition root, overlayd/cli/daemon_main.py; it constructs none
 of those itself. It owns the start-up sequence (underlay, config, our lease, devices,
-readiness), the control tasks beside the loop, the dirty marks and the status routes.
-The parts: the lease-event fold (``lease_fold``), device set-up (``devices``), the
-reconcile pass (``reconcile``), our lease's republishing (``lease_publish``), the status
-documents (``status_docs``).
+readiness), the control tasks beside the loop and the dirty marks. The parts: the
+lease-event fold (``lease_fold``), device set-up (``devices``), the reconcile pass
+(``reconcile``), our lease's republishing (``lease_publish``), the running parts
+(``running``), the status routes (``status_routes``) and their documents (``status_docs``).
 
 Recompute, don't react: store events, kernel notifications and timers only mark the state
 dirty; one loop replans from the full state and applies the diff against the kernel state
@@ -21,7 +21,6 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 
@@ -35,23 +34,20 @@ from overlayd.agent.host import Clock, Host
 from overlayd.agent.lease_fold import LeaseFold
 from overlayd.agent.lease_publish import LeasePublisher, lease_template
 from overlayd.agent.metrics import (
-    CONTENT_TYPE,
     Metrics,
-    NodeState,
-    WireGuardTotals,
     node_families,
-    path_kinds,
 )
 from overlayd.agent.names import NameService, name_service
 from overlayd.agent.options import DaemonOptions
 from overlayd.agent.path_api import PathKeeping
-from overlayd.agent.path_keeper import PeerReport
 from overlayd.agent.reconcile import ReconcilePass
-from overlayd.agent.relay_keeper import RelayKeeper, annotate
+from overlayd.agent.relay_keeper import RelayKeeper
 from overlayd.agent.reporting import StatusReporter
 from overlayd.agent.rotation import KeyRotation
-from overlayd.agent.status import Handler, HealthServer, Reply, Text
-from overlayd.agent.status_docs import Status, healthz, peersz, readyz, statusz
+from overlayd.agent.running import Running
+from overlayd.agent.status import HealthServer
+from overlayd.agent.status_docs import Status
+from overlayd.agent.status_routes import StatusRoutes
 from overlayd.agent.traffic import TrafficSampler
 from overlayd.dataplane.api import DataPlaneApi, Underlay
 from overlayd.dataplane.ingress_nft import IngressFilter, IngressTable
@@ -72,25 +68,6 @@ HEALTH_DEFER = 2.0  # seconds: the status port's aiohttp is not a start-up cost 
 
 WIREGUARD_SEEN_INTERVAL = 1.0
 """Seconds between reads of the endpoints our WireGuard device learned (docs/nat.md)."""
-
-
-@dataclass(frozen=True)
-class _Running:
-    """The parts that exist once the config is read and a lease is held."""
-
-    cfg: NetworkConfig
-    keeper: LeaseKeeper
-    rotation: KeyRotation
-    fold: LeaseFold
-    devices: Devices
-    publisher: LeasePublisher
-    reconcile: ReconcilePass
-    gateway: GatewayAgent | None
-    site_local: bool  # our underlay address reaches only inside our site
-    relays: RelayKeeper | None  # WireGuard backends: stranded pairs, relay checks
-    traffic: TrafficSampler  # which peers carry traffic, for the probe pace
-    names: NameService | None  # the DNS responder and container names (docs/dns.md)
-    reporter: StatusReporter  # our observed state in etcd (status/<node>)
 
 
 class Daemon:
@@ -126,10 +103,14 @@ class Daemon:
         self.status = Status(started=self.clock.monotonic())
         self.phases = phases or PhaseClock(log, clock=self.clock.monotonic)
         self.metrics = metrics or Metrics(CollectorRegistry())
-        self.metrics.scrape(lambda: node_families(self._metric_state()))
         self._key = key
-        self._running: _Running | None = None  # from ``_start``
+        self._running: Running | None = None  # from ``_start``
         self._probing = False  # the path keeper was started (``/peers`` answers)
+        self.views = StatusRoutes(
+            opts.node_name, self.status, paths, self.clock, self.metrics, discovery,
+            lambda: self._running, lambda: self._probing,
+        )  # fmt: skip
+        self.metrics.scrape(lambda: node_families(self.views.metric_state()))
         self._dirty = asyncio.Event()
         self._first_pass = asyncio.Event()  # the first reconcile pass ran (the status port serves)
         self._stop = asyncio.Event()  # set by SIGTERM/SIGINT or ``stop()``
@@ -167,7 +148,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         health = self._health = HealthServer(
-            self.opts.healthz_listen, self.opts.healthz_port, self._routes()
+            self.opts.healthz_listen, self.opts.healthz_port, self.views.routes()
         )
         serving = None
         if self.opts.healthz_port:
@@ -224,7 +205,7 @@ class Daemon:
                 tasks.create_task(self._watch_wireguard(run))
             tasks.create_task(self.reconcile_loop())
 
-    async def _watch_wireguard(self, run: _Running) -> None:
+    async def _watch_wireguard(self, run: Running) -> None:
         """Our WireGuard device's peers, every ``WIREGUARD_SEEN_INTERVAL`` while a peer is
         behind NAT: the path keeper publishes the endpoints the device learned of them,
         and the relay keeper finds the peers no handshake reaches (relay_keeper.py)."""
@@ -239,7 +220,7 @@ class Daemon:
             if run.relays is not None:
                 run.relays.wireguard_read(peers, run.fold.records, self.clock.wall())
 
-    async def _discover(self, discovery: AddressDiscovery, run: _Running) -> None:
+    async def _discover(self, discovery: AddressDiscovery, run: Running) -> None:
         """Learn our public address ourselves (a warning if one is missing and needed)."""
 
         def needed() -> bool:
@@ -253,7 +234,7 @@ class Daemon:
             needed=needed,
         )  # fmt: skip
 
-    async def _start(self) -> tuple[_Running, HeldLease]:
+    async def _start(self) -> tuple[Running, HeldLease]:
         """Probing, the underlay, the config, our lease (``_main`` sets the devices up)."""
         identity = self.state_dir.identity()
         # resolving endpoint names may block: not on the event loop
@@ -294,7 +275,7 @@ class Daemon:
         keeper: LeaseKeeper,
         rotation: KeyRotation,
         unguessable: frozenset[IPv4Address],
-    ) -> _Running:
+    ) -> Running:
         """The parts that need the config and our lease, wired to each other."""
         devices = Devices(
             self.opts, cfg, underlay, identity.node_id, self.dp, self.host, self.status,
@@ -327,9 +308,9 @@ class Daemon:
         names = name_service(self.opts, cfg, self.store, fold, keeper, self.host.route_zone)
         reporter = StatusReporter(
             self.store, lambda: keeper.held.record if keeper.held else None,
-            lambda: self._peer_reports(fold, reconcile), self.status, self.clock,
+            lambda: self.views.peer_reports(fold, reconcile), self.status, self.clock,
         )  # fmt: skip
-        return _Running(
+        return Running(
             cfg, keeper, rotation, fold, devices, publisher, reconcile, gateway,
             is_site_local(underlay.address), relays, traffic, names, reporter,
         )  # fmt: skip
@@ -354,7 +335,7 @@ class Daemon:
         )
         return cfg
 
-    async def _configure(self, run: _Running, held: HeldLease) -> None:
+    async def _configure(self, run: Running, held: HeldLease) -> None:
         await run.devices.configure(held, self._key)
         if run.names is not None:  # the overlay address is on the device now
             await run.names.follow(held, run.devices.used()[0].ifindex)
@@ -448,7 +429,7 @@ class Daemon:
         await run.reconcile.finish(planned, ingress)
         self._phases_after_pass(run, bool(probed))
 
-    def _phases_after_pass(self, run: _Running, probed: bool) -> None:
+    def _phases_after_pass(self, run: Running, probed: bool) -> None:
         """The start-up phases a pass may end: the first one, and the one after which every
         peer's chosen path is verified and programmed (checked only after probe news)."""
         self.phases.reach(Phase.FIRST_RECONCILE)
@@ -461,7 +442,7 @@ class Daemon:
             if peers <= self.paths.verified():
                 self.phases.reach(Phase.LAST_PEER)
 
-    def _switch_key_if_requested(self, run: _Running) -> None:
+    def _switch_key_if_requested(self, run: Running) -> None:
         """Serve a key rotation request (overlayd/agent/rotation.py): probes use the new key at
         once, the WireGuard device gets it in this pass, the lease right after."""
         if not run.rotation.due:
@@ -476,56 +457,3 @@ class Daemon:
         if run.relays is not None:
             run.relays.set_key(key.private)
         self._device_stale = True
-
-    # -- health ------------------------------------------------------------------------
-
-    def _routes(self) -> dict[str, Handler]:
-        return {
-            "/healthz": lambda: healthz(self.status, self.clock.monotonic()),
-            "/readyz": lambda: readyz(self._ready()),
-            "/status": self._statusz,
-            "/peers": self._peersz,
-            "/metrics": lambda: (200, Text(self.metrics.text(), CONTENT_TYPE)),
-        }
-
-    def _ready(self) -> bool:
-        run = self._running
-        return run is not None and run.keeper.held is not None and self.status.reconciles > 0
-
-    def _peersz(self) -> Reply:
-        run = self._running
-        if not self._probing:
-            return peersz(None)
-        if run is None:
-            return peersz(self.paths.report({}, {}))
-        return peersz(self._peer_reports(run.fold, run.reconcile))
-
-    def _peer_reports(self, fold: LeaseFold, reconcile: ReconcilePass) -> list[PeerReport]:
-        """Each peer's path as ``/peers`` and our status report show it."""
-        reports = self.paths.report(fold.records, reconcile.via)
-        return annotate(reports, reconcile.relayed, reconcile.unrelayed)
-
-    def _statusz(self) -> Reply:
-        run = self._running
-        held = run.keeper.held if run is not None else None
-        public_ips = held.record.public_ips if held else ()
-        entries = run.devices.entries() if run is not None else 0
-        discovery = self.discovery.summary if self.discovery is not None else None
-        names = self.names.counters() if self.names is not None else None
-        return statusz(self.opts.node_name, self.status, public_ips, entries, discovery, names)
-
-    def _metric_state(self) -> NodeState:
-        """What the node families of ``/metrics`` show now."""
-        run = self._running
-        if run is None:
-            return NodeState()
-        held = run.keeper.held
-        me = held.record.node_id if held is not None else None
-        peers = [s for s, r in run.fold.records.items() if r.node_id != me]
-        reconcile = run.reconcile
-        kinds = path_kinds(
-            peers, self.paths.paths, self.paths.verified(), reconcile.via, reconcile.relayed
-        )
-        wireguard = WireGuardTotals.of(run.traffic.last.values())
-        dns = run.names.counters() if run.names is not None else None
-        return NodeState(kinds, run.keeper.ttl_left(), self.status.role, wireguard, dns)
