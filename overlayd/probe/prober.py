@@ -4,7 +4,7 @@ One UDP socket (default port 8473) and one scheduler task on the daemon's event 
 (asyncio or uvloop). Each (peer, address) pair is a *path* with its own schedule: the path
 the daemon currently uses is probed every ``fast_interval`` so its death is noticed within
 about ``loss_threshold`` intervals plus ``timeout``; every other path every
-``slow_interval``; the paths of the peers the daemon calls idle (``set_idle``) at the idle
+``slow_interval``; the paths of the peers the daemon calls idle (``pace``) at the idle
 intervals (``schedule.base_interval``). Intervals are jittered and new paths start spread over
 ``initial_spread``, so 1,000 peers never probe in one burst.
 
@@ -88,7 +88,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         self._heard: dict[PeerId, tuple[Endpoint, ...]] = {}  # its latest distinct sources
         self._paths: dict[tuple[PeerId, IPv4Address], ProbedPath[PeerId]] = {}
         self._chosen: dict[PeerId, IPv4Address] = {}
-        self._idle: frozenset[PeerId] = frozenset()  # probed at the idle pace
+        self._idle: set[PeerId] = set()  # probed at the idle pace
         self._outstanding: dict[bytes, tuple[ProbedPath[PeerId], float]] = {}
         self._deadlines: deque[tuple[float, bytes]] = deque()  # FIFO: timeout is constant
         self._timers: Timers[PeerId] = Timers()
@@ -182,6 +182,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             self._paths.pop(key).live = False
         for peer in [p for p in self._chosen if p not in self._peers]:
             del self._chosen[peer]
+        self._idle.intersection_update(self._peers)
         for peer in [p for p in self._sources if p not in self._peers]:
             del self._sources[peer]
             self._heard.pop(peer, None)
@@ -225,11 +226,13 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             self._timers.schedule(path, now + self._rng.uniform(0, self.config.fast_interval))
             self._wake.set()
 
-    def set_idle(self, peers: Iterable[PeerId]) -> None:
-        """Probe ``peers`` at the idle pace from now on, every other peer at the fast one;
-        a peer turning fast has each path probed within its fast (or slow) interval."""
-        idle = frozenset(peers)
-        woken, self._idle = self._idle - idle, idle
+    def pace(self, idle: Iterable[PeerId] = (), fast: Iterable[PeerId] = ()) -> None:
+        """Probe the ``idle`` peers at the idle pace from now on, and the ``fast`` ones at
+        the fast pace (the default); every other peer keeps its pace. A peer turning fast
+        has each path probed within its fast (or slow) interval."""
+        self._idle.update(idle)
+        woken = [p for p in fast if p in self._idle]
+        self._idle.difference_update(woken)
         now = self._clock()
         for peer in woken:
             target = self._peers.get(peer)

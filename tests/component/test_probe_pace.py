@@ -79,13 +79,13 @@ def test_idle_peer_is_probed_slowly_until_it_turns_fast() -> None:
         with sink(BUSY, port) as busy, sink(QUIET, port) as quiet:
             await prober.start()
             try:
-                prober.set_idle(["quiet"])
+                prober.pace(idle=["quiet"])
                 prober.set_peers(peers)
                 prober.set_chosen("busy", BUSY)
                 prober.set_chosen("quiet", QUIET)
                 _, to_quiet = await count_until(busy, quiet, 50)
                 assert to_quiet <= 1  # its first probe; the next one is an hour away
-                prober.set_idle([])  # traffic: probed at once, and fast from then on
+                prober.pace(fast=["quiet"])  # traffic: probed at once, and fast from then on
                 await count_until(quiet, busy, 20)
             finally:
                 await prober.close()
@@ -101,7 +101,7 @@ def test_a_peer_that_is_idle_stays_idle_across_set_peers() -> None:
         with sink(BUSY, port) as busy, sink(QUIET, port) as quiet:
             await prober.start()
             try:
-                prober.set_idle(["quiet"])
+                prober.pace(idle=["quiet"])
                 prober.set_peers({"quiet": PeerTarget(key, (QUIET,), port=port)})
                 prober.set_chosen("quiet", QUIET)
                 prober.set_peers(
@@ -138,12 +138,12 @@ def test_a_vouched_idle_path_is_not_probed() -> None:
         await a.start()
         await b.start()
         try:
-            b.set_idle(["a"])  # b's own probes stay out of the count
+            b.pace(idle=["a"])  # b's own probes stay out of the count
             b.set_peers({"a": PeerTarget(key_a.public_key(), (BUSY,), port=a.port)})
             a.set_peers({"b": PeerTarget(key_b.public_key(), (QUIET,), port=b.port)})
             a.set_chosen("b", QUIET)
             await until_true(lambda: a.stats("b")[QUIET].verified, "a verifies b")
-            a.set_idle(["b"])
+            a.pace(idle=["b"])
             await asyncio.sleep(config.fast_interval * 2)  # fast probes still due go out
             before = b.counters.probes_received
             for _ in range(30):  # 3 s: three idle probes' worth, were nothing vouching

@@ -63,6 +63,41 @@ def test_vxlan_fdb_use_by_peer() -> None:
     assert found[IPv4Network("10.244.2.0/24")].idle_for == 300.0
 
 
+def test_a_later_sample_has_only_the_entries_that_moved() -> None:
+    """At 5,000 peers the pace must not redo every peer every sample: only readings that
+    moved are news (an FDB entry used again, WireGuard counters that changed)."""
+    records, dp = peers(4), FakeDataPlane()
+    with_fdbs(dp, records)
+    idle_since = time.monotonic() - 1000.0
+    for r in records.values():
+        dp.fdb_used[r.vtep_mac] = idle_since
+    sampler = TrafficSampler(network("vxlan").backend, lambda: VXLAN_INDEX, dp, FakePaths(),
+                             lambda: records)  # fmt: skip
+    assert set(asyncio.run(sampler.sample())) == set(records)  # the first: everyone
+    assert asyncio.run(sampler.sample()) == {}  # nobody sent since
+    dp.fdb_used[mac(3)] = time.monotonic()
+    assert set(asyncio.run(sampler.sample())) == {IPv4Network("10.244.3.0/24")}
+    assert asyncio.run(sampler.sample()) == {}
+
+
+def test_wireguard_peers_whose_counters_stand_still_are_no_news() -> None:
+    records = {}
+    for n in (2, 3):
+        rec = record(f"10.244.{n}.0/24", node=f"peer{n}", node_id=f"id{n}", n=n,
+                     public_key=wg_key(n))  # fmt: skip
+        records[rec.subnet] = rec
+    dp = FakeDataPlane()
+    keys = [PublicKey.from_base64(r.public_key or "") for r in records.values()]
+    for key in keys:
+        dp.wg_peers[key] = WgPeerConfig(key)
+    sampler = TrafficSampler(network("wireguard").backend, lambda: 0, dp, FakePaths(),
+                             lambda: records)  # fmt: skip
+    assert set(asyncio.run(sampler.sample())) == set(records)
+    assert asyncio.run(sampler.sample()) == {}
+    dp.wg_bytes[keys[1]] = 32  # a keepalive arrived: news (it may vouch for the path)
+    assert set(asyncio.run(sampler.sample())) == {IPv4Network("10.244.3.0/24")}
+
+
 def test_entries_of_no_lease_are_left_out() -> None:
     records, dp = peers(2), FakeDataPlane()
     with_fdbs(dp, {**records, **peers(2, first=5)})  # entries of peers 5 and 6 we hold no lease of
