@@ -15,7 +15,7 @@ only, deleted at the end). Two processes, both under uvloop:
   prober pays for answering as well.
 
 With ``--active M`` only the first M peers carry traffic: the prober is told from the
-start that the others are idle (``Prober.set_idle``, as the daemon's
+start that the others are idle (``Prober.pace``, as the daemon's
 path keeper does from its traffic samples), and the responder probes from the idle
 identities at the idle interval only. Without it every peer is probed fast (as before the
 probe pace existed).
@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import gc
 import json
 import os
+import pstats
 import resource
 import secrets
 import signal
@@ -69,6 +72,22 @@ def _public(i: int) -> IPv4Address:
     return IPv4Address(f"127.2.{i // 250}.{i % 250 + 1}")
 
 
+class GcClock:
+    """Time spent in the cyclic garbage collector, per generation (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds[info["generation"]] += time.perf_counter() - self._started
+            self.runs[info["generation"]] += 1
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -100,14 +119,14 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
     await prober.start()
     start = time.monotonic()
     active = keys.get("active")
-    if active is not None:  # steady state: the peers without traffic are idle from the start
-        prober.set_idle(range(active, len(peers)))
     prober.set_peers(
         {
             i: PeerTarget(key, (_private(i), _public(i)), SITE, RESPONDER_PORT)
             for i, key in peers.items()
         }
     )
+    if active is not None:  # steady state: the peers without traffic are idle from the start
+        prober.pace(idle=range(active, len(peers)))
     current: dict[int, PeerPath] = {}
     replans = 0
 
@@ -151,9 +170,18 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
     probes0, replies0 = c.probes_sent, c.replies_sent
     recv0 = c.probes_received + c.replies_received
     losses0, replans0 = c.losses, replans
+    profile = cProfile.Profile() if keys.get("profile") else None
+    collector = GcClock()
+    gc.callbacks.append(collector)
     cpu0, t0 = _cpu(), time.monotonic()
+    if profile is not None:
+        profile.enable()
     await asyncio.sleep(seconds)
+    if profile is not None:
+        profile.disable()
+        profile.dump_stats(keys["profile"])
     cpu1, t1 = _cpu(), time.monotonic()
+    gc.callbacks.remove(collector)
     wall = t1 - t0
     result = {
         "peers": len(peers),
@@ -167,6 +195,8 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
         "replies_sent_pps": round((c.replies_sent - replies0) / wall),
         "received_pps": round((c.probes_received + c.replies_received - recv0) / wall),
         "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
+        "gc_percent": [round(100 * s / wall, 2) for s in collector.seconds],
+        "gc_runs": collector.runs,
         "losses": c.losses - losses0,
         "replans": replans - replans0,
         "rejected": dict(c.rejected),
@@ -280,6 +310,11 @@ def main() -> None:
     parser.add_argument(
         "--timeout", type=float, default=0.6, help="probe timeout (a loaded machine: longer)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="write the prober's cProfile stats of the window here (costs CPU: no figures)",
+    )
     parser.add_argument("--role", choices=["prober", "responder"], help=argparse.SUPPRESS)
     parser.add_argument("--keys", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -310,6 +345,7 @@ def main() -> None:
                     **({} if args.active is None else {"active": args.active}),
                     "spread": args.spread,
                     "timeout": args.timeout,
+                    **({} if args.profile is None else {"profile": str(args.profile.resolve())}),
                 }
             )
         )
@@ -358,12 +394,18 @@ def main() -> None:
         f"prober CPU                     {result['cpu_percent']} % of one core "
         f"({1e4 * result['cpu_percent'] / max(pps, 1):.1f} us per packet in or out)"
     )
+    print(
+        f"of which garbage collection   {result['gc_percent']} % (generations 0, 1, 2; "
+        f"{result['gc_runs']} runs)"
+    )
     print(f"prober max RSS                 {result['max_rss_mb']} MB")
     print(f"losses in window               {result['losses']}")
     print(f"replans in window              {result['replans']}")
     print(f"rejected (whole run)           {result['rejected']}")
     print(f"responder CPU (reference)      {other['cpu_percent']} % of one core")
     print(f"responder rejected             {other.get('reasons', '-')}")
+    if args.profile is not None:
+        pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(30)
 
 
 if __name__ == "__main__":
