@@ -9,6 +9,7 @@ unverified). The test waits on counts, never on durations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from tests.component.agent_harness import LOOPBACK, TIMEOUT
 
 FAST = ProbeConfig(
     port=0, bind=LOOPBACK, fast_interval=0.02, slow_interval=0.02, timeout=0.01,
-    initial_spread=0.0, idle_interval=3600.0, idle_slow_interval=3600.0,
+    initial_spread=0.0, idle_interval=3600.0, idle_slow_interval=3600.0, tick=0.01,
 )  # fmt: skip
 BUSY, QUIET = IPv4Address("127.0.0.2"), IPv4Address("127.0.0.3")
 
@@ -112,6 +113,45 @@ def test_a_peer_that_is_idle_stays_idle_across_set_peers() -> None:
                 )
                 _, to_quiet = await count_until(busy, quiet, 50)
                 assert to_quiet <= 1
+            finally:
+                await prober.close()
+
+    asyncio.run(body())
+
+
+def test_many_idle_peers_are_each_probed_and_a_fast_one_more_often() -> None:
+    """Twenty idle peers and one fast one share the ticks: every idle peer gets its probes
+    (none starves behind the others), the fast one several times as many."""
+
+    async def body() -> None:
+        port = free_port()
+        config = replace(FAST, idle_interval=0.3, idle_slow_interval=0.3, tick=0.05)
+        prober: Prober[str] = Prober(PrivateKey.generate(), config)
+        idle = {f"idle{i}": IPv4Address(f"127.0.1.{i + 1}") for i in range(20)}
+        with contextlib.ExitStack() as stack:
+            sinks = {p: stack.enter_context(sink(a, port)) for p, a in idle.items()}
+            busy = stack.enter_context(sink(BUSY, port))
+            await prober.start()
+            try:
+                key = PrivateKey.generate().public_key()
+                targets = {
+                    p: PeerTarget(key, (a,), port=port) for p, a in {**idle, "busy": BUSY}.items()
+                }
+                prober.set_peers(targets)
+                prober.pace(idle=idle)
+                for peer, address in {**idle, "busy": BUSY}.items():
+                    prober.set_chosen(peer, address)
+                counts = dict.fromkeys(idle, 0)
+                fast = 0
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + TIMEOUT
+                while min(counts.values()) < 3:
+                    assert loop.time() < deadline, f"idle peers starved: {counts}"
+                    await asyncio.sleep(0.01)
+                    for peer, sock in sinks.items():
+                        counts[peer] += drain(sock)
+                    fast += drain(busy)
+                assert fast > 2 * max(counts.values())
             finally:
                 await prober.close()
 
