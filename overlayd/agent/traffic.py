@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from ipaddress import IPv4Network
+from typing import Generic, TypeVar
 
 from overlayd.agent.path_api import PathKeeping
 from overlayd.dataplane.api import DataPlaneApi
@@ -50,6 +52,39 @@ def _wireguard_sample(vxlan: PeerSample | None, peer: WgPeerState, wall: float) 
     )
 
 
+F = TypeVar("F", bound=Hashable)
+
+
+class _Index(Generic[F]):
+    """Peer subnets by one field of their lease (VTEP MAC, public key), built again only
+    when a look-up misses or finds a lease that changed: the leases are many, the entries
+    looked up per sample few."""
+
+    def __init__(self, field: Callable[[LeaseRecord], F | None]) -> None:
+        self._field = field
+        self._index: dict[F, IPv4Network] = {}
+
+    def find(
+        self, records: Mapping[IPv4Network, LeaseRecord], values: Iterable[F]
+    ) -> dict[F, IPv4Network]:
+        """The subnet of each of ``values`` that a lease has (the others are left out)."""
+        index, rebuilt = self._index, False
+        out: dict[F, IPv4Network] = {}
+        for value in values:
+            subnet = index.get(value)
+            held = None if subnet is None else records.get(subnet)
+            if subnet is not None and held is not None and self._field(held) == value:
+                out[value] = subnet
+                continue
+            if not rebuilt:
+                fields = ((self._field(r), s) for s, r in records.items())
+                index = self._index = {f: s for f, s in fields if f is not None}
+                rebuilt = True
+                if (subnet := index.get(value)) is not None:
+                    out[value] = subnet
+        return out
+
+
 class TrafficSampler:
     """Reads the peers' traffic off the devices of ``backend`` for ``paths``;
     ``vxlan_ifindex`` says where the VXLAN device is (0: not yet), ``records`` gives the
@@ -67,6 +102,8 @@ class TrafficSampler:
         self._paths, self._records = paths, records
         self._errors = Throttle(_ERROR_LOG_EVERY)
         self._fdb_used: dict[MacAddress, float] = {}  # the last sample's, monotonic
+        self._by_mac: _Index[MacAddress] = _Index(lambda r: r.vtep_mac)
+        self._by_key: _Index[str] = _Index(lambda r: r.public_key)
         self._wg_counters: dict[PublicKey, tuple[int, int]] = {}  # the last sample's rx, tx
 
     async def sample(self) -> dict[IPv4Network, PeerSample]:
@@ -79,31 +116,30 @@ class TrafficSampler:
         ifindex = self._vxlan_ifindex()
         if self._backend.uses_vxlan and ifindex:
             ages = await self._dp.fdb_idle(ifindex)
-            now = time.monotonic()
-            moved = self._moved_fdb({m: now - age for m, age in ages.items()})
-            if moved:
-                by_mac = {r.vtep_mac: s for s, r in records.items()}
-                for mac, used_at in moved.items():
-                    subnet = by_mac.get(mac)
-                    if subnet is not None:
-                        out[subnet] = PeerSample(idle_for=now - used_at)
+            moved = self._moved_fdb(ages, time.monotonic())
+            subnets = self._by_mac.find(records, moved)
+            for mac, subnet in subnets.items():
+                out[subnet] = PeerSample(idle_for=moved[mac])
         if self._backend.uses_wireguard:
             wall = time.time()  # WireGuard's handshake times are wall-clock
             moved_wg = self._moved_wireguard(await self._dp.wireguard_peers())
-            if moved_wg:
-                by_key = {r.public_key: s for s, r in records.items() if r.public_key}
-                for key, peer in moved_wg.items():
-                    subnet = by_key.get(key.base64)
-                    if subnet is not None:
-                        out[subnet] = _wireguard_sample(out.get(subnet), peer, wall)
+            keys = {k.base64: k for k in moved_wg}
+            for text, subnet in self._by_key.find(records, keys).items():
+                out[subnet] = _wireguard_sample(out.get(subnet), moved_wg[keys[text]], wall)
         return out
 
-    def _moved_fdb(self, used_at: dict[MacAddress, float]) -> dict[MacAddress, float]:
-        """The FDB entries whose last use moved on since the last sample (or are new)."""
+    def _moved_fdb(self, ages: Mapping[MacAddress, float], now: float) -> dict[MacAddress, float]:
+        """The FDB entries (with their ages) whose last use moved on since the last sample
+        by ``_MOVED`` or more, or that are new: one loop, no allocation per entry."""
         last = self._fdb_used
-        moved = {m: t for m, t in used_at.items() if m not in last or t - last[m] >= _MOVED}
-        # an entry that moved less keeps its older reading, so that small moves add up
-        self._fdb_used = {m: t if m in moved else last[m] for m, t in used_at.items()}
+        if len(last) > len(ages):  # entries went: forget them
+            last = self._fdb_used = {m: t for m, t in last.items() if m in ages}
+        moved = {}
+        for mac, age in ages.items():
+            used = now - age
+            if used - last.get(mac, -math.inf) >= _MOVED:
+                moved[mac] = age
+                last[mac] = used  # one that moved less keeps its older reading: moves add up
         return moved
 
     def _moved_wireguard(
