@@ -167,34 +167,38 @@ class ProbeCodec:
         self._capacity = replay_capacity
         self._clock = clock
         self._randbytes = randbytes
-        self._keys: dict[PublicKey, bytes] = {}
-        self._replay: dict[PublicKey, _ReplayCache] = {}
+        # by the peer's raw key: a bytes object keeps its hash, a PublicKey computes it on
+        # every look-up (three of them per message)
+        self._keys: dict[bytes, bytes] = {}
+        self._replay: dict[bytes, _ReplayCache] = {}
+        self._senders: dict[bytes, PublicKey] = {}  # known senders: built once, not per message
 
     # -- keys ------------------------------------------------------------------------
 
     def _mac_key(self, peer: PublicKey) -> bytes:
-        key = self._keys.get(peer)
+        key = self._keys.get(peer.raw)
         if key is None:
             try:
                 key = derive_shared(self._private, peer, KDF_CONTEXT)
             except ValueError as exc:
                 raise ProbeError(Reject.UNKNOWN_KEY, str(exc)) from None
-            self._keys[peer] = key
+            self._keys[peer.raw] = key
         return key
 
     def retain(self, peers: Collection[PublicKey]) -> None:
         """Forget MAC keys and replay caches of peers not in ``peers`` (bounds memory)."""
-        for table in (self._keys, self._replay):
-            for gone in [k for k in table if k not in peers]:
+        keep = {p.raw for p in peers}
+        for table in (self._keys, self._replay, self._senders):
+            for gone in [k for k in table if k not in keep]:
                 del table[gone]
 
     def cached_peers(self) -> tuple[frozenset[PublicKey], frozenset[PublicKey]]:
         """The peers whose MAC key, and whose replay cache, this codec holds now."""
-        return frozenset(self._keys), frozenset(self._replay)
+        return frozenset(map(PublicKey, self._keys)), frozenset(map(PublicKey, self._replay))
 
     def replay_entries(self, peer: PublicKey) -> int:
         """How many of ``peer``'s nonces the replay cache remembers (bounded by its capacity)."""
-        cache = self._replay.get(peer)
+        cache = self._replay.get(peer.raw)
         return 0 if cache is None else len(cache.seen)
 
     # -- encoding --------------------------------------------------------------------
@@ -254,9 +258,9 @@ class ProbeCodec:
             raise ProbeError(
                 Reject.STALE, f"timestamp {(sent_ms - now_ms) / 1000:+.1f}s off from {sender}"
             )
-        cache = self._replay.get(sender)
+        cache = self._replay.get(sender.raw)
         if cache is None:
-            cache = self._replay[sender] = _ReplayCache(self._capacity)
+            cache = self._replay[sender.raw] = _ReplayCache(self._capacity)
         if not cache.check(nonce, sent_ms):
             raise ProbeError(Reject.REPLAY, f"replayed message from {sender}")
         message: Message
@@ -295,9 +299,10 @@ class ProbeCodec:
             raise ProbeError(
                 Reject.RECIPIENT, f"addressed to {PublicKey(recipient_raw)}, not to us"
             )
-        sender = PublicKey(sender_raw)
+        sender = self._senders.get(sender_raw) or PublicKey(sender_raw)
         if not known(sender):
             raise ProbeError(Reject.UNKNOWN_KEY, f"sender {sender} is not a peer")
+        self._senders.setdefault(sender_raw, sender)  # bounded: known peers only (``retain``)
         return kind, sender, nonce, sent_ms
 
 
