@@ -268,8 +268,10 @@ class PathKeeper:
             old = None if current is None else current.address
             if address != old:
                 changed.add(subnet)
-                self._pacer.changed(subnet, now)
-                self.prober.set_chosen(subnet, address if subnet in self._targets else None)
+                probed = subnet in self._targets
+                if probed:  # a peer without probes has no pace
+                    self._pacer.changed(subnet, now)
+                self.prober.set_chosen(subnet, address if probed else None)
                 published = (peer.public_ip, *peer.public_ips, *peer.private_ips)
                 if self.linger.left(subnet, old, address, published, now) and self._loop:
                     # wake up when it expires, so the ingress filter drops it then

@@ -164,3 +164,15 @@ def test_new_and_changed_peers_are_probed_fast(tmp_path: Path) -> None:
     keeper, others = _keeper_with_peers(tmp_path, PaceParams(change_hold=3600.0), 3)
     keeper.note_traffic({})
     assert {r.node: r.idle for r in keeper.report(others, {})} == {"peer2": False, "peer3": False}
+
+
+def test_a_peer_without_probes_has_no_pace(tmp_path: Path) -> None:
+    """A peer whose lease has no probe port is never probed: never reported idle."""
+    keeper, others = _keeper_with_peers(tmp_path, PaceParams(change_hold=0.0), 2)
+    me = record("10.244.1.0/24", node="self", node_id="id1", n=1, public_key=wg_key(1))
+    plain = record("10.244.9.0/24", node="plain", node_id="id9", n=9)  # no key, no probe port
+    keeper.lease_changed(me, plain.subnet, plain)
+    everyone = {**others, plain.subnet: plain}
+    keeper.recompute(me, everyone, [plain.subnet])
+    keeper.note_traffic({})
+    assert {r.node: r.idle for r in keeper.report(everyone, {})} == {"peer2": True, "plain": False}
