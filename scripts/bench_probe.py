@@ -51,25 +51,20 @@ from collections import Counter
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from overlayd.agent.path_keeper import PathKeeper  # noqa: E402
-from overlayd.agent.traffic import SAMPLE_INTERVAL, TrafficSampler  # noqa: E402
-from overlayd.disk.node_key import NodeKey  # noqa: E402
 from overlayd.planning.path_choice import choose_path  # noqa: E402
-from overlayd.planning.probe_pace import PaceParams  # noqa: E402
 from overlayd.probe.prober import Prober  # noqa: E402
 from overlayd.probe.settings import PeerTarget, ProbeConfig  # noqa: E402
 from overlayd.probe.wire import Probe, ProbeCodec, ProbeError, peek_recipient  # noqa: E402
-from overlayd.values.config import BackendConfig  # noqa: E402
-from overlayd.values.kernel_state import FdbEntry, KernelState, MacAddress  # noqa: E402
 from overlayd.values.keys import PrivateKey, PublicKey  # noqa: E402
-from overlayd.values.lease import LeaseRecord  # noqa: E402
 from overlayd.values.paths import PeerCandidates, PeerPath  # noqa: E402
-from tests.component.fake_dataplane import VXLAN_INDEX, FakeDataPlane  # noqa: E402
+
+if TYPE_CHECKING:
+    from overlayd.values.lease import LeaseRecord
 
 PROBER_PORT = 8473
 RESPONDER_PORT = 8474
@@ -98,6 +93,14 @@ class GcClock:
         else:
             self.seconds[info["generation"]] += time.perf_counter() - self._started
             self.runs[info["generation"]] += 1
+
+
+def _rss_mb() -> float:
+    """This process's resident set now (``VmRSS``), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return -1.0
 
 
 def _cpu() -> float:
@@ -213,6 +216,7 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
         "replans": replans - replans0,
         "rejected": dict(c.rejected),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_mb": _rss_mb(),
     }
     loop_task.cancel()
     await prober.close()
@@ -223,6 +227,9 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
 
 
 def _record(i: int, key: str) -> LeaseRecord:
+    from overlayd.values.kernel_state import MacAddress
+    from overlayd.values.lease import LeaseRecord
+
     return LeaseRecord(
         subnet=IPv4Network(f"10.{128 + i // 256}.{i % 256}.0/24"),
         node=f"peer{i}",
@@ -243,6 +250,15 @@ async def run_pace(keys: dict[str, Any], samples: int) -> dict[str, Any]:
     the path keeper folding it in (``note_traffic``), as every 5 s in the daemon. The FDB
     comes from the fake data plane, whose own cost is taken off (as is the netlink dump's:
     it runs on a thread of the daemon, overlayd/dataplane, and is not the pace's)."""
+    # imported here: the prober's process loads what a daemon's prober does, no more
+    from overlayd.agent.path_keeper import PathKeeper
+    from overlayd.agent.traffic import SAMPLE_INTERVAL, TrafficSampler
+    from overlayd.disk.node_key import NodeKey
+    from overlayd.planning.probe_pace import PaceParams
+    from overlayd.values.config import BackendConfig
+    from overlayd.values.kernel_state import FdbEntry, KernelState
+    from tests.component.fake_dataplane import VXLAN_INDEX, FakeDataPlane
+
     active = keys.get("active", len(keys["peers"]))
     with tempfile.TemporaryDirectory() as tmp:
         node_key = NodeKey.load_or_create(Path(tmp))
@@ -281,6 +297,7 @@ async def run_pace(keys: dict[str, Any], samples: int) -> dict[str, Any]:
         "pace_ms_per_sample": round(1e3 * per_sample, 2),
         "pace_first_sample_ms": round(1e3 * spent[0], 1),
         "pace_cpu_percent": round(100 * per_sample / SAMPLE_INTERVAL, 3),
+        "pace_interval_s": SAMPLE_INTERVAL,
         "pace_peers_per_sample": sizes[-1],
         "pace_idle": idle,
     }
@@ -381,7 +398,7 @@ def _ns(name: str, *cmd: str) -> list[str]:
 def _print_pace(pace: dict[str, Any]) -> None:
     print(
         f"pace, daemon side              {pace['pace_ms_per_sample']} ms of CPU per traffic "
-        f"sample of {pace['pace_peers_per_sample']} entries (every {SAMPLE_INTERVAL:g} s: "
+        f"sample of {pace['pace_peers_per_sample']} entries (every {pace['pace_interval_s']:g} s: "
         f"{pace['pace_cpu_percent']} % of one core; the first sample: "
         f"{pace['pace_first_sample_ms']} ms); {pace['pace_idle']} peers idle"
     )
@@ -497,7 +514,10 @@ def main() -> None:
         f"of which garbage collection   {result['gc_percent']} % (generations 0, 1, 2; "
         f"{result['gc_runs']} runs)"
     )
-    print(f"prober max RSS                 {result['max_rss_mb']} MB")
+    print(
+        f"prober RSS                     {result['rss_mb']} MB at the end "
+        f"({result['max_rss_mb']} MB at its peak)"
+    )
     print(f"losses in window               {result['losses']}")
     print(f"replans in window              {result['replans']}")
     print(f"rejected (whole run)           {result['rejected']}")

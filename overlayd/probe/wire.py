@@ -23,9 +23,10 @@ a 16-byte tag: HMAC-SHA256 over everything before it, truncated, keyed with
 
 Why HMAC and not an AEAD: nothing in a probe is secret (keys are public, the reflexive
 address is what every router on the path sees), so only integrity is needed. HMAC-SHA256 is
-in the standard library (``hmac.digest`` runs in C), has no nonce whose reuse would break
+in the standard library (hashlib runs in C), has no nonce whose reuse would break
 it (AES-GCM and ChaCha20-Poly1305 do), and a 128-bit tag is far beyond what online
-forgery can reach.
+forgery can reach. The codec keeps the hashed key blocks of its recent peers (``_Mac``),
+so a tag costs two hash copies rather than a key set-up.
 """
 
 from __future__ import annotations
