@@ -232,11 +232,20 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
     def pace(self, idle: Iterable[PeerId] = (), fast: Iterable[PeerId] = ()) -> None:
         """Probe the ``idle`` peers at the idle pace from now on, and the ``fast`` ones at
         the fast pace (the default); every other peer keeps its pace. A peer turning fast
-        has each path probed within its fast (or slow) interval."""
-        self._idle.update(idle)
+        has each path probed within its fast (or slow) interval; a peer turning idle has
+        its next probes at a random point of their idle intervals, so that peers that
+        turn idle together (all of them, 30 s after start) are not probed in waves."""
+        now = self._clock()
+        slept = [p for p in idle if p not in self._idle]
+        self._idle.update(slept)
+        for peer in slept:
+            target = self._peers.get(peer)
+            for address in () if target is None else target.candidates:
+                path = self._paths[(peer, address)]
+                limit = base_interval(self.config, path.fast, idle=True)
+                self._timers.schedule(path, now + self._rng.uniform(0, limit))
         woken = [p for p in fast if p in self._idle]
         self._idle.difference_update(woken)
-        now = self._clock()
         for peer in woken:
             target = self._peers.get(peer)
             for address in () if target is None else target.candidates:
@@ -244,7 +253,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
                 limit = base_interval(self.config, path.fast, idle=False)
                 if path.due > now + limit:
                     self._timers.schedule(path, now + self._rng.uniform(0, limit))
-        if woken:
+        if woken or slept:
             self._arm()
 
     def vouch(self, peer: PeerId, address: IPv4Address) -> None:

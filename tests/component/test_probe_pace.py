@@ -158,6 +158,42 @@ def test_many_idle_peers_are_each_probed_and_a_fast_one_more_often() -> None:
     asyncio.run(body())
 
 
+def test_peers_turning_idle_together_are_spread_over_their_idle_interval() -> None:
+    """Peers that turn idle at once (every peer, once its start-up hold ends) must not all
+    be probed again at once: each one's next probe moves to a random point of its idle
+    interval (an hour here), so none of twenty gets the fast probe it had due next."""
+
+    async def body() -> None:
+        port = free_port()
+        prober: Prober[str] = Prober(PrivateKey.generate(), FAST)
+        idle = {f"idle{i}": IPv4Address(f"127.0.1.{i + 1}") for i in range(20)}
+        with contextlib.ExitStack() as stack:
+            sinks = [stack.enter_context(sink(a, port)) for a in idle.values()]
+            busy = stack.enter_context(sink(BUSY, port))
+            other = stack.enter_context(sink(QUIET, port))  # no peer's: stays empty
+            await prober.start()
+            try:
+                key = PrivateKey.generate().public_key()
+                every = {**idle, "busy": BUSY}
+                prober.set_peers({p: PeerTarget(key, (a,), port=port) for p, a in every.items()})
+                for peer, address in every.items():
+                    prober.set_chosen(peer, address)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + TIMEOUT
+                seen: set[int] = set()
+                while len(seen) < len(sinks):  # each probed fast at least once
+                    assert loop.time() < deadline, "idle peers were never probed"
+                    await asyncio.sleep(0.01)
+                    seen.update(i for i, s in enumerate(sinks) if drain(s))
+                prober.pace(idle=idle)  # no probe was sent since the sinks were drained
+                await count_until(busy, other, 30)  # ~30 fast intervals pass meanwhile
+                assert sum(drain(s) for s in sinks) <= len(sinks) // 4
+            finally:
+                await prober.close()
+
+    asyncio.run(body())
+
+
 async def until_true(check: Callable[[], bool], what: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + TIMEOUT
