@@ -233,8 +233,9 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         """Probe the ``idle`` peers at the idle pace from now on, and the ``fast`` ones at
         the fast pace (the default); every other peer keeps its pace. A peer turning fast
         has each path probed within its fast (or slow) interval; a peer turning idle has
-        its next probes at a random point of their idle intervals, so that peers that
-        turn idle together (all of them, 30 s after start) are not probed in waves."""
+        its next probes at a random point of their idle intervals (but a path never
+        probed keeps its first probe), so that peers that turn idle together (all of
+        them, 30 s after start) are not probed in waves."""
         now = self._clock()
         slept = [p for p in idle if p not in self._idle]
         self._idle.update(slept)
@@ -242,6 +243,8 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             target = self._peers.get(peer)
             for address in () if target is None else target.candidates:
                 path = self._paths[(peer, address)]
+                if not path.sent:
+                    continue  # a new path keeps its first probe (``initial_spread``)
                 limit = base_interval(self.config, path.fast, idle=True)
                 self._timers.schedule(path, now + self._rng.uniform(0, limit))
         woken = [p for p in fast if p in self._idle]

@@ -194,6 +194,34 @@ def test_peers_turning_idle_together_are_spread_over_their_idle_interval() -> No
     asyncio.run(body())
 
 
+def test_a_new_path_of_an_idle_peer_keeps_its_first_probe() -> None:
+    """Spreading a peer that turns idle never postpones a path's first probe: a new path
+    is probed within ``initial_spread`` (0 here) whatever its pace."""
+
+    async def body() -> None:
+        port = free_port()
+        prober: Prober[str] = Prober(PrivateKey.generate(), FAST)
+        idle = {f"idle{i}": IPv4Address(f"127.0.1.{i + 1}") for i in range(20)}
+        with contextlib.ExitStack() as stack:
+            sinks = [stack.enter_context(sink(a, port)) for a in idle.values()]
+            key = PrivateKey.generate().public_key()
+            prober.set_peers({p: PeerTarget(key, (a,), port=port) for p, a in idle.items()})
+            prober.pace(idle=idle)
+            await prober.start()
+            try:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + TIMEOUT
+                seen: set[int] = set()
+                while len(seen) < len(sinks):
+                    assert loop.time() < deadline, f"{len(sinks) - len(seen)} never probed"
+                    await asyncio.sleep(0.01)
+                    seen.update(i for i, s in enumerate(sinks) if drain(s))
+            finally:
+                await prober.close()
+
+    asyncio.run(body())
+
+
 async def until_true(check: Callable[[], bool], what: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + TIMEOUT
