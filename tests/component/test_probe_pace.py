@@ -26,6 +26,7 @@ FAST = ProbeConfig(
     initial_spread=0.0, idle_interval=3600.0, idle_slow_interval=3600.0, tick=0.01,
 )  # fmt: skip
 BUSY, QUIET = IPv4Address("127.0.0.2"), IPv4Address("127.0.0.3")
+TWENTY = {f"idle{i}": IPv4Address(f"127.0.1.{i + 1}") for i in range(20)}  # idle peers
 
 
 @contextmanager
@@ -127,7 +128,7 @@ def test_many_idle_peers_are_each_probed_and_a_fast_one_more_often() -> None:
         port = free_port()
         config = replace(FAST, idle_interval=0.3, idle_slow_interval=0.3, tick=0.05)
         prober: Prober[str] = Prober(PrivateKey.generate(), config)
-        idle = {f"idle{i}": IPv4Address(f"127.0.1.{i + 1}") for i in range(20)}
+        idle = TWENTY
         with contextlib.ExitStack() as stack:
             sinks = {p: stack.enter_context(sink(a, port)) for p, a in idle.items()}
             busy = stack.enter_context(sink(BUSY, port))
@@ -158,6 +159,17 @@ def test_many_idle_peers_are_each_probed_and_a_fast_one_more_often() -> None:
     asyncio.run(body())
 
 
+async def each_probed(sinks: list[socket.socket]) -> None:
+    """Until every sink has seen a probe (draining them all; fails after TIMEOUT)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    seen: set[int] = set()
+    while len(seen) < len(sinks):
+        assert loop.time() < deadline, f"{len(sinks) - len(seen)} never probed"
+        await asyncio.sleep(0.01)
+        seen.update(i for i, s in enumerate(sinks) if drain(s))
+
+
 def test_peers_turning_idle_together_are_spread_over_their_idle_interval() -> None:
     """Peers that turn idle at once (every peer, once its start-up hold ends) must not all
     be probed again at once: each one's next probe moves to a random point of its idle
@@ -166,7 +178,7 @@ def test_peers_turning_idle_together_are_spread_over_their_idle_interval() -> No
     async def body() -> None:
         port = free_port()
         prober: Prober[str] = Prober(PrivateKey.generate(), FAST)
-        idle = {f"idle{i}": IPv4Address(f"127.0.1.{i + 1}") for i in range(20)}
+        idle = TWENTY
         with contextlib.ExitStack() as stack:
             sinks = [stack.enter_context(sink(a, port)) for a in idle.values()]
             busy = stack.enter_context(sink(BUSY, port))
@@ -178,13 +190,7 @@ def test_peers_turning_idle_together_are_spread_over_their_idle_interval() -> No
                 prober.set_peers({p: PeerTarget(key, (a,), port=port) for p, a in every.items()})
                 for peer, address in every.items():
                     prober.set_chosen(peer, address)
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + TIMEOUT
-                seen: set[int] = set()
-                while len(seen) < len(sinks):  # each probed fast at least once
-                    assert loop.time() < deadline, "idle peers were never probed"
-                    await asyncio.sleep(0.01)
-                    seen.update(i for i, s in enumerate(sinks) if drain(s))
+                await each_probed(sinks)  # each probed fast at least once
                 prober.pace(idle=idle)  # no probe was sent since the sinks were drained
                 await count_until(busy, other, 30)  # ~30 fast intervals pass meanwhile
                 assert sum(drain(s) for s in sinks) <= len(sinks) // 4
@@ -201,7 +207,7 @@ def test_a_new_path_of_an_idle_peer_keeps_its_first_probe() -> None:
     async def body() -> None:
         port = free_port()
         prober: Prober[str] = Prober(PrivateKey.generate(), FAST)
-        idle = {f"idle{i}": IPv4Address(f"127.0.1.{i + 1}") for i in range(20)}
+        idle = TWENTY
         with contextlib.ExitStack() as stack:
             sinks = [stack.enter_context(sink(a, port)) for a in idle.values()]
             key = PrivateKey.generate().public_key()
@@ -209,13 +215,7 @@ def test_a_new_path_of_an_idle_peer_keeps_its_first_probe() -> None:
             prober.pace(idle=idle)
             await prober.start()
             try:
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + TIMEOUT
-                seen: set[int] = set()
-                while len(seen) < len(sinks):
-                    assert loop.time() < deadline, f"{len(sinks) - len(seen)} never probed"
-                    await asyncio.sleep(0.01)
-                    seen.update(i for i, s in enumerate(sinks) if drain(s))
+                await each_probed(sinks)
             finally:
                 await prober.close()
 
