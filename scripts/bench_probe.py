@@ -15,14 +15,18 @@ only, deleted at the end). Two processes, both under uvloop:
   prober pays for answering as well.
 
 With ``--active M`` only the first M peers carry traffic: the prober is told from the
-start that the others are idle (``Prober.set_idle``, as the daemon's
+start that the others are idle (``Prober.pace``, as the daemon's
 path keeper does from its traffic samples), and the responder probes from the idle
 identities at the idle interval only. Without it every peer is probed fast (as before the
 probe pace existed).
 
 Reported: time until every peer has a verified path, then over the measuring window
-packets/s sent and received by the prober and its CPU% (getrusage), plus the responder's
-CPU% for reference.
+packets/s sent and received by the prober and its CPU% (getrusage, and how much of it the
+garbage collector took), plus the responder's CPU% for reference; then the daemon's side
+of the pace, timed on its own (no root, no sockets): the real traffic sampler and path
+keeper folding in one sample of the VXLAN FDB every 5 s, with ``--active`` entries used
+since the last one (``run_pace``). ``--profile FILE`` writes the prober's cProfile stats
+of the window (the figures then include the profiler's cost).
 
     sudo .venv/bin/python scripts/bench_probe.py [--peers 1000] [--active 50] [--seconds 10]
 """
@@ -31,8 +35,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import gc
 import json
 import os
+import pstats
 import resource
 import secrets
 import signal
@@ -42,9 +49,9 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -55,6 +62,9 @@ from overlayd.probe.settings import PeerTarget, ProbeConfig  # noqa: E402
 from overlayd.probe.wire import Probe, ProbeCodec, ProbeError, peek_recipient  # noqa: E402
 from overlayd.values.keys import PrivateKey, PublicKey  # noqa: E402
 from overlayd.values.paths import PeerCandidates, PeerPath  # noqa: E402
+
+if TYPE_CHECKING:
+    from overlayd.values.lease import LeaseRecord
 
 PROBER_PORT = 8473
 RESPONDER_PORT = 8474
@@ -67,6 +77,30 @@ def _private(i: int) -> IPv4Address:
 
 def _public(i: int) -> IPv4Address:
     return IPv4Address(f"127.2.{i // 250}.{i % 250 + 1}")
+
+
+class GcClock:
+    """Time spent in the cyclic garbage collector, per generation (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds[info["generation"]] += time.perf_counter() - self._started
+            self.runs[info["generation"]] += 1
+
+
+def _rss_mb() -> float:
+    """This process's resident set now (``VmRSS``), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return -1.0
 
 
 def _cpu() -> float:
@@ -100,14 +134,14 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
     await prober.start()
     start = time.monotonic()
     active = keys.get("active")
-    if active is not None:  # steady state: the peers without traffic are idle from the start
-        prober.set_idle(range(active, len(peers)))
     prober.set_peers(
         {
             i: PeerTarget(key, (_private(i), _public(i)), SITE, RESPONDER_PORT)
             for i, key in peers.items()
         }
     )
+    if active is not None:  # steady state: the peers without traffic are idle from the start
+        prober.pace(idle=range(active, len(peers)))
     current: dict[int, PeerPath] = {}
     replans = 0
 
@@ -151,9 +185,18 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
     probes0, replies0 = c.probes_sent, c.replies_sent
     recv0 = c.probes_received + c.replies_received
     losses0, replans0 = c.losses, replans
+    profile = cProfile.Profile() if keys.get("profile") else None
+    collector = GcClock()
+    gc.callbacks.append(collector)
     cpu0, t0 = _cpu(), time.monotonic()
+    if profile is not None:
+        profile.enable()
     await asyncio.sleep(seconds)
+    if profile is not None:
+        profile.disable()
+        profile.dump_stats(keys["profile"])
     cpu1, t1 = _cpu(), time.monotonic()
+    gc.callbacks.remove(collector)
     wall = t1 - t0
     result = {
         "peers": len(peers),
@@ -167,14 +210,97 @@ async def run_prober(keys: dict[str, Any], warmup_limit: float, seconds: float) 
         "replies_sent_pps": round((c.replies_sent - replies0) / wall),
         "received_pps": round((c.probes_received + c.replies_received - recv0) / wall),
         "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
+        "gc_percent": [round(100 * s / wall, 2) for s in collector.seconds],
+        "gc_runs": collector.runs,
         "losses": c.losses - losses0,
         "replans": replans - replans0,
         "rejected": dict(c.rejected),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_mb": _rss_mb(),
     }
     loop_task.cancel()
     await prober.close()
     return result
+
+
+# -- the daemon's pace: traffic samples -----------------------------------------------
+
+
+def _record(i: int, key: str) -> LeaseRecord:
+    from overlayd.values.kernel_state import MacAddress
+    from overlayd.values.lease import LeaseRecord
+
+    return LeaseRecord(
+        subnet=IPv4Network(f"10.{128 + i // 256}.{i % 256}.0/24"),
+        node=f"peer{i}",
+        node_id=f"id{i}",
+        public_ip=_public(i),
+        vtep_mac=MacAddress.from_bytes(bytes([2, 0, 0, 0, i // 256, i % 256])),
+        vni=1,
+        site=SITE,
+        private_ips=(_private(i),),
+        public_key=key,
+        probe_port=RESPONDER_PORT,
+    )
+
+
+async def run_pace(keys: dict[str, Any], samples: int) -> dict[str, Any]:
+    """CPU of the daemon's side of the probe pace: the traffic sampler mapping one sample
+    of the VXLAN FDB (``active`` entries used since the last, the others long idle) and
+    the path keeper folding it in (``note_traffic``), as every 5 s in the daemon. The FDB
+    comes from the fake data plane, whose own cost is taken off (as is the netlink dump's:
+    it runs on a thread of the daemon, overlayd/dataplane, and is not the pace's)."""
+    # imported here: the prober's process loads what a daemon's prober does, no more
+    from overlayd.agent.path_keeper import PathKeeper
+    from overlayd.agent.traffic import SAMPLE_INTERVAL, TrafficSampler
+    from overlayd.disk.node_key import NodeKey
+    from overlayd.planning.probe_pace import PaceParams
+    from overlayd.values.config import BackendConfig
+    from overlayd.values.kernel_state import FdbEntry, KernelState
+    from tests.component.fake_dataplane import VXLAN_INDEX, FakeDataPlane
+
+    active = keys.get("active", len(keys["peers"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        node_key = NodeKey.load_or_create(Path(tmp))
+    # no change hold: every peer without traffic is idle at once, as in the steady state
+    keeper = PathKeeper(node_key, ProbeConfig(port=0), pace=PaceParams(change_hold=0.0))
+    me = _record(len(keys["peers"]), node_key.public.base64)
+    records = {r.subnet: r for r in (_record(i, k) for i, k in enumerate(keys["peers"]))}
+    for subnet, record in records.items():
+        keeper.lease_changed(me, subnet, record)
+    keeper.recompute(me, records, records)
+    dp = FakeDataPlane()
+    dp.preload(
+        VXLAN_INDEX,
+        KernelState.of([], [], [FdbEntry(r.vtep_mac, r.public_ip) for r in records.values()]),
+    )
+    long_ago = time.monotonic() - 1000.0
+    macs = [r.vtep_mac for r in records.values()]
+    dp.fdb_used.update(dict.fromkeys(macs, long_ago))
+    sampler = TrafficSampler(
+        BackendConfig("vxlan"), lambda: VXLAN_INDEX, dp, keeper, lambda: records
+    )
+    spent, sizes = [], []
+    for _ in range(samples + 1):  # the first reads every entry: not the steady state
+        await asyncio.sleep(1.1)  # the active entries' use moves on (by a second at least)
+        dp.fdb_used.update(dict.fromkeys(macs[:active], time.monotonic()))
+        cpu0 = _cpu()
+        await dp.fdb_idle(VXLAN_INDEX)  # what the fake's dump costs, taken off below
+        cpu1 = _cpu()
+        sample = await sampler.sample()
+        keeper.note_traffic(sample)
+        spent.append(max(0.0, _cpu() - cpu1 - (cpu1 - cpu0)))
+        sizes.append(len(sample))
+    idle = sum(1 for r in keeper.report(records, {}) if r.idle)
+    per_sample = sum(spent[1:]) / samples
+    return {
+        "pace_ms_per_sample": round(1e3 * per_sample, 2),
+        "pace_first_sample_ms": round(1e3 * spent[0], 1),
+        "pace_cpu_percent": round(100 * per_sample / SAMPLE_INTERVAL, 3),
+        "pace_interval_s": SAMPLE_INTERVAL,
+        "pace_peers_per_sample": sizes[-1],
+        "pace_idle": idle,
+    }
 
 
 # -- responder process ---------------------------------------------------------------
@@ -269,6 +395,15 @@ def _ns(name: str, *cmd: str) -> list[str]:
     return ["ip", "netns", "exec", name, *cmd]
 
 
+def _print_pace(pace: dict[str, Any]) -> None:
+    print(
+        f"pace, daemon side              {pace['pace_ms_per_sample']} ms of CPU per traffic "
+        f"sample of {pace['pace_peers_per_sample']} entries (every {pace['pace_interval_s']:g} s: "
+        f"{pace['pace_cpu_percent']} % of one core; the first sample: "
+        f"{pace['pace_first_sample_ms']} ms); {pace['pace_idle']} peers idle"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--peers", type=int, default=1000)
@@ -279,6 +414,17 @@ def main() -> None:
     )
     parser.add_argument(
         "--timeout", type=float, default=0.6, help="probe timeout (a loaded machine: longer)"
+    )
+    parser.add_argument(
+        "--pace-samples", type=int, default=10, help="traffic samples the pace is timed over"
+    )
+    parser.add_argument(
+        "--pace-only", action="store_true", help="time the daemon's pace only (no root)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="write the prober's cProfile stats of the window here (costs CPU: no figures)",
     )
     parser.add_argument("--role", choices=["prober", "responder"], help=argparse.SUPPRESS)
     parser.add_argument("--keys", type=Path, help=argparse.SUPPRESS)
@@ -294,9 +440,13 @@ def main() -> None:
         print(json.dumps(out))
         return
 
+    peers = [PrivateKey.generate() for _ in range(args.peers)]
+    pace_keys = {"peers": [k.public_key().base64 for k in peers], "active": args.active}
+    if args.pace_only:
+        _print_pace(uvloop.run(run_pace(pace_keys, args.pace_samples)))
+        return
     if os.geteuid() != 0:
         sys.exit("needs root (runs in a network namespace)")
-    peers = [PrivateKey.generate() for _ in range(args.peers)]
     ns = f"ovpr-bench-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory() as tmp:
         keyfile = Path(tmp) / "keys.json"
@@ -310,6 +460,7 @@ def main() -> None:
                     **({} if args.active is None else {"active": args.active}),
                     "spread": args.spread,
                     "timeout": args.timeout,
+                    **({} if args.profile is None else {"profile": str(args.profile.resolve())}),
                 }
             )
         )
@@ -340,6 +491,7 @@ def main() -> None:
             subprocess.run(["ip", "netns", "del", ns], check=False)
     result = json.loads(prober.stdout)
     other = json.loads(responder_out)
+    pace = uvloop.run(run_pace(pace_keys, args.pace_samples))
     pps = result["probes_sent_pps"] + result["replies_sent_pps"] + result["received_pps"]
     print(
         f"peers                          {result['peers']} (2 candidates each), "
@@ -358,12 +510,24 @@ def main() -> None:
         f"prober CPU                     {result['cpu_percent']} % of one core "
         f"({1e4 * result['cpu_percent'] / max(pps, 1):.1f} us per packet in or out)"
     )
-    print(f"prober max RSS                 {result['max_rss_mb']} MB")
+    print(
+        f"of which garbage collection   {result['gc_percent']} % (generations 0, 1, 2; "
+        f"{result['gc_runs']} runs)"
+    )
+    print(
+        f"prober RSS                     {result['rss_mb']} MB at the end "
+        f"({result['max_rss_mb']} MB at its peak)"
+    )
     print(f"losses in window               {result['losses']}")
     print(f"replans in window              {result['replans']}")
     print(f"rejected (whole run)           {result['rejected']}")
+    _print_pace(pace)
+    total = result["cpu_percent"] + pace["pace_cpu_percent"]
+    print(f"prober + pace CPU              {total:.1f} % of one core")
     print(f"responder CPU (reference)      {other['cpu_percent']} % of one core")
     print(f"responder rejected             {other.get('reasons', '-')}")
+    if args.profile is not None:
+        pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(30)
 
 
 if __name__ == "__main__":

@@ -31,15 +31,7 @@ from overlayd.planning.path_choice import (
     confirmed_public,
     probe_targets,
 )
-from overlayd.planning.probe_pace import (
-    PaceParams,
-    PeerActivity,
-    PeerSample,
-    idle_peers,
-    observe,
-    retain,
-    vouched,
-)
+from overlayd.planning.probe_pace import PaceParams, Pacer, PeerSample
 from overlayd.planning.punch import PunchParams, collect_endpoints, pick, seen_to_publish
 from overlayd.planning.vxlan import is_me
 from overlayd.probe.prober import Prober, Send, Taker
@@ -118,10 +110,7 @@ class PathKeeper:
         self._natted: set[IPv4Network] = set()  # peers of other sites behind NAT
         self.paths: dict[IPv4Network, PeerPath] = {}
         self._pathless: dict[IPv4Network, str] = {}  # peers with no path: why
-        self._pace = pace or PaceParams()
-        self._activity: dict[IPv4Network, PeerActivity] = {}  # traffic samples folded
-        self._changed_at: dict[IPv4Network, float] = {}  # when each peer's path last changed
-        self._idle: frozenset[IPv4Network] = frozenset()  # what the prober was told
+        self._pacer: Pacer[IPv4Network] = Pacer(pace or PaceParams())  # told to the prober
 
     def _changed(self, peer: IPv4Network | None) -> None:
         if self._on_change is not None:
@@ -188,9 +177,10 @@ class PathKeeper:
             if target is None:
                 self._base.pop(subnet, None)
                 self._targets.pop(subnet, None)
+                self._unpace(subnet)
             else:
                 self._base[subnet] = self._targets[subnet] = target
-                self._changed_at[subnet] = time.monotonic()  # new candidates: verify fast
+                self._pacer.changed(subnet, time.monotonic())  # new candidates: verify fast
             self._targets_changed = True
         if peer is None:
             self.paths.pop(subnet, None)
@@ -198,8 +188,7 @@ class PathKeeper:
             self._wireguard_seen.pop(subnet, None)
             self.punching.forget(subnet)
             self.linger.forget(subnet)
-            self._changed_at.pop(subnet, None)
-            self._activity.pop(subnet, None)
+            self._unpace(subnet)
         if (peer is not None and any(s.subnet == me.subnet for s in peer.seen)) or (
             self.prober.heard_from(subnet) or subnet in self._wireguard_seen
         ):
@@ -289,8 +278,10 @@ class PathKeeper:
             if address != old:
                 self.metrics.path_changed(path)
                 changed.add(subnet)
-                self._changed_at[subnet] = now
-                self.prober.set_chosen(subnet, address if subnet in self._targets else None)
+                probed = subnet in self._targets
+                if probed:  # a peer without probes has no pace
+                    self._pacer.changed(subnet, now)
+                self.prober.set_chosen(subnet, address if probed else None)
                 published = (peer.public_ip, *peer.public_ips, *peer.private_ips)
                 if self.linger.left(subnet, old, address, published, now) and self._loop:
                     # wake up when it expires, so the ingress filter drops it then
@@ -310,20 +301,23 @@ class PathKeeper:
         """One sample of the peers' traffic (overlayd/agent/traffic.py): re-pace the probes,
         and let live WireGuard sessions stand in for idle peers' probes."""
         now = time.monotonic()
-        alive = vouched(self._activity, samples, self._pace)
-        self._activity = retain(observe(self._activity, samples, now, self._pace), self._targets)
+        alive = self._pacer.sample({s: x for s, x in samples.items() if s in self._targets}, now)
         self._repace(now)
         for subnet, address in alive.items():
             path = self.paths.get(subnet)
             if path is not None and path.address == address:
                 self.prober.vouch(subnet, address)
 
+    def _unpace(self, subnet: IPv4Network) -> None:
+        """Forget ``subnet``'s pace: should it come back, it starts fast, as a new peer."""
+        self._pacer.forget(subnet)
+        self.prober.pace(fast=(subnet,))
+
     def _repace(self, now: float) -> None:
-        """Tell the prober which peers are idle now, if that changed."""
-        idle = idle_peers(self._targets, self._activity, self._changed_at, now, self._pace)
-        if idle != self._idle:
-            self._idle = idle
-            self.prober.set_idle(idle)
+        """Tell the prober which peers turned idle, or fast, since the last time."""
+        slept, woken = self._pacer.repace(now)
+        if slept or woken:
+            self.prober.pace(idle=slept, fast=woken)
 
     def share_socket(self, taker: Taker) -> Send:
         """The probe socket for one other protocol (``Prober.share_socket``)."""
@@ -399,7 +393,7 @@ class PathKeeper:
                     else mine.last_success + wall_offset,
                     verified=tuple(sorted(a for a, s in stats.items() if s.verified)),
                     via=via.get(subnet),
-                    idle=subnet in self._idle,
+                    idle=subnet in self._pacer.idle,
                 )
             )
         return sorted(out, key=lambda r: (r.node, r.subnet))

@@ -69,7 +69,7 @@ class StatusRoutes:
         kinds = path_kinds(
             peers, self._paths.paths, self._paths.verified(), reconcile.via, reconcile.relayed
         )
-        wireguard = WireGuardTotals.of(run.traffic.last.values())
+        wireguard = WireGuardTotals.of(run.traffic.latest())
         dns = run.names.counters() if run.names is not None else None
         return NodeState(kinds, run.keeper.ttl_left(), self._status.role, wireguard, dns)
 

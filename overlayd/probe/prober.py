@@ -1,12 +1,15 @@
 """The prober: probes every candidate address of every peer and answers peers' probes.
 
-One UDP socket (default port 8473) and one scheduler task on the daemon's event loop
-(asyncio or uvloop). Each (peer, address) pair is a *path* with its own schedule: the path
-the daemon currently uses is probed every ``fast_interval`` so its death is noticed within
-about ``loss_threshold`` intervals plus ``timeout``; every other path every
-``slow_interval``; the paths of the peers the daemon calls idle (``set_idle``) at the idle
-intervals (``schedule.base_interval``). Intervals are jittered and new paths start spread over
-``initial_spread``, so 1,000 peers never probe in one burst.
+One UDP socket (default port 8473) and one timer on the daemon's event loop (asyncio or
+uvloop), set for the next tick at which something is due: timers are served on a grid of
+``tick`` seconds (``schedule.tick_at``), so the hundreds of probes and timeouts due each
+second at 5,000 peers cost at most ``1 / tick`` wake-ups. Each (peer, address) pair is a
+*path* with its own schedule: the path the daemon currently uses is probed every
+``fast_interval`` so its death is noticed within about ``loss_threshold`` intervals plus
+``timeout``; every other path every ``slow_interval``; the paths of the peers the daemon
+calls idle (``pace``) at the idle intervals (``schedule.base_interval``). Intervals are
+jittered and new paths start spread over ``initial_spread``, so 1,000 peers never probe in
+one burst.
 
 The prober does not decide anything: it keeps stats (``PathStats``) and reflexive
 observations (``Observation``) and calls ``on_change`` when something the choice depends
@@ -27,7 +30,6 @@ timers are ``schedule``'s, the reflexive observations ``observed``'s, the format
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import socket
@@ -39,7 +41,7 @@ from typing import Any, Generic, cast
 
 from overlayd.planning.path_choice import Observation, PathStats, PeerId
 from overlayd.probe.observed import MAX_OBSERVED, Observations
-from overlayd.probe.schedule import ProbedPath, Timer, Timers, base_interval
+from overlayd.probe.schedule import ProbedPath, Timer, Timers, base_interval, slack, tick_at
 from overlayd.probe.settings import PeerTarget, ProbeConfig, ProbeCounters
 from overlayd.probe.wire import (
     Probe,
@@ -53,7 +55,6 @@ from overlayd.values.wireguard import Endpoint
 
 log = logging.getLogger("overlayd.probe")
 
-_COALESCE = 0.005  # seconds: timers due this close together are served in one wake-up
 _REJECT_LOG_EVERY = 10.0  # seconds between log lines per rejection reason
 _SOCKET_BUFFER = 1 << 20  # bytes: absorbs the reply burst of a thousand peers
 
@@ -88,21 +89,23 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         self._clock = time.monotonic  # the clock of every time in PathStats/Observation
         self._rng = random.Random()
         self._transport: asyncio.DatagramTransport | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._alarm: asyncio.TimerHandle | None = None  # the one timer: the next tick due
+        self._alarm_at = 0.0
         self._peers: dict[PeerId, PeerTarget] = {}
         self._keys: dict[PublicKey, PeerId] = {}
         self._sources: dict[PeerId, Endpoint] = {}  # where each peer's probes come from
         self._heard: dict[PeerId, tuple[Endpoint, ...]] = {}  # its latest distinct sources
         self._paths: dict[tuple[PeerId, IPv4Address], ProbedPath[PeerId]] = {}
         self._chosen: dict[PeerId, IPv4Address] = {}
-        self._idle: frozenset[PeerId] = frozenset()  # probed at the idle pace
+        self._idle: set[PeerId] = set()  # probed at the idle pace
         self._outstanding: dict[bytes, tuple[ProbedPath[PeerId], float]] = {}
         self._deadlines: deque[tuple[float, bytes]] = deque()  # FIFO: timeout is constant
         self._timers: Timers[PeerId] = Timers()
         self._observed: Observations[PeerId] = Observations()
         self._reject_log = Throttle(_REJECT_LOG_EVERY, self._clock)
         self._taker: Taker | None = None
+        self._addrs: dict[tuple[str | Any, int], Endpoint] = {}  # ``_observed_as``'s
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -120,7 +123,8 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         except OSError:
             sock.close()
             raise
-        self._task = asyncio.create_task(self._run(), name="prober")
+        self._loop = loop
+        self._arm()
 
     @property
     def port(self) -> int:
@@ -130,11 +134,10 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         return port
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._loop = None
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -190,13 +193,14 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             self._paths.pop(key).live = False
         for peer in [p for p in self._chosen if p not in self._peers]:
             del self._chosen[peer]
+        self._idle.intersection_update(self._peers)
         for peer in [p for p in self._sources if p not in self._peers]:
             del self._sources[peer]
             self._heard.pop(peer, None)
         self._observed.retain(self._peers)
         self.codec.retain(self._keys.keys())
         self._timers.compact(len(self._paths))
-        self._wake.set()
+        self._arm()
 
     def set_key(self, key: PrivateKey) -> None:
         """Switch to a new node key (rotation): from now on only it is spoken and answered.
@@ -231,14 +235,28 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         now = self._clock()
         if path.due > now + self.config.fast_interval:
             self._timers.schedule(path, now + self._rng.uniform(0, self.config.fast_interval))
-            self._wake.set()
+            self._arm()
 
-    def set_idle(self, peers: Iterable[PeerId]) -> None:
-        """Probe ``peers`` at the idle pace from now on, every other peer at the fast one;
-        a peer turning fast has each path probed within its fast (or slow) interval."""
-        idle = frozenset(peers)
-        woken, self._idle = self._idle - idle, idle
+    def pace(self, idle: Iterable[PeerId] = (), fast: Iterable[PeerId] = ()) -> None:
+        """Probe the ``idle`` peers at the idle pace from now on, and the ``fast`` ones at
+        the fast pace (the default); every other peer keeps its pace. A peer turning fast
+        has each path probed within its fast (or slow) interval; a peer turning idle has
+        its next probes at a random point of their idle intervals (but a path never
+        probed keeps its first probe), so that peers that turn idle together (all of
+        them, 30 s after start) are not probed in waves."""
         now = self._clock()
+        slept = [p for p in idle if p not in self._idle]
+        self._idle.update(slept)
+        for peer in slept:
+            target = self._peers.get(peer)
+            for address in () if target is None else target.candidates:
+                path = self._paths[(peer, address)]
+                if not path.sent:
+                    continue  # a new path keeps its first probe (``initial_spread``)
+                limit = base_interval(self.config, path.fast, idle=True)
+                self._timers.schedule(path, now + self._rng.uniform(0, limit))
+        woken = [p for p in fast if p in self._idle]
+        self._idle.difference_update(woken)
         for peer in woken:
             target = self._peers.get(peer)
             for address in () if target is None else target.candidates:
@@ -246,8 +264,8 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
                 limit = base_interval(self.config, path.fast, idle=False)
                 if path.due > now + limit:
                     self._timers.schedule(path, now + self._rng.uniform(0, limit))
-        if woken:
-            self._wake.set()
+        if woken or slept:
+            self._arm()
 
     def vouch(self, peer: PeerId, address: IPv4Address) -> None:
         """Something else just proved ``peer``'s path via ``address`` alive (its WireGuard
@@ -288,27 +306,42 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
         base = base_interval(self.config, path.fast, path.peer in self._idle)
         return base * self._rng.uniform(1 - self.config.jitter, 1 + self.config.jitter)
 
-    async def _run(self) -> None:
-        while True:
+    def _arm(self) -> None:
+        """Set the one timer for the tick at which the earliest timer or probe timeout is
+        due, unless it is already set for then or earlier (``schedule.tick_at``)."""
+        if self._loop is None:
+            return
+        first = self._timers.next_due()
+        if self._deadlines and (first is None or self._deadlines[0][0] < first):
+            first = self._deadlines[0][0]
+        if first is None:
+            return
+        at = tick_at(first, self.config.tick)
+        if self._alarm is not None:
+            if self._alarm_at <= at:
+                return
+            self._alarm.cancel()
+        self._alarm_at = at
+        # the loop's clock may run a little behind ours: late by a millisecond, not early
+        delay = max(0.0, at - self._clock()) + 0.001
+        self._alarm = self._loop.call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        """Everything due by this tick: timeouts, then probes and settle checks."""
+        self._alarm = None
+        try:
             now = self._clock()
-            self._expire(now)
+            self._expire(now + slack(self.config.tick))
             self._fire(now)
-            first = self._timers.next_due()
-            nexts = [] if first is None else [first]
-            if self._deadlines:
-                nexts.append(self._deadlines[0][0])
-            delay = max(0.0, min(nexts) - self._clock()) if nexts else 3600.0
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay + _COALESCE)
+        finally:
+            self._arm()
 
     def _fire(self, now: float) -> None:
-        for due, kind, path in self._timers.pop_due(now + _COALESCE):
+        for due, kind, path in self._timers.pop_due(now + slack(self.config.tick)):
             if kind == Timer.STABLE:
-                if (
-                    path.verified_since is not None
-                    and path.verified_since + (self.config.stable_after) <= due + _COALESCE
-                ):
+                if path.verified_since is not None and path.verified_since + (
+                    self.config.stable_after
+                ) <= due + slack(self.config.tick):
                     self._changed(path.peer)
                 continue
             self._send_probe(path, now)
@@ -324,7 +357,7 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             self._count_reject(exc, None)
             return
         try:
-            self._transport.sendto(data, (str(path.address), path.port))
+            self._transport.sendto(data, path.sockaddr)
         except OSError:
             self.counters.send_errors += 1
         path.sent += 1
@@ -384,11 +417,12 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             return
         if isinstance(message, Probe):
             self.counters.probes_received += 1
-            observed = (IPv4Address(str(addr[0])), addr[1])
-            self._note_source(message.sender, Endpoint(*observed))
+            observed = self._observed_as(addr)
+            self._note_source(message.sender, observed)
             if self._transport is not None:
                 try:
-                    self._transport.sendto(self.codec.encode_reply(message, observed), addr)
+                    reply = self.codec.encode_reply(message, (observed.address, observed.port))
+                    self._transport.sendto(reply, addr)
                     self.counters.replies_sent += 1
                 except OSError:
                     self.counters.send_errors += 1
@@ -402,9 +436,21 @@ class Prober(asyncio.DatagramProtocol, Generic[PeerId]):
             log.info("path to %s via %s verified (rtt %.1f ms)", path.peer, path.address, rtt * 1e3)
             if path.downs:
                 self._timers.schedule(path, now + self.config.stable_after, Timer.STABLE)
+                self._arm()
             self._changed(path.peer)
         if self._observed.observe(path.peer, self._peers[path.peer].site, message.observed, now):
             self._changed(None)  # new, or corroborated: may change our confirmed public address
+
+    def _observed_as(self, addr: tuple[str | Any, int]) -> Endpoint:
+        """``addr`` as an ``Endpoint``: parsed once per source (an address parse costs more
+        than the rest of a reply), remembered for as many sources as there are peers' paths
+        (only authenticated probes get here)."""
+        found = self._addrs.get(addr)
+        if found is None:
+            if len(self._addrs) > 2 * len(self._paths) + 64:
+                self._addrs.clear()
+            found = self._addrs[addr] = Endpoint(IPv4Address(str(addr[0])), addr[1])
+        return found
 
     def _note_source(self, sender: PublicKey, source: Endpoint) -> None:
         peer = self._keys.get(sender)

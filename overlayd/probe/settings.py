@@ -31,6 +31,9 @@ class ProbeConfig:
     loss_threshold: int = 3  # consecutive losses that unverify a path
     jitter: float = 0.1  # intervals vary by +-10 %
     initial_spread: float = 1.0  # new paths get their first probe within this
+    # timers are served on a grid of this many seconds, each tick's in one wake-up
+    # (schedule.tick_at): at most 20 wake-ups a second whatever the peer count
+    tick: float = 0.05
     stable_after: float = DEFAULT_HOLD  # wake the daemon when a recovered path settles
     rtt_alpha: float = 0.2  # EWMA weight of a new RTT sample
     window: float = DEFAULT_WINDOW  # accepted timestamp skew, seconds

@@ -63,6 +63,41 @@ def test_vxlan_fdb_use_by_peer() -> None:
     assert found[IPv4Network("10.244.2.0/24")].idle_for == 300.0
 
 
+def test_a_later_sample_has_only_the_entries_that_moved() -> None:
+    """At 5,000 peers the pace must not redo every peer every sample: only readings that
+    moved are news (an FDB entry used again, WireGuard counters that changed)."""
+    records, dp = peers(4), FakeDataPlane()
+    with_fdbs(dp, records)
+    idle_since = time.monotonic() - 1000.0
+    for r in records.values():
+        dp.fdb_used[r.vtep_mac] = idle_since
+    sampler = TrafficSampler(network("vxlan").backend, lambda: VXLAN_INDEX, dp, FakePaths(),
+                             lambda: records)  # fmt: skip
+    assert set(asyncio.run(sampler.sample())) == set(records)  # the first: everyone
+    assert asyncio.run(sampler.sample()) == {}  # nobody sent since
+    dp.fdb_used[mac(3)] = time.monotonic()
+    assert set(asyncio.run(sampler.sample())) == {IPv4Network("10.244.3.0/24")}
+    assert asyncio.run(sampler.sample()) == {}
+
+
+def test_wireguard_peers_whose_counters_stand_still_are_no_news() -> None:
+    records = {}
+    for n in (2, 3):
+        rec = record(f"10.244.{n}.0/24", node=f"peer{n}", node_id=f"id{n}", n=n,
+                     public_key=wg_key(n))  # fmt: skip
+        records[rec.subnet] = rec
+    dp = FakeDataPlane()
+    keys = [PublicKey.from_base64(r.public_key or "") for r in records.values()]
+    for key in keys:
+        dp.wg_peers[key] = WgPeerConfig(key)
+    sampler = TrafficSampler(network("wireguard").backend, lambda: 0, dp, FakePaths(),
+                             lambda: records)  # fmt: skip
+    assert set(asyncio.run(sampler.sample())) == set(records)
+    assert asyncio.run(sampler.sample()) == {}
+    dp.wg_bytes[keys[1]] = 32  # a keepalive arrived: news (it may vouch for the path)
+    assert set(asyncio.run(sampler.sample())) == {IPv4Network("10.244.3.0/24")}
+
+
 def test_entries_of_no_lease_are_left_out() -> None:
     records, dp = peers(2), FakeDataPlane()
     with_fdbs(dp, {**records, **peers(2, first=5)})  # entries of peers 5 and 6 we hold no lease of
@@ -129,3 +164,15 @@ def test_new_and_changed_peers_are_probed_fast(tmp_path: Path) -> None:
     keeper, others = _keeper_with_peers(tmp_path, PaceParams(change_hold=3600.0), 3)
     keeper.note_traffic({})
     assert {r.node: r.idle for r in keeper.report(others, {})} == {"peer2": False, "peer3": False}
+
+
+def test_a_peer_without_probes_has_no_pace(tmp_path: Path) -> None:
+    """A peer whose lease has no probe port is never probed: never reported idle."""
+    keeper, others = _keeper_with_peers(tmp_path, PaceParams(change_hold=0.0), 2)
+    me = record("10.244.1.0/24", node="self", node_id="id1", n=1, public_key=wg_key(1))
+    plain = record("10.244.9.0/24", node="plain", node_id="id9", n=9)  # no key, no probe port
+    keeper.lease_changed(me, plain.subnet, plain)
+    everyone = {**others, plain.subnet: plain}
+    keeper.recompute(me, everyone, [plain.subnet])
+    keeper.note_traffic({})
+    assert {r.node: r.idle for r in keeper.report(everyone, {})} == {"peer2": True, "plain": False}

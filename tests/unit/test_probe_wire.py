@@ -113,6 +113,24 @@ def test_round_trip(pair: tuple[Node, Node]) -> None:
     assert not a.outstanding
 
 
+def test_tags_stay_hmac_sha256_for_more_peers_than_the_codec_keeps_hot() -> None:
+    """The codec keeps the hashed key blocks of its recent peers only (bounded): with
+    more peers than that, each round of probes evicts and rebuilds them, and every tag is
+    still HMAC-SHA256 of the body, truncated, checked by the peer."""
+    a = Node()
+    peers = [Node() for _ in range(1100)]  # more than the codec keeps (1,024)
+    a.knows(*peers)
+    for _ in range(2):
+        for peer in peers:
+            peer.knows(a)
+            data = a.probe(peer)
+            key = derive_shared(a.key, peer.public, KDF_CONTEXT)
+            assert data[-MAC_LEN:] == hmac.digest(key, data[:-MAC_LEN], "sha256")[:MAC_LEN]
+            reply = peer.answer(data)
+            assert isinstance(a.decode(reply), Reply)
+    assert a.codec.cached_peers()[0] == {p.public for p in peers}
+
+
 def test_layout_is_as_documented(pair: tuple[Node, Node]) -> None:
     a, b = pair
     data = a.probe(b)
