@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,15 @@ async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
         if loop.time() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def free_peer(store: MemStore, n: int) -> int:
+    """``n``, or the next number whose subnet (10.244.<n>.0/24) no lease holds: a running
+    agent leased a random free subnet, which a peer added later must not collide with."""
+    held = {s.subnet for s in (await store.list_leases()).leases}
+    while IPv4Network(f"10.244.{n}.0/24") in held:
+        n += 1
+    return n
 
 
 async def add_peer(store: MemStore, n: int, **fields: Any) -> LeaseRecord:

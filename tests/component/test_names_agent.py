@@ -23,7 +23,7 @@ from overlayd.store.api import StoreKeys
 from overlayd.store.memory import MemStore
 from overlayd.values.names import ContainerName, DnsListen
 from overlayd.values.registration import Registration
-from tests.component.agent_harness import LOOPBACK, Agent, add_peer, agent, until
+from tests.component.agent_harness import LOOPBACK, Agent, add_peer, agent, free_peer, until
 
 ZONE = "overlay.internal"
 
@@ -65,10 +65,11 @@ def test_names_follow_the_leases(tmp_path: Path) -> None:
             counted = service(a).counters()
             assert counted["answered"] >= 4 and counted["nxdomain"] >= 1
             assert counted["names"] == 5  # self, self.default, web, peer2, peer2.default
-            peer3 = await add_peer(a.store, 3)
-            await until(lambda: _ready(a, "peer3"), "a new peer's name")
+            n = await free_peer(a.store, 3)
+            peer3 = await add_peer(a.store, n)
+            await until(lambda: _ready(a, f"peer{n}"), "a new peer's name")
             assert await a.store.delete_lease(peer3.subnet)
-            await until(lambda: _gone(a, f"peer3.{ZONE}"), "a deleted peer's name gone")
+            await until(lambda: _gone(a, f"peer{n}.{ZONE}"), "a deleted peer's name gone")
 
     asyncio.run(body())
 
@@ -135,15 +136,16 @@ def test_a_peers_containers_go_with_its_lease(tmp_path: Path) -> None:
     async def body() -> None:
         async with start(tmp_path) as a:
             await until(lambda: _ready(a, "peer2"), "peer2's name")
-            peer = await add_peer(a.store, 4)
+            n = await free_peer(a.store, 4)
+            peer = await add_peer(a.store, n)
             snap = await a.store.list_leases()
             lease_id = next(s.lease_id for s in snap.leases if s.subnet == peer.subnet)
-            name = ContainerName(peer.subnet, "c9", "api", IPv4Address("10.244.4.9"))
+            name = ContainerName(peer.subnet, "c9", "api", IPv4Address(f"10.244.{n}.9"))
             await a.store.put_name(name, lease_id)
-            await until(lambda: _ready(a, "api.peer4"), "the peer's container name")
+            await until(lambda: _ready(a, f"api.peer{n}"), "the peer's container name")
             await a.store.revoke(lease_id)
-            await until(lambda: _gone(a, f"api.peer4.{ZONE}"), "its container gone")
-            assert await _gone(a, f"peer4.{ZONE}")
+            await until(lambda: _gone(a, f"api.peer{n}.{ZONE}"), "its container gone")
+            assert await _gone(a, f"peer{n}.{ZONE}")
 
     asyncio.run(body())
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import BIN, OverlaydProc, ns_run, wait_until
+from tests.daemons import BIN, OverlaydProc, full_matrix, ns_run, wait_until
 from tests.lab.netns import Namespace
 from tests.lab.world import NatMode, World, build_multicloud_world, destroy, ping, tcp_transfer
 
@@ -198,13 +198,6 @@ def marked_pings(src: OverlaydProc, dst: OverlaydProc, count: int = 3) -> int:
         if "packets transmitted" in line:
             return int(line.split()[3])
     return 0
-
-
-def full_matrix(procs: dict[str, OverlaydProc], timeout: float = 15) -> None:
-    for src, a in procs.items():
-        for dst, b in procs.items():
-            if src != dst:
-                wait_until(partial(a.pings, b), timeout, f"{src} -> {dst} over the overlay")
 
 
 def cross_site(world: World, procs: dict[str, OverlaydProc]) -> list[tuple[str, str]]:
