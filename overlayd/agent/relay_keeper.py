@@ -40,7 +40,7 @@ from overlayd.disk.node_key import NodeKey
 from overlayd.planning.relay import RelayPlan, RelayRtts, rtts_to_publish
 from overlayd.values.keys import PrivateKey, PublicKey
 from overlayd.values.lease import LeaseRecord
-from overlayd.values.wireguard import HANDSHAKE_FRESH, Endpoint, WgPeerState
+from overlayd.values.wireguard import Endpoint, WgPeerState
 
 log = logging.getLogger("overlayd.relay")
 
@@ -135,14 +135,8 @@ class RelayKeeper:
         by_key = {r.public_key: s for s, r in records.items() if r.public_key}
         unshaken: dict[IPv4Network, Endpoint] = {}
         for key, peer in peers.items():
-            subnet, endpoint, last = (
-                by_key.get(key.base64),
-                peer.config.endpoint,
-                peer.last_handshake,
-            )
-            if subnet is None or endpoint is None:
-                continue
-            if last is None or wall - last >= HANDSHAKE_FRESH:
+            subnet, endpoint = by_key.get(key.base64), peer.config.endpoint
+            if subnet is not None and endpoint is not None and not peer.has_session(wall):
                 unshaken[subnet] = endpoint
         # a new endpoint is a new attempt (the device restarts the peer for it)
         self._unshaken = {

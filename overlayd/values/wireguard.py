@@ -136,6 +136,11 @@ class WgPeerState:
     tx_bytes: int = 0
     foreign_allowed_ips: tuple[str, ...] = ()
 
+    def has_session(self, now: float) -> bool:
+        """A handshake younger than ``HANDSHAKE_FRESH`` at UNIX time ``now``: a working
+        session."""
+        return self.last_handshake is not None and now - self.last_handshake < HANDSHAKE_FRESH
+
 
 @dataclass(frozen=True)
 class WgState:
@@ -260,7 +265,7 @@ def needs_restart(desired: WgPeerConfig, state: WgPeerState, now: float) -> bool
     return (
         desired.endpoint is not None
         and desired.endpoint != state.config.endpoint
-        and (state.last_handshake is None or now - state.last_handshake >= HANDSHAKE_FRESH)
+        and not state.has_session(now)
     )
 
 
@@ -278,8 +283,7 @@ def _keep_learned_port(desired: WgPeerConfig, state: WgPeerState, now: float) ->
         and have is not None
         and want.address == have.address
         and want.port != have.port
-        and state.last_handshake is not None
-        and now - state.last_handshake < HANDSHAKE_FRESH
+        and state.has_session(now)
     ):
         return replace(desired, endpoint=have)
     return desired
