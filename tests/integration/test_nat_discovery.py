@@ -30,14 +30,14 @@ from tests.daemons import (
     BIN,
     OverlaydProc,
     full_matrix,
-    init_network,
     ns_run,
     running,
     wait_until,
 )
+from tests.integration.conftest import WorldMaker
 from tests.lab.netns import Namespace
 from tests.lab.services import turnserver_available
-from tests.lab.world import World, counter_packets, multicloud_world, ping
+from tests.lab.world import World, counter_packets, ping
 
 pytestmark = pytest.mark.root
 HOSTS = ("a1", "a2", "a3", "b1", "b2")
@@ -53,37 +53,11 @@ MATRIX_TIMEOUT = 30.0
 COUNTERS = "ovtest"
 
 
-WorldMaker = Callable[..., Iterator[World]]
-
-
-@pytest.fixture(scope="module")
-def make_world(
-    prefix_factory: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
-) -> WorldMaker:
-    """Builds a world without a public host, its network on ``backend``; destroys it after."""
-
-    def make(
-        backend: str,
-        *,
-        metadata: dict[str, str] | None = None,
-        stun: bool = False,
-        colliding: bool = False,
-    ) -> Iterator[World]:
-        with multicloud_world(
-            prefix_factory(), public_host=False, metadata=metadata, stun=stun,
-            colliding=colliding, workdir=tmp_path_factory.mktemp("natdisc"),
-        ) as w:  # fmt: skip
-            init_network(w, backend)
-            yield w
-
-    return make
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
 def metadata_daemons(
     request: pytest.FixtureRequest, make_world: WorldMaker
 ) -> Iterator[tuple[World, dict[str, OverlaydProc]]]:
-    for world in make_world(request.param, metadata=METADATA):
+    for world in make_world(request.param, public_host=False, metadata=METADATA):
         with running(world, HOSTS, public_ip=False) as procs:
             yield world, procs
 
@@ -92,7 +66,7 @@ def metadata_daemons(
 def stun_daemons(make_world: WorldMaker) -> Iterator[tuple[World, dict[str, OverlaydProc]]]:
     if not turnserver_available():
         pytest.skip("needs coturn (scripts/setup)")
-    for world in make_world("vxlan+wireguard", stun=True):
+    for world in make_world("vxlan+wireguard", public_host=False, stun=True):
         assert world.stun_endpoint is not None
         extra = ("--stun-server", world.stun_endpoint)
         with running(world, HOSTS, public_ip=False, extra=extra) as procs:
@@ -203,7 +177,7 @@ def no_address_lines(d: OverlaydProc) -> list[str]:
 @pytest.fixture(scope="module", params=[False, True], ids=["distinct", "colliding"])
 def bare_world(request: pytest.FixtureRequest, make_world: WorldMaker) -> Iterator[World]:
     """Neither metadata nor STUN."""
-    yield from make_world("vxlan+wireguard", colliding=request.param)
+    yield from make_world("vxlan+wireguard", public_host=False, colliding=request.param)
 
 
 def test_nothing_learned_is_said_once_and_nothing_is_guessed(bare_world: World) -> None:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import OverlaydProc, full_matrix, init_network, running, wait_until
+from tests.daemons import OverlaydProc, full_matrix, running, wait_until
+from tests.integration.conftest import WorldMaker
 from tests.integration.test_wireguard_backend import (
     ETCD_PORT,
     MARKER,
@@ -37,7 +38,7 @@ from tests.integration.test_wireguard_backend import (
     internet,
     marked_pings,
 )
-from tests.lab.world import NatMode, World, counter_packets, multicloud_world
+from tests.lab.world import World, counter_packets
 
 pytestmark = pytest.mark.root
 BACKENDS = ("wireguard", "vxlan+wireguard")
@@ -49,35 +50,14 @@ GIVE_UP = 15.0
 1 s of opening and 4 s of probing; the endpoints take a few seconds to be published)."""
 COUNTERS = "ovpunch"
 
-WorldMaker = Callable[..., Iterator[World]]
-
-
-@pytest.fixture(scope="module")
-def make_world(
-    prefix_factory: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
-) -> WorldMaker:
-    def make(
-        backend: str,
-        nat_a: NatMode,
-        nat_b: NatMode,
-        public_host: bool,
-        metadata: dict[str, str] | None = None,
-    ) -> Iterator[World]:
-        with multicloud_world(
-            prefix_factory(), nat_a=nat_a, nat_b=nat_b, public_host=public_host,
-            metadata=metadata, workdir=tmp_path_factory.mktemp("punch"),
-        ) as w:  # fmt: skip
-            init_network(w, backend)
-            yield w
-
-    return make
-
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def masq(
     request: pytest.FixtureRequest, make_world: WorldMaker
 ) -> Iterator[tuple[World, dict[str, OverlaydProc]]]:
-    for world in make_world(request.param, "masquerade", "masquerade", True):
+    for world in make_world(
+        request.param, nat_a="masquerade", nat_b="masquerade", public_host=True
+    ):
         with running(world, HOSTS, public_ip=False) as procs:
             yield world, procs
 
@@ -143,7 +123,13 @@ def test_both_masquerade_punched_and_not_through_the_public_host(
 
 def test_masquerade_and_one_to_one_punch(make_world: WorldMaker) -> None:
     # b1 learns its elastic IP from cloud B's metadata; a1 learns nothing by itself
-    for world in make_world("wireguard", "masquerade", "one-to-one", False, {"cloud-b": "gcp"}):
+    for world in make_world(
+        "wireguard",
+        nat_a="masquerade",
+        nat_b="one-to-one",
+        public_host=False,
+        metadata={"cloud-b": "gcp"},
+    ):
         with running(world, ("a1", "b1"), public_ip=False) as procs:
             full_matrix(procs, timeout=MATRIX_TIMEOUT)
             for src, dst in (("a1", "b1"), ("b1", "a1")):
@@ -151,7 +137,9 @@ def test_masquerade_and_one_to_one_punch(make_world: WorldMaker) -> None:
 
 
 def test_random_port_masquerade_gives_up_with_a_reason(make_world: WorldMaker) -> None:
-    for world in make_world("wireguard", "masquerade-random", "masquerade", True):
+    for world in make_world(
+        "wireguard", nat_a="masquerade-random", nat_b="masquerade", public_host=True
+    ):
         with running(world, HOSTS, public_ip=False) as procs:
             a1, b1, bare = procs["a1"], procs["b1"], procs["bare"]
             t0 = time.monotonic()
