@@ -131,6 +131,8 @@ class RelayKeeper:
         """What the WireGuard device holds (``peers``, read at UNIX time ``wall``): which
         peers are silent (see the module docstring); ``on_change`` when that changed. An
         empty read (the daemon makes none: no peer behind NAT) ends every silence."""
+        if not peers and not self._unshaken and not self._silent:
+            return  # the idle case, every second: no walk over the leases
         now = self._clock()
         by_key = {r.public_key: s for s, r in records.items() if r.public_key}
         unshaken: dict[IPv4Network, Endpoint] = {}
